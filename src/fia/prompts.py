@@ -1,0 +1,286 @@
+"""Prompt templates, placeholder lists, task presets and user prompt files.
+
+FIA contrasts two prompt sets per concept (method page, section 3 and 7):
+
+* **concept prompts** put the concept in a context: ``"a golf ball in a park"``;
+* **base prompts** are the same contexts without it: ``"a park"``.
+
+The two sets are *paired*: every prompt built from placeholder number ``k``
+(the ``k``-th place, person or object) is sampled with seed ``config.seed + k``,
+so ``"a golf ball in a park"``, ``"a golf ball near the park"`` and ``"a park"``
+start from the same noise. The saliency difference then measures the concept,
+not the noise.
+
+Tasks (paper Tables 6-7, plus the ShapeWorld toy world):
+
+=============  ==========================================  ====================
+task           concept prompts                             base prompts
+=============  ==========================================  ====================
+``object``     "a <c> in a <place>", "a <c> near the       "a <place>"
+               <place>"
+``explicit``   "a photo of a <c> <person>"                 "a photo of a <person>"
+``style``      "a <object> in the style of <c>"            "a <object>"
+``shapeworld`` "a <c> <place phrase>" ("a circle on the    "<base phrase>" ("the
+               grass")                                     grass")
+=============  ==========================================  ====================
+
+Users can replace either set with a text file (one prompt per line, blank
+lines and ``#`` comments ignored, ``{concept}`` stands for the concept in
+concept files); line ``k`` of each file gets seed ``config.seed + k``.
+
+Presets (``configs/<task>.yaml``, shipped inside the package) hold the
+hyperparameters of the paper's Table 8; :func:`resolve_config` layers a
+preset, a user YAML file and explicit overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fia.config import TASKS, FIAConfig
+from fia.errors import FIAError
+from fia.shapeworld import vocab
+
+PLACES: tuple[str, ...] = (
+    "road", "tree", "forest", "lawn", "clubhouse", "courtyard", "backyard", "cityscape",
+    "suburb", "mall", "cafe", "office", "library", "market", "bridge", "harbor", "garden",
+    "beach", "room", "park", "street", "shelter", "chair", "table", "bag", "mountain",
+    "valley", "waterfall", "desert", "sunrise",
+)  # fmt: skip
+
+PERSONS: tuple[str, ...] = (
+    "man", "woman", "girl", "boy", "mother", "father", "kid", "professor", "student",
+    "group of friends", "celebrity", "child", "couple", "guy", "doctor", "nurse", "teacher",
+    "lawyer",
+)  # fmt: skip
+
+OBJECTS: tuple[str, ...] = (
+    "cat", "dog", "mouse", "bear", "car", "chair", "bag", "building", "chicken", "duck",
+    "sofa", "table", "tree", "bicycle", "door", "rabbit", "ball", "bat", "horse", "bird",
+    "flower", "bowl", "bottle", "wall", "clock", "television", "guitar", "truck", "laptop",
+    "book",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Template:
+    """How one task builds its prompts from a placeholder list.
+
+    ``concept`` and ``base`` are format strings with ``{concept}`` and
+    ``{x}`` (the placeholder's text).
+    """
+
+    placeholders: tuple[str, ...]
+    concept: tuple[str, ...]
+    base: tuple[str, ...]
+
+
+def _shapeworld_template() -> Template:
+    # "{x}" is the place name; the phrases come from ShapeWorld's vocabulary
+    return Template(placeholders=tuple(vocab.PLACE_NAMES), concept=("a {concept} {place}",), base=("{base}",))
+
+
+TEMPLATES: dict[str, Template] = {
+    "object": Template(PLACES, ("a {concept} in a {x}", "a {concept} near the {x}"), ("a {x}",)),
+    "explicit": Template(PERSONS, ("a photo of a {concept} {x}",), ("a photo of a {x}",)),
+    "style": Template(OBJECTS, ("a {x} in the style of {concept}",), ("a {x}",)),
+    "shapeworld": _shapeworld_template(),
+}
+
+
+@dataclass(frozen=True)
+class ConceptPrompts:
+    """The paired prompt sets of one concept and their seeds."""
+
+    concept: str
+    concept_prompts: tuple[str, ...]
+    base_prompts: tuple[str, ...]
+    concept_seeds: tuple[int, ...]
+    base_seeds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _fill(template: str, concept: str, x: str) -> str:
+    if "{place}" in template or "{base}" in template:  # ShapeWorld phrases
+        return template.format(concept=concept, place=vocab.place_phrase(x), base=vocab.base_phrase(x))
+    return template.format(concept=concept, x=x)
+
+
+def read_prompt_file(path: str | Path, *, kind: str = "prompt") -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise FIAError(f"{kind} file {str(p)!r} does not exist; pass an existing text file with one prompt per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FIAError(f"cannot read {kind} file {str(p)!r} ({exc}); pass a UTF-8 text file") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
+    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not prompts:
+        raise FIAError(f"{kind} file {str(p)!r} has no prompts; write one prompt per line")
+    return prompts
+
+
+def _fill_user(line: str, concept: str) -> str:
+    return line.replace("{concept}", concept)
+
+
+def build_prompts(
+    concept: str,
+    config: FIAConfig,
+    concept_file: str | Path | None = None,
+    base_file: str | Path | None = None,
+) -> ConceptPrompts:
+    """The paired concept/base prompts and seeds for ``concept``.
+
+    Template prompts built from placeholder ``k`` get seed ``config.seed + k``
+    (both sets). Prompt files: line ``k`` gets ``config.seed + k``; a concept
+    file line without ``{concept}`` is used as written.
+    """
+    concept = concept.strip()
+    if not concept:
+        raise FIAError("empty concept name; pass e.g. --concepts 'golf ball, church'")
+    if config.task not in TEMPLATES:
+        raise FIAError(f"unknown task {config.task!r}; use one of: {', '.join(TASKS)}")
+    tpl = TEMPLATES[config.task]
+    if concept_file is not None:
+        lines = read_prompt_file(concept_file, kind="concept prompt")
+        c_prompts = [_fill_user(ln, concept) for ln in lines]
+        c_seeds = [config.seed + k for k in range(len(c_prompts))]
+    else:
+        c_prompts, c_seeds = [], []
+        for k, x in enumerate(tpl.placeholders):
+            for t in tpl.concept:
+                c_prompts.append(_fill(t, concept, x))
+                c_seeds.append(config.seed + k)
+    if base_file is not None:
+        b_prompts = read_prompt_file(base_file, kind="base prompt")
+        b_seeds = [config.seed + k for k in range(len(b_prompts))]
+    else:
+        b_prompts, b_seeds = [], []
+        for k, x in enumerate(tpl.placeholders):
+            for t in tpl.base:
+                b_prompts.append(_fill(t, concept, x))
+                b_seeds.append(config.seed + k)
+    return ConceptPrompts(concept, tuple(c_prompts), tuple(b_prompts), tuple(c_seeds), tuple(b_seeds))
+
+
+# --------------------------------------------------------------------- concepts
+def parse_concepts(concepts: str | Sequence[str]) -> list[str]:
+    """``"a, b, c"`` or ``["a", "b"]`` -> a clean list; empty or duplicate names are refused."""
+    items = concepts.split(",") if isinstance(concepts, str) else list(concepts)
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for raw in items:
+        if not isinstance(raw, str):
+            raise FIAError(f"concept names must be strings, got {raw!r}")
+        c = " ".join(raw.split())
+        if not c:
+            raise FIAError("empty concept name in the list; pass e.g. --concepts 'golf ball, church'")
+        key = c.casefold()
+        if key in seen:
+            raise FIAError(f"concept {c!r} is listed twice; list each concept once")
+        seen[key] = c
+        out.append(c)
+    if not out:
+        raise FIAError("no concepts given; pass e.g. --concepts 'golf ball, church'")
+    return out
+
+
+# ---------------------------------------------------------------------- presets
+def preset_path(task: str) -> Path:
+    """The packaged YAML preset of ``task`` (``fia/configs/<task>.yaml``)."""
+    if task not in TASKS:
+        raise FIAError(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
+    return Path(str(resources.files("fia") / "configs" / f"{task}.yaml"))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of :class:`FIAConfig` fields (unknown keys are refused later)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FIAError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/object.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FIAError(f"config file {str(p)!r} is not valid YAML ({first}); fix it or drop --config") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FIAError(f"config file {str(p)!r} must be a YAML mapping of settings (key: value)")
+    return data
+
+
+def _generation_defaults() -> dict[str, Any] | None:
+    try:
+        from fia.shapeworld import GENERATION_DEFAULTS  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return dict(GENERATION_DEFAULTS)
+
+
+def load_preset(task: str) -> dict[str, Any]:
+    """The preset settings of ``task`` as a dict of FIAConfig fields.
+
+    The ShapeWorld preset takes its schedule (steps, guidance) from
+    ``fia.shapeworld.GENERATION_DEFAULTS`` when that exists, and keeps
+    ``saliency_steps`` within it.
+    """
+    data = read_config_file(preset_path(task))
+    data["task"] = task
+    if task == "shapeworld":
+        gen = _generation_defaults()
+        if gen:
+            if "num_inference_steps" in gen:
+                data["num_inference_steps"] = int(gen["num_inference_steps"])
+            if "guidance_scale" in gen:
+                data["guidance_scale"] = float(gen["guidance_scale"])
+        steps = int(data.get("num_inference_steps", 25))
+        data["saliency_steps"] = min(int(data.get("saliency_steps", 10)), steps)
+    return data
+
+
+def resolve_config(
+    task: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    default_task: str = "object",
+) -> FIAConfig:
+    """Preset of the task < YAML file < explicit overrides (``None`` values skipped).
+
+    The task is, in order: ``task``, the file's ``task``, ``default_task``.
+    """
+    file_data = read_config_file(config_file) if config_file is not None else {}
+    chosen = task or file_data.get("task") or default_task
+    if chosen not in TASKS:
+        raise FIAError(f"unknown task {chosen!r}; use one of: {', '.join(TASKS)}")
+    data = load_preset(chosen)
+    data.update(file_data)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data["task"] = chosen
+    try:
+        return FIAConfig.from_dict(data)
+    except TypeError as exc:  # wrong value types in YAML
+        raise FIAError(f"bad settings ({exc}); check the config file") from exc
+
+
+def concept_value(overrides: Mapping[str, float], concept: str, default: float) -> float:
+    """A per-concept override (``r1_overrides`` / ``r2_overrides``), matched case-insensitively."""
+    if concept in overrides:
+        return overrides[concept]
+    key = " ".join(concept.split()).casefold()
+    for name, value in overrides.items():
+        if " ".join(name.split()).casefold() == key:
+            return value
+    return default
