@@ -1,0 +1,493 @@
+"""The ConceptMask artifact: what FIA prunes, stored compactly with its provenance.
+
+A mask file (``mask.safetensors``) holds, per edited layer,
+
+* ``indices/<layer>``: the flat indices (row-major, int32) of the pruned weights;
+* ``values/<layer>``: their original values (float32), so the edit can be
+  undone without the base model;
+
+and one JSON string under the header key ``fia`` with the concepts, every
+hyperparameter (:meth:`FIAConfig.to_dict`), per-layer and total counts,
+layer names and shapes, the package version, the target kind and two
+fingerprints of the base model's target weights:
+
+* ``fingerprint``: sha256 over the layer names, shapes and the weights
+  rounded to float16 (a float32 and a float16 copy of the same model match);
+* ``edit_fingerprint``: the same with the pruned entries set to zero, which is
+  what :meth:`ConceptMask.apply_` checks, so it accepts both the base model
+  and a model already edited by this mask, and refuses any other.
+
+The file holds no timestamps or paths: the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fia.errors import FIAError
+
+FORMAT = "fia-mask"
+FORMAT_VERSION = 1
+_HEADER_KEY = "fia"
+
+
+# ------------------------------------------------------------------ model access
+def denoiser(obj: Any) -> nn.Module:
+    """The denoiser (UNet / transformer) of a pipeline, or ``obj`` if it is a module."""
+    if isinstance(obj, nn.Module):
+        return obj
+    try:
+        from fia.targets import denoiser_of
+    except ImportError:  # pragma: no cover - fia.targets ships with the package
+        denoiser_of = None
+    if denoiser_of is not None:
+        return denoiser_of(obj)
+    for attr in ("unet", "transformer"):  # pragma: no cover
+        mod = getattr(obj, attr, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise FIAError(f"{type(obj).__name__} has no UNet or transformer; pass a diffusers pipeline")  # pragma: no cover
+
+
+def _weights_by_name(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        mod = modules.get(name)
+        w = getattr(mod, "weight", None) if mod is not None else None
+        if not isinstance(w, Tensor):
+            raise FIAError(
+                f"the model has no layer {name!r}; this mask was made for a different model, "
+                "apply it to the model it was made from"
+            )
+        out[name] = w
+    return out
+
+
+def fingerprint_weights(
+    weights: Mapping[str, Tensor], zeroed: Mapping[str, Tensor] | None = None
+) -> str:
+    """sha256 over ``name``, ``shape`` and the float16-rounded values of each weight.
+
+    ``zeroed`` (layer -> flat indices) sets those entries to zero first.
+    Layers are hashed in name order.
+    """
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        w = weights[name].detach()
+        h.update(name.encode())
+        h.update(json.dumps(list(w.shape)).encode())
+        w16 = w.to(device="cpu", dtype=torch.float16).contiguous().reshape(-1)
+        if zeroed is not None and name in zeroed and zeroed[name].numel():
+            w16 = w16.clone()
+            w16[zeroed[name].long()] = 0
+        h.update(w16.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- artifact
+@dataclass
+class LayerMask:
+    """The pruned entries of one layer."""
+
+    name: str
+    shape: tuple[int, int]
+    indices: Tensor  # int64 flat row-major indices, sorted
+    values: Tensor  # float32 original values, same order
+    agnostic: int = 0  # entries selected by >= tau_ca concepts (kept)
+    tau_ca: int = 2
+    selected: dict[str, int] = field(default_factory=dict)  # concept -> |Q_c|
+
+    @property
+    def numel(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    @property
+    def pruned(self) -> int:
+        return int(self.indices.numel())
+
+
+@dataclass
+class ConceptMask:
+    """A fused FIA pruning mask with the original values and provenance.
+
+    Build one with :func:`fia.erase`; load one with :meth:`ConceptMask.load`.
+    """
+
+    concepts: list[str]
+    config: dict[str, Any]
+    layers: list[LayerMask]
+    fingerprint: str
+    edit_fingerprint: str
+    target_kind: str = "ffn2"
+    dtype: str = "float32"
+    version: str = ""
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_prune_masks(
+        cls,
+        weights: Mapping[str, Tensor],
+        prune: Mapping[str, Tensor],
+        *,
+        concepts: list[str],
+        config: dict[str, Any],
+        target_kind: str,
+        agnostic: Mapping[str, int] | None = None,
+        tau_ca: Mapping[str, int] | None = None,
+        selected: Mapping[str, Mapping[str, int]] | None = None,
+        fingerprint: str | None = None,
+    ) -> "ConceptMask":
+        """From dense bool prune masks and the (unedited) weights they apply to."""
+        from fia import __version__
+
+        layers = []
+        for name in weights:  # the caller's (module) order
+            w = weights[name].detach()
+            p = prune[name]
+            if tuple(p.shape) != tuple(w.shape):
+                raise ValueError(f"mask of {name} has shape {tuple(p.shape)}, weight {tuple(w.shape)}")
+            idx = torch.nonzero(p.reshape(-1).cpu(), as_tuple=False).reshape(-1).to(torch.int64)
+            vals = w.reshape(-1).cpu()[idx].to(torch.float32).clone()
+            layers.append(
+                LayerMask(
+                    name=name,
+                    shape=(int(w.shape[0]), int(w.shape[1])),
+                    indices=idx,
+                    values=vals,
+                    agnostic=int((agnostic or {}).get(name, 0)),
+                    tau_ca=int((tau_ca or {}).get(name, 0)),
+                    selected={c: int(v) for c, v in ((selected or {}).get(name, {})).items()},
+                )
+            )
+        idx_map = {lm.name: lm.indices for lm in layers}
+        dtypes = {str(w.dtype).replace("torch.", "") for w in weights.values()}
+        return cls(
+            concepts=list(concepts),
+            config=dict(config),
+            layers=layers,
+            fingerprint=fingerprint or fingerprint_weights(weights),
+            edit_fingerprint=fingerprint_weights(weights, idx_map),
+            target_kind=target_kind,
+            dtype=",".join(sorted(dtypes)),
+            version=__version__,
+        )
+
+    # --------------------------------------------------------------- counting
+    @property
+    def layer_names(self) -> list[str]:
+        return [lm.name for lm in self.layers]
+
+    def layer(self, name: str) -> LayerMask:
+        for lm in self.layers:
+            if lm.name == name:
+                return lm
+        raise KeyError(name)
+
+    @property
+    def pruned(self) -> int:
+        return sum(lm.pruned for lm in self.layers)
+
+    @property
+    def agnostic(self) -> int:
+        return sum(lm.agnostic for lm in self.layers)
+
+    @property
+    def total_weights(self) -> int:
+        return sum(lm.numel for lm in self.layers)
+
+    @property
+    def pruned_share(self) -> float:
+        return self.pruned / self.total_weights if self.total_weights else 0.0
+
+    def to_dense(self, layer: str) -> Tensor:
+        """The bool prune mask of ``layer`` (True = weight is zeroed)."""
+        lm = self.layer(layer)
+        dense = torch.zeros(lm.numel, dtype=torch.bool)
+        dense[lm.indices.long()] = True
+        return dense.reshape(lm.shape)
+
+    # ---------------------------------------------------------- model editing
+    def check(self, target: Any) -> dict[str, Tensor]:
+        """Weights of ``target``'s masked layers, after checking it is the right model."""
+        model = denoiser(target)
+        weights = _weights_by_name(model, self.layer_names)
+        for lm in self.layers:
+            if tuple(weights[lm.name].shape) != tuple(lm.shape):
+                raise FIAError(
+                    f"layer {lm.name} has shape {tuple(weights[lm.name].shape)} but the mask expects "
+                    f"{tuple(lm.shape)}; this mask was made for a different model, apply it to the model "
+                    "it was made from"
+                )
+        got = fingerprint_weights(weights, {lm.name: lm.indices for lm in self.layers})
+        if got != self.edit_fingerprint:
+            raise FIAError(
+                f"this mask was made for a different model (fingerprint {self.edit_fingerprint[:12]}, "
+                f"model {got[:12]}); apply it to the model it was made from"
+            )
+        return weights
+
+    @torch.no_grad()
+    def apply_(self, target: Any) -> Any:
+        """Zero the pruned weights of ``target`` (pipeline or denoiser) in place; returns it."""
+        weights = self.check(target)
+        for lm in self.layers:
+            if lm.pruned:
+                w = weights[lm.name]
+                idx = lm.indices.to(w.device).long()
+                w[idx // lm.shape[1], idx % lm.shape[1]] = 0
+        return target
+
+    @torch.no_grad()
+    def restore_(self, target: Any) -> Any:
+        """Put the stored original values back (undo :meth:`apply_`); returns ``target``."""
+        weights = self.check(target)
+        for lm in self.layers:
+            if lm.pruned:
+                w = weights[lm.name]
+                idx = lm.indices.to(w.device).long()
+                w[idx // lm.shape[1], idx % lm.shape[1]] = lm.values.to(device=w.device, dtype=w.dtype)
+        return target
+
+    # ------------------------------------------------------------------- text
+    def summary(self) -> str:
+        """Human-readable description: concepts, settings, per-layer table, pruned share."""
+        cfg = self.config
+        lines = [
+            f"FIA concept mask (forget-it-all {self.version}, targets {self.target_kind}, model dtype {self.dtype})",
+            f"concepts ({len(self.concepts)}): {', '.join(self.concepts)}",
+            "settings: "
+            + ", ".join(
+                f"{k}={cfg[k]}"
+                for k in (
+                    "task", "r1", "r2", "alpha", "saliency_steps", "num_inference_steps",
+                    "guidance_scale", "seed", "saliency", "cfg_rows",
+                )  # fmt: skip
+                if k in cfg
+            ),
+        ]
+        for k in ("r1_overrides", "r2_overrides"):
+            if cfg.get(k):
+                lines.append(f"{k}: " + ", ".join(f"{c}={v}" for c, v in cfg[k].items()))
+        lines.append(f"model fingerprint: {self.fingerprint[:16]}")
+        width = max([len(lm.name) for lm in self.layers] + [5])
+        lines.append(f"{'layer':<{width}}  {'shape':>12}  {'pruned':>9}  {'agnostic':>9}  {'tau_ca':>6}  {'share':>8}")
+        for lm in self.layers:
+            shape = f"{lm.shape[0]}x{lm.shape[1]}"
+            lines.append(
+                f"{lm.name:<{width}}  {shape:>12}  {lm.pruned:>9}  {lm.agnostic:>9}  {lm.tau_ca:>6}  "
+                f"{100 * lm.pruned / lm.numel:>7.3f}%"
+            )
+        lines.append(
+            f"total: {self.pruned} of {self.total_weights} weights pruned ({100 * self.pruned_share:.3f} %), "
+            f"{self.agnostic} concept-agnostic kept, {len(self.layers)} layers"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:  # pragma: no cover - convenience
+        return self.summary()
+
+    # --------------------------------------------------------------- storage
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fia_version": self.version,
+            "concepts": self.concepts,
+            "config": self.config,
+            "target_kind": self.target_kind,
+            "dtype": self.dtype,
+            "fingerprint": self.fingerprint,
+            "edit_fingerprint": self.edit_fingerprint,
+            "layers": [
+                {
+                    "name": lm.name,
+                    "shape": list(lm.shape),
+                    "pruned": lm.pruned,
+                    "agnostic": lm.agnostic,
+                    "tau_ca": lm.tau_ca,
+                    "selected": lm.selected,
+                }
+                for lm in self.layers
+            ],
+            "totals": {
+                "pruned": self.pruned,
+                "agnostic": self.agnostic,
+                "weights": self.total_weights,
+                "pruned_share": self.pruned_share,
+            },
+        }
+
+    def _tensors(self) -> dict[str, Tensor]:
+        tensors = {}
+        for lm in self.layers:
+            tensors[f"indices/{lm.name}"] = lm.indices.to(torch.int32).contiguous()
+            tensors[f"values/{lm.name}"] = lm.values.to(torch.float32).contiguous()
+        return tensors
+
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors = self._tensors()
+        meta = self.metadata()
+        meta["content_sha256"] = _content_hash(tensors)
+        return save(tensors, metadata={_HEADER_KEY: json.dumps(meta, sort_keys=True)})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the mask to ``path`` atomically (temporary file + rename)."""
+        path = Path(path)
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ConceptMask":
+        """Read a mask file; a missing, truncated or foreign file raises :class:`FIAError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FIAError(f"mask file {str(path)!r} does not exist; pass the mask.safetensors that fia erase wrote")
+        bad = f"mask file {str(path)!r} is truncated or not a FIA mask; re-run fia erase"
+        try:
+            return cls.from_bytes(path.read_bytes())
+        except FIAError:
+            raise
+        except Exception as exc:
+            raise FIAError(bad) from exc
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ConceptMask":
+        if len(data) < 8:
+            raise ValueError("too short")
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        meta = json.loads(header["__metadata__"][_HEADER_KEY])
+        if meta.get("format") != FORMAT:
+            raise ValueError("not a fia mask")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise FIAError(
+                f"this mask uses format version {meta['format_version']}, newer than this package "
+                f"understands ({FORMAT_VERSION}); upgrade forget-it-all"
+            )
+        from safetensors.torch import load
+
+        tensors = load(data)
+        if _content_hash(tensors) != meta.get("content_sha256"):
+            raise ValueError("content hash mismatch")
+        layers = []
+        for info in meta["layers"]:
+            name = info["name"]
+            idx = tensors[f"indices/{name}"].to(torch.int64)
+            vals = tensors[f"values/{name}"]
+            shape = (int(info["shape"][0]), int(info["shape"][1]))
+            if idx.numel() != vals.numel() or idx.numel() != int(info["pruned"]):
+                raise ValueError(f"layer {name} is inconsistent")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shape[0] * shape[1]):
+                raise ValueError(f"layer {name} has indices out of range")
+            layers.append(
+                LayerMask(
+                    name=name,
+                    shape=shape,
+                    indices=idx,
+                    values=vals,
+                    agnostic=int(info["agnostic"]),
+                    tau_ca=int(info["tau_ca"]),
+                    selected={c: int(v) for c, v in info.get("selected", {}).items()},
+                )
+            )
+        return cls(
+            concepts=list(meta["concepts"]),
+            config=dict(meta["config"]),
+            layers=layers,
+            fingerprint=meta["fingerprint"],
+            edit_fingerprint=meta["edit_fingerprint"],
+            target_kind=meta.get("target_kind", "ffn2"),
+            dtype=meta.get("dtype", ""),
+            version=meta.get("fia_version", ""),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConceptMask):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+
+def _content_hash(tensors: Mapping[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(json.dumps(list(t.shape)).encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ atomic I/O
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp_dir`` to ``out_dir``, replacing an older ``out_dir``."""
+    out_dir = Path(out_dir)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLike) -> Path:
+    """Apply ``mask`` to ``pipe`` (in place) and save it as an ordinary diffusers folder.
+
+    The folder loads with ``DiffusionPipeline.from_pretrained`` (or the
+    pipeline's own class). It is written to a temporary sibling folder and
+    renamed into place, so ``out_dir`` never holds a half-written pipeline.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FIAError(f"{str(out_dir)!r} exists and is not a folder; choose another --out")
+    mask.apply_(pipe)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
