@@ -1,0 +1,139 @@
+"""Loading the diffusion pipeline FIA edits.
+
+``--model`` is a local diffusers folder (one with ``model_index.json``, as
+written by ``save_pretrained``) or a Hugging Face Hub id such as
+``runwayml/stable-diffusion-v1-5``. With no model, the ShapeWorld pipeline
+shipped with the package is used. Stable Diffusion 1.x/2.x and XL load
+through :class:`diffusers.DiffusionPipeline`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fia.errors import FIAError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise FIAError(f"unknown dtype {dtype!r}; use one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def parse_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FIAError(f"unknown device {device!r}; use cpu, cuda, cuda:0 or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FIAError(f"device {device!r} is not available (no CUDA GPU found); use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FIAError(f"device {device!r} is not available; use --device cpu")
+    return dev
+
+
+def shapeworld_path() -> Path:
+    """The shipped ShapeWorld pipeline folder; :class:`FIAError` if it is not there."""
+    try:
+        from fia.shapeworld import pipeline_path  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise FIAError(
+            "the ShapeWorld pipeline is not part of this installation yet; "
+            "pass --model with a local diffusers folder or a Hub id"
+        ) from exc
+    try:
+        path = Path(pipeline_path())
+    except FIAError:
+        raise
+    except Exception as exc:
+        raise FIAError(
+            f"the ShapeWorld pipeline is not available ({exc}); train it with `fia shapeworld train` "
+            "or pass --model with a local diffusers folder"
+        ) from exc
+    if not (path / "model_index.json").is_file():
+        raise FIAError(
+            f"the ShapeWorld pipeline is missing from {path}; train it with `fia shapeworld train` "
+            "or pass --model with a local diffusers folder"
+        )
+    return path
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith((".", "/", "~"))
+        or "\\" in model
+        or model.count("/") > 1
+        or not _HUB_ID.match(model)
+    )
+
+
+def resolve_model(model: str | None) -> str:
+    """Check ``model`` without loading it: a pipeline folder, or a Hub-id-shaped name.
+
+    Returns the folder (as a string) or the Hub id. ``None`` -> ShapeWorld.
+    """
+    if model is None:
+        return str(shapeworld_path())
+    model = str(model).strip()
+    if not model:
+        raise FIAError("empty --model; pass a local diffusers folder or a Hub id")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FIAError(f"model {model!r} is a file, not a diffusers pipeline folder; pass the folder")
+        if not (path / "model_index.json").is_file():
+            raise FIAError(
+                f"{model!r} is not a diffusers pipeline folder (no model_index.json); pass the folder "
+                "that save_pretrained wrote, or a Hub id"
+            )
+        return str(path)
+    if _looks_like_path(model):
+        raise FIAError(f"model path {model!r} does not exist; pass an existing diffusers folder or a Hub id")
+    return model
+
+
+def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32") -> Any:
+    """Load a diffusers text-to-image pipeline (SD 1.x/2.x/XL) from a folder or the Hub.
+
+    Raises :class:`FIAError` for a missing folder, a folder that is not a
+    pipeline, or a Hub id that cannot be reached.
+    """
+    from diffusers import DiffusionPipeline
+
+    torch_dtype = parse_dtype(dtype)
+    dev = parse_device(device)
+    ref = resolve_model(model)
+    local = Path(ref).is_dir()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in newer diffusers
+            pipe = DiffusionPipeline.from_pretrained(ref, torch_dtype=torch_dtype)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if local:
+            raise FIAError(
+                f"could not load the pipeline in {ref!r} ({reason}); pass a folder written by "
+                "save_pretrained"
+            ) from exc
+        raise FIAError(
+            f"could not load {ref!r} from the Hugging Face Hub ({reason[:200]}); download it once "
+            "and pass its local folder with --model PATH"
+        ) from exc
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None:
+        raise FIAError(f"{ref!r} has no UNet or transformer; pass a text-to-image diffusion pipeline")
+    pipe = pipe.to(dev)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
