@@ -1,3 +1,45 @@
-"""forget-it-all: training-free multi-concept erasure for diffusion models."""
+"""forget-it-all: training-free multi-concept erasure for diffusion models.
+
+Quick use::
+
+    import fia
+    mask = fia.erase(pipe, ["golf ball", "church"], fia.FIAConfig(r2=0.007))
+    mask.apply_(pipe)                       # zero the pruned FFN2 weights in place
+    mask.save("out/mask.safetensors")
+    mask = fia.ConceptMask.load("out/mask.safetensors")
+
+Heavy modules (torch, diffusers) load on first use, so ``import fia`` is light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fia.config import FIAConfig
+from fia.errors import FIAError
 
 __version__ = "0.1.0"
+
+__all__ = ["FIAConfig", "FIAError", "ConceptMask", "erase", "load_pipeline", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fia.erase import erase
+    from fia.mask import ConceptMask
+    from fia.models import load_pipeline
+
+_LAZY = {"ConceptMask": "fia.mask", "erase": "fia.erase", "load_pipeline": "fia.models"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fia' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -133,6 +133,7 @@ class ConceptMask:
     target_kind: str = "ffn2"
     dtype: str = "float32"
     version: str = ""
+    stats: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # erase's run statistics, not saved
 
     # ------------------------------------------------------------ construction
     @classmethod
