@@ -1,0 +1,311 @@
+"""ConceptPrune: training-free erasure by pruning "skilled neurons" of FFN2.
+
+Reference: R. Chavhan, D. Li, T. Hospedales, "ConceptPrune: Concept Editing in
+Diffusion Models via Skilled Neuron Pruning", arXiv:2405.19237 (ICLR 2025),
+Section 3 (skilled-neuron discovery with the Wanda score, Sec. 3.2-3.3).
+
+What is implemented
+-------------------
+Target layers: the second linear of every transformer feed-forward block
+(FFN2: the last ``nn.Linear`` of each diffusers ``FeedForward``), weight
+``W`` of shape ``(C_out, C_in)``; a "neuron" is one weight ``W_ij``.
+
+1. Wanda score (Sun et al., arXiv:2306.11695, Eq. 1), per layer and per
+   denoising step ``t``, for a prompt set ``P``::
+
+       S_t^P[i, j] = |W_ij| * || X_j ||_2
+
+   ``X_j`` is input column ``j`` of FFN2 stacked over every position and
+   every prompt of ``P`` at step ``t`` (so ``||X_j||^2`` is a sum of squares
+   and batching prompts changes nothing).
+2. Skilled neurons of step ``t``: among the weights whose score for the
+   concept prompts exceeds that for the reference prompts,
+   ``D_t = S_t^concept - S_t^reference > 0``, the top ``sparsity`` share by
+   ``D_t`` (``K = max(1, floor(sparsity * n))`` with ``n`` = weights of the
+   layer, or of one output row when ``group="row"`` as in Wanda's
+   per-output comparison groups).
+3. Aggregation over the first ``saliency_steps`` steps by frequency: a weight
+   is skilled when it was selected in at least ``ceil(step_share * T)`` of the
+   ``T`` steps (at least one).
+4. Several concepts: the union of their skilled neurons. Pruning sets those
+   weights to zero; nothing else changes.
+
+Choices where the paper leaves room (each is a :class:`ConceptPruneConfig`
+field): the sampler is the pipeline's own (its scheduler, CFG ``7.5``,
+``num_inference_steps=50``), stopped after the first ``saliency_steps=10``
+steps, the only ones scored; with classifier-free guidance both halves of
+the batch feed ``X`` (``cfg_rows="both"``; ``"cond"`` keeps the text half);
+ties in the top-k are broken by lower flat index; the prompt sets are the
+project's shared templates (:mod:`fia.baselines.prompts`) so all methods see
+the same text. ConceptPrune has no preservation term: ``preserve`` is
+accepted for interface compatibility and ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from fia.baselines import _common
+from fia.baselines._common import Progress, PromptSets
+from fia.baselines.prompts import TASKS, check_prompt_lists, prompt_sets
+from fia.errors import FIAError
+
+GROUPS = ("layer", "row")
+CFG_ROWS = ("both", "cond")
+
+
+@dataclass
+class ConceptPruneConfig:
+    """Settings of ConceptPrune.
+
+    Attributes:
+        sparsity: ``k``, the share of a layer's weights selected per step
+            (1 %, the paper's setting for most concepts).
+        step_share: a weight is pruned if selected in at least this share of
+            the scored steps.
+        saliency_steps: number of first denoising steps scored; the sampler
+            stops after them.
+        num_inference_steps: length of the schedule those steps belong to.
+        guidance_scale: classifier-free guidance of the sampler.
+        seed: prompt ``k`` of a set is sampled with seed ``seed + k``.
+        batch_size: prompts per sampler call (``None``: the whole set).
+        cfg_rows: which rows of a guided batch form ``X``: ``both`` halves or
+            the ``cond`` (text) half.
+        group: top-k over the whole ``layer`` or per output ``row``.
+        task: template family of the default prompts (see
+            :func:`fia.baselines.prompts.prompt_sets`).
+        prompt_limit: keep at most this many default prompts per set.
+    """
+
+    sparsity: float = 0.01
+    step_share: float = 0.5
+    saliency_steps: int = 10
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    batch_size: int | None = None
+    cfg_rows: Literal["both", "cond"] = "both"
+    group: Literal["layer", "row"] = "layer"
+    task: str = "object"
+    prompt_limit: int | None = None
+
+    def validate(self) -> "ConceptPruneConfig":
+        _common.check_fraction("sparsity", self.sparsity)
+        _common.check_fraction("step_share", self.step_share)
+        _common.check_positive_int("saliency_steps", self.saliency_steps)
+        _common.check_positive_int("num_inference_steps", self.num_inference_steps)
+        if self.saliency_steps > self.num_inference_steps:
+            raise FIAError(
+                f"saliency_steps ({self.saliency_steps}) exceed num_inference_steps "
+                f"({self.num_inference_steps}); lower the first or raise the second"
+            )
+        _common.check_nonnegative("guidance_scale", self.guidance_scale)
+        if self.batch_size is not None:
+            _common.check_positive_int("batch_size", self.batch_size)
+        if self.prompt_limit is not None:
+            _common.check_positive_int("prompt_limit", self.prompt_limit)
+        if self.cfg_rows not in CFG_ROWS:
+            raise FIAError(f"unknown cfg_rows {self.cfg_rows!r}; use one of: {', '.join(CFG_ROWS)}")
+        if self.group not in GROUPS:
+            raise FIAError(f"unknown group {self.group!r}; use one of: {', '.join(GROUPS)}")
+        if self.task not in TASKS:
+            raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
+        return self
+
+    def replace(self, **changes: Any) -> "ConceptPruneConfig":
+        return replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------- pure math
+def wanda_scores(weight: Tensor, sq_norms: Tensor) -> Tensor:
+    """Wanda ``|W_ij| * ||X_j||`` for each step: ``sq_norms`` (T, C_in) of ``||X_j||^2`` -> (T, C_out, C_in)."""
+    return weight.abs().float().unsqueeze(0) * sq_norms.float().clamp_min(0).sqrt().unsqueeze(1)
+
+
+def _top_positive(d: Tensor, share: float, group: str) -> Tensor:
+    """Bool mask: per group, the top ``max(1, floor(share*n))`` entries of ``d`` that are > 0.
+
+    Ties are broken by lower index (stable descending sort).
+    """
+    rows = d.reshape(1, -1) if group == "layer" else d
+    n = rows.shape[1]
+    k = min(n, max(1, math.floor(share * n + 1e-9)))
+    order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
+    mask = torch.zeros_like(rows, dtype=torch.bool)
+    mask.scatter_(1, order, True)
+    return (mask & (rows > 0)).reshape(d.shape)
+
+
+def skilled_neurons(
+    concept_scores: Tensor,
+    reference_scores: Tensor,
+    sparsity: float,
+    step_share: float,
+    group: str = "layer",
+) -> Tensor:
+    """Skilled neurons of one layer from per-step scores (T, C_out, C_in) -> bool (C_out, C_in).
+
+    Per step ``t``: the top ``sparsity`` share of ``D_t = concept - reference``
+    among entries with ``D_t > 0``; then kept if selected in at least
+    ``max(1, ceil(step_share * T))`` steps.
+    """
+    if concept_scores.shape != reference_scores.shape or concept_scores.dim() != 3:
+        raise ValueError(
+            f"scores must both be (T, C_out, C_in); got {tuple(concept_scores.shape)} and "
+            f"{tuple(reference_scores.shape)}"
+        )
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}")
+    steps = concept_scores.shape[0]
+    counts = torch.zeros(concept_scores.shape[1:], dtype=torch.int32)
+    for t in range(steps):
+        diff = concept_scores[t].float() - reference_scores[t].float()
+        counts += _top_positive(diff, sparsity, group).to(torch.int32)
+    need = max(1, math.ceil(step_share * steps - 1e-9))
+    return counts >= need
+
+
+# ------------------------------------------------------------ activations
+class _StepCounter:
+    def __init__(self) -> None:
+        self.step = 0
+
+
+def collect_sq_norms(
+    pipe: Any,
+    prompts: Sequence[str],
+    config: ConceptPruneConfig,
+    layers: Mapping[str, torch.nn.Linear] | None = None,
+) -> dict[str, Tensor]:
+    """``||X_j||^2`` per FFN2 layer and scored step, summed over all ``prompts``: {name: (T, C_in)}.
+
+    Runs the pipeline's own sampler on the prompts (prompt ``k`` with seed
+    ``config.seed + k``) and stops it after ``config.saliency_steps`` steps.
+    """
+    layers = dict(layers) if layers is not None else _common.ffn2_linears(pipe.unet)
+    steps = config.saliency_steps
+    sums = {name: torch.zeros(steps, lin.in_features, dtype=torch.float64) for name, lin in layers.items()}
+    counter = _StepCounter()
+    guided = config.guidance_scale > 1.0
+
+    def make_hook(name: str):
+        def hook(_module, args, _output):
+            if counter.step >= steps:
+                return
+            x = args[0].detach()
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+            if guided and config.cfg_rows == "cond":
+                x = x[x.shape[0] // 2 :]
+            sums[name][counter.step] += x.double().pow(2).sum(dim=(0, 1)).cpu()
+
+        return hook
+
+    def on_step_end(p, i, _t, kwargs):
+        counter.step = i + 1
+        if counter.step >= steps:
+            p._interrupt = True
+        return kwargs
+
+    handles = [lin.register_forward_hook(make_hook(name)) for name, lin in layers.items()]
+    device = _common.execution_device(pipe)
+    batch = config.batch_size or len(prompts)
+    try:
+        for start in range(0, len(prompts), batch):
+            chunk = list(prompts[start : start + batch])
+            gens = _common.seeded_generators(config.seed + start, len(chunk), device)
+            counter.step = 0
+            with torch.no_grad():
+                pipe(
+                    prompt=chunk,
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                    generator=gens,
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                )
+            if counter.step < steps:
+                raise FIAError(
+                    f"the sampler ran only {counter.step} steps, fewer than saliency_steps={steps}; "
+                    "lower saliency_steps"
+                )
+    finally:
+        for h in handles:
+            h.remove()
+        pipe._interrupt = False
+    return sums
+
+
+def concept_mask(
+    pipe: Any,
+    concept_prompts: Sequence[str],
+    reference_prompts: Sequence[str],
+    config: ConceptPruneConfig,
+    *,
+    reference_norms: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Skilled neurons of one concept: {FFN2 name: bool (C_out, C_in)}."""
+    layers = _common.ffn2_linears(pipe.unet)
+    c_norms = collect_sq_norms(pipe, concept_prompts, config, layers)
+    r_norms = reference_norms if reference_norms is not None else collect_sq_norms(pipe, reference_prompts, config, layers)
+    masks = {}
+    for name, lin in layers.items():
+        w = lin.weight.detach().cpu()
+        masks[name] = skilled_neurons(
+            wanda_scores(w, c_norms[name]),
+            wanda_scores(w, r_norms[name]),
+            config.sparsity,
+            config.step_share,
+            config.group,
+        )
+    return masks
+
+
+def edit(
+    pipe: Any,
+    concepts: Sequence[str],
+    config: ConceptPruneConfig | None = None,
+    *,
+    preserve: Sequence[str] = (),
+    progress: Progress | None = None,
+    prompts: PromptSets | None = None,
+) -> dict[str, Tensor]:
+    """Prune the skilled neurons of ``concepts`` from ``pipe``'s FFN2 layers, in place.
+
+    ``prompts`` maps a concept to its (concept prompts, reference prompts);
+    concepts it does not name get :func:`fia.baselines.prompts.prompt_sets`.
+    ``preserve`` is ignored (the method has no preservation term).
+    Returns the pruned mask {FFN2 name: bool tensor}.
+    """
+    config = (config or ConceptPruneConfig()).validate()
+    concepts = _common.check_concepts(concepts)
+    prompts = dict(prompts or {})
+    layers = _common.ffn2_linears(pipe.unet)
+    union = {name: torch.zeros(lin.weight.shape, dtype=torch.bool) for name, lin in layers.items()}
+    ref_cache: dict[tuple[str, ...], dict[str, Tensor]] = {}
+    for n, concept in enumerate(concepts):
+        _common.report(progress, n, len(concepts), f"ConceptPrune: scoring {concept!r}")
+        if concept in prompts:
+            cp, rp = prompts[concept]
+        else:
+            cp, rp = prompt_sets(concept, config.task, limit=config.prompt_limit)
+        check_prompt_lists(concept, cp, rp)
+        key = tuple(rp)
+        if key not in ref_cache:
+            ref_cache[key] = collect_sq_norms(pipe, rp, config, layers)
+        mask = concept_mask(pipe, cp, rp, config, reference_norms=ref_cache[key])
+        for name in union:
+            union[name] |= mask[name]
+    with torch.no_grad():
+        for name, lin in layers.items():
+            lin.weight[union[name].to(lin.weight.device)] = 0
+    _common.report(progress, len(concepts), len(concepts), "ConceptPrune: pruned")
+    return union
