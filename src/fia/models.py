@@ -137,3 +137,59 @@ def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | to
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ------------------------------------------------------------------ generation
+def generation_defaults(model: str | None) -> dict[str, Any]:
+    """Sampling defaults: ShapeWorld's own for the shipped model, else SD's (50 steps, guidance 7.5)."""
+    if model is None:
+        try:
+            from fia.shapeworld import GENERATION_DEFAULTS  # type: ignore[attr-defined]
+
+            return dict(GENERATION_DEFAULTS)
+        except Exception:
+            return {"num_inference_steps": 25, "guidance_scale": 5.0}
+    return {"num_inference_steps": 50, "guidance_scale": 7.5}
+
+
+@torch.no_grad()
+def generate_images(
+    pipe: Any,
+    prompt: str,
+    seeds: list[int],
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+) -> list[Any]:
+    """One PIL image per seed (image ``k`` from ``torch.Generator().manual_seed(seeds[k])``)."""
+    device = getattr(pipe, "device", torch.device("cpu"))
+    gen_device = "cpu" if torch.device(device).type == "mps" else device
+    kwargs: dict[str, Any] = {}
+    if height is not None:
+        kwargs["height"] = int(height)
+    if width is not None:
+        kwargs["width"] = int(width)
+    out = pipe(
+        prompt=[prompt] * len(seeds),
+        num_inference_steps=int(num_inference_steps),
+        guidance_scale=float(guidance_scale),
+        generator=[torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds],
+        output_type="pil",
+        **kwargs,
+    )
+    return list(out.images)
+
+
+def image_grid(rows: list[list[Any]], pad: int = 2) -> Any:
+    """Paste rows of equally sized PIL images into one image (white padding)."""
+    from PIL import Image
+
+    w, h = rows[0][0].size
+    ncol = max(len(r) for r in rows)
+    grid = Image.new("RGB", (ncol * w + (ncol + 1) * pad, len(rows) * h + (len(rows) + 1) * pad), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid.paste(img.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid

@@ -1,0 +1,370 @@
+"""The ``fia`` command: erase concepts, apply and inspect masks, draw images.
+
+A thin layer over the Python API: it parses and validates the options
+(everything is checked before any heavy work starts and before anything is
+written), then calls :func:`fia.erase`, :class:`fia.ConceptMask` and
+:func:`fia.models.load_pipeline`. A problem with the input prints one line
+(``error: <problem>; <fix>``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+
+from fia.errors import FIAError
+
+app = typer.Typer(
+    name="fia",
+    help="Forget-It-All: erase concepts from text-to-image diffusion models by pruning FFN2 neurons, no training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(fn: F) -> F:
+    """Print an FIAError as one line on stderr and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except FIAError as exc:
+            message = " ".join(str(exc).split())
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    """Hide diffusers/transformers loading bars; fia draws its own progress."""
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.disable_progress_bar()
+        dlog.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _check_out_dir(out: Path, what: str = "--out") -> None:
+    if out.exists() and not out.is_dir():
+        raise FIAError(f"{what} {str(out)!r} is a file; pass a folder path")
+
+
+def _check_image_path(out: Path) -> None:
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise FIAError(f"--out {str(out)!r} must end in .png (or .jpg/.webp)")
+    if out.exists() and out.is_dir():
+        raise FIAError(f"--out {str(out)!r} is a folder; pass an image file name such as grid.png")
+
+
+# ------------------------------------------------------------------------ erase
+@app.command()
+@_user_errors
+def erase(
+    concepts: str = typer.Option(..., "--concepts", "-c", help='Concepts to erase, comma separated: "golf ball, church".'),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: mask.safetensors, fusion_stats.json, cache/."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld model)."
+    ),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
+    r1: Optional[float] = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
+    r2: Optional[float] = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Concept-agnostic share (Eq. 7), e.g. 0.6."),
+    saliency_steps: Optional[int] = typer.Option(None, "--saliency-steps", help="Denoising steps scored (then stop)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Length of the sampling schedule."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed; paired prompts share seed + k."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per sampler batch (speed only)."),
+    saliency: Optional[str] = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
+    cfg_rows: Optional[str] = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
+    concept_prompts: Optional[Path] = typer.Option(
+        None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
+    ),
+    base_prompts: Optional[Path] = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),
+    save_pipeline: bool = typer.Option(False, "--save-pipeline", help="Also save the edited pipeline to OUT/pipeline."),
+) -> None:
+    """Find the pruning mask that erases CONCEPTS and write it to OUT."""
+    from fia.models import parse_device, parse_dtype, resolve_model
+    from fia.prompts import build_prompts, parse_concepts, resolve_config
+
+    # ---- validate everything before heavy work and before writing anything
+    names = parse_concepts(concepts)
+    overrides = {
+        "r1": r1,
+        "r2": r2,
+        "alpha": alpha,
+        "saliency_steps": saliency_steps,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "seed": seed,
+        "batch_size": batch_size,
+        "saliency": saliency,
+        "cfg_rows": cfg_rows,
+        "targets": targets,
+    }
+    cfg = resolve_config(task, config, overrides, default_task="shapeworld" if model is None else "object")
+    plan = {c: build_prompts(c, cfg, concept_prompts, base_prompts) for c in names}
+    _check_out_dir(out)
+    parse_device(device)
+    parse_dtype(dtype)
+    resolve_model(model)
+
+    run_erase(
+        model=model, names=names, cfg=cfg, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline
+    )
+
+
+def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, save_pipeline: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import fia
+    from fia.erase import write_stats
+    from fia.mask import save_edited_pipeline
+    from fia.models import load_pipeline
+    from fia.targets import denoiser_of, find_targets
+
+    console = _err_console()
+    with console.status("loading the model..."):
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    find_targets(denoiser_of(pipe), cfg.targets)  # fails early, before OUT exists
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        overall = progress.add_task("concepts", total=len(names))
+        inner: dict[str, Any] = {}
+
+        def on_event(event: str, **info: Any) -> None:
+            if event == "concept_start":
+                label = f"{info['concept']}" + (" (cached)" if info["cached"] else "")
+                inner["task"] = progress.add_task(f"  {label}", total=None)
+            elif event == "concept_progress":
+                done, total = _progress_numbers(info)
+                if done is not None and "task" in inner:
+                    progress.update(inner["task"], completed=done, total=total)
+            elif event == "concept_done":
+                if "task" in inner:
+                    t = progress.tasks[[x.id for x in progress.tasks].index(inner["task"])]
+                    total = t.total if t.total else 1
+                    progress.update(inner["task"], completed=total, total=total)
+                progress.advance(overall)
+
+        mask = fia.erase(pipe, names, cfg, cache_dir=out / "cache", prompts=plan, progress=on_event)
+
+    out.mkdir(parents=True, exist_ok=True)
+    mask.save(out / "mask.safetensors")
+    write_stats(mask, out / "fusion_stats.json")
+    if save_pipeline:
+        with console.status("saving the edited pipeline..."):
+            save_edited_pipeline(pipe, mask, out / "pipeline")
+    _print_erase_summary(mask, out, save_pipeline)
+
+
+def _progress_numbers(info: dict[str, Any]) -> tuple[Optional[int], Optional[int]]:
+    """Read (done, total) from the engine's progress callback arguments."""
+    args = info.get("args") or ()
+    done = info.get("done", info.get("completed"))
+    total = info.get("total")
+    if done is None and len(args) >= 1 and isinstance(args[0], (int, float)):
+        done = args[0]
+    if total is None and len(args) >= 2 and isinstance(args[1], (int, float)):
+        total = args[1]
+    return (int(done) if done is not None else None, int(total) if total is not None else None)
+
+
+def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    stats = mask.stats or {}
+    table = Table(title=f"FIA: {len(mask.concepts)} concept(s) erased")
+    table.add_column("concept")
+    table.add_column("r1", justify="right")
+    table.add_column("r2", justify="right")
+    table.add_column("selected neurons", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("source")
+    for c in mask.concepts:
+        pc = stats.get("per_concept", {}).get(c, {})
+        table.add_row(
+            c,
+            f"{pc.get('r1', '')}",
+            f"{pc.get('r2', '')}",
+            f"{pc.get('selected', '')}",
+            f"{pc.get('seconds', 0):.1f}",
+            "cache" if pc.get("cached") else "computed",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"pruned {mask.pruned} of {mask.total_weights} {mask.target_kind} weights "
+        f"({100 * mask.pruned_share:.3f} %), {mask.agnostic} concept-agnostic kept "
+        f"(tau_ca = {stats.get('tau_ca')})"
+    )
+    console.print(f"wrote {out / 'mask.safetensors'} and {out / 'fusion_stats.json'}")
+    if save_pipeline:
+        console.print(f"wrote the edited pipeline to {out / 'pipeline'}")
+
+
+# ------------------------------------------------------------------------ apply
+@app.command()
+@_user_errors
+def apply(
+    mask: Path = typer.Option(..., "--mask", help="mask.safetensors written by fia erase."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model the mask was made from."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the edited diffusers pipeline."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+) -> None:
+    """Apply a mask to a model and save the edited pipeline (an ordinary diffusers folder)."""
+    from fia.mask import ConceptMask, save_edited_pipeline
+    from fia.models import load_pipeline, parse_device, parse_dtype, resolve_model
+
+    m = ConceptMask.load(mask)
+    _check_out_dir(out)
+    parse_device(device)
+    parse_dtype(dtype)
+    resolve_model(model)
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    m.check(pipe)  # refuses a different model before anything is written
+    save_edited_pipeline(pipe, m, out)
+    typer.echo(
+        f"applied {mask} ({', '.join(m.concepts)}; {m.pruned} weights zeroed, {100 * m.pruned_share:.3f} %) "
+        f"and saved the pipeline to {out}"
+    )
+
+
+# ---------------------------------------------------------------------- inspect
+@app.command()
+@_user_errors
+def inspect(mask: Path = typer.Argument(..., help="mask.safetensors written by fia erase.")) -> None:
+    """Print a mask's concepts, settings and per-layer counts."""
+    from fia.mask import ConceptMask
+
+    typer.echo(ConceptMask.load(mask).summary())
+
+
+# --------------------------------------------------------------------- generate
+@app.command()
+@_user_errors
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Grid image to write (PNG)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Diffusers folder or Hub id (default ShapeWorld)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Apply this mask before drawing."),
+    n: int = typer.Option(8, "-n", "--num-images", help="Images to draw (seeds seed .. seed+n-1)."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    compare: bool = typer.Option(False, "--compare", help="With --mask: base row above edited row, same seeds."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+) -> None:
+    """Draw N images of PROMPT into one grid image."""
+    from fia.mask import ConceptMask, atomic_write_bytes
+    from fia.models import generate_images, generation_defaults, image_grid, load_pipeline, parse_device, parse_dtype
+    from fia.models import resolve_model
+
+    if not prompt.strip():
+        raise FIAError("empty --prompt; pass the text to draw")
+    if n < 1:
+        raise FIAError(f"-n must be at least 1, got {n}")
+    if compare and mask is None:
+        raise FIAError("--compare needs --mask (it draws the base model above the edited one)")
+    if steps is not None and steps < 1:
+        raise FIAError(f"--steps must be a positive integer, got {steps}")
+    if guidance is not None and guidance < 0:
+        raise FIAError(f"--guidance must be >= 0, got {guidance}")
+    _check_image_path(out)
+    parse_device(device)
+    parse_dtype(dtype)
+    m = ConceptMask.load(mask) if mask is not None else None
+    resolve_model(model)
+    defaults = generation_defaults(model)
+    kwargs = {
+        "num_inference_steps": steps or defaults.get("num_inference_steps", 50),
+        "guidance_scale": guidance if guidance is not None else defaults.get("guidance_scale", 7.5),
+        "height": height or defaults.get("height"),
+        "width": width or defaults.get("width"),
+    }
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    if m is not None:
+        m.check(pipe)
+    seeds = list(range(seed, seed + n))
+    rows = []
+    if m is None or compare:
+        rows.append(generate_images(pipe, prompt, seeds, **kwargs))
+    if m is not None:
+        m.apply_(pipe)
+        rows.append(generate_images(pipe, prompt, seeds, **kwargs))
+    grid = image_grid(rows)
+    buf = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
+    grid.save(buf, format=fmt)
+    atomic_write_bytes(out, buf.getvalue())
+    what = "base (top) and edited (bottom)" if compare else ("edited" if m is not None else "base")
+    typer.echo(f"wrote {out}: {n} {what} image(s) of {prompt!r}, seeds {seeds[0]}..{seeds[-1]}")
+
+
+# ------------------------------------------------------------------- shapeworld
+def _mount_shapeworld() -> None:
+    try:
+        from fia.shapeworld.cli import app as shapeworld_app
+    except Exception:  # ShapeWorld's command is optional; the rest works without it
+        return
+    app.add_typer(shapeworld_app, name="shapeworld", help="The ShapeWorld toy world: train, render, judge.")
+
+
+_mount_shapeworld()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the ``fia`` console script and ``python -m fia``."""
+    try:
+        app(args=argv, prog_name="fia")
+    except FIAError as exc:  # pragma: no cover - commands already handle these
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+__all__ = ["app", "main"]
