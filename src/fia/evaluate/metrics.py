@@ -1,0 +1,102 @@
+"""Pure metric functions of the evaluation (no models, no files).
+
+* :func:`overall` -- the paper's Overall score, the harmonic mean of the
+  preserving accuracy P and the forgetting complement 1 - F.
+* :func:`fsr` -- Forgetting Success Rate (paper Eq. 9): the share of paired
+  prompts whose edited image scores lower than the base image of the same seed.
+* :func:`frechet_distance` -- the Frechet distance of two Gaussians fitted to
+  feature sets (FID when the features are Inception's; here any judge's).
+* :func:`clip_score` -- ``100 * max(cos(image, text), 0)``, torchmetrics' definition.
+* :func:`jaccard_matrix` -- pairwise overlap of boolean masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """Arithmetic mean, ``None`` for an empty sequence."""
+    values = list(values)
+    return float(sum(values) / len(values)) if values else None
+
+
+def overall(preserve_accuracy: float | None, forget_accuracy: float | None) -> float | None:
+    """Overall = 2 P (1 - F) / (P + 1 - F); 0 when both terms are 0.
+
+    ``None`` when either accuracy is undefined (no erased or no kept class).
+    """
+    if preserve_accuracy is None or forget_accuracy is None:
+        return None
+    p, keep = float(preserve_accuracy), 1.0 - float(forget_accuracy)
+    denom = p + keep
+    return 0.0 if denom <= 0 else 2.0 * p * keep / denom
+
+
+def fsr(base_scores: Sequence[float], edited_scores: Sequence[float]) -> float | None:
+    """Share of pairs where the edited score is strictly below the base score."""
+    if len(base_scores) != len(edited_scores):
+        raise ValueError("base and edited scores must be paired (same length)")
+    if not base_scores:
+        return None
+    lower = sum(1 for b, e in zip(base_scores, edited_scores) if e < b)
+    return lower / len(base_scores)
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) covariance of ``(N, D)`` features, in float64."""
+    feats = torch.as_tensor(features, dtype=torch.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError("need a (N, D) feature matrix with N >= 2")
+    mu = feats.mean(0)
+    centred = feats - mu
+    sigma = centred.T @ centred / (feats.shape[0] - 1)
+    return mu, sigma
+
+
+def _sqrt_psd(mat: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh((mat + mat.T) / 2)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+
+    The trace of the cross term is computed from the eigenvalues of the
+    symmetric matrix ``S1^1/2 S2 S1^1/2`` (same eigenvalues as ``S1 S2``), so
+    no complex matrix square root is needed and the result is deterministic.
+    """
+    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(s, dtype=torch.float64) for s in (sigma1, sigma2))
+    root1 = _sqrt_psd(s1)
+    cross = root1 @ s2 @ root1
+    eig = torch.linalg.eigvalsh((cross + cross.T) / 2).clamp_min(0)
+    value = (mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * eig.sqrt().sum()
+    return float(value.clamp_min(0))
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Frechet distance between two ``(N, D)`` feature sets."""
+    return frechet_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
+
+
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """Per-pair CLIP score ``100 * max(cos, 0)`` of ``(B, D)`` embeddings."""
+    img = torch.nn.functional.normalize(image_embeds.double(), dim=-1)
+    txt = torch.nn.functional.normalize(text_embeds.double(), dim=-1)
+    return (100.0 * (img * txt).sum(-1)).clamp_min(0)
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a & b| / |a | b| of boolean tensors (1.0 when both are empty)."""
+    a, b = a.bool(), b.bool()
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def jaccard_matrix(masks: Sequence[torch.Tensor]) -> list[list[float]]:
+    """Pairwise Jaccard similarity of flattened boolean masks."""
+    flat = [m.bool().flatten() for m in masks]
+    return [[jaccard(x, y) for y in flat] for x in flat]
