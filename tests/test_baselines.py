@@ -12,7 +12,6 @@ from fia.baselines import CONFIGS, METHODS, conceptprune, esd, uce
 from fia.baselines.ablations import counts_of, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig, skilled_neurons
 from fia.baselines.esd import ESDConfig
-from fia.baselines.prompts import prompt_sets
 from fia.baselines.uce import UCEConfig
 from fia.errors import FIAError
 
@@ -96,15 +95,19 @@ def test_bad_settings_raise_fia_error(cfg):
         cfg.validate()
 
 
-def test_prompt_sets():
-    cp, rp = prompt_sets("star", "shapeworld")
-    assert cp[0].startswith("a star ") and "star" not in " ".join(rp)
-    cp, rp = prompt_sets("Ovalli", "shapeworld", limit=3)
-    assert len(cp) == len(rp) == 3 and all("Ovalli" in p for p in cp)
-    cp, rp = prompt_sets("golf ball", "object")
-    assert len(cp) == 60 and len(rp) == 30 and all("golf ball" in p for p in cp)
+def test_conceptprune_uses_fia_prompts_and_seeds():
+    from fia.config import FIAConfig
+    from fia.prompts import ConceptPrompts, build_prompts
+
+    cfg = ConceptPruneConfig(task="shapeworld", seed=5)
+    got = conceptprune._as_prompts("star", None, cfg)
+    assert got == build_prompts("star", FIAConfig(task="shapeworld", seed=5))
+    short = conceptprune._as_prompts("star", None, cfg.replace(prompt_limit=2))
+    assert len(short.concept_prompts) == len(short.base_seeds) == 2
+    pair = conceptprune._as_prompts("star", (["a star", "two stars"], ["a thing"]), cfg)
+    assert pair == ConceptPrompts("star", ("a star", "two stars"), ("a thing",), (5, 6), (5,))
     with pytest.raises(FIAError):
-        prompt_sets("teapot", "shapeworld")
+        conceptprune._as_prompts("star", (["a star"], []), cfg)
 
 
 # -------------------------------------------------------------- ConceptPrune

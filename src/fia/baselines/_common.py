@@ -8,7 +8,7 @@ SD XL and the tiny test pipelines of :mod:`fia.testing`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,9 +18,6 @@ from fia.errors import FIAError
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``: called as work advances; may be ``None``."""
-
-PromptSets = Mapping[str, tuple[Sequence[str], Sequence[str]]]
-"""concept -> (concept prompts, reference prompts)."""
 
 
 def report(progress: Progress | None, done: int, total: int, message: str) -> None:
@@ -94,11 +91,11 @@ def execution_device(pipe: Any) -> torch.device:
     return pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
 
 
-def seeded_generators(seed: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per prompt: prompt ``k`` of a set gets ``seed + k``."""
+def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One seeded generator per prompt, on the sampler's device."""
     dev = torch.device(device)
     gen_device = "cpu" if dev.type == "mps" else dev
-    return [torch.Generator(device=gen_device).manual_seed(seed + k) for k in range(count)]
+    return [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
 
 
 def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:

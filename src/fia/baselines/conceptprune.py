@@ -35,9 +35,9 @@ field): the sampler is the pipeline's own (its scheduler, CFG ``7.5``,
 ``num_inference_steps=50``), stopped after the first ``saliency_steps=10``
 steps, the only ones scored; with classifier-free guidance both halves of
 the batch feed ``X`` (``cfg_rows="both"``; ``"cond"`` keeps the text half);
-ties in the top-k are broken by lower flat index; the prompt sets are the
-project's shared templates (:mod:`fia.baselines.prompts`) so all methods see
-the same text. ConceptPrune has no preservation term: ``preserve`` is
+ties in the top-k are broken by lower flat index; the prompt sets and seeds
+are FIA's own (:func:`fia.prompts.build_prompts`) so that both methods see
+the same text and noise. ConceptPrune has no preservation term: ``preserve`` is
 accepted for interface compatibility and ignored.
 """
 
@@ -52,9 +52,10 @@ import torch
 from torch import Tensor
 
 from fia.baselines import _common
-from fia.baselines._common import Progress, PromptSets
-from fia.baselines.prompts import TASKS, check_prompt_lists, prompt_sets
+from fia.baselines._common import Progress
+from fia.config import FIAConfig
 from fia.errors import FIAError
+from fia.prompts import TASKS, ConceptPrompts, build_prompts
 
 GROUPS = ("layer", "row")
 CFG_ROWS = ("both", "cond")
@@ -73,13 +74,12 @@ class ConceptPruneConfig:
             stops after them.
         num_inference_steps: length of the schedule those steps belong to.
         guidance_scale: classifier-free guidance of the sampler.
-        seed: prompt ``k`` of a set is sampled with seed ``seed + k``.
+        seed: base seed of the prompts (as in :func:`fia.prompts.build_prompts`).
         batch_size: prompts per sampler call (``None``: the whole set).
         cfg_rows: which rows of a guided batch form ``X``: ``both`` halves or
             the ``cond`` (text) half.
         group: top-k over the whole ``layer`` or per output ``row``.
-        task: template family of the default prompts (see
-            :func:`fia.baselines.prompts.prompt_sets`).
+        task: template family of the default prompts (see :mod:`fia.prompts`).
         prompt_limit: keep at most this many default prompts per set.
     """
 
@@ -185,12 +185,18 @@ def collect_sq_norms(
     prompts: Sequence[str],
     config: ConceptPruneConfig,
     layers: Mapping[str, torch.nn.Linear] | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """``||X_j||^2`` per FFN2 layer and scored step, summed over all ``prompts``: {name: (T, C_in)}.
 
     Runs the pipeline's own sampler on the prompts (prompt ``k`` with seed
-    ``config.seed + k``) and stops it after ``config.saliency_steps`` steps.
+    ``seeds[k]``, default ``config.seed + k``) and stops it after
+    ``config.saliency_steps`` steps.
     """
+    seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise FIAError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     layers = dict(layers) if layers is not None else _common.ffn2_linears(pipe.unet)
     steps = config.saliency_steps
     sums = {name: torch.zeros(steps, lin.in_features, dtype=torch.float64) for name, lin in layers.items()}
@@ -221,7 +227,7 @@ def collect_sq_norms(
     try:
         for start in range(0, len(prompts), batch):
             chunk = list(prompts[start : start + batch])
-            gens = _common.seeded_generators(config.seed + start, len(chunk), device)
+            gens = _common.generators(seeds[start : start + batch], device)
             counter.step = 0
             with torch.no_grad():
                 pipe(
@@ -244,29 +250,34 @@ def collect_sq_norms(
     return sums
 
 
-def concept_mask(
-    pipe: Any,
-    concept_prompts: Sequence[str],
-    reference_prompts: Sequence[str],
-    config: ConceptPruneConfig,
-    *,
-    reference_norms: Mapping[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Skilled neurons of one concept: {FFN2 name: bool (C_out, C_in)}."""
-    layers = _common.ffn2_linears(pipe.unet)
-    c_norms = collect_sq_norms(pipe, concept_prompts, config, layers)
-    r_norms = reference_norms if reference_norms is not None else collect_sq_norms(pipe, reference_prompts, config, layers)
-    masks = {}
-    for name, lin in layers.items():
-        w = lin.weight.detach().cpu()
-        masks[name] = skilled_neurons(
-            wanda_scores(w, c_norms[name]),
-            wanda_scores(w, r_norms[name]),
-            config.sparsity,
-            config.step_share,
-            config.group,
+def _as_prompts(concept: str, given: Any, config: ConceptPruneConfig) -> ConceptPrompts:
+    if given is None:
+        cp = build_prompts(concept, FIAConfig(task=config.task, seed=config.seed))
+    elif isinstance(given, ConceptPrompts):
+        cp = given
+    else:
+        try:
+            c_list, r_list = given
+        except (TypeError, ValueError):
+            raise FIAError(
+                f"prompts for {concept!r} must be a ConceptPrompts or a (concept prompts, reference prompts) pair"
+            ) from None
+        for label, lst in (("concept", c_list), ("reference", r_list)):
+            if isinstance(lst, str) or not lst:
+                raise FIAError(f"the {label} prompts of {concept!r} must be a non-empty list of strings")
+        cp = ConceptPrompts(
+            concept,
+            tuple(c_list),
+            tuple(r_list),
+            tuple(config.seed + k for k in range(len(c_list))),
+            tuple(config.seed + k for k in range(len(r_list))),
         )
-    return masks
+    if config.prompt_limit is not None:
+        n = config.prompt_limit
+        cp = ConceptPrompts(
+            cp.concept, cp.concept_prompts[:n], cp.base_prompts[:n], cp.concept_seeds[:n], cp.base_seeds[:n]
+        )
+    return cp
 
 
 def edit(
@@ -276,12 +287,13 @@ def edit(
     *,
     preserve: Sequence[str] = (),
     progress: Progress | None = None,
-    prompts: PromptSets | None = None,
+    prompts: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """Prune the skilled neurons of ``concepts`` from ``pipe``'s FFN2 layers, in place.
 
-    ``prompts`` maps a concept to its (concept prompts, reference prompts);
-    concepts it does not name get :func:`fia.baselines.prompts.prompt_sets`.
+    ``prompts`` maps a concept to a :class:`fia.prompts.ConceptPrompts` or a
+    ``(concept prompts, reference prompts)`` pair (seeds ``seed + k``);
+    other concepts get FIA's prompts and seeds for ``config.task``.
     ``preserve`` is ignored (the method has no preservation term).
     Returns the pruned mask {FFN2 name: bool tensor}.
     """
@@ -289,21 +301,25 @@ def edit(
     concepts = _common.check_concepts(concepts)
     prompts = dict(prompts or {})
     layers = _common.ffn2_linears(pipe.unet)
-    union = {name: torch.zeros(lin.weight.shape, dtype=torch.bool) for name, lin in layers.items()}
-    ref_cache: dict[tuple[str, ...], dict[str, Tensor]] = {}
+    weights = {name: lin.weight.detach().cpu() for name, lin in layers.items()}
+    union = {name: torch.zeros(w.shape, dtype=torch.bool) for name, w in weights.items()}
+    ref_cache: dict[tuple, dict[str, Tensor]] = {}
     for n, concept in enumerate(concepts):
         _common.report(progress, n, len(concepts), f"ConceptPrune: scoring {concept!r}")
-        if concept in prompts:
-            cp, rp = prompts[concept]
-        else:
-            cp, rp = prompt_sets(concept, config.task, limit=config.prompt_limit)
-        check_prompt_lists(concept, cp, rp)
-        key = tuple(rp)
+        cp = _as_prompts(concept, prompts.get(concept), config)
+        key = (cp.base_prompts, cp.base_seeds)
         if key not in ref_cache:
-            ref_cache[key] = collect_sq_norms(pipe, rp, config, layers)
-        mask = concept_mask(pipe, cp, rp, config, reference_norms=ref_cache[key])
-        for name in union:
-            union[name] |= mask[name]
+            ref_cache[key] = collect_sq_norms(pipe, cp.base_prompts, config, layers, seeds=cp.base_seeds)
+        ref = ref_cache[key]
+        con = collect_sq_norms(pipe, cp.concept_prompts, config, layers, seeds=cp.concept_seeds)
+        for name, w in weights.items():
+            union[name] |= skilled_neurons(
+                wanda_scores(w, con[name]),
+                wanda_scores(w, ref[name]),
+                config.sparsity,
+                config.step_share,
+                config.group,
+            )
     with torch.no_grad():
         for name, lin in layers.items():
             lin.weight[union[name].to(lin.weight.device)] = 0
