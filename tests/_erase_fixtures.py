@@ -1,0 +1,56 @@
+"""Shared helpers for the prompts/mask/erase/CLI tests: a tiny saved pipeline, small prompt files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fia.config import FIAConfig
+
+CONCEPT_LINES = "# two contexts\n\na {concept} on the grass\n\na {concept} in the sky\n"
+BASE_LINES = "the grass\nthe sky\n"
+
+
+def small_config(**changes) -> FIAConfig:
+    """Fast settings: 2 of 4 steps scored, a wide r2 so tiny layers select something."""
+    base = dict(task="shapeworld", saliency_steps=2, num_inference_steps=4, guidance_scale=5.0, r2=0.05)
+    base.update(changes)
+    return FIAConfig(**base).validate()
+
+
+@pytest.fixture(scope="session")
+def prompt_files(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("prompts")
+    c, b = d / "concept.txt", d / "base.txt"
+    c.write_text(CONCEPT_LINES)
+    b.write_text(BASE_LINES)
+    return c, b
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random SD pipeline saved with save_pretrained (never modified)."""
+    from fia.testing import tiny_sd_pipeline
+
+    d = tmp_path_factory.mktemp("tiny-sd") / "pipe"
+    tiny_sd_pipeline(seed=0).save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def other_dir(tmp_path_factory) -> Path:
+    """Same architecture, other random weights: a different model."""
+    from fia.testing import tiny_sd_pipeline
+
+    d = tmp_path_factory.mktemp("tiny-sd-other") / "pipe"
+    tiny_sd_pipeline(seed=1).save_pretrained(str(d))
+    return d
+
+
+def load_tiny(path: Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
