@@ -1,0 +1,228 @@
+"""Evaluation: paired generation, judges, suites, metrics and the HTML report.
+
+``fia evaluate`` (see :mod:`fia.evaluate.cli`) and :func:`report_after_erase`
+(called at the end of ``fia erase``) both go through :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fia.errors import FIAError
+from fia.evaluate.generate import EvalItem, Editor, GenerationSettings, ImageStore
+from fia.evaluate.metrics import frechet_distance, fsr, overall
+from fia.evaluate.suites import SUITES, Suite
+
+__all__ = [
+    "SUITES",
+    "EvalItem",
+    "Editor",
+    "GenerationSettings",
+    "ImageStore",
+    "Suite",
+    "build_suite",
+    "evaluate",
+    "frechet_distance",
+    "fsr",
+    "overall",
+    "report_after_erase",
+    "shapeworld_generation_defaults",
+]
+
+SHAPEWORLD_SUITES = ("shapeworld-objects", "shapeworld-styles", "shapeworld-attribute")
+
+
+def shapeworld_generation_defaults() -> dict[str, Any]:
+    try:
+        from fia.shapeworld import GENERATION_DEFAULTS  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    return dict(GENERATION_DEFAULTS)
+
+
+def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--reference") -> Any:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if len(files) < 2:
+        raise FIAError(f"{option} {folder} holds fewer than 2 images; pass a folder of reference images")
+    feats = []
+    for f in files:
+        x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        feats.append(judge.score(x, [EvalItem(f.stem, "", 0)], [f])[0]["_features"])
+    return torch.tensor(feats, dtype=torch.float64)
+
+
+def build_suite(
+    name: str,
+    *,
+    forget: str | Sequence[str] | None = None,
+    preserve: str | Sequence[str] | None = None,
+    images_per_prompt: int | None = None,
+    seed: int = 0,
+    prompts: str | Path | Sequence[str | Path] | None = None,
+    max_prompts: int | None = None,
+    prompts_per_concept: int = 4,
+    classifier: str | Path | None = None,
+    clip: str | Path | None = None,
+    fid_features: str | Path | None = None,
+    reference: str | Path | None = None,
+    device: str = "cpu",
+    oracle: Any = None,
+) -> Suite:
+    """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``)."""
+    from fia.evaluate import judges, suites
+
+    if name not in SUITES:
+        raise FIAError(f"unknown suite {name!r}; use one of: {', '.join(SUITES)}")
+    prompt_files = [prompts] if isinstance(prompts, (str, Path)) else list(prompts or [])
+    first = prompt_files[0] if prompt_files else None
+    if name in SHAPEWORLD_SUITES:
+        if oracle is None:
+            try:
+                from fia.shapeworld import load_oracle  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise FIAError("the ShapeWorld oracle is not installed; reinstall forget-it-all with its assets") from exc
+            oracle = load_oracle(device)
+        judge = judges.ShapeWorldJudge(oracle, device)
+        ipp = images_per_prompt or 2
+        n_ref = 128
+
+        def reference_features():
+            return suites.shapeworld_reference_features(oracle, n_ref, seed + 12345, device)
+
+        return suites.shapeworld_suite(
+            name, judge, forget, preserve, ipp, prompts_per_concept, seed=seed, reference=reference_features
+        )
+    ipp = images_per_prompt or 1
+    if name == "imagenette":
+        return suites.imagenette_suite(judges.ResNetJudge(classifier, device), first, forget, preserve, ipp, max_prompts)
+    if name == "artists":
+        return suites.artists_suite(judges.CLIPJudge(clip, device), prompt_files or None, forget, ipp, max_prompts)
+    if name == "explicit":
+        return suites.explicit_suite(judges.NudeNetJudge(), first, seed, ipp, max_prompts)
+    # coco
+    clip_judge = judges.CLIPJudge(clip, device)
+    feat_judge = judges.FeatureJudge(fid_features, device) if fid_features else None
+    judge = judges.MultiJudge(feat_judge, clip_judge) if feat_judge else clip_judge
+    fid_judge = feat_judge or clip_judge
+    ref = (lambda: _image_features_of_folder(reference, fid_judge)) if reference else None
+    return suites.coco_suite(
+        judge,
+        first,
+        seed,
+        ipp,
+        max_prompts,
+        reference=ref,
+        feature_name="TorchScript features of --fid-features" if feat_judge else "CLIP image embeddings",
+    )
+
+
+def evaluate(
+    suite: Suite,
+    base_pipe: Any,
+    out_dir: str | Path,
+    *,
+    mask: Any = None,
+    edited_pipe: Any = None,
+    settings: GenerationSettings | None = None,
+    run_info: dict[str, Any] | None = None,
+    report: bool = True,
+    concept_masks: Any = None,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
+    state: Any = None,
+    progress: Any = None,
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """Run ``suite`` on base vs edited (``mask`` on ``base_pipe`` or ``edited_pipe``).
+
+    Writes ``OUT/metrics.json``, ``OUT/scores.jsonl``, the images and index
+    and, unless ``report=False``, ``OUT/report.html`` with its PNGs. Returns
+    ``(metrics, report_path)`` on the main process, ``(None, None)`` elsewhere.
+    """
+    from fia.evaluate.report import concept_masks_from_cache, write_report
+    from fia.evaluate.runner import run_suite
+
+    editor = Editor(mask=mask) if mask is not None else Editor(pipe=edited_pipe)
+    settings = settings or GenerationSettings()
+    metrics = run_suite(suite, base_pipe, editor, out_dir, settings, run_info, state, overwrite, progress)
+    if metrics is None or not report:
+        return metrics, None
+    notes = []
+    if concept_masks is None and cache_dir is not None and Path(cache_dir).is_dir() and mask is not None:
+        cfg = getattr(mask, "config", {}) or {}
+        r2, over = float(cfg.get("r2", 0.01)), dict(cfg.get("r2_overrides", {}) or {})
+        try:
+            concept_masks = concept_masks_from_cache(cache_dir, lambda c: over.get(c, r2))
+        except Exception as exc:  # the heatmap is optional: say why it is missing
+            notes.append(f"Could not read the per-concept cache in {cache_dir}: {exc}")
+    path = write_report(out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes)
+    return metrics, path
+
+
+def mask_fingerprint(mask: Any) -> str:
+    """A content hash of a mask (what makes stored edited images reusable)."""
+    import hashlib
+
+    to_bytes = getattr(mask, "to_bytes", None)
+    if callable(to_bytes):
+        return "sha256:" + hashlib.sha256(to_bytes()).hexdigest()
+    return f"object:{id(mask)}"
+
+
+def _shapeworld_family(concepts: Sequence[str]) -> str:
+    from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECTS, STYLE_NAMES
+
+    words = {c.strip().lower() for c in concepts}
+    objects = set(OBJECTS) | {s for syns in OBJECTS.values() for s in syns}
+    if words and words <= objects:
+        return "shapeworld-objects"
+    if words and words <= {s.lower() for s in STYLE_NAMES}:
+        return "shapeworld-styles"
+    if words and words <= set(ATTRIBUTE_NAMES):
+        return "shapeworld-attribute"
+    raise FIAError(
+        f"the after-erase report covers one ShapeWorld family at a time (objects, styles or the attribute), "
+        f"got {', '.join(concepts)}; pass --no-report and run fia evaluate per family"
+    )
+
+
+def report_after_erase(out_dir: str | Path, pipe: Any, mask: Any, concepts: Sequence[str], config: Any) -> Path:
+    """Evaluate a fresh ShapeWorld erase run and write ``OUT/report/report.html``.
+
+    ``pipe`` must be in its base state (mask not applied); the mask is applied
+    for the edited images and restored afterwards. The suite follows the
+    concepts' family (objects, styles or the attribute); kept concepts are all
+    the others. Per-concept masks for the overlap heatmap come from
+    ``OUT/cache/*.safetensors``. Returns the path of ``report.html``.
+    """
+    suite_name = _shapeworld_family(concepts)
+    device = str(getattr(pipe, "device", "cpu"))
+    seed = int(getattr(config, "seed", 0) or 0)
+    suite = build_suite(suite_name, forget=list(concepts), seed=seed, device=device)
+    gen = shapeworld_generation_defaults()
+    settings = GenerationSettings(
+        num_inference_steps=int(gen.get("num_inference_steps", getattr(config, "num_inference_steps", 50))),
+        guidance_scale=float(gen.get("guidance_scale", getattr(config, "guidance_scale", 7.5))),
+        height=gen.get("height"),
+        width=gen.get("width"),
+        batch_size=16,
+    )
+    out = Path(out_dir)
+    _, path = evaluate(
+        suite,
+        pipe,
+        out / "report",
+        mask=mask,
+        settings=settings,
+        run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
+        cache_dir=out / "cache",
+        overwrite=True,
+    )
+    assert path is not None
+    return path

@@ -1,0 +1,165 @@
+"""``fia evaluate``: compare a base model with its edited version on a suite.
+
+Mount it in the main CLI with ``app.command("evaluate")(evaluate)``; it also
+runs alone as ``python -m fia.evaluate.cli`` (and so under
+``accelerate launch -m fia.evaluate.cli``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fia.errors import FIAError
+
+app = typer.Typer(add_completion=False, help="Evaluate erasure: base vs edited images on a suite.")
+
+REAL_SUITES = ("imagenette", "artists", "explicit", "coco")
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _dir_fingerprint(path: Path) -> str:
+    parts = sorted(
+        f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in path.rglob("*") if p.is_file()
+    )
+    return "dir:" + str(path.resolve()) + ":" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@app.command("evaluate")
+def evaluate(
+    suite: str = typer.Option(..., "--suite", help="shapeworld-objects | shapeworld-styles | shapeworld-attribute | imagenette | artists | explicit | coco"),
+    out: Path = typer.Option(..., "--out", help="Output folder: images, index, scores, metrics.json, report.html."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="A mask file from fia erase (edited = base + mask)."),
+    edited: Optional[Path] = typer.Option(None, "--edited", help="A saved edited pipeline folder (instead of --mask)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model folder or Hub id; ShapeWorld when omitted."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Erased concepts, comma-separated."),
+    preserve: Optional[str] = typer.Option(None, "--preserve", help="Kept concepts, comma-separated (default: all others)."),
+    images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Seeds per prompt (ShapeWorld 2, real suites 1)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed (prompt files with their own seeds keep them)."),
+    prompts: Optional[list[Path]] = typer.Option(None, "--prompts", help="Prompt file(s) of a real-model suite (repeat for several artists)."),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts", min=1, help="Use only the first N prompts (per class for imagenette)."),
+    prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),
+    clip: Optional[Path] = typer.Option(None, "--clip", help="CLIP model folder (artists, coco)."),
+    fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="TorchScript feature extractor for FID (coco; default CLIP image embeddings)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of real images for FID (coco)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (ShapeWorld default from the model, else 50)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (a prompt file's own guidance wins)."),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per generation batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device (default: this process's accelerator, else cpu)."),
+    dtype: str = typer.Option("float32", "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace images of a different earlier run in --out."),
+    no_report: bool = typer.Option(False, "--no-report", help="Write metrics only, no report.html."),
+) -> None:
+    """Render paired base/edited images, judge them and write metrics.json and report.html."""
+    try:
+        _evaluate(**locals())
+    except FIAError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _evaluate(
+    suite, out, mask, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
+    prompts_per_concept, classifier, clip, fid_features, reference, steps, guidance, height, width,
+    batch_size, device, dtype, overwrite, no_report,
+) -> None:  # fmt: skip
+    from accelerate import PartialState
+
+    from fia.evaluate import SUITES, GenerationSettings, build_suite, evaluate as run_eval, shapeworld_generation_defaults
+    from fia.models import load_pipeline
+
+    if suite not in SUITES:
+        raise FIAError(f"unknown suite {suite!r}; use one of: {', '.join(SUITES)}")
+    if (mask is None) == (edited is None):
+        raise FIAError("say what to evaluate: pass exactly one of --mask FILE or --edited DIR")
+    if mask is not None and not mask.is_file():
+        raise FIAError(f"--mask {mask} does not exist; pass the mask file written by fia erase")
+    if edited is not None and not edited.is_dir():
+        raise FIAError(f"--edited {edited} is not a folder; pass a pipeline saved with save_pretrained")
+    if suite in REAL_SUITES and model is None:
+        raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
+
+    state = PartialState()
+    dev = device or str(state.device)
+    say = (lambda msg: typer.echo(msg, err=True)) if state.is_main_process else (lambda msg: None)
+
+    gen = shapeworld_generation_defaults() if suite.startswith("shapeworld") else {}
+    settings = GenerationSettings(
+        num_inference_steps=steps or int(gen.get("num_inference_steps", 50)),
+        guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", 7.5)),
+        height=height or gen.get("height"),
+        width=width or gen.get("width"),
+        batch_size=batch_size,
+    )
+    the_suite = build_suite(
+        suite, forget=forget, preserve=preserve, images_per_prompt=images_per_prompt, seed=seed,
+        prompts=prompts, max_prompts=max_prompts, prompts_per_concept=prompts_per_concept,
+        classifier=classifier, clip=clip, fid_features=fid_features, reference=reference, device=dev,
+    )  # fmt: skip
+    base_pipe = load_pipeline(model, dev, dtype)
+    mask_obj, edited_pipe = None, None
+    if mask is not None:
+        from fia.mask import ConceptMask
+
+        try:
+            mask_obj = ConceptMask.load(mask)
+        except FIAError:
+            raise
+        except Exception as exc:
+            raise FIAError(f"--mask {mask} is not a readable FIA mask ({exc}); pass a file written by fia erase") from exc
+        edit_id = _hash_file(mask)
+    else:
+        edited_pipe = load_pipeline(str(edited), dev, dtype)
+        edit_id = _dir_fingerprint(edited)
+    run_info = {
+        "model": model or "shapeworld",
+        "edit": edit_id,
+        "seed": seed,
+    }
+    say(f"{suite}: {len(the_suite.items)} prompts x 2 models on {state.num_processes} process(es)")
+    metrics, report = run_eval(
+        the_suite, base_pipe, out, mask=mask_obj, edited_pipe=edited_pipe, settings=settings,
+        run_info=run_info, report=not no_report, cache_dir=(mask.parent / "cache") if mask else None,
+        overwrite=overwrite, state=state, progress=say,
+    )  # fmt: skip
+    if metrics is not None:
+        _print_summary(metrics)
+        say(f"metrics: {Path(out) / 'metrics.json'}")
+        if report is not None:
+            say(f"report:  {report}")
+
+
+def _print_summary(metrics: dict) -> None:
+    from fia.evaluate.report import _fmt, summary_rows
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics.get('suite')}")
+    for col in ("metric", "base", "edited"):
+        table.add_column(col)
+    for name, b, e in summary_rows(metrics):
+        table.add_row(name, _fmt(b), _fmt(e))
+    Console(file=sys.stderr).print(table)
+
+
+def main() -> None:  # pragma: no cover - thin wrapper
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,255 @@
+"""The evaluation report: ``report.html`` (self-contained) and PNG figures.
+
+Figures (matplotlib, Agg backend), each also written as a PNG next to the HTML
+and embedded in it as a ``data:`` URI so the page opens offline on its own:
+
+* ``grid_<k>.png`` -- for each concept, base (top row) vs edited (bottom row)
+  images made with the same prompt and seed;
+* ``layers.png`` -- the pruned share of every edited layer (needs the mask);
+* ``overlap.png`` -- Jaccard similarity of the per-concept masks Q_c (needs
+  the erase run's per-concept cache), with the concept-agnostic count;
+* ``metrics_table.png`` -- the summary table (also an HTML table).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fia.evaluate.generate import ImageStore  # noqa: E402
+from fia.evaluate.metrics import jaccard_matrix  # noqa: E402
+
+MAX_COLUMNS = 8
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 10 else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(metric, base, edited) rows: the summary, then quality; scalars fill 'edited'."""
+    rows: list[tuple[str, Any, Any]] = []
+    sections = [("", metrics.get("summary", {})), ("quality: ", metrics.get("quality", {}))]
+    for prefix, section in sections:
+        for key, val in section.items():
+            if isinstance(val, Mapping) and set(val) <= {"base", "edited"}:
+                rows.append((prefix + key, val.get("base"), val.get("edited")))
+            elif isinstance(val, (int, float)) or val is None:
+                rows.append((prefix + key, None, val))
+    return rows
+
+
+def per_group_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    for key in ("per_class", "per_artist"):
+        if key in metrics:
+            table = metrics[key]
+            rows = []
+            for name, rec in table.items():
+                base = rec.get("base", rec.get("clip", {}).get("base") if isinstance(rec.get("clip"), dict) else None)
+                edit = rec.get("edited", rec.get("clip", {}).get("edited") if isinstance(rec.get("clip"), dict) else None)
+                rows.append([name, rec.get("role", ""), rec.get("n", ""), base, edit, rec.get("fsr")])
+            what = "accuracy" if key == "per_class" else "CLIP score"
+            return ["concept", "role", "images", f"{what} base", f"{what} edited", "FSR"], rows
+    return [], []
+
+
+# ------------------------------------------------------------------- figures
+def grid_figure(store: ImageStore, items: Sequence[Any], title: str, path: Path) -> Path:
+    cols = min(len(items), MAX_COLUMNS)
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols + 0.8, 3.6), squeeze=False)
+    for c, it in enumerate(items[:cols]):
+        for r, variant in enumerate(("base", "edited")):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(Image.open(store.path(variant, it.id)).convert("RGB")), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"seed {it.seed}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(variant, fontsize=9)
+    prompt = items[0].prompt if len({it.prompt for it in items[:cols]}) == 1 else f"{items[0].prompt} ..."
+    fig.suptitle(f"{title}\n{prompt[:90]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def layers_figure(mask: Any, path: Path) -> Path:
+    names = [lm.name for lm in mask.layers]
+    shares = [100.0 * lm.pruned / lm.numel for lm in mask.layers]
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names) + 2), 3.8))
+    ax.bar(range(len(names)), shares, color="#c0392b")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([_short(n) for n in names], rotation=70, ha="right", fontsize=6)
+    ax.set_ylabel("pruned weights (%)")
+    ax.set_title(f"pruned share per layer (total {100 * mask.pruned_share:.3f} %)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _short(name: str) -> str:
+    return name.replace("transformer_blocks", "tb").replace("attentions", "att").replace(".ff.net.2", ".ffn2")
+
+
+def overlap_figure(concept_masks: Mapping[str, Mapping[str, torch.Tensor]], agnostic: int | None, path: Path) -> Path:
+    concepts = list(concept_masks)
+    layers = sorted(set.intersection(*(set(m) for m in concept_masks.values())))
+    flat = [torch.cat([concept_masks[c][l].bool().flatten() for l in layers]) for c in concepts]
+    jac = np.array(jaccard_matrix(flat))
+    fig, ax = plt.subplots(figsize=(1.0 * len(concepts) + 2.5, 0.9 * len(concepts) + 1.8))
+    im = ax.imshow(jac, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(concepts)))
+    ax.set_xticklabels(concepts, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(concepts)))
+    ax.set_yticklabels(concepts, fontsize=8)
+    for i in range(len(concepts)):
+        for j in range(len(concepts)):
+            ax.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if jac[i, j] < 0.6 else "k")
+    fig.colorbar(im, ax=ax, label="Jaccard of Q_c")
+    extra = f"\nconcept-agnostic (kept) entries: {agnostic}" if agnostic is not None else ""
+    ax.set_title(f"concept overlap{extra}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def table_figure(rows: list[tuple[str, Any, Any]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(rows) + 0.8))
+    ax.axis("off")
+    cells = [[name, _fmt(b), _fmt(e)] for name, b, e in rows] or [["(no metrics)", "", ""]]
+    table = ax.table(cellText=cells, colLabels=["metric", "base", "edited"], loc="center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------- per-concept masks
+def concept_masks_from_cache(cache_dir: str | Path, r2_for: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """Q_c per concept and layer, recomputed from cached per-concept sensitivities A.
+
+    Every ``*.safetensors`` file in ``cache_dir`` holds one concept's A (one 2-D
+    tensor per layer); the concept is the file's ``concept`` metadata or its stem.
+    ``r2_for(concept)`` gives the spatial sparsity.
+    """
+    from safetensors import safe_open
+
+    from fia.core.select import select_concept_neurons
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for f in sorted(Path(cache_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            meta = st.metadata() or {}
+            concept = meta.get("concept") or f.stem
+            tensors = {k: st.get_tensor(k) for k in st.keys()}
+        layers = {k: v for k, v in tensors.items() if v.dim() == 2 and v.is_floating_point()}
+        if layers:
+            r2 = float(r2_for(concept))
+            out[concept] = {k: select_concept_neurons(v, r2) for k, v in layers.items()}
+    return out
+
+
+# ---------------------------------------------------------------------- HTML
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def write_report(
+    out_dir: str | Path,
+    metrics: Mapping[str, Any],
+    suite: Any,
+    mask: Any = None,
+    concept_masks: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    notes: Sequence[str] = (),
+    title: str | None = None,
+) -> Path:
+    """Write ``report.html`` and its PNGs into ``out_dir``; returns the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = ImageStore(out)
+    notes = list(notes)
+    figures: list[tuple[str, Path]] = []
+
+    for k, (gtitle, key) in enumerate(suite.grid_groups):
+        role, group = key.split(":", 1)
+        sel = [it for it in suite.items if it.role == role and it.group == group]
+        sel = [it for it in sel if store.has("base", it.id) and store.has("edited", it.id)]
+        if sel:
+            figures.append((gtitle, grid_figure(store, sel, gtitle, out / f"grid_{k}.png")))
+
+    if mask is not None and getattr(mask, "layers", None):
+        figures.append(("pruned share per layer", layers_figure(mask, out / "layers.png")))
+    else:
+        notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
+
+    if concept_masks and len(concept_masks) >= 2:
+        agnostic = getattr(mask, "agnostic", None) if mask is not None else None
+        figures.append(("concept overlap", overlap_figure(concept_masks, agnostic, out / "overlap.png")))
+    else:
+        notes.append(
+            "Concept-overlap heatmap skipped: it needs the per-concept cache (OUT/cache/*.safetensors) "
+            "of an erase run with at least two concepts."
+        )
+
+    rows = summary_rows(metrics)
+    figures.append(("metrics table", table_figure(rows, out / "metrics_table.png")))
+
+    head, group_rows = per_group_rows(metrics)
+    name = title or f"FIA evaluation: {metrics.get('suite', suite.name)}"
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(name)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated}"
+        ".note{color:#555}</style></head><body>",
+        f"<h1>{html.escape(name)}</h1>",
+    ]
+    if metrics.get("forget"):
+        parts.append(f"<p>Erased: <b>{html.escape(', '.join(map(str, metrics['forget'])))}</b>")
+        if metrics.get("preserve"):
+            parts.append(f"; kept: {html.escape(', '.join(map(str, metrics['preserve'])))}")
+        parts.append("</p>")
+    parts.append("<h2>Metrics</h2><table id='metrics'><tr><th>metric</th><th>base</th><th>edited</th></tr>")
+    for mname, b, e in rows:
+        parts.append(f"<tr><td>{html.escape(mname)}</td><td>{_fmt(b)}</td><td>{_fmt(e)}</td></tr>")
+    parts.append("</table>")
+    if group_rows:
+        parts.append("<h3>Per concept</h3><table id='per-concept'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+        for r in group_rows:
+            parts.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for ftitle, path in figures:
+        parts.append(f"<h3>{html.escape(ftitle)}</h3><img alt='{html.escape(ftitle)}' src='{_data_uri(path)}'>")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class='note'>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    gen = metrics.get("generation", {})
+    parts.append(f"<p class='note'>Generation: {html.escape(json.dumps(gen))}. Base and edited images share prompt and seed.</p>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,191 @@
+"""ShapeWorld suites: metrics on hand-made records, and a paired run end to end.
+
+The oracle is a random stand-in with the real interface (the shipped oracle
+is not needed); the model is a tiny random SD pipeline with a real
+ConceptMask that zeroes half of every FFN2 weight.
+"""
+
+import json
+
+import pytest
+import torch
+
+from _eval_fixtures import StandInOracle, random_mask, write_concept_cache
+from fia.evaluate import GenerationSettings, build_suite, evaluate
+from fia.evaluate.judges import ShapeWorldJudge
+from fia.evaluate.suites import shapeworld_suite
+
+torch.set_num_threads(1)
+FAST = GenerationSettings(num_inference_steps=2, guidance_scale=7.5, batch_size=8)
+
+
+def _rec(heads, **pred):
+    rec = {"pred": {}, "prob": {}}
+    for head, names in heads.items():
+        name = pred.get(head, "?")  # "?" matches no factor
+        rec["pred"][head] = name
+        rec["prob"][head] = [1.0 if n == name else 0.0 for n in names]
+    return rec
+
+
+def test_object_metrics_by_hand():
+    judge = ShapeWorldJudge(StandInOracle())
+    suite = shapeworld_suite("shapeworld-objects", judge, "circle, disc, square", "star", images_per_prompt=2, prompts_per_concept=2)
+    assert suite.forget == ["circle", "square"]  # the synonym maps to its object
+    assert suite.preserve == ["star"]
+    records = {"base": {}, "edited": {}}
+    for it in suite.items:
+        truth = it.meta["factors"]["object"]
+        k = int(it.id)
+        records["base"][it.id] = _rec(judge.heads, object=truth)  # base: always right
+        # edited: erased objects right 1 time in 4, kept ones 3 in 4
+        right = (k % 4 == 0) if it.group in ("circle", "square") else (k % 4 != 0)
+        records["edited"][it.id] = _rec(judge.heads, object=truth if right else "none")
+    m = suite.summarize(suite.items, records)
+    per = m["per_class"]
+    for c in ("circle", "square", "star"):
+        assert per[c]["base"] == 1.0 and per[c]["n"] == 4
+        expect = sum(
+            (int(it.id) % 4 == 0) if c != "star" else (int(it.id) % 4 != 0)
+            for it in suite.items
+            if it.group == c and it.role in ("forget", "preserve")
+        ) / 4
+        assert per[c]["edited"] == expect
+    s = m["summary"]
+    f_e = (per["circle"]["edited"] + per["square"]["edited"]) / 2
+    p_e = per["star"]["edited"]
+    assert s["forget_accuracy"] == {"base": 1.0, "edited": f_e}
+    assert s["preserve_accuracy"] == {"base": 1.0, "edited": p_e}
+    assert s["overall"]["base"] == 0.0  # F = 1 on the base model
+    assert s["overall"]["edited"] == pytest.approx(2 * p_e * (1 - f_e) / (p_e + 1 - f_e))
+    assert set(m["synonyms"]) == {"circle", "square"}
+    assert m["synonyms"]["circle"]["words"] == ["disc"]
+    # prompts name the synonym, the judge checks the canonical object
+    assert all("disc" in it.prompt for it in suite.items if it.role == "synonym" and it.group == "circle")
+    # held-out quality prompts never name an erased object
+    assert all(it.meta["factors"]["object"] == "star" for it in suite.items if it.role == "quality")
+    assert m["quality"]["prompt_fidelity"]["base"] == pytest.approx(1 / 3)  # object right, colour and place wrong
+
+
+def test_style_fsr_by_hand():
+    judge = ShapeWorldJudge(StandInOracle())
+    suite = shapeworld_suite("shapeworld-styles", judge, "ovalli", "Strelka", images_per_prompt=1, prompts_per_concept=4)
+    names = list(judge.heads["style"])
+    records = {"base": {}, "edited": {}}
+    for it in suite.items:
+        rec_b, rec_e = _rec(judge.heads), _rec(judge.heads)
+        if it.role in ("forget", "preserve"):
+            k = names.index(it.group)
+            n = int(it.id)
+            rec_b["prob"]["style"] = [0.0] * len(names)
+            rec_e["prob"]["style"] = [0.0] * len(names)
+            rec_b["prob"]["style"][k] = 0.8
+            rec_e["prob"]["style"][k] = 0.1 if (it.role == "forget" and n % 4 != 3) else 0.9
+            rec_b["pred"]["style"] = it.group
+            rec_e["pred"]["style"] = it.group if rec_e["prob"]["style"][k] > 0.5 else "none"
+        records["base"][it.id], records["edited"][it.id] = rec_b, rec_e
+    m = suite.summarize(suite.items, records)
+    assert m["forget"] == ["Ovalli"] and m["preserve"] == ["Strelka"]
+    assert m["summary"]["fsr"] == 0.75
+    assert m["summary"]["fsr_preserve"] == 0.0
+    assert m["per_class"]["Ovalli"]["edited"] == 0.25
+    assert m["summary"]["forget_accuracy"] == {"base": 1.0, "edited": 0.25}
+
+
+def test_unknown_concepts_are_user_errors():
+    from fia.errors import FIAError
+
+    judge = ShapeWorldJudge(StandInOracle())
+    with pytest.raises(FIAError, match="unknown ShapeWorld object 'golf ball'"):
+        shapeworld_suite("shapeworld-objects", judge, "golf ball")
+    with pytest.raises(FIAError, match="--forget"):
+        shapeworld_suite("shapeworld-styles", judge, None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from fia.testing import tiny_sd_pipeline
+
+    return tiny_sd_pipeline()
+
+
+def _small_suite(name="shapeworld-objects", forget="circle, square", preserve="star, heart"):
+    return build_suite(name, forget=forget, preserve=preserve, images_per_prompt=1, prompts_per_concept=2, oracle=StandInOracle())
+
+
+def test_paired_run_resume_and_determinism(tiny, tmp_path):
+    mask = random_mask(tiny)
+    write_concept_cache(tmp_path / "erase" / "cache", tiny)
+    before = {n: p.clone() for n, p in tiny.unet.named_parameters()}
+    out = tmp_path / "eval"
+    suite = _small_suite()
+    m1, report = evaluate(suite, tiny, out, mask=mask, settings=FAST, cache_dir=tmp_path / "erase" / "cache", run_info={"edit": "m"})
+    # the pipe is back in its base state
+    assert all(torch.equal(before[n], p) for n, p in tiny.unet.named_parameters())
+    assert m1["_generated_now"] == 2 * len(suite.items)
+    data = json.loads((out / "metrics.json").read_text())
+    s = data["summary"]
+    for key in ("forget_accuracy", "preserve_accuracy", "overall"):
+        for v in ("base", "edited"):
+            assert 0.0 <= s[key][v] <= 1.0
+    assert set(data["per_class"]) == {"circle", "square", "star", "heart"}
+    assert {"base", "edited"} <= set(data["per_class"]["circle"])
+    assert data["quality"]["fid"]["base"] >= 0 and "renders" in data["quality"]["fid_reference"]
+    # paired: same prompt and seed, different images where the mask acts
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["items"]) == len(suite.items)
+    it = suite.items[0]
+    assert (out / "images" / "base" / f"{it.id}.png").is_file() and (out / "images" / "edited" / f"{it.id}.png").is_file()
+    assert (out / "images" / "base" / f"{it.id}.png").read_bytes() != (out / "images" / "edited" / f"{it.id}.png").read_bytes()
+    # report with grids, per-layer shares and the overlap heatmap
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    for png in ("grid_0.png", "layers.png", "overlap.png", "metrics_table.png"):
+        assert (out / png).is_file(), png
+    assert "skipped" not in html
+    # resume: nothing generated again, same metrics
+    m2, _ = evaluate(_small_suite(), tiny, out, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)
+    assert m2["_generated_now"] == 0
+    assert json.loads((out / "metrics.json").read_text()) == data
+    # a different run in the same folder is refused unless --overwrite
+    from fia.errors import FIAError
+
+    with pytest.raises(FIAError, match="--overwrite"):
+        evaluate(_small_suite(), tiny, out, mask=mask, settings=FAST, run_info={"edit": "other"}, report=False)
+    # same seeds from scratch: the same metrics and the same pixels
+    out2 = tmp_path / "eval2"
+    evaluate(_small_suite(), tiny, out2, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)
+    assert json.loads((out2 / "metrics.json").read_text()) == data
+    assert (out2 / "images" / "edited" / f"{it.id}.png").read_bytes() == (out / "images" / "edited" / f"{it.id}.png").read_bytes()
+
+
+@pytest.mark.parametrize("name,forget", [("shapeworld-styles", "Ovalli"), ("shapeworld-attribute", None)])
+def test_style_and_attribute_suites_run(tiny, tmp_path, name, forget):
+    mask = random_mask(tiny)
+    suite = build_suite(name, forget=forget, images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle())
+    if name == "shapeworld-attribute":
+        suite.items = [it for it in suite.items if it.role == "quality" or int(it.id) < 3]
+    m, report = evaluate(suite, tiny, tmp_path, mask=mask, settings=FAST)
+    if name == "shapeworld-styles":
+        assert 0 <= m["summary"]["fsr"] <= 1
+        assert "Ovalli" in m["per_class"]
+    else:
+        assert set(m["summary"]["detected_share"]) == {"base", "edited"}
+        assert m["summary"]["n_images"] == 3
+    assert "Concept-overlap heatmap skipped" in report.read_text()
+
+
+def test_report_after_erase(tiny, tmp_path, monkeypatch):
+    import fia.evaluate as fe
+    import fia.shapeworld as sw
+    from fia.config import FIAConfig
+
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
+    mask = random_mask(tiny, concepts=("circle", "square"))
+    write_concept_cache(tmp_path / "cache", tiny, concepts=("circle", "square"))
+    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"))
+    assert path == tmp_path / "report" / "report.html" and path.is_file()
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["forget"] == ["circle", "square"] and len(m["preserve"]) == 8
+    assert (tmp_path / "report" / "overlap.png").is_file()
