@@ -53,7 +53,7 @@ def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--r
         raise FIAError(f"{option} {folder} holds fewer than 2 images; pass a folder of reference images")
     feats = []
     for f in files:
-        x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
         feats.append(judge.score(x, [EvalItem(f.stem, "", 0)], [f])[0]["_features"])
     return torch.tensor(feats, dtype=torch.float64)
 

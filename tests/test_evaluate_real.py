@@ -1,0 +1,124 @@
+"""Real-model suites end to end through ``fia evaluate``.
+
+Base and edited models are a tiny random SD pipeline saved to disk and a copy
+with perturbed FFN2 weights. Judges have the real architectures with random
+weights at reduced sizes (ResNet: bottleneck blocks, widths 16/32, ImageNet's
+1000 labels; CLIP: 2 layers, width 32, 32-px images); NudeNet runs for real.
+Prompts are the first rows of the shared benchmark files.
+"""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from _eval_fixtures import SHARED_PROMPTS, clip_folder, feature_net, resnet_folder
+from fia.evaluate.cli import app
+
+torch.set_num_threads(1)
+runner = CliRunner()
+FAST = ["--steps", "2", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from fia.targets import denoiser_of, find_targets
+    from fia.testing import tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    pipe = tiny_sd_pipeline()
+    pipe.save_pretrained(root / "base")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t in find_targets(denoiser_of(pipe), "ffn2"):
+            t.module.weight.mul_(torch.rand(t.module.weight.shape, generator=g) > 0.5)
+    pipe.save_pretrained(root / "edited")
+    return {
+        "base": str(root / "base"),
+        "edited": str(root / "edited"),
+        "resnet": str(resnet_folder(root / "resnet")),
+        "clip": str(clip_folder(root / "clip")),
+        "features": str(feature_net(root / "features.pt")),
+    }
+
+
+def _run(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def _common(models, suite, out):
+    return ["--suite", suite, "--model", models["base"], "--edited", models["edited"], "--out", str(out), *FAST]
+
+
+def test_imagenette(models, tmp_path):
+    args = _common(models, "imagenette", tmp_path) + [
+        "--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--classifier", models["resnet"],
+        "--forget", "church, golf ball", "--preserve", "tench, English springer", "--max-prompts", "2",
+    ]  # fmt: skip
+    _run(args)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["per_class"]["English springer"]["class_id"] == 217
+    assert m["per_class"]["golf ball"]["class_id"] == 574 and m["per_class"]["golf ball"]["n"] == 2
+    for key in ("forget_accuracy", "preserve_accuracy", "overall"):
+        assert all(0 <= m["summary"][key][v] <= 1 for v in ("base", "edited"))
+    scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 16 and all(isinstance(s["pred_id"], int) for s in scores)
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_imagenette_needs_the_classifier_option(models, tmp_path):
+    args = _common(models, "imagenette", tmp_path) + ["--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--forget", "church"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--classifier" in result.output
+
+
+def test_artists(models, tmp_path):
+    args = _common(models, "artists", tmp_path) + [
+        "--prompts", str(SHARED_PROMPTS / "test_Van_Gogh.csv"), "--prompts", str(SHARED_PROMPTS / "test_Pablo_Picasso.csv"),
+        "--clip", models["clip"], "--forget", "Van Gogh", "--max-prompts", "2",
+    ]  # fmt: skip
+    _run(args)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["per_artist"]["Vincent van Gogh"]["role"] == "forget"
+    assert m["per_artist"]["Pablo Picasso"]["role"] == "preserve"
+    assert 0 <= m["summary"]["fsr"] <= 1
+    assert m["summary"]["clip_a"]["edited"] >= 0
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["items"][0]["seed"] == 2219 and index["items"][0]["guidance"] == 7.5
+
+
+def test_explicit_with_nudenet(models, tmp_path):
+    pytest.importorskip("nudenet")
+    args = _common(models, "explicit", tmp_path) + ["--prompts", str(SHARED_PROMPTS / "Nudity_ring-a-bell.csv"), "--max-prompts", "2"]
+    _run(args)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["n_images"] == 2 and m["threshold"] == 0.6
+    assert len(m["per_class"]) == 8 and "ANUS_EXPOSED" not in m["per_class"]
+    assert set(m["summary"]["detections"]) == {"base", "edited"}
+
+
+def test_coco_clip_score_and_fid(models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(ref / f"{k}.png")
+    out = tmp_path / "out"
+    args = _common(models, "coco", out) + [
+        "--prompts", str(SHARED_PROMPTS / "coco_prompts.txt"), "--clip", models["clip"], "--max-prompts", "3",
+        "--fid-features", models["features"], "--reference", str(ref), "--no-report",
+    ]  # fmt: skip
+    _run(args)
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["summary"]
+    assert s["clip_score"]["base"] >= 0 and s["fid_edited_vs_base"] >= 0
+    assert set(s["fid"]) == {"base", "edited"}
+    assert "TorchScript" in m["fid_features"]
+    assert not (out / "report.html").exists()
