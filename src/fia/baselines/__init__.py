@@ -5,31 +5,48 @@ ordinary pipeline again:
 
 - ``conceptprune``: prune FFN2 "skilled neurons" (:mod:`fia.baselines.conceptprune`);
 - ``uce``: closed-form edit of cross-attention keys/values (:mod:`fia.baselines.uce`);
-- ``esd-x``: fine-tune cross-attention with negative guidance (:mod:`fia.baselines.esd`).
+- ``esd-x``: fine-tune cross-attention with negative guidance (:mod:`fia.baselines.esd`);
+- ``fia`` and its ablations ``fia-union``, ``fia-wanda``, ``fia-channel``,
+  ``fia-layer`` (:mod:`fia.baselines.ablations`); the random control with
+  FIA's per-layer counts is :func:`fia.baselines.ablations.random_edit`.
 
-``METHODS`` maps a name to its ``edit`` function and ``CONFIGS`` to its
-config dataclass, whose defaults are the paper's settings (see each module).
+``METHODS`` maps a name to its ``edit`` function and ``CONFIGS`` to a
+callable that returns its default config (the paper's settings, see each
+module); ``progress`` is called as ``progress(done, total, message)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from fia.baselines import conceptprune, esd, uce
+from fia.baselines import ablations, conceptprune, esd, uce
+from fia.baselines.ablations import FIAAblationConfig, random_edit, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
 from fia.baselines.uce import UCEConfig
 
-METHODS: dict[str, Callable[..., object]] = {
+METHODS: dict[str, Callable[..., Any]] = {
     "conceptprune": conceptprune.edit,
     "uce": uce.edit,
     "esd-x": esd.edit,
+    **ablations.VARIANT_EDITS,
 }
 
-CONFIGS: dict[str, type] = {
+CONFIGS: dict[str, Callable[[], Any]] = {
     "conceptprune": ConceptPruneConfig,
     "uce": UCEConfig,
     "esd-x": ESDConfig,
+    **ablations.VARIANTS,
 }
 
-__all__ = ["METHODS", "CONFIGS", "ConceptPruneConfig", "UCEConfig", "ESDConfig"]
+__all__ = [
+    "METHODS",
+    "CONFIGS",
+    "ConceptPruneConfig",
+    "UCEConfig",
+    "ESDConfig",
+    "FIAAblationConfig",
+    "random_edit",
+    "random_mask_like",
+]
