@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from fia.baselines import CONFIGS, METHODS, conceptprune, esd, uce
-from fia.baselines import ablations
+from fia.baselines import CONFIGS, METHODS, ablations, conceptprune, esd, uce
 from fia.baselines.ablations import FIAAblationConfig, counts_of, random_edit, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig, skilled_neurons
 from fia.baselines.esd import ESDConfig
@@ -19,9 +18,7 @@ from fia.errors import FIAError
 
 torch.set_num_threads(1)
 
-FAST_CP = ConceptPruneConfig(
-    saliency_steps=3, num_inference_steps=5, task="shapeworld", prompt_limit=2, sparsity=0.05
-)
+FAST_CP = ConceptPruneConfig(saliency_steps=3, num_inference_steps=5, task="shapeworld", prompt_limit=2, sparsity=0.05)
 FAST_ESD = ESDConfig(train_steps=3, ddim_steps=4, lr=1e-3, seed=3)
 FAST_FIA = FIAConfig(task="shapeworld", saliency_steps=2, num_inference_steps=3, r2=0.05)
 
@@ -48,7 +45,9 @@ def _changed(before, pipe) -> set[str]:
 
 def _others_unchanged(pipe, base_pipe) -> None:
     for part in ("text_encoder", "vae"):
-        for (n, a), (_, b) in zip(getattr(pipe, part).state_dict().items(), getattr(base_pipe, part).state_dict().items()):
+        for (n, a), (_, b) in zip(
+            getattr(pipe, part).state_dict().items(), getattr(base_pipe, part).state_dict().items()
+        ):
             assert torch.equal(a, b), f"{part}.{n} changed"
 
 
@@ -124,9 +123,11 @@ def _brute_skilled(c, r, share, step_share, group):
     steps, rows, cols = c.shape
     counts = torch.zeros(rows, cols, dtype=torch.int64)
     for t in range(steps):
-        groups = [[(i, j) for i in range(rows) for j in range(cols)]] if group == "layer" else [
-            [(i, j) for j in range(cols)] for i in range(rows)
-        ]
+        groups = (
+            [[(i, j) for i in range(rows) for j in range(cols)]]
+            if group == "layer"
+            else [[(i, j) for j in range(cols)] for i in range(rows)]
+        )
         for members in groups:
             k = max(1, math.floor(share * len(members) + 1e-9))
             flat = [(float(c[t, i, j] - r[t, i, j]), n, (i, j)) for n, (i, j) in enumerate(members)]
@@ -212,7 +213,7 @@ def test_uce_closed_form_minimises_the_objective():
     ce = torch.randn(3, 8, generator=g, dtype=torch.float64)
     ve = torch.randn(3, 5, generator=g, dtype=torch.float64)
     cp = torch.randn(4, 8, generator=g, dtype=torch.float64)
-    kw = dict(erase_scale=2.0, preserve_scale=0.5, lamb=0.3)
+    kw = {"erase_scale": 2.0, "preserve_scale": 0.5, "lamb": 0.3}
     w = uce.closed_form(w_old, ce, ve, cp, **kw)
     # independent solve: the stacked least-squares system  A W^T = B
     a = torch.cat([math.sqrt(2.0) * ce, math.sqrt(0.5) * cp, math.sqrt(0.3) * torch.eye(8, dtype=torch.float64)])
@@ -340,9 +341,9 @@ def test_random_mask_has_exact_counts_and_is_seed_deterministic():
     m1 = random_mask_like(counts, shapes, seed=1)
     m2 = random_mask_like(counts, shapes, seed=1)
     m3 = random_mask_like(counts, shapes, seed=2)
-    for name in counts:
+    for name, count in counts.items():
         assert m1[name].dtype == torch.bool and tuple(m1[name].shape) == shapes[name]
-        assert int(m1[name].sum()) == counts[name]
+        assert int(m1[name].sum()) == count
         assert torch.equal(m1[name], m2[name])
     assert not torch.equal(m1["a"], m3["a"]) or not torch.equal(m1["c"], m3["c"])
     # a layer's draw does not depend on the other layers
@@ -370,11 +371,17 @@ def test_random_mask_rejects_bad_input(counts, shapes):
 def test_edit_interface_is_uniform(base_pipe):
     """Every registered method takes (pipe, concepts, config, *, preserve, progress) and reports progress."""
     fast = {"conceptprune": FAST_CP, "uce": UCEConfig(), "esd-x": FAST_ESD}
-    fast |= {name: make().replace(fia=make().fia.replace(**_fast_fia_fields())) for name, make in ablations.VARIANTS.items()}
+    fast |= {
+        name: make().replace(fia=make().fia.replace(**_fast_fia_fields())) for name, make in ablations.VARIANTS.items()
+    }
     for name, fn in METHODS.items():
-        calls = []
+        calls: list[tuple] = []
+
+        def record(*args, _calls=calls):
+            _calls.append(args)
+
         concepts = ["star"] if name in ("conceptprune", "uce", "esd-x") else ["star", "circle"]
-        fn(copy.deepcopy(base_pipe), concepts, fast[name], preserve=["square"], progress=lambda *a: calls.append(a))
+        fn(copy.deepcopy(base_pipe), concepts, fast[name], preserve=["square"], progress=record)
         assert calls and all(len(c) == 3 for c in calls), name
         done, total, _ = calls[-1]
         assert done == total

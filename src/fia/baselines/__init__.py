@@ -41,12 +41,12 @@ CONFIGS: dict[str, Callable[[], Any]] = {
 }
 
 __all__ = [
-    "METHODS",
     "CONFIGS",
+    "METHODS",
     "ConceptPruneConfig",
-    "UCEConfig",
     "ESDConfig",
     "FIAAblationConfig",
+    "UCEConfig",
     "random_edit",
     "random_mask_like",
 ]

@@ -60,7 +60,7 @@ class FIAAblationConfig:
     fusion: Literal["fia", "union"] = "fia"
     cache_dir: str | None = None
 
-    def validate(self) -> "FIAAblationConfig":
+    def validate(self) -> FIAAblationConfig:
         if not isinstance(self.fia, FIAConfig):
             raise FIAError(f"fia must be a FIAConfig, got {type(self.fia).__name__}")
         self.fia.validate()
@@ -74,7 +74,7 @@ class FIAAblationConfig:
     def is_full_method(self) -> bool:
         return self.selection == "both" and self.fusion == "fia"
 
-    def replace(self, **changes: Any) -> "FIAAblationConfig":
+    def replace(self, **changes: Any) -> FIAAblationConfig:
         return replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:

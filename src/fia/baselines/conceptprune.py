@@ -2,7 +2,8 @@
 
 Reference: R. Chavhan, D. Li, T. Hospedales, "ConceptPrune: Concept Editing in
 Diffusion Models via Skilled Neuron Pruning", arXiv:2405.19237 (ICLR 2025),
-Section 3 (skilled-neuron discovery with the Wanda score, Sec. 3.2-3.3).
+method section (skilled-neuron discovery with the Wanda score, per timestep,
+and its aggregation over timesteps; pruning of the skilled neurons).
 
 What is implemented
 -------------------
@@ -31,14 +32,16 @@ Target layers: the second linear of every transformer feed-forward block
    weights to zero; nothing else changes.
 
 Choices where the paper leaves room (each is a :class:`ConceptPruneConfig`
-field): the sampler is the pipeline's own (its scheduler, CFG ``7.5``,
-``num_inference_steps=50``), stopped after the first ``saliency_steps=10``
-steps, the only ones scored; with classifier-free guidance both halves of
-the batch feed ``X`` (``cfg_rows="both"``; ``"cond"`` keeps the text half);
-ties in the top-k are broken by lower flat index; the prompt sets and seeds
-are FIA's own (:func:`fia.prompts.build_prompts`) so that both methods see
-the same text and noise. ConceptPrune has no preservation term: ``preserve`` is
-accepted for interface compatibility and ignored.
+field): the paper tunes ``k`` per concept, our default is 1 %; the
+frequency threshold defaults to half the scored steps; the sampler is the
+pipeline's own (its scheduler, CFG ``7.5``, ``num_inference_steps=50``),
+stopped after the first ``saliency_steps=10`` steps, the only ones scored;
+with classifier-free guidance both halves of the batch feed ``X``
+(``cfg_rows="both"``; ``"cond"`` keeps the text half); ties in the top-k
+are broken by lower flat index; the prompt sets and seeds are FIA's own
+(:func:`fia.prompts.build_prompts`) so that both methods see the same text
+and noise. ConceptPrune has no preservation term: ``preserve`` is accepted
+for interface compatibility and ignored.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class ConceptPruneConfig:
     task: str = "object"
     prompt_limit: int | None = None
 
-    def validate(self) -> "ConceptPruneConfig":
+    def validate(self) -> ConceptPruneConfig:
         _common.check_fraction("sparsity", self.sparsity)
         _common.check_fraction("step_share", self.step_share)
         _common.check_positive_int("saliency_steps", self.saliency_steps)
@@ -118,7 +121,7 @@ class ConceptPruneConfig:
             raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
         return self
 
-    def replace(self, **changes: Any) -> "ConceptPruneConfig":
+    def replace(self, **changes: Any) -> ConceptPruneConfig:
         return replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 Reference: R. Gandikota, J. Materzynska, J. Fiotto-Kaufman, D. Bau,
 "Erasing Concepts from Diffusion Models", arXiv:2303.07345 (ICCV 2023),
-Section 3 (method): the negatively guided target of Eq. 5 (built on
-classifier-free guidance, Eq. 3-4), the training loop in which ``x_t`` is
-produced by partially denoising with the model conditioned on the concept,
-and Sec. 3's "ESD-x" variant that fine-tunes only the cross-attention
-parameters.
+the method section ("Erasing Stable Diffusion"): the negatively guided
+fine-tuning target (the last equation of that section, restated in step 3
+below; it follows from classifier-free guidance by reversing the sign of the
+concept's guidance), the training loop in which ``x_t`` is produced by
+partially denoising with the model conditioned on the concept, and the
+choice of parameters, where "ESD-x" fine-tunes only the cross-attention.
 
 What is implemented
 -------------------
@@ -20,7 +21,7 @@ iteration:
    of a ``ddim_steps`` schedule with prompt ``c`` and guidance
    ``sample_guidance``, stopping it there (``callback_on_step_end``); this
    gives ``x_t`` at ``t = timesteps[k]``;
-3. the target of Eq. 5,
+3. the paper's negatively guided target,
    ``eps_theta*(x_t, t) - eta * (eps_theta*(x_t, c, t) - eps_theta*(x_t, t))``,
    from the frozen copy (unconditional = the empty prompt);
 4. one Adam step on ``|| eps_theta(x_t, c, t) - target ||^2``.
@@ -30,6 +31,8 @@ Settings: the paper trains 1000 iterations with Adam at lr 1e-5 and
 lr 3e-5 (the same bound ``lr * steps`` on how far Adam moves each weight).
 ``x_t`` is sampled with the model being edited, as the paper's loop does
 (``sample_with="student"``); ``"frozen"`` samples with the frozen copy.
+Sampling uses guidance 3.0 and the loss is taken at the sampler's own
+timestep ``timesteps[k]`` (our choices: the text fixes neither).
 Everything random comes from one generator seeded with ``seed``, so two runs
 with the same seed give identical weights. Several concepts share one
 training run, cycling through them. ``preserve`` is accepted for interface
@@ -60,7 +63,7 @@ class ESDConfig:
     Attributes:
         train_steps: optimisation iterations (paper: 1000; scaled to ShapeWorld).
         lr: Adam learning rate (paper: 1e-5; scaled to ShapeWorld).
-        eta: negative guidance strength of Eq. 5.
+        eta: negative guidance strength ``eta`` of the target.
         ddim_steps: length of the sampling schedule ``t`` is drawn from.
         sample_guidance: classifier-free guidance used while sampling ``x_t``.
         sample_with: which model samples ``x_t``: the ``student`` being
@@ -76,7 +79,7 @@ class ESDConfig:
     sample_with: Literal["student", "frozen"] = "student"
     seed: int = 0
 
-    def validate(self) -> "ESDConfig":
+    def validate(self) -> ESDConfig:
         _common.check_positive_int("train_steps", self.train_steps)
         _common.check_positive_int("ddim_steps", self.ddim_steps)
         if not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr == float("inf"):
@@ -87,7 +90,7 @@ class ESDConfig:
             raise FIAError(f"unknown sample_with {self.sample_with!r}; use one of: {', '.join(SAMPLE_WITH)}")
         return self
 
-    def replace(self, **changes: Any) -> "ESDConfig":
+    def replace(self, **changes: Any) -> ESDConfig:
         return replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +190,9 @@ def edit(
             t = scheduler.timesteps[k]
             model_in = scheduler.scale_model_input(x_t, t) if hasattr(scheduler, "scale_model_input") else x_t
             with torch.no_grad():
-                e_both = frozen(torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([u_emb, c_emb])).sample
+                e_both = frozen(
+                    torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([u_emb, c_emb])
+                ).sample
                 e_u, e_c = e_both.chunk(2)
                 target = e_u - config.eta * (e_c - e_u)
             pred = unet(model_in, t, encoder_hidden_states=c_emb).sample

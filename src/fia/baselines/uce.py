@@ -2,8 +2,8 @@
 
 Reference: R. Gandikota, H. Orgad, Y. Belinkov, J. Materzynska, D. Bau,
 "Unified Concept Editing in Diffusion Models", arXiv:2308.14761 (WACV 2024),
-Section 3 (method): the edit objective and its closed-form solution, and
-Sec. 3's erasing case ``v*_i = W^old c_*``.
+method section: the edit objective with its erase and preserve terms, its
+closed-form solution, and the erasing case ``v*_i = W^old c_*``.
 
 What is implemented
 -------------------
@@ -14,7 +14,7 @@ those of the concepts to preserve (set ``P``), the paper's objective
 
     min_W  sum_{c_i in E} ||W c_i - v*_i||^2 + sum_{c_j in P} ||W c_j - W^old c_j||^2
 
-has the closed form (paper, Sec. 3)
+has the closed form (the paper's solution)
 
     W = ( sum_E v*_i c_i^T + sum_P W^old c_j c_j^T ) ( sum_E c_i c_i^T + sum_P c_j c_j^T )^-1 .
 
@@ -84,7 +84,7 @@ class UCEConfig:
     tokens: Literal["concept_eos", "concept", "all"] = "concept_eos"
     projections: tuple[str, ...] = PROJECTIONS
 
-    def validate(self) -> "UCEConfig":
+    def validate(self) -> UCEConfig:
         _common.check_nonnegative("erase_scale", self.erase_scale)
         _common.check_nonnegative("preserve_scale", self.preserve_scale)
         _common.check_nonnegative("lamb", self.lamb)
@@ -98,7 +98,7 @@ class UCEConfig:
     def anchor_for(self, concept: str) -> str:
         return self.anchors.get(concept, self.anchor)
 
-    def replace(self, **changes: Any) -> "UCEConfig":
+    def replace(self, **changes: Any) -> UCEConfig:
         return replace(self, **changes).validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,9 +142,7 @@ def closed_form(
     try:
         return torch.linalg.solve(lhs, rhs.T).T
     except RuntimeError as exc:  # singular: lamb = 0 and too few concepts
-        raise FIAError(
-            "the UCE system is singular (too few concepts to determine W); set lamb > 0"
-        ) from exc
+        raise FIAError("the UCE system is singular (too few concepts to determine W); set lamb > 0") from exc
 
 
 def objective(
@@ -204,7 +202,7 @@ def edit_inputs(
         cp.append(concept_embeddings(pipe, concept, pos))
     dim = (ce + cp)[0].shape[1] if ce or cp else _common.text_embeddings(pipe, [""]).shape[-1]
     empty = torch.zeros(0, dim, dtype=torch.float64)
-    cat = lambda xs: torch.cat(xs) if xs else empty  # noqa: E731
+    cat = lambda xs: torch.cat(xs) if xs else empty
     return cat(ce), cat(ca), cat(cp)
 
 
