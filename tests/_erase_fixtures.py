@@ -31,21 +31,30 @@ def prompt_files(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random SD pipeline saved with save_pretrained (never modified)."""
-    from fia.testing import tiny_sd_pipeline
-
     d = tmp_path_factory.mktemp("tiny-sd") / "pipe"
-    tiny_sd_pipeline(seed=0).save_pretrained(str(d))
+    _save_tiny(d, seed=0)
     return d
 
 
 @pytest.fixture(scope="session")
 def other_dir(tmp_path_factory) -> Path:
     """Same architecture, other random weights: a different model."""
+    d = tmp_path_factory.mktemp("tiny-sd-other") / "pipe"
+    _save_tiny(d, seed=1)
+    return d
+
+
+def _save_tiny(folder: Path, seed: int) -> None:
+    import torch
+
     from fia.testing import tiny_sd_pipeline
 
-    d = tmp_path_factory.mktemp("tiny-sd-other") / "pipe"
-    tiny_sd_pipeline(seed=1).save_pretrained(str(d))
-    return d
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny_sd_pipeline(seed=seed).save_pretrained(str(folder))
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_tiny(path: Path):
@@ -54,3 +63,14 @@ def load_tiny(path: Path):
     pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
