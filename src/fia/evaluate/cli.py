@@ -93,7 +93,7 @@ def _evaluate(
     if suite in REAL_SUITES and model is None:
         raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
 
-    state = PartialState()
+    state = PartialState(cpu=_use_cpu(device))
     dev = device or str(state.device)
     say = (lambda msg: typer.echo(msg, err=True)) if state.is_main_process else (lambda msg: None)
 
@@ -141,6 +141,18 @@ def _evaluate(
         say(f"metrics: {Path(out) / 'metrics.json'}")
         if report is not None:
             say(f"report:  {report}")
+
+
+def _use_cpu(device: str | None) -> bool:
+    """CPU processes (gloo) when asked for, or when the machine has no accelerator."""
+    if device is not None:
+        return device.startswith("cpu")
+    import torch
+
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "is_available"):
+        return not acc.is_available()
+    return not torch.cuda.is_available()
 
 
 def _print_summary(metrics: dict) -> None:
