@@ -368,11 +368,12 @@ def test_random_mask_rejects_bad_input(counts, shapes):
         random_mask_like(counts, shapes, seed=0)
 
 
-def test_edit_interface_is_uniform(base_pipe):
+def test_edit_interface_is_uniform(base_pipe, tmp_path):
     """Every registered method takes (pipe, concepts, config, *, preserve, progress) and reports progress."""
     fast = {"conceptprune": FAST_CP, "uce": UCEConfig(), "esd-x": FAST_ESD}
-    fast |= {
-        name: make().replace(fia=make().fia.replace(**_fast_fia_fields())) for name, make in ablations.VARIANTS.items()
+    fast |= {  # one cache: the selection and fusion variants reuse the sensitivities of the first run
+        name: make().replace(fia=make().fia.replace(**_fast_fia_fields()), cache_dir=str(tmp_path))
+        for name, make in ablations.VARIANTS.items()
     }
     for name, fn in METHODS.items():
         calls: list[tuple] = []
@@ -443,3 +444,20 @@ def test_random_edit_matches_per_layer_counts(base_pipe):
     assert changed <= _ffn2_weight_names(p)
     r2 = random_edit(copy.deepcopy(base_pipe), like, seed=0)
     assert r1 == r2
+
+
+def test_training_free_methods_run_on_sdxl():
+    from fia.testing import tiny_sdxl_pipeline
+
+    p = tiny_sdxl_pipeline(seed=0)
+    before = _weights(p)
+    cfg = ConceptPruneConfig(saliency_steps=2, num_inference_steps=3, task="shapeworld", prompt_limit=2, sparsity=0.05)
+    mask = conceptprune.edit(p, ["star"], cfg)
+    assert len(mask) == len(_ffn2_weight_names(p)) and any(m.any() for m in mask.values())
+    assert _changed(before, p) <= _ffn2_weight_names(p)
+    before = _weights(p)
+    uce.edit(p, ["star"], preserve=["square"])
+    changed = _changed(before, p)
+    assert changed and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in changed)
+    with pytest.raises(FIAError):
+        esd.edit(p, ["star"], FAST_ESD)

@@ -81,9 +81,13 @@ def text_embeddings(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
     Uses the pipeline's own ``encode_prompt`` (so clip-skip, SD XL's two
     encoders etc. are honoured), without classifier-free guidance.
     """
-    device = pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
     with torch.no_grad():
-        out = pipe.encode_prompt(list(texts), device, 1, False)
+        out = pipe.encode_prompt(
+            prompt=list(texts),
+            device=execution_device(pipe),
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
     return out[0]
 
 
