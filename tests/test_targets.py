@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -124,3 +126,17 @@ def test_configs():
         unet_config("sd99")
     m = build_denoiser("sd15")
     assert next(m.parameters()).device == torch.device("meta")
+
+
+@pytest.mark.skipif(not os.environ.get("FIA_SLOW"), reason="builds the full SD 1.5 UNet (3.4 GB, ~10-40 s); set FIA_SLOW=1")
+def test_random_sd15_pipeline_true_sizes():
+    from fia.architectures import random_sd15_pipeline
+
+    pipe = random_sd15_pipeline(latent_size=8)
+    assert pipe.vae_scale_factor == 8
+    t = find_targets(pipe.unet)
+    assert len(t) == 16 and _count(t) == 49_561_600
+    with torch.inference_mode():
+        out = pipe(prompt=["a park"], num_inference_steps=1, output_type="latent",
+                   generator=[torch.Generator().manual_seed(0)]).images
+    assert out.shape == (1, 4, 8, 8)

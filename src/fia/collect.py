@@ -29,12 +29,15 @@ Memory, in units of the target weights in float32 (``W``; SD 1.5 FFN2:
 
 - kept per layer for the whole run: ``|W|`` in float32 (1), the strength
   sum of Eq. 3 (1), the persistence count in int16 (0.5) -> 2.5 W;
+- one float32 ``U`` buffer per distinct layer shape, reused by every prompt
+  and step (SD 1.5: 320x1280 + 640x2560 + 1280x5120 = 8.6 M = 0.17 W);
 - with all prompts in one batch (``batch_size=None``) ``S_t`` is finished
   inside the hook, so Eq. 2's three buffers (concept sum, base mean, base
-  squared deviations) and the reused ``U`` buffer exist for one layer at a
-  time: 4 x the largest layer (SD 1.5: 4 x 6.55 M = 0.53 W);
-- total <= 3.1 W for SD 1.5 (about 610 MB), whatever the number of steps
-  and prompts.
+  squared deviations) exist for one layer at a time: 3 x the largest layer
+  (SD 1.5: 3 x 6.55 M = 0.40 W); ``S_t`` is computed in the concept-sum buffer;
+- total about 3.1 W for SD 1.5 (about 610 MB), whatever the number of steps
+  and prompts, within the 5 W budget. At the end each layer's state is
+  released as its ``A`` (1 W in all, the result) is formed.
 
 With ``batch_size`` smaller than the number of prompts, the prompts run in
 chunks (one sampler run each); every step's Eq. 2 statistics must then
@@ -300,7 +303,8 @@ def concept_sensitivity(
             if not col.single_chunk:
                 col.finish_pending(steps)
             result: dict[str, Tensor] = {}
-            for name, state in col.layers.items():
+            for name in list(col.layers):
+                state = col.layers.pop(name)  # free |W| and the sums as A grows
                 if state.integrator.steps != steps:
                     raise RuntimeError(
                         f"target layer {name} ran in {state.integrator.steps} of {steps} steps; "
