@@ -184,7 +184,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "square"))
     write_concept_cache(tmp_path / "cache", tiny, concepts=("circle", "square"))
-    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"))
+    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
     assert path == tmp_path / "report" / "report.html" and path.is_file()
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["forget"] == ["circle", "square"] and len(m["preserve"]) == 8

@@ -192,7 +192,16 @@ def _shapeworld_family(concepts: Sequence[str]) -> str:
     )
 
 
-def report_after_erase(out_dir: str | Path, pipe: Any, mask: Any, concepts: Sequence[str], config: Any) -> Path:
+def report_after_erase(
+    out_dir: str | Path,
+    pipe: Any,
+    mask: Any,
+    concepts: Sequence[str],
+    config: Any,
+    *,
+    images_per_prompt: int = 2,
+    prompts_per_concept: int = 4,
+) -> Path:
     """Evaluate a fresh ShapeWorld erase run and write ``OUT/report/report.html``.
 
     ``pipe`` must be in its base state (mask not applied); the mask is applied
@@ -204,7 +213,14 @@ def report_after_erase(out_dir: str | Path, pipe: Any, mask: Any, concepts: Sequ
     suite_name = _shapeworld_family(concepts)
     device = str(getattr(pipe, "device", "cpu"))
     seed = int(getattr(config, "seed", 0) or 0)
-    suite = build_suite(suite_name, forget=list(concepts), seed=seed, device=device)
+    suite = build_suite(
+        suite_name,
+        forget=list(concepts),
+        seed=seed,
+        device=device,
+        images_per_prompt=images_per_prompt,
+        prompts_per_concept=prompts_per_concept,
+    )
     gen = shapeworld_generation_defaults()
     settings = GenerationSettings(
         num_inference_steps=int(gen.get("num_inference_steps", getattr(config, "num_inference_steps", 50))),

@@ -123,11 +123,48 @@ def _sw_factor_cycle(k: int, offset: int) -> tuple[str, str]:
 
 
 def _sw_prompt(template: str, **factors: str) -> str:
+    """ShapeWorld's canonical prompt for the factors ('an orange star on the sand')."""
+    try:
+        from fia.shapeworld.render import prompt_for
+    except ImportError:  # the grammar below is the same
+        prompt_for = None
+    if prompt_for is not None:
+        attribute = "burning" if template == SW_ATTRIBUTE else None
+        style = factors.get("style") if template == SW_STYLE else None
+        return prompt_for(factors["object"], factors["color"], factors["place"], style=style, attribute=attribute)
     from fia.shapeworld.vocab import place_phrase
 
     f = dict(factors)
     f["place"] = place_phrase(factors["place"])
-    return template.format(**f)
+    text = template.format(**f)
+    return text.replace("a orange", "an orange")
+
+
+def _parsed(text: str) -> dict | None:
+    try:
+        from fia.shapeworld.render import parse_prompt
+    except ImportError:
+        return None
+    return parse_prompt(text)
+
+
+def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_base: int) -> list[EvalItem] | None:
+    """Quality prompts from ShapeWorld's held-out (colour, object, place) triples."""
+    try:
+        from fia.shapeworld.render import HELDOUT_TRIPLES
+    except ImportError:
+        return None
+    per_object = max(1, -(-n_prompts // max(1, len(objects))))
+    out, taken = [], {o: 0 for o in objects}
+    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        if obj not in taken or taken[obj] >= per_object:
+            continue
+        taken[obj] += 1
+        factors = {"object": obj, "color": color, "place": place}
+        text = _sw_prompt(SW_OBJECT, **factors)
+        for j in range(images):
+            out.append(EvalItem("", text, seed_base + 50_000 + 10 * i + j, "quality", "quality", meta={"factors": factors}))
+    return out
 
 
 def _sw_items(
@@ -149,6 +186,8 @@ def _sw_items(
         color, place = _sw_factor_cycle(k, offset)
         factors = {"object": obj, "color": color, "place": place, **(extra or {})}
         text = _sw_prompt(template, **{**factors, "object": word or obj})
+        if word is None and _parsed(text) not in (None, factors):
+            raise AssertionError(f"prompt {text!r} does not name {factors}")
         for j in range(images):
             out.append(
                 EvalItem(
@@ -201,7 +240,7 @@ def shapeworld_suite(
     preserve: Sequence[str] | str | None = None,
     images_per_prompt: int = 2,
     prompts_per_concept: int = 4,
-    quality_prompts: int = 12,
+    quality_prompts: int = 16,
     seed: int = 0,
     reference: Callable[[], torch.Tensor] | torch.Tensor | None = None,
 ) -> Suite:
@@ -247,7 +286,8 @@ def shapeworld_suite(
         grids = [("erased: burning", "forget:burning")]
     else:
         raise FIAError(f"unknown ShapeWorld suite {name!r}")
-    items += _sw_items("quality", "quality", SW_OBJECT, quality_objects, quality_prompts, ipp, 50, seed)
+    heldout = _heldout_items(quality_objects, quality_prompts, ipp, seed)
+    items += heldout if heldout is not None else _sw_items("quality", "quality", SW_OBJECT, quality_objects, quality_prompts, ipp, 50, seed)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = _ids(items)
 
