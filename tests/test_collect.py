@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fia.architectures import build_denoiser
 from fia.collect import concept_sensitivity
 from fia.config import FIAConfig
 from fia.errors import FIAError
@@ -214,7 +215,7 @@ def test_input_errors(sd, sd_targets):
         concept_sensitivity(sd, CONCEPT, BASE, SEEDS[:2], SEEDS, CFG, sd_targets, r1=0.05)
     with pytest.raises(FIAError, match="concept prompts and base prompts"):
         concept_sensitivity(sd, CONCEPT, [], SEEDS, [], CFG, sd_targets, r1=0.05)
-    other = find_targets(tiny_sd_pipeline(seed=1).unet)
+    other = find_targets(build_denoiser("pixart-tiny"))
     with pytest.raises(FIAError, match="not a layer of this pipeline"):
         concept_sensitivity(sd, CONCEPT, BASE, SEEDS, SEEDS, CFG, other, r1=0.05)
 
@@ -230,3 +231,19 @@ def test_sdxl():
         assert a[t.name].shape == t.module.weight.shape
         assert float(a[t.name].min()) >= 0 and float(a[t.name].max()) <= 1
         assert float((a[t.name] - b[t.name]).abs().gt(1e-4).float().mean()) < 2e-3
+
+
+def test_bfloat16_model_float32_statistics(sd, sd_targets):
+    pipe = tiny_sd_pipeline()
+    pipe.unet.to(dtype=torch.bfloat16)
+    pipe.text_encoder.to(dtype=torch.bfloat16)
+    pipe.vae.to(dtype=torch.bfloat16)
+    targets = find_targets(pipe.unet)
+    a16 = _run(pipe, targets, CFG.replace(saliency_steps=2))
+    a32 = _run(sd, sd_targets, CFG.replace(saliency_steps=2))
+    for t in targets:
+        v = a16[t.name]
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+        assert float(v.min()) >= 0 and float(v.max()) <= 1
+        # same random model (seed 0) in bf16: close on average to the float32 result
+        assert float((v - a32[t.name]).abs().mean()) < 0.05
