@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def per_group_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any
 # ------------------------------------------------------------------- figures
 def grid_figure(store: ImageStore, items: Sequence[Any], title: str, path: Path) -> Path:
     cols = min(len(items), MAX_COLUMNS)
-    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols + 0.8, 3.6), squeeze=False)
+    same_prompt = len({it.prompt for it in items[:cols]}) == 1
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols + 0.8, 3.6 if same_prompt else 4.0), squeeze=False)
     for c, it in enumerate(items[:cols]):
         for r, variant in enumerate(("base", "edited")):
             ax = axes[r][c]
@@ -80,15 +82,21 @@ def grid_figure(store: ImageStore, items: Sequence[Any], title: str, path: Path)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"seed {it.seed}", fontsize=7)
+                label = f"seed {it.seed}" if same_prompt else f"{_wrap(it.prompt)}\nseed {it.seed}"
+                ax.set_title(label, fontsize=6)
             if c == 0:
                 ax.set_ylabel(variant, fontsize=9)
-    prompt = items[0].prompt if len({it.prompt for it in items[:cols]}) == 1 else f"{items[0].prompt} ..."
-    fig.suptitle(f"{title}\n{prompt[:90]}", fontsize=9)
+    fig.suptitle(f"{title}\n{items[0].prompt[:90]}" if same_prompt else title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _wrap(text: str, width: int = 18) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:3])
 
 
 def layers_figure(mask: Any, path: Path) -> Path:
@@ -110,23 +118,40 @@ def _short(name: str) -> str:
     return name.replace("transformer_blocks", "tb").replace("attentions", "att").replace(".ff.net.2", ".ffn2")
 
 
-def overlap_figure(concept_masks: Mapping[str, Mapping[str, torch.Tensor]], agnostic: int | None, path: Path) -> Path:
+def overlap_figure(
+    concept_masks: Mapping[str, Mapping[str, torch.Tensor]], tau_ca: int | None, path: Path
+) -> Path:
+    """Jaccard of the per-concept masks, and how many concepts select each entry.
+
+    Entries selected by at least ``tau_ca`` concepts are concept-agnostic (kept);
+    those selected by fewer (but at least one) are concept-specific (pruned).
+    """
     concepts = list(concept_masks)
     layers = sorted(set.intersection(*(set(m) for m in concept_masks.values())))
     flat = [torch.cat([concept_masks[c][l].bool().flatten() for l in layers]) for c in concepts]
     jac = np.array(jaccard_matrix(flat))
-    fig, ax = plt.subplots(figsize=(1.0 * len(concepts) + 2.5, 0.9 * len(concepts) + 1.8))
+    n = len(concepts)
+    tau = tau_ca if tau_ca is not None else max(2, math.ceil(0.6 * n))
+    counts = torch.stack(flat).sum(0)
+    hist = [int((counts == k).sum()) for k in range(1, n + 1)]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(1.0 * n + 7.0, 0.8 * n + 2.4), gridspec_kw={"width_ratios": [1.3, 1]})
     im = ax.imshow(jac, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(concepts)))
+    ax.set_xticks(range(n))
     ax.set_xticklabels(concepts, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(concepts)))
+    ax.set_yticks(range(n))
     ax.set_yticklabels(concepts, fontsize=8)
-    for i in range(len(concepts)):
-        for j in range(len(concepts)):
+    for i in range(n):
+        for j in range(n):
             ax.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if jac[i, j] < 0.6 else "k")
-    fig.colorbar(im, ax=ax, label="Jaccard of Q_c")
-    extra = f"\nconcept-agnostic (kept) entries: {agnostic}" if agnostic is not None else ""
-    ax.set_title(f"concept overlap{extra}", fontsize=9)
+    fig.colorbar(im, ax=ax, label="Jaccard of Q_c", fraction=0.046)
+    ax.set_title("overlap of the per-concept masks", fontsize=9)
+    colors = ["#c0392b" if k < tau else "#7f8c8d" for k in range(1, n + 1)]
+    ax2.bar(range(1, n + 1), hist, color=colors)
+    ax2.set_xticks(range(1, n + 1))
+    ax2.set_xlabel("concepts selecting the entry (s)")
+    ax2.set_ylabel("entries")
+    agnostic = sum(hist[tau - 1 :])
+    ax2.set_title(f"red: concept-specific, pruned (s < {tau})\ngrey: concept-agnostic, kept ({agnostic} entries)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -206,8 +231,11 @@ def write_report(
         notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
 
     if concept_masks and len(concept_masks) >= 2:
-        agnostic = getattr(mask, "agnostic", None) if mask is not None else None
-        figures.append(("concept overlap", overlap_figure(concept_masks, agnostic, out / "overlap.png")))
+        tau = None
+        cfg = getattr(mask, "config", None)
+        if isinstance(cfg, Mapping) and "alpha" in cfg:
+            tau = max(2, math.ceil(float(cfg["alpha"]) * len(concept_masks)))
+        figures.append(("concept overlap", overlap_figure(concept_masks, tau, out / "overlap.png")))
     else:
         notes.append(
             "Concept-overlap heatmap skipped: it needs the per-concept cache (OUT/cache/*.safetensors) "
