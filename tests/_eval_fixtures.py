@@ -64,8 +64,8 @@ def random_mask(pipe, share: float = 0.5, seed: int = 0, concepts=("circle", "sq
 
 
 def write_concept_cache(cache: Path, pipe, concepts=("circle", "square", "star")) -> None:
-    """Per-concept sensitivities A (one 2-D tensor per FFN2 layer) as erase caches them."""
-    from safetensors.torch import save_file
+    """Per-concept sensitivities A (one 2-D tensor per FFN2 layer), written by erase's cache writer."""
+    from fia.erase import save_sensitivity
 
     from fia.targets import denoiser_of, find_targets
 
@@ -75,7 +75,7 @@ def write_concept_cache(cache: Path, pipe, concepts=("circle", "square", "star")
     shared = {t.name: torch.rand(t.module.weight.shape, generator=g) for t in targets}
     for k, c in enumerate(concepts):
         a = {n: (v + 0.7 * torch.rand(v.shape, generator=g)).contiguous() for n, v in shared.items()}
-        save_file(a, str(cache / f"{c}.safetensors"), metadata={"concept": c})
+        save_sensitivity(cache / f"{c}-{k:016x}.safetensors", a, {"concept": c, "r1": 0.05})
 
 
 def resnet_folder(path: Path) -> Path:

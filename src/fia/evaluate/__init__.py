@@ -158,7 +158,8 @@ def evaluate(
         cfg = getattr(mask, "config", {}) or {}
         r2, over = float(cfg.get("r2", 0.01)), dict(cfg.get("r2_overrides", {}) or {})
         try:
-            concept_masks = concept_masks_from_cache(cache_dir, lambda c: over.get(c, r2))
+            concepts = list(getattr(mask, "concepts", []) or []) or None
+            concept_masks = concept_masks_from_cache(cache_dir, lambda c: over.get(c, r2), concepts)
         except Exception as exc:  # the heatmap is optional: say why it is missing
             notes.append(f"Could not read the per-concept cache in {cache_dir}: {exc}")
     path = write_report(out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes)

@@ -173,22 +173,47 @@ def table_figure(rows: list[tuple[str, Any, Any]], path: Path) -> Path:
 
 
 # ------------------------------------------------------------- per-concept masks
-def concept_masks_from_cache(cache_dir: str | Path, r2_for: Any) -> dict[str, dict[str, torch.Tensor]]:
+def _cache_concept(meta: Mapping[str, str], stem: str) -> str:
+    if meta.get("concept"):
+        return meta["concept"]
+    for value in meta.values():  # erase stores its settings (with the concept) as JSON
+        try:
+            data = json.loads(value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(data, Mapping) and isinstance(data.get("concept"), str):
+            return data["concept"]
+    return stem
+
+
+def concept_masks_from_cache(
+    cache_dir: str | Path, r2_for: Any, concepts: Sequence[str] | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     """Q_c per concept and layer, recomputed from cached per-concept sensitivities A.
 
     Every ``*.safetensors`` file in ``cache_dir`` holds one concept's A (one 2-D
-    tensor per layer); the concept is the file's ``concept`` metadata or its stem.
+    tensor per layer); the concept is named in the file's metadata (else the
+    file's stem). With ``concepts``, only those are read; when a concept has
+    several cache files (runs with other settings) the newest wins.
     ``r2_for(concept)`` gives the spatial sparsity.
     """
     from safetensors import safe_open
 
     from fia.core.select import select_concept_neurons
 
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for f in sorted(Path(cache_dir).glob("*.safetensors")):
+    files = sorted(Path(cache_dir).glob("*.safetensors"), key=lambda f: (f.stat().st_mtime, f.name))
+    chosen: dict[str, Path] = {}
+    for f in files:
         with safe_open(str(f), framework="pt") as st:
-            meta = st.metadata() or {}
-            concept = meta.get("concept") or f.stem
+            concept = _cache_concept(st.metadata() or {}, f.stem)
+        if concepts is None or concept in concepts:
+            chosen[concept] = f  # newer files replace older ones
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    order = list(concepts) if concepts is not None else sorted(chosen)
+    for concept in order:
+        if concept not in chosen:
+            continue
+        with safe_open(str(chosen[concept]), framework="pt") as st:
             tensors = {k: st.get_tensor(k) for k in st.keys()}
         layers = {k: v for k, v in tensors.items() if v.dim() == 2 and v.is_floating_point()}
         if layers:
