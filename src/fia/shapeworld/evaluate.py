@@ -1,0 +1,100 @@
+"""Measuring a ShapeWorld pipeline with the oracle: the quality gate.
+
+The gate's prompts are held out from training: each names a (colour, object,
+place) triple that no training caption names in full, some with a style,
+some with the burning attribute. Seeds are fixed, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .oracle import HEADS
+from .render import HELDOUT_TRIPLES, parse_prompt, prompt_for
+from .vocab import OBJECT_NAMES, STYLE_NAMES
+
+
+def gate_prompts(plain_seeds: int = 3, style_seeds: int = 2, attribute_seeds: int = 2) -> list[tuple[str, int]]:
+    """(prompt, seed) pairs of the quality gate; 280 with the defaults."""
+    out: list[tuple[str, int]] = []
+    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        p = prompt_for(obj, color, place)
+        out += [(p, 1000 + 10 * i + s) for s in range(plain_seeds)]
+    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        p = prompt_for(obj, color, place, style=STYLE_NAMES[i % len(STYLE_NAMES)])
+        out += [(p, 2000 + 10 * i + s) for s in range(style_seeds)]
+    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        p = prompt_for(obj, color, place, attribute="burning")
+        out += [(p, 3000 + 10 * i + s) for s in range(attribute_seeds)]
+    return out
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], batch_size: int = 40, **kwargs) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1], one per (prompt, seed)."""
+    from . import GENERATION_DEFAULTS
+
+    settings = {**GENERATION_DEFAULTS, **kwargs}
+    device = pipe.device
+    f = pipe.vae_scale_factor
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ps = prompts[i : i + batch_size]
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
+        # draw the initial latents on the CPU so results do not depend on the device
+        lat = torch.stack(
+            [
+                torch.randn((pipe.unet.config.in_channels, settings["height"] // f, settings["width"] // f), generator=g)
+                for g in gens
+            ]
+        ).to(device=device, dtype=pipe.unet.dtype)
+        res = pipe(prompt=ps, latents=lat, output_type="pt", **settings)
+        out.append(res.images.float().cpu())
+    return torch.cat(out)
+
+
+def agreement(oracle, images: torch.Tensor, prompts: list[str]) -> dict:
+    """How often the oracle's verdict matches what each prompt names."""
+    probs = oracle.predict(images)
+    pred = {k: [HEADS[k][j] for j in v.argmax(-1).tolist()] for k, v in probs.items()}
+    hits: dict[str, list[bool]] = defaultdict(list)
+    per_obj: dict[str, list[bool]] = defaultdict(list)
+    for n, p in enumerate(prompts):
+        f = parse_prompt(p)
+        obj = f.get("object")
+        if obj is not None:
+            ok = pred["object"][n] == obj
+            hits["object"].append(ok)
+            per_obj[obj].append(ok)
+        if "color" in f and obj is not None:
+            hits["color"].append(pred["color"][n] == f["color"])
+        if "place" in f:
+            hits["place"].append(pred["place"][n] == f["place"])
+        if "style" in f:
+            hits["style"].append(pred["style"][n] == f["style"])
+        else:
+            hits["style_none"].append(pred["style"][n] == "none")
+        if "attribute" in f:
+            hits["attribute"].append(pred["attribute"][n] == f["attribute"])
+        elif obj is not None:
+            hits["attribute_absent"].append(pred["attribute"][n] == "absent")
+    res: dict = {k: sum(v) / len(v) for k, v in hits.items() if v}
+    per_class = {o: sum(per_obj[o]) / len(per_obj[o]) for o in OBJECT_NAMES if per_obj[o]}
+    if per_class:
+        # the object figure is averaged over classes
+        res["object"] = sum(per_class.values()) / len(per_class)
+    res["object_per_class"] = per_class
+    res["n_images"] = len(prompts)
+    return res
+
+
+def run_gate(pipe, oracle, batch_size: int = 40, limit: int | None = None, **kwargs) -> dict:
+    pairs = gate_prompts()
+    if limit:
+        pairs = pairs[:: max(1, len(pairs) // limit)][:limit]
+    prompts = [p for p, _ in pairs]
+    seeds = [s for _, s in pairs]
+    images = generate(pipe, prompts, seeds, batch_size=batch_size, **kwargs)
+    return agreement(oracle, images, prompts)

@@ -1,0 +1,476 @@
+"""Rebuilding every shipped ShapeWorld artifact from a seed.
+
+Stages, each checked before the next:
+
+1. data: N renders with their scene factors (captions are re-drawn from the
+   templates at every step);
+2. VAE: an ``AutoencoderKL`` with a factor-2 latent (32x32x3 -> 16x16x4);
+3. oracle: trained on clean renders and on their VAE reconstructions (it
+   judges decoded images, so it learns on them), checked on fresh renders;
+4. latents: the VAE's posterior means, scaled to unit variance (the scaling
+   factor goes into the VAE config);
+5. UNet + text encoder, trained together from scratch: DDPM noise, epsilon
+   prediction with min-SNR-5 weighting, 10 % empty captions for
+   classifier-free guidance, AdamW with warm-up and cosine decay, EMA weights
+   for sampling; the oracle probes generations along the way;
+6. the quality gate on held-out prompts; the pipeline is saved with a DDIM
+   scheduler (``clip_sample=False``).
+
+The output folder holds exactly what ships: ``pipeline/``, the oracle, the
+recipe and the quality report; ``.work/`` holds resumable intermediates.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .oracle import HEADS, Oracle
+from .render import Scene, caption, render, sample_scene
+
+SCHEDULER_KW = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    prediction_type="epsilon",
+)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    n_images: int = 30000
+    # VAE
+    vae_channels: tuple = (32, 64)
+    vae_steps: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # oracle
+    oracle_width: int = 32
+    oracle_steps: int = 700
+    oracle_batch: int = 48
+    oracle_lr: float = 2e-3
+    # text encoder
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    # UNet
+    unet_channels: tuple = (32, 64, 96)
+    unet_down: tuple = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    unet_up: tuple = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    unet_layers_per_block: int = 1
+    unet_heads: int = 4
+    unet_steps: int = 3000
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    unet_warmup: int = 200
+    unet_min_lr_ratio: float = 0.05
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    probe_every: int = 1000
+    probe_prompts: int = 40
+    gate_limit: int = 0  # 0: the whole gate; n: its first n images (quick runs only)
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "TrainConfig":
+        return cls(
+            seed=seed,
+            n_images=400,
+            vae_steps=4,
+            vae_batch=8,
+            oracle_steps=4,
+            oracle_batch=8,
+            unet_steps=6,
+            unet_batch=8,
+            unet_warmup=2,
+            probe_every=3,
+            probe_prompts=4,
+            gate_limit=8,
+        )
+
+
+def _log(msg: str, log: Callable[[str], None] | None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    (log or print)(line)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W,3) -> float (N,3,H,W) in [0,1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+
+
+def _lr_lambda(warmup: int, total: int, min_ratio: float):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+# ------------------------------------------------------------------ stages
+
+
+def make_data(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = np.stack([render(s) for s in scenes])
+    return scenes, images
+
+
+def labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    out = {k: [] for k in HEADS}
+    for s in scenes:
+        out["object"].append(HEADS["object"].index(s.object or "none"))
+        out["color"].append(HEADS["color"].index(s.color) if s.color else -100)
+        out["place"].append(HEADS["place"].index(s.place))
+        out["style"].append(HEADS["style"].index(s.style or "none"))
+        out["attribute"].append(HEADS["attribute"].index(s.attribute or "absent"))
+    return {k: torch.tensor(v) for k, v in out.items()}
+
+
+def make_vae(cfg: TrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+        mid_block_add_attention=False,
+    )
+
+
+def train_vae(cfg: TrainConfig, images: np.ndarray, log=None):
+    torch.manual_seed(cfg.seed + 1)
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps, 0.05))
+    rng = np.random.default_rng(cfg.seed + 1)
+    t0 = time.time()
+    for step in range(cfg.vae_steps):
+        idx = rng.integers(len(images), size=cfg.vae_batch)
+        x = _to_tensor(images[idx]) * 2 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = rec_loss + cfg.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            _log(f"vae step {step}/{cfg.vae_steps} loss {rec_loss.item():.4f} ({time.time() - t0:.0f}s)", log)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_means(vae, images: np.ndarray, batch: int = 500) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch):
+        x = _to_tensor(images[i : i + batch]) * 2 - 1
+        out.append(vae.encode(x).latent_dist.mean)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, batch: int = 500) -> np.ndarray:
+    """Unscaled latents -> uint8 images."""
+    out = []
+    for i in range(0, len(latents), batch):
+        y = vae.decode(latents[i : i + batch]).sample
+        y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        out.append(y.numpy())
+    return np.concatenate(out)
+
+
+def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: dict, log=None) -> Oracle:
+    torch.manual_seed(cfg.seed + 2)
+    model = Oracle(width=cfg.oracle_width)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.oracle_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.oracle_steps, 0.02))
+    rng = np.random.default_rng(cfg.seed + 2)
+    model.train()
+    t0 = time.time()
+    for step in range(cfg.oracle_steps):
+        idx = rng.integers(len(images), size=cfg.oracle_batch)
+        use_rec = torch.from_numpy(rng.random(cfg.oracle_batch) < 0.5)
+        x = torch.where(use_rec[:, None, None, None], _to_tensor(recons[idx]), _to_tensor(images[idx]))
+        # light pixel noise on a third of the batch
+        noisy = torch.from_numpy(rng.random(cfg.oracle_batch) < 0.33)[:, None, None, None]
+        sigma = torch.from_numpy(rng.uniform(0, 0.05, cfg.oracle_batch)).float()[:, None, None, None]
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        x = torch.where(noisy, (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1), x)
+        out = model(x)
+        loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.oracle_steps - 1:
+            _log(f"oracle step {step}/{cfg.oracle_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", log)
+    return model.eval()
+
+
+def oracle_accuracy(oracle: Oracle, images: np.ndarray, lab: dict) -> dict[str, float]:
+    probs = oracle.predict(_to_tensor(images))
+    res = {}
+    for k, p in probs.items():
+        y = lab[k]
+        keep = y != -100
+        res[k] = float((p.argmax(-1)[keep] == y[keep]).float().mean())
+    return res
+
+
+def make_text_encoder(cfg: TrainConfig, tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tc = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=tok.model_max_length,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        projection_dim=cfg.text_hidden,
+    )
+    return CLIPTextModel(tc)
+
+
+def make_unet(cfg: TrainConfig):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=tuple(cfg.unet_down),
+        up_block_types=tuple(cfg.unet_up),
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.unet_heads,
+        norm_num_groups=32,
+    )
+
+
+def build_pipeline(vae, text_encoder, tokenizer, unet):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(**SCHEDULER_KW, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1 - decay)
+
+
+def probe(pipe, oracle, n_prompts: int = 40) -> dict:
+    from .evaluate import agreement, generate
+    from .render import HELDOUT_TRIPLES, prompt_for
+
+    prompts = [prompt_for(o, c, p) for c, o, p in HELDOUT_TRIPLES][:n_prompts]
+    seeds = list(range(len(prompts)))
+    images = generate(pipe, prompts, seeds)
+    return agreement(oracle, images, prompts)
+
+
+def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(cfg.seed + 3)
+    text_encoder = make_text_encoder(cfg, tok)
+    unet = make_unet(cfg)
+    ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
+    for p in list(ema_te.parameters()) + list(ema_unet.parameters()):
+        p.requires_grad_(False)
+    noise_sched = DDPMScheduler(**SCHEDULER_KW)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = (snr.clamp(max=cfg.min_snr_gamma) / snr).float()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_warmup, cfg.unet_steps, cfg.unet_min_lr_ratio))
+    rng = np.random.default_rng(cfg.seed + 3)
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    # token ids of the empty caption, used for dropout
+    t0 = time.time()
+    history = []
+    avg = None
+    for step in range(cfg.unet_steps):
+        unet.train()
+        text_encoder.train()
+        idx = rng.integers(len(latents), size=cfg.unet_batch)
+        caps = ["" if rng.random() < cfg.caption_dropout else caption(scenes[i], rng) for i in idx]
+        ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        enc = text_encoder(ids)[0]
+        pred = unet(xt, t, enc).sample
+        loss_each = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (loss_each * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_te, text_encoder, decay)
+        avg = loss_each.mean().item() if avg is None else 0.98 * avg + 0.02 * loss_each.mean().item()
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            el = time.time() - t0
+            eta = el / (step + 1) * (cfg.unet_steps - step - 1)
+            _log(f"unet step {step}/{cfg.unet_steps} mse {avg:.4f} lr {sched.get_last_lr()[0]:.2e} ({el:.0f}s, eta {eta / 60:.1f} min)", log)
+        if (step + 1) % cfg.probe_every == 0 or step == cfg.unet_steps - 1:
+            pipe = build_pipeline(vae, ema_te, tok, ema_unet)
+            res = probe(pipe, oracle, cfg.probe_prompts)
+            history.append({"step": step + 1, **{k: v for k, v in res.items() if k != "object_per_class"}})
+            _log(
+                "probe (EMA, held-out triples) step {}: object {:.3f} color {:.3f} place {:.3f}".format(
+                    step + 1, res["object"], res.get("color", 0), res.get("place", 0)
+                ),
+                log,
+            )
+            pipe.save_pretrained(str(work / "pipeline_ckpt"), safe_serialization=True)
+    return ema_te, ema_unet, history
+
+
+# -------------------------------------------------------------------- main
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Run every stage and write the shipped artifacts into ``out``."""
+    from diffusers import AutoencoderKL
+
+    from .evaluate import run_gate
+    from .tokenizer import make_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.time()
+
+    t = time.time()
+    _log(f"data: rendering {cfg.n_images} scenes", log)
+    scenes, images = make_data(cfg.n_images, cfg.seed)
+    lab = labels(scenes)
+    test_scenes, test_images = make_data(1000 if cfg.n_images > 1000 else 100, cfg.seed + 10_000)
+    test_lab = labels(test_scenes)
+    times["data"] = time.time() - t
+
+    t = time.time()
+    if (work / "vae" / "config.json").exists():
+        _log("vae: reusing .work/vae", log)
+        vae = AutoencoderKL.from_pretrained(str(work / "vae")).eval()
+    else:
+        vae = train_vae(cfg, images, log)
+        vae.save_pretrained(str(work / "vae"), safe_serialization=True)
+    times["vae"] = time.time() - t
+
+    t = time.time()
+    means = encode_means(vae, images)
+    scale = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scale)
+    recons = decode(vae, means)
+    test_recons = decode(vae, encode_means(vae, test_images))
+    mse = float(np.mean((test_recons.astype(np.float32) - test_images.astype(np.float32)) ** 2) / 255**2)
+    _log(f"latents: {tuple(means.shape)}, std {means.std():.3f} -> scaling_factor {scale:.4f}; test recon mse {mse:.5f}", log)
+    times["latents"] = time.time() - t
+
+    t = time.time()
+    if (work / "oracle.safetensors").exists():
+        _log("oracle: reusing .work/oracle", log)
+        oracle = Oracle.load(work)
+    else:
+        oracle = train_oracle(cfg, images, recons, lab, log)
+        oracle.save(work)
+    acc_clean = oracle_accuracy(oracle, test_images, test_lab)
+    acc_rec = oracle_accuracy(oracle, test_recons, test_lab)
+    _log(f"oracle accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc_clean.items()})}", log)
+    _log(f"oracle accuracy on their VAE reconstructions: {json.dumps({k: round(v, 4) for k, v in acc_rec.items()})}", log)
+    times["oracle"] = time.time() - t
+
+    tok = make_tokenizer(work / "tokenizer")
+    t = time.time()
+    text_encoder, unet, history = train_unet(cfg, scenes, means * scale, vae, tok, oracle, work, log)
+    times["unet"] = time.time() - t
+
+    t = time.time()
+    pipe = build_pipeline(vae, text_encoder, tok, unet)
+    pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
+    oracle.save(out)
+    _log("quality gate on held-out prompts ...", log)
+    gate = run_gate(pipe, oracle, limit=cfg.gate_limit or None)
+    times["gate"] = time.time() - t
+    times["total"] = time.time() - t_all
+
+    recipe = {
+        "config": asdict(cfg),
+        "seed": cfg.seed,
+        "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "unet": cfg.unet_steps},
+        "vae_scaling_factor": scale,
+        "torch": torch.__version__,
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "probe_history": history,
+    }
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    quality = {
+        "oracle_accuracy_renders": acc_clean,
+        "oracle_accuracy_reconstructions": acc_rec,
+        "vae_recon_mse": mse,
+        "gate": gate,
+    }
+    (out / "quality.json").write_text(json.dumps(quality, indent=2))
+    size = _dir_size(out) - _dir_size(work)
+    _log(f"done in {times['total'] / 60:.1f} min; shipped artifacts {size / 1e6:.1f} MB", log)
+    return {"quality": quality, "recipe": recipe, "size_bytes": size}
