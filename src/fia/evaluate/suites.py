@@ -119,7 +119,7 @@ def _canonical_styles(names: list[str]) -> list[str]:
 def _sw_factor_cycle(k: int, offset: int) -> tuple[str, str]:
     from fia.shapeworld.vocab import COLORS, PLACE_NAMES
 
-    return COLORS[(k + offset) % len(COLORS)], PLACE_NAMES[(2 * k + offset) % len(PLACE_NAMES)]
+    return COLORS[(k + offset) % len(COLORS)], PLACE_NAMES[(5 * k + offset) % len(PLACE_NAMES)]
 
 
 def _sw_prompt(template: str, **factors: str) -> str:
