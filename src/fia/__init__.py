@@ -31,11 +31,16 @@ _LAZY = {"ConceptMask": "fia.mask", "erase": "fia.erase", "load_pipeline": "fia.
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fia' has no attribute {name!r}")
     import importlib
 
+    module = _LAZY.get(name)
+    if module is None:
+        try:  # submodules, e.g. fia.targets, without an explicit import
+            return importlib.import_module(f"fia.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fia.{name}":
+                raise
+            raise AttributeError(f"module 'fia' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
