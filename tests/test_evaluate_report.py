@@ -20,7 +20,7 @@ def _fake_run(tmp_path):
     items = [EvalItem(f"{k:05d}", "a red circle on the grass", 10 + k, "circle" if k < 3 else "star", "forget" if k < 3 else "preserve") for k in range(6)]
     for it in items:
         for v in ("base", "edited"):
-            store.save(v, it.id, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+            store.save(v, it, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
     suite = Suite("shapeworld-objects", items, SimpleNamespace(name="oracle"), None, ["circle"], ["star"],
                   [("erased: circle", "forget:circle"), ("kept: star", "preserve:star")])  # fmt: skip
     metrics = {

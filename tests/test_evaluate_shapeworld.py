@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _eval_fixtures import StandInOracle, random_mask, write_concept_cache
-from fia.evaluate import GenerationSettings, build_suite, evaluate
+from fia.evaluate import GenerationSettings, ImageStore, build_suite, evaluate
 from fia.evaluate.judges import ShapeWorldJudge
 from fia.evaluate.suites import shapeworld_suite
 
@@ -135,8 +135,9 @@ def test_paired_run_resume_and_determinism(tiny, tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert len(index["items"]) == len(suite.items)
     it = suite.items[0]
-    assert (out / "images" / "base" / f"{it.id}.png").is_file() and (out / "images" / "edited" / f"{it.id}.png").is_file()
-    assert (out / "images" / "base" / f"{it.id}.png").read_bytes() != (out / "images" / "edited" / f"{it.id}.png").read_bytes()
+    store = ImageStore(out)
+    assert store.path("base", it).is_file() and store.path("edited", it).is_file()
+    assert store.path("base", it).read_bytes() != store.path("edited", it).read_bytes()
     # report with grids, per-layer shares and the overlap heatmap
     html = report.read_text()
     assert html.count("data:image/png;base64,") >= 4
@@ -156,7 +157,11 @@ def test_paired_run_resume_and_determinism(tiny, tmp_path):
     out2 = tmp_path / "eval2"
     evaluate(_small_suite(), tiny, out2, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)
     assert json.loads((out2 / "metrics.json").read_text()) == data
-    assert (out2 / "images" / "edited" / f"{it.id}.png").read_bytes() == (out / "images" / "edited" / f"{it.id}.png").read_bytes()
+    assert ImageStore(out2).path("edited", it).read_bytes() == store.path("edited", it).read_bytes()
+    # another suite on the same run reuses the images it shares (here: all of them)
+    sub = _small_suite(preserve="star")
+    m3, _ = evaluate(sub, tiny, out, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)
+    assert m3["_generated_now"] == 0 and set(m3["per_class"]) == {"circle", "square", "star"}
 
 
 @pytest.mark.parametrize("name,forget", [("shapeworld-styles", "Ovalli"), ("shapeworld-attribute", None)])

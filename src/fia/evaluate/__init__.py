@@ -86,9 +86,13 @@ def build_suite(
         if oracle is None:
             try:
                 from fia.shapeworld import load_oracle  # type: ignore[attr-defined]
-            except ImportError as exc:
-                raise FIAError("the ShapeWorld oracle is not installed; reinstall forget-it-all with its assets") from exc
-            oracle = load_oracle(device)
+
+                oracle = load_oracle(device)
+            except (ImportError, OSError) as exc:
+                raise FIAError(
+                    f"the ShapeWorld oracle could not be loaded ({type(exc).__name__}: {exc}); "
+                    "reinstall forget-it-all with its ShapeWorld assets"
+                ) from exc
         judge = judges.ShapeWorldJudge(oracle, device)
         ipp = images_per_prompt or 2
         n_ref = 128

@@ -1,11 +1,14 @@
 """Paired generation: base and edited images share prompt and seed.
 
-Images live on disk (``OUT/images/{base,edited}/<id>.png``) next to an index
-(``OUT/index.json``) that names every item's prompt, seed and guidance plus a
-fingerprint of the run (models, edit, sampler settings). A second call with the
-same settings skips images already on disk (resume) and scores everything
-again from the PNG files, so a resumed run and a fresh one give the same
-numbers. Scoring always reads the PNGs back, never in-memory images.
+Images live on disk (``OUT/images/{base,edited}/<key>.png``, the key a hash
+of prompt, seed and guidance) next to an index (``OUT/index.json``) that names
+every item's prompt, seed, guidance and image key plus a fingerprint of the run
+(models, edit, sampler settings). A second call with the same run fingerprint
+skips images already on disk (resume; another suite or more prompts reuse the
+images they share) and scores everything again from the PNG files, so a
+resumed run and a fresh one give the same numbers. Scoring always reads the
+PNGs back, never in-memory images. A folder holding another run's images is
+refused unless ``overwrite``, which deletes them.
 
 Work is cut into global batches of consecutive items; with several processes
 (``accelerate launch``) batch ``b`` goes to process ``b % world``. Each batch
@@ -85,20 +88,28 @@ def my_batches(all_batches: list[list[EvalItem]], rank: int, world: int) -> list
     return [b for b in range(len(all_batches)) if b % world == rank]
 
 
+def image_key(item: EvalItem) -> str:
+    """File name of an item's images: a hash of what decides them (prompt, seed, guidance)."""
+    import hashlib
+
+    text = json.dumps([item.prompt, int(item.seed), item.guidance])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
 class ImageStore:
     """The on-disk images and index of one evaluation directory."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def path(self, variant: str, item_id: str) -> Path:
-        return self.root / "images" / variant / f"{item_id}.png"
+    def path(self, variant: str, item: EvalItem) -> Path:
+        return self.root / "images" / variant / f"{image_key(item)}.png"
 
-    def has(self, variant: str, item_id: str) -> bool:
-        return self.path(variant, item_id).is_file()
+    def has(self, variant: str, item: EvalItem) -> bool:
+        return self.path(variant, item).is_file()
 
-    def save(self, variant: str, item_id: str, image: np.ndarray) -> None:
-        path = self.path(variant, item_id)
+    def save(self, variant: str, item: EvalItem, image: np.ndarray) -> None:
+        path = self.path(variant, item)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.png")
         Image.fromarray(to_uint8(image)).save(tmp)
@@ -106,7 +117,7 @@ class ImageStore:
 
     def load(self, variant: str, items: Iterable[EvalItem]) -> torch.Tensor:
         """``(B, 3, H, W)`` float images in [0, 1], read back from the PNGs."""
-        arrays = [np.asarray(Image.open(self.path(variant, it.id)).convert("RGB")) for it in items]
+        arrays = [np.asarray(Image.open(self.path(variant, it)).convert("RGB")) for it in items]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
     # ------------------------------------------------------------------ index
@@ -115,11 +126,11 @@ class ImageStore:
         return self.root / "index.json"
 
     def write_index(self, run: dict[str, Any], items: Sequence[EvalItem], overwrite: bool = False) -> None:
-        """Write the index, or check it against an existing one (resume)."""
-        record = {"run": run, "items": [asdict(it) for it in items]}
+        """Write the index after checking that stored images belong to the same run (resume)."""
+        record = {"run": run, "items": [{**asdict(it), "image": image_key(it)} for it in items]}
         if self.index_path.is_file():
             old = json.loads(self.index_path.read_text())
-            if old != json.loads(json.dumps(record)):
+            if old.get("run") != json.loads(json.dumps(run)):
                 if not overwrite:
                     raise FIAError(
                         f"{self.root} holds images of a different evaluation run; "
@@ -135,7 +146,8 @@ class ImageStore:
 
     def read_index(self) -> tuple[dict[str, Any], list[EvalItem]]:
         data = json.loads(self.index_path.read_text())
-        return data["run"], [EvalItem(**it) for it in data["items"]]
+        items = [EvalItem(**{k: v for k, v in it.items() if k != "image"}) for it in data["items"]]
+        return data["run"], items
 
 
 def to_uint8(image: Any) -> np.ndarray:
@@ -182,7 +194,7 @@ def generate_paired(
     """Render the missing base and edited images of the given batches; returns how many."""
     made = 0
     for variant in VARIANTS:
-        todo = [b for b in batch_ids if not all(store.has(variant, it.id) for it in all_batches[b])]
+        todo = [b for b in batch_ids if not all(store.has(variant, it) for it in all_batches[b])]
         if not todo:
             continue
         pipe = base_pipe
@@ -198,7 +210,7 @@ def generate_paired(
                 batch = all_batches[b]
                 images = run_pipe(pipe, batch, settings)
                 for it, img in zip(batch, images):
-                    store.save(variant, it.id, img)
+                    store.save(variant, it, img)
                 made += len(batch)
                 if progress:
                     progress(f"{variant}: batch {n + 1}/{len(todo)}")

@@ -65,7 +65,9 @@ def per_group_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any
                 base = rec.get("base", rec.get("clip", {}).get("base") if isinstance(rec.get("clip"), dict) else None)
                 edit = rec.get("edited", rec.get("clip", {}).get("edited") if isinstance(rec.get("clip"), dict) else None)
                 rows.append([name, rec.get("role", ""), rec.get("n", ""), base, edit, rec.get("fsr")])
-            what = "accuracy" if key == "per_class" else "CLIP score"
+            what = {"per_artist": "CLIP score", "per_class": "accuracy"}[key]
+            if metrics.get("suite") == "explicit":
+                what = "detections"
             return ["concept", "role", "images", f"{what} base", f"{what} edited", "FSR"], rows
     return [], []
 
@@ -78,7 +80,7 @@ def grid_figure(store: ImageStore, items: Sequence[Any], title: str, path: Path)
     for c, it in enumerate(items[:cols]):
         for r, variant in enumerate(("base", "edited")):
             ax = axes[r][c]
-            ax.imshow(np.asarray(Image.open(store.path(variant, it.id)).convert("RGB")), interpolation="nearest")
+            ax.imshow(np.asarray(Image.open(store.path(variant, it)).convert("RGB")), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -246,7 +248,7 @@ def write_report(
     for k, (gtitle, key) in enumerate(suite.grid_groups):
         role, group = key.split(":", 1)
         sel = [it for it in suite.items if it.role == role and it.group == group]
-        sel = [it for it in sel if store.has("base", it.id) and store.has("edited", it.id)]
+        sel = [it for it in sel if store.has("base", it) and store.has("edited", it)]
         if sel:
             figures.append((gtitle, grid_figure(store, sel, gtitle, out / f"grid_{k}.png")))
 

@@ -66,7 +66,7 @@ def run_suite(
         batch = all_batches[b]
         for variant in VARIANTS:
             images = store.load(variant, batch)
-            paths = [store.path(variant, it.id) for it in batch]
+            paths = [store.path(variant, it) for it in batch]
             for it, rec in zip(batch, suite.judge.score(images, batch, paths)):
                 records.append((variant, it.id, rec))
     if world > 1:
