@@ -200,3 +200,23 @@ def test_public_api_is_light_and_complete():
     from fia.erase import write_stats  # noqa: F401
 
     assert callable(fia.erase) and callable(fia.ConceptMask.load)
+
+
+def test_sdxl_pipeline(prompt_files, tmp_path):  # noqa: F811
+    from fia.mask import ConceptMask
+    from fia.testing import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline()
+    mask = _erase(pipe, ["circle", "star"], prompt_files)
+    assert mask.pruned > 0
+    path = mask.save(tmp_path / "mask.safetensors")
+    modules = dict(pipe.unet.named_modules())
+    before = {lm.name: modules[lm.name].weight.detach().clone() for lm in mask.layers}
+    loaded = ConceptMask.load(path)
+    loaded.apply_(pipe)
+    for lm in mask.layers:
+        w, dense = modules[lm.name].weight, mask.to_dense(lm.name)
+        assert torch.all(w[dense] == 0) and torch.equal(w[~dense], before[lm.name][~dense])
+    loaded.restore_(pipe)
+    for lm in mask.layers:
+        assert torch.equal(modules[lm.name].weight, before[lm.name])
