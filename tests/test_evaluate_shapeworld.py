@@ -189,7 +189,16 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "square"))
     write_concept_cache(tmp_path / "cache", tiny, concepts=("circle", "square"))
+    mask.apply_(tiny)  # erase may hand over the pipe with the mask applied
+    applied = {n: p.clone() for n, p in tiny.unet.named_parameters()}
     path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
+    assert all(torch.equal(applied[n], p) for n, p in tiny.unet.named_parameters())  # left as it came
+    mask.restore_(tiny)
+    from fia.evaluate.generate import ImageStore as Store
+
+    store = Store(tmp_path / "report")
+    it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle()).items)
+    assert store.path("base", it).read_bytes() != store.path("edited", it).read_bytes()  # base images used the original weights
     assert path == tmp_path / "report" / "report.html" and path.is_file()
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["forget"] == ["circle", "square"] and len(m["preserve"]) == 8

@@ -209,8 +209,9 @@ def report_after_erase(
 ) -> Path:
     """Evaluate a fresh ShapeWorld erase run and write ``OUT/report/report.html``.
 
-    ``pipe`` must be in its base state (mask not applied); the mask is applied
-    for the edited images and restored afterwards. The suite follows the
+    ``pipe`` may come with the mask applied or not: base images are made with
+    the original weights, edited ones with the mask, and ``pipe`` is left as
+    it came. The suite follows the
     concepts' family (objects, styles or the attribute); kept concepts are all
     the others. Per-concept masks for the overlap heatmap come from
     ``OUT/cache/*.safetensors``. Returns the path of ``report.html``.
@@ -235,15 +236,41 @@ def report_after_erase(
         batch_size=16,
     )
     out = Path(out_dir)
-    _, path = evaluate(
-        suite,
-        pipe,
-        out / "report",
-        mask=mask,
-        settings=settings,
-        run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
-        cache_dir=out / "cache",
-        overwrite=True,
-    )
+    was_applied = _mask_is_applied(mask, pipe)
+    if was_applied:
+        mask.restore_(pipe)
+    try:
+        _, path = evaluate(
+            suite,
+            pipe,
+            out / "report",
+            mask=mask,
+            settings=settings,
+            run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
+            cache_dir=out / "cache",
+            overwrite=True,
+        )
+    finally:
+        if was_applied:
+            mask.apply_(pipe)
     assert path is not None
     return path
+
+
+def _mask_is_applied(mask: Any, pipe: Any) -> bool:
+    """True when every pruned entry of ``pipe`` is zero while the stored originals are not."""
+    import torch
+
+    layers = getattr(mask, "layers", None)
+    if not layers:
+        return False
+    weights = mask.check(pipe)
+    zero_now = nonzero_orig = True
+    with torch.no_grad():
+        for lm in layers:
+            if not lm.pruned:
+                continue
+            w = weights[lm.name].reshape(-1)
+            zero_now &= bool((w[lm.indices.to(w.device).long()] == 0).all())
+            nonzero_orig &= bool((lm.values != 0).any())
+    return zero_now and nonzero_orig
