@@ -99,3 +99,27 @@ def test_report_renders_in_headless_chromium(tmp_path):
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert img.shape[0] > 500 and img.std() > 10  # not blank
     assert (np.abs(np.diff(img, axis=1)).sum(-1) > 60).mean() > 0.001  # edges of text and figures
+
+
+def test_overlap_from_the_erase_cache_reproduces_the_fused_mask(tmp_path):
+    """Q_c recomputed from erase's per-concept cache give exactly the mask's pruned and agnostic counts."""
+    import fia.erase
+    from fia.config import FIAConfig
+    from fia.evaluate.report import concept_masks_from_cache
+    from fia.testing import tiny_sd_pipeline
+
+    torch.set_num_threads(1)
+    pipe = tiny_sd_pipeline()
+    cfg = FIAConfig(task="object", num_inference_steps=3, saliency_steps=1, r2=0.05, r2_overrides={"tench": 0.03})
+    concepts = ["church", "golf ball", "tench"]
+    mask = fia.erase.erase(pipe, concepts, cfg, cache_dir=tmp_path / "cache")
+    q = concept_masks_from_cache(tmp_path / "cache", cfg.r2_for, mask.concepts)
+    assert list(q) == concepts
+    tau = cfg.concept_agnostic_threshold(len(concepts))
+    pruned = agnostic = 0
+    for layer in mask.layer_names:
+        s = sum(q[c][layer].int() for c in concepts)
+        pruned += int(((s > 0) & (s < tau)).sum())
+        agnostic += int((s >= tau).sum())
+        assert torch.equal((s > 0) & (s < tau), mask.to_dense(layer))
+    assert (pruned, agnostic) == (mask.pruned, mask.agnostic)
