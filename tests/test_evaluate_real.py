@@ -69,6 +69,30 @@ def test_imagenette(models, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
+def test_imagenette_with_a_mask_file(models, tmp_path):
+    from _eval_fixtures import random_mask
+    from fia.models import load_pipeline
+
+    mask_file = tmp_path / "erase" / "mask.safetensors"
+    mask_file.parent.mkdir()
+    random_mask(load_pipeline(models["base"])).save(mask_file)
+    out = tmp_path / "eval"
+    args = [
+        "--suite", "imagenette", "--model", models["base"], "--mask", str(mask_file), "--out", str(out), *FAST,
+        "--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--classifier", models["resnet"],
+        "--forget", "parachute", "--preserve", "gas pump", "--max-prompts", "1",
+    ]  # fmt: skip
+    _run(args)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["run"]["edit"].startswith("sha256:")
+    assert set(m["per_class"]) == {"parachute", "gas pump"}
+    html = (out / "report.html").read_text()
+    assert "pruned share per layer" in html and "Concept-overlap heatmap skipped" in html
+    # a mask and an edited folder at once is a user error
+    result = runner.invoke(app, args + ["--edited", models["edited"]])
+    assert result.exit_code == 2 and "exactly one of --mask FILE or --edited DIR" in result.output
+
+
 def test_imagenette_needs_the_classifier_option(models, tmp_path):
     args = _common(models, "imagenette", tmp_path) + ["--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--forget", "church"]
     result = runner.invoke(app, args)

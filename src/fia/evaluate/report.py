@@ -39,6 +39,8 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.2e}"
         return f"{v:.4g}" if abs(v) >= 10 else f"{v:.3f}"
     return html.escape(str(v))
 
