@@ -130,7 +130,7 @@ def test_paired_run_resume_and_determinism(tiny, tmp_path):
             assert 0.0 <= s[key][v] <= 1.0
     assert set(data["per_class"]) == {"circle", "square", "star", "heart"}
     assert {"base", "edited"} <= set(data["per_class"]["circle"])
-    assert data["quality"]["fid"]["base"] >= 0 and "renders" in data["quality"]["fid_reference"]
+    assert data["quality"]["fid"]["base"] >= 0 and "renders of the scenes" in data["quality"]["fid_reference"]
     # paired: same prompt and seed, different images where the mask acts
     index = json.loads((out / "index.json").read_text())
     assert len(index["items"]) == len(suite.items)

@@ -95,10 +95,10 @@ def build_suite(
                 ) from exc
         judge = judges.ShapeWorldJudge(oracle, device)
         ipp = images_per_prompt or 2
-        n_ref = 128
 
-        def reference_features():
-            return suites.shapeworld_reference_features(oracle, n_ref, seed + 12345, device)
+        def reference_features(factors):
+            # 4 renders per quality image: a reference 4x larger than each generated set
+            return suites.shapeworld_reference_features(oracle, factors, 4, seed + 12345, device)
 
         return suites.shapeworld_suite(
             name, judge, forget, preserve, ipp, prompts_per_concept, seed=seed, reference=reference_features

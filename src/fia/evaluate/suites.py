@@ -218,16 +218,28 @@ def _sw_quality(items: list[EvalItem], records: Records, reference: torch.Tensor
         for v in ("base", "edited"):
             feats = torch.tensor([records[v][it.id]["_features"] for it in q], dtype=torch.float64)
             out["fid"][v] = frechet_distance(feats, reference)
-        out["fid_reference"] = f"oracle features of {reference.shape[0]} renders of random scenes"
+        out["fid_reference"] = f"oracle features of {reference.shape[0]} renders of the scenes these prompts name"
     return out
 
 
-def shapeworld_reference_features(oracle: Any, n: int, seed: int, device: str = "cpu") -> torch.Tensor:
-    """Oracle features of ``n`` renders of random plain scenes (no style, no attribute)."""
+def shapeworld_reference_features(
+    oracle: Any, factors: Sequence[dict[str, str]], per_prompt: int, seed: int, device: str = "cpu"
+) -> torch.Tensor:
+    """Oracle features of renders of the scenes the quality prompts name.
+
+    Each factor set (object, colour, place; no style, no attribute) is rendered
+    ``per_prompt`` times with random position, size and texture, so the
+    reference shows what the prompts ask for and the distance measures image
+    quality, not a difference in content.
+    """
     from fia.shapeworld.render import render, sample_scene
 
     rng = np.random.default_rng(seed)
-    imgs = [render(sample_scene(rng, style=None, attribute=None)) for _ in range(n)]
+    imgs = []
+    for f in factors:
+        for _ in range(per_prompt):
+            scene = sample_scene(rng, object=f["object"], color=f["color"], place=f["place"], style=None, attribute=None)
+            imgs.append(render(scene))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
         return oracle.features(x.to(device)).detach().double().cpu()
@@ -242,9 +254,13 @@ def shapeworld_suite(
     prompts_per_concept: int = 4,
     quality_prompts: int = 16,
     seed: int = 0,
-    reference: Callable[[], torch.Tensor] | torch.Tensor | None = None,
+    reference: Callable[[list[dict[str, str]]], torch.Tensor] | torch.Tensor | None = None,
 ) -> Suite:
-    """Build a ShapeWorld suite; ``reference`` gives render features for the FID."""
+    """Build a ShapeWorld suite.
+
+    ``reference`` gives the FID's reference features: a tensor, or a function
+    of the quality prompts' factor sets (one per image).
+    """
     from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES, OBJECTS, STYLE_NAMES
 
     forget_l, preserve_l = _parse_list(forget), _parse_list(preserve)
@@ -292,7 +308,8 @@ def shapeworld_suite(
     items = _ids(items)
 
     def summarize(items: list[EvalItem], records: Records) -> dict[str, Any]:
-        ref = reference() if callable(reference) else reference
+        quality_factors = [it.meta["factors"] for it in items if it.role == "quality"]
+        ref = reference(quality_factors) if callable(reference) else reference
         out: dict[str, Any] = {"suite": name, "forget": forget_l, "preserve": preserve_l, "judge": judge.name}
         if name in ("shapeworld-objects", "shapeworld-styles"):
             head = "object" if name == "shapeworld-objects" else "style"
