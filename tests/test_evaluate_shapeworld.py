@@ -203,3 +203,29 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["forget"] == ["circle", "square"] and len(m["preserve"]) == 8
     assert (tmp_path / "report" / "overlap.png").is_file()
+
+
+def _assets_present() -> bool:
+    try:
+        from fia.shapeworld import assets_path
+    except ImportError:
+        return False
+    return (assets_path() / "oracle_config.json").is_file() and (assets_path() / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.skipif(not _assets_present(), reason="the shipped ShapeWorld pipeline and oracle are not installed")
+def test_with_the_shipped_shapeworld_model_and_oracle(tmp_path):
+    """The real oracle and pipeline through the suite (few prompts, 2 steps: interfaces, not quality)."""
+    from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline
+
+    pipe = load_pipeline("cpu")
+    suite = build_suite("shapeworld-objects", forget="circle", preserve="square", images_per_prompt=1, prompts_per_concept=1, oracle=load_oracle("cpu"))
+    suite.items = [it for it in suite.items if it.role != "quality" or int(it.id) % 2 == 0]
+    settings = GenerationSettings(num_inference_steps=2, guidance_scale=GENERATION_DEFAULTS["guidance_scale"], height=GENERATION_DEFAULTS["height"], width=GENERATION_DEFAULTS["width"])
+    m, report = evaluate(suite, pipe, tmp_path, mask=random_mask(pipe, share=0.3), settings=settings)
+    assert set(m["per_class"]) == {"circle", "square"}
+    assert m["quality"]["fid"]["base"] >= 0
+    from PIL import Image
+
+    it = suite.items[0]
+    assert Image.open(ImageStore(tmp_path).path("base", it)).size == (GENERATION_DEFAULTS["width"], GENERATION_DEFAULTS["height"])

@@ -309,7 +309,9 @@ def shapeworld_suite(
 
     def summarize(items: list[EvalItem], records: Records) -> dict[str, Any]:
         quality_factors = [it.meta["factors"] for it in items if it.role == "quality"]
-        ref = reference(quality_factors) if callable(reference) else reference
+        ref = reference
+        if callable(reference):
+            ref = reference(quality_factors) if len(quality_factors) >= 2 else None
         out: dict[str, Any] = {"suite": name, "forget": forget_l, "preserve": preserve_l, "judge": judge.name}
         if name in ("shapeworld-objects", "shapeworld-styles"):
             head = "object" if name == "shapeworld-objects" else "style"
