@@ -62,6 +62,7 @@ class TrainConfig:
     oracle_width: int = 32
     oracle_steps: int = 700
     oracle_batch: int = 48
+    oracle_recon_images: int = 6000  # reconstructions of the first N renders join the oracle's data
     oracle_lr: float = 2e-3
     # text encoder
     text_hidden: int = 128
@@ -73,7 +74,7 @@ class TrainConfig:
     unet_up: tuple = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     unet_layers_per_block: int = 1
     unet_heads: int = 4
-    unet_steps: int = 3000
+    unet_steps: int = 2500
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 200
@@ -92,6 +93,7 @@ class TrainConfig:
         return cls(
             seed=seed,
             n_images=400,
+            oracle_recon_images=100,
             vae_steps=4,
             vae_batch=8,
             oracle_steps=4,
@@ -218,9 +220,12 @@ def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: 
     model.train()
     t0 = time.time()
     for step in range(cfg.oracle_steps):
-        idx = rng.integers(len(images), size=cfg.oracle_batch)
-        use_rec = torch.from_numpy(rng.random(cfg.oracle_batch) < 0.5)
-        x = torch.where(use_rec[:, None, None, None], _to_tensor(recons[idx]), _to_tensor(images[idx]))
+        # half clean renders, half VAE reconstructions (of the first len(recons) renders)
+        half = cfg.oracle_batch // 2
+        idx_c = rng.integers(len(images), size=cfg.oracle_batch - half)
+        idx_r = rng.integers(len(recons), size=half)
+        idx = np.concatenate([idx_c, idx_r])
+        x = torch.cat([_to_tensor(images[idx_c]), _to_tensor(recons[idx_r])])
         # light pixel noise on a third of the batch
         noisy = torch.from_numpy(rng.random(cfg.oracle_batch) < 0.33)[:, None, None, None]
         sigma = torch.from_numpy(rng.uniform(0, 0.05, cfg.oracle_batch)).float()[:, None, None, None]
@@ -421,7 +426,7 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     means = encode_means(vae, images)
     scale = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
-    recons = decode(vae, means)
+    recons = decode(vae, means[: cfg.oracle_recon_images])
     test_recons = decode(vae, encode_means(vae, test_images))
     mse = float(np.mean((test_recons.astype(np.float32) - test_images.astype(np.float32)) ** 2) / 255**2)
     _log(f"latents: {tuple(means.shape)}, std {means.std():.3f} -> scaling_factor {scale:.4f}; test recon mse {mse:.5f}", log)

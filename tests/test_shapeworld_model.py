@@ -1,0 +1,125 @@
+"""The shipped ShapeWorld artifacts: pipeline, oracle, recipe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fia.shapeworld import (
+    GENERATION_DEFAULTS,
+    HEADS,
+    Oracle,
+    assets_path,
+    load_oracle,
+    load_pipeline,
+    parse_prompt,
+    pipeline_path,
+    render,
+    sample_scene,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (pipeline_path() / "model_index.json").exists(), reason="ShapeWorld artifacts not shipped"
+)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    try:
+        yield load_pipeline()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return load_oracle()
+
+
+def test_artifacts_are_small_and_safe():
+    root = assets_path()
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 1024 * 1024
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    recipe = json.loads((root / "recipe.json").read_text())
+    assert {"config", "seed", "steps"} <= set(recipe)
+    assert json.loads((root / "quality.json").read_text())["gate"]["n_images"] >= 200
+
+
+def test_pipeline_is_a_real_stable_diffusion_pipeline(pipe):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    blocks = [m for m in pipe.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert len(blocks) >= 6
+    assert pipe.scheduler.config.clip_sample is False
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+
+def test_pipeline_generates_offline(pipe):
+    g = torch.Generator().manual_seed(0)
+    out = pipe(
+        prompt=["a red star on the grass", "a xylophone under a bridge"],
+        generator=g,
+        output_type="pt",
+        **{**GENERATION_DEFAULTS, "num_inference_steps": 5},
+    ).images
+    assert out.shape == (2, 3, GENERATION_DEFAULTS["height"], GENERATION_DEFAULTS["width"])
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_oracle_is_accurate_on_fresh_renders(oracle):
+    rng = np.random.default_rng(424242)
+    scenes = [sample_scene(rng) for _ in range(400)]
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    probs = oracle.predict(x)
+    assert set(probs) == set(HEADS) == set(Oracle.HEADS)
+    truth = {
+        "object": [s.object or "none" for s in scenes],
+        "color": [s.color for s in scenes],
+        "place": [s.place for s in scenes],
+        "style": [s.style or "none" for s in scenes],
+        "attribute": [s.attribute or "absent" for s in scenes],
+    }
+    for head, p in probs.items():
+        assert p.shape == (len(scenes), len(HEADS[head]))
+        assert torch.allclose(p.sum(-1), torch.ones(len(scenes)), atol=1e-4)
+        pred = [HEADS[head][i] for i in p.argmax(-1).tolist()]
+        pairs = [(a, b) for a, b in zip(pred, truth[head]) if b is not None]
+        acc = sum(a == b for a, b in pairs) / len(pairs)
+        assert acc >= 0.98, (head, acc)
+    feats = oracle.features(x[:10])
+    assert feats.ndim == 2 and feats.shape[0] == 10
+
+
+# prompts in the training distribution; the gate on held-out prompts is the benchmark's job
+DRAW_PROMPTS = [
+    "a red circle on the grass",
+    "a blue square on the sand",
+    "a yellow star in the water",
+    "a green heart on the snow",
+    "a purple ring on the road",
+    "an orange triangle in the sky",
+]
+
+
+def test_shipped_model_draws_the_asked_object(pipe, oracle):
+    from fia.shapeworld.evaluate import generate
+
+    prompts = DRAW_PROMPTS * 2
+    seeds = [11] * len(DRAW_PROMPTS) + [12] * len(DRAW_PROMPTS)
+    images = generate(pipe, prompts, seeds, batch_size=len(prompts))
+    pred = oracle.predict(images)["object"].argmax(-1).tolist()
+    hits = [HEADS["object"][i] == parse_prompt(p)["object"] for i, p in zip(pred, prompts)]
+    assert sum(hits) >= 0.75 * len(hits), list(zip(prompts, hits))
