@@ -93,11 +93,21 @@ def test_imagenette_with_a_mask_file(models, tmp_path):
     assert result.exit_code == 2 and "exactly one of --mask FILE or --edited DIR" in result.output
 
 
-def test_imagenette_needs_the_classifier_option(models, tmp_path):
-    args = _common(models, "imagenette", tmp_path) + ["--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--forget", "church"]
-    result = runner.invoke(app, args)
+@pytest.mark.parametrize(
+    "suite,extra,option",
+    [
+        ("imagenette", ["--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--forget", "church"], "--classifier"),
+        ("artists", ["--prompts", str(SHARED_PROMPTS / "test_Monet.csv"), "--forget", "Monet"], "--clip"),
+        ("coco", ["--clip", "CLIP"], "--prompts"),
+        ("explicit", [], "--prompts"),
+    ],
+)
+def test_a_missing_judge_or_prompt_file_names_its_option(models, tmp_path, suite, extra, option):
+    extra = [models["clip"] if a == "CLIP" else a for a in extra]
+    result = runner.invoke(app, _common(models, suite, tmp_path) + extra)
     assert result.exit_code == 2
-    assert "--classifier" in result.output
+    assert option in result.output
+    assert "Traceback" not in result.output
 
 
 def test_artists(models, tmp_path):
