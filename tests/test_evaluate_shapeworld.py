@@ -205,6 +205,23 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "report" / "overlap.png").is_file()
 
 
+def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
+    import fia.evaluate as fe
+    import fia.shapeworld as sw
+    from fia.config import FIAConfig
+    from fia.errors import FIAError
+
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
+    mask = random_mask(tiny, concepts=("circle", "burning"))
+    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
+    assert path == tmp_path / "report" / "report.html"
+    assert "shapeworld-objects/report.html" in path.read_text() and "shapeworld-attribute/report.html" in path.read_text()
+    assert (tmp_path / "report" / "shapeworld-attribute" / "metrics.json").is_file()
+    with pytest.raises(FIAError, match="--no-report"):
+        fe.report_after_erase(tmp_path, tiny, mask, ["golf ball"], FIAConfig(task="shapeworld"))
+
+
 def _assets_present() -> bool:
     try:
         from fia.shapeworld import assets_path

@@ -180,21 +180,28 @@ def mask_fingerprint(mask: Any) -> str:
     return f"object:{id(mask)}"
 
 
-def _shapeworld_family(concepts: Sequence[str]) -> str:
+def _shapeworld_families(concepts: Sequence[str]) -> dict[str, list[str]]:
+    """Group concepts by ShapeWorld suite (objects, styles, attribute), in order."""
     from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECTS, STYLE_NAMES
 
-    words = {c.strip().lower() for c in concepts}
     objects = set(OBJECTS) | {s for syns in OBJECTS.values() for s in syns}
-    if words and words <= objects:
-        return "shapeworld-objects"
-    if words and words <= {s.lower() for s in STYLE_NAMES}:
-        return "shapeworld-styles"
-    if words and words <= set(ATTRIBUTE_NAMES):
-        return "shapeworld-attribute"
-    raise FIAError(
-        f"the after-erase report covers one ShapeWorld family at a time (objects, styles or the attribute), "
-        f"got {', '.join(concepts)}; pass --no-report and run fia evaluate per family"
-    )
+    styles = {s.lower() for s in STYLE_NAMES}
+    out: dict[str, list[str]] = {}
+    for c in concepts:
+        word = c.strip().lower()
+        if word in objects:
+            suite = "shapeworld-objects"
+        elif word in styles:
+            suite = "shapeworld-styles"
+        elif word in ATTRIBUTE_NAMES:
+            suite = "shapeworld-attribute"
+        else:
+            raise FIAError(
+                f"{c!r} is no ShapeWorld object, style or attribute, so the after-erase report cannot judge it; "
+                "pass --no-report"
+            )
+        out.setdefault(suite, []).append(c)
+    return out
 
 
 def report_after_erase(
@@ -211,22 +218,15 @@ def report_after_erase(
 
     ``pipe`` may come with the mask applied or not: base images are made with
     the original weights, edited ones with the mask, and ``pipe`` is left as
-    it came. The suite follows the
-    concepts' family (objects, styles or the attribute); kept concepts are all
-    the others. Per-concept masks for the overlap heatmap come from
-    ``OUT/cache/*.safetensors``. Returns the path of ``report.html``.
+    it came. Concepts are judged by their family's suite (objects, styles or
+    the attribute), kept concepts being the family's others; with several
+    families each gets ``OUT/report/<suite>/`` and ``OUT/report/report.html``
+    links them. Per-concept masks for the overlap heatmap come from
+    ``OUT/cache/*.safetensors``. Returns the path of ``OUT/report/report.html``.
     """
-    suite_name = _shapeworld_family(concepts)
+    families = _shapeworld_families(concepts)
     device = str(getattr(pipe, "device", "cpu"))
     seed = int(getattr(config, "seed", 0) or 0)
-    suite = build_suite(
-        suite_name,
-        forget=list(concepts),
-        seed=seed,
-        device=device,
-        images_per_prompt=images_per_prompt,
-        prompts_per_concept=prompts_per_concept,
-    )
     gen = shapeworld_generation_defaults()
     settings = GenerationSettings(
         num_inference_steps=int(gen.get("num_inference_steps", getattr(config, "num_inference_steps", 50))),
@@ -236,25 +236,57 @@ def report_after_erase(
         batch_size=16,
     )
     out = Path(out_dir)
+    root = out / "report"
     was_applied = _mask_is_applied(mask, pipe)
     if was_applied:
         mask.restore_(pipe)
+    paths: dict[str, Path] = {}
     try:
-        _, path = evaluate(
-            suite,
-            pipe,
-            out / "report",
-            mask=mask,
-            settings=settings,
-            run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
-            cache_dir=out / "cache",
-            overwrite=True,
-        )
+        for suite_name, forget in families.items():
+            suite = build_suite(
+                suite_name,
+                forget=forget,
+                seed=seed,
+                device=device,
+                images_per_prompt=images_per_prompt,
+                prompts_per_concept=prompts_per_concept,
+            )
+            _, path = evaluate(
+                suite,
+                pipe,
+                root if len(families) == 1 else root / suite_name,
+                mask=mask,
+                settings=settings,
+                run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
+                cache_dir=out / "cache",
+                overwrite=True,
+            )
+            assert path is not None
+            paths[suite_name] = path
     finally:
         if was_applied:
             mask.apply_(pipe)
-    assert path is not None
-    return path
+    if len(paths) == 1:
+        return next(iter(paths.values()))
+    return _index_page(root, paths, families)
+
+
+def _index_page(root: Path, paths: dict[str, Path], families: dict[str, list[str]]) -> Path:
+    import html
+
+    rows = "".join(
+        f"<li><a href='{html.escape(p.relative_to(root).as_posix())}'>{html.escape(name)}</a>: "
+        f"{html.escape(', '.join(families[name]))}</li>"
+        for name, p in paths.items()
+    )
+    page = root / "report.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FIA evaluation</title></head>"
+        f"<body style='font-family:sans-serif'><h1>FIA evaluation</h1><p>One report per concept family:</p><ul>{rows}</ul>"
+        "</body></html>",
+        encoding="utf-8",
+    )
+    return page
 
 
 def _mask_is_applied(mask: Any, pipe: Any) -> bool:
