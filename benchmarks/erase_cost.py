@@ -96,6 +96,7 @@ class StateMeter:
         self.accumulators: weakref.WeakSet = weakref.WeakSet()
         self.peak_state = 0
         self.peak_rss = 0
+        self.hook_seconds = 0.0
         self._orig_collector = collect._Collector
         self._orig_add = contrastive.ContrastiveAccumulator.add
         self._orig_acc_init = contrastive.ContrastiveAccumulator.__init__
@@ -108,6 +109,18 @@ class StateMeter:
             def __init__(self, *a: Any, **k: Any) -> None:
                 super().__init__(*a, **k)
                 meter.collectors = [self]
+
+            def hook(self, name: str):  # time the engine's work inside the forward hooks
+                inner = super().hook(name)
+
+                def timed(*a: Any, **k: Any) -> Any:
+                    t0 = time.perf_counter()
+                    try:
+                        return inner(*a, **k)
+                    finally:
+                        meter.hook_seconds += time.perf_counter() - t0
+
+                return timed
 
         def init(acc: Any, *a: Any, **k: Any) -> None:
             orig_init(acc, *a, **k)
@@ -137,6 +150,7 @@ class StateMeter:
         self.peak_rss = max(self.peak_rss, rss_bytes())
 
     def reset(self) -> None:
+        self.hook_seconds = 0.0
         self.collectors = []
         self.peak_state = 0
         self.peak_rss = 0
@@ -207,6 +221,22 @@ def bare_run(pipe, plan, config, meter: StateMeter | None = None) -> float:
     return total
 
 
+def write_json(args: argparse.Namespace, w_bytes: int, rows: list[dict[str, Any]]) -> None:
+    with open(args.json, "w") as fh:
+        json.dump(
+            {
+                "model": args.model,
+                "latent": args.latent,
+                "ffn2_weights": w_bytes // 4,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "rows": rows,
+            },
+            fh,
+            indent=2,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="sd15", help="sd15 (random SD 1.5 UNet), shapeworld, or a diffusers folder")
@@ -243,7 +273,10 @@ def main() -> None:
     bare_run(pipe, concept_plan(names[:1], args.prompts, 0), warm_cfg)
 
     rows = []
-    header = f"{'sal.steps':>9} {'concepts':>8} {'s/concept':>10} {'bare s/c':>9} {'overhead':>9} {'state/W':>8} {'rss/W':>6} {'peak RSS':>9}"
+    header = (
+        f"{'sal.steps':>9} {'concepts':>8} {'s/concept':>10} {'bare s/c':>9} {'hooks s/c':>9} "
+        f"{'overhead':>9} {'state/W':>8} {'rss/W':>6} {'peak RSS':>9}"
+    )
     print(header)
     for steps in step_list:
         cfg = FIAConfig(
@@ -254,7 +287,7 @@ def main() -> None:
         )
         for n in count_list:
             plan = concept_plan(names[:n], args.prompts, cfg.seed)
-            erase_t, bare_t, state, rss_extra = float("inf"), float("inf"), 0, 0
+            erase_t, bare_t, state, rss_extra, hook_t = float("inf"), float("inf"), 0, 0, 0.0
             for _ in range(args.repeats):
                 gc.collect()
                 meter = StateMeter()
@@ -275,6 +308,7 @@ def main() -> None:
                     fia.erase(pipe, list(plan), cfg, prompts=plan, progress=on_event)
                     erase_t = min(erase_t, time.perf_counter() - t0)
                 state = max(state, meter.peak_state)
+                hook_t = meter.hook_seconds
                 rss_extra = max(rss_extra, meter.peak_rss - base_rss - max(bare_peak, 0))
             row = {
                 "saliency_steps": steps,
@@ -283,6 +317,7 @@ def main() -> None:
                 "seconds_per_concept": erase_t / n,
                 "bare_seconds_per_concept": bare_t / n,
                 "overhead_ratio": erase_t / bare_t,
+                "hook_seconds_per_concept": hook_t / n,
                 "state_over_ffn2_fp32": state / w_bytes,
                 "rss_growth_over_ffn2_fp32": max(rss_extra, 0) / w_bytes,
                 "peak_rss_gib": peak_rss_bytes() / 2**30,
@@ -290,24 +325,13 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{steps:>9} {n:>8} {row['seconds_per_concept']:>10.2f} {row['bare_seconds_per_concept']:>9.2f} "
+                f"{row['hook_seconds_per_concept']:>9.2f} "
                 f"{row['overhead_ratio']:>9.2f} {row['state_over_ffn2_fp32']:>8.2f} "
                 f"{row['rss_growth_over_ffn2_fp32']:>6.2f} {row['peak_rss_gib']:>8.2f}G",
                 flush=True,
             )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "model": args.model,
-                    "latent": args.latent,
-                    "ffn2_weights": w_bytes // 4,
-                    "threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "rows": rows,
-                },
-                fh,
-                indent=2,
-            )
+            if args.json:  # after every row, so an interrupted run keeps its figures
+                write_json(args, w_bytes, rows)
 
 
 if __name__ == "__main__":
