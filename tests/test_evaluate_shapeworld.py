@@ -199,7 +199,8 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     store = Store(tmp_path / "report")
     it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle()).items)
     assert store.path("base", it).read_bytes() != store.path("edited", it).read_bytes()  # base images used the original weights
-    assert path == tmp_path / "report" / "report.html" and path.is_file()
+    assert path == tmp_path / "report.html" and path.is_file()
+    assert "data:image/png;base64," in path.read_text()
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["forget"] == ["circle", "square"] and len(m["preserve"]) == 8
     assert (tmp_path / "report" / "overlap.png").is_file()
@@ -215,8 +216,8 @@ def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "burning"))
     path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
-    assert path == tmp_path / "report" / "report.html"
-    assert "shapeworld-objects/report.html" in path.read_text() and "shapeworld-attribute/report.html" in path.read_text()
+    assert path == tmp_path / "report.html"
+    assert "report/shapeworld-objects/report.html" in path.read_text() and "report/shapeworld-attribute/report.html" in path.read_text()
     assert (tmp_path / "report" / "shapeworld-attribute" / "metrics.json").is_file()
     with pytest.raises(FIAError, match="--no-report"):
         fe.report_after_erase(tmp_path, tiny, mask, ["golf ball"], FIAConfig(task="shapeworld"))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -214,15 +215,16 @@ def report_after_erase(
     images_per_prompt: int = 2,
     prompts_per_concept: int = 4,
 ) -> Path:
-    """Evaluate a fresh ShapeWorld erase run and write ``OUT/report/report.html``.
+    """Evaluate a fresh ShapeWorld erase run and write ``OUT/report.html``.
 
     ``pipe`` may come with the mask applied or not: base images are made with
     the original weights, edited ones with the mask, and ``pipe`` is left as
     it came. Concepts are judged by their family's suite (objects, styles or
-    the attribute), kept concepts being the family's others; with several
-    families each gets ``OUT/report/<suite>/`` and ``OUT/report/report.html``
-    links them. Per-concept masks for the overlap heatmap come from
-    ``OUT/cache/*.safetensors``. Returns the path of ``OUT/report/report.html``.
+    the attribute), kept concepts being the family's others. Images, index,
+    scores, ``metrics.json`` and the PNG figures go to ``OUT/report/`` (with
+    several families, ``OUT/report/<suite>/`` each, and ``OUT/report.html``
+    links their pages). Per-concept masks for the overlap heatmap come from
+    ``OUT/cache/*.safetensors``. Returns the path of ``OUT/report.html``.
     """
     families = _shapeworld_families(concepts)
     device = str(getattr(pipe, "device", "cpu"))
@@ -266,20 +268,22 @@ def report_after_erase(
     finally:
         if was_applied:
             mask.apply_(pipe)
+    page = out / "report.html"
     if len(paths) == 1:
-        return next(iter(paths.values()))
-    return _index_page(root, paths, families)
+        # the page is self-contained (images inline), so it can sit beside the mask
+        os.replace(next(iter(paths.values())), page)
+        return page
+    return _index_page(page, paths, families)
 
 
-def _index_page(root: Path, paths: dict[str, Path], families: dict[str, list[str]]) -> Path:
+def _index_page(page: Path, paths: dict[str, Path], families: dict[str, list[str]]) -> Path:
     import html
 
     rows = "".join(
-        f"<li><a href='{html.escape(p.relative_to(root).as_posix())}'>{html.escape(name)}</a>: "
+        f"<li><a href='{html.escape(p.relative_to(page.parent).as_posix())}'>{html.escape(name)}</a>: "
         f"{html.escape(', '.join(families[name]))}</li>"
         for name, p in paths.items()
     )
-    page = root / "report.html"
     page.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FIA evaluation</title></head>"
         f"<body style='font-family:sans-serif'><h1>FIA evaluation</h1><p>One report per concept family:</p><ul>{rows}</ul>"
