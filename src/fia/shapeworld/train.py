@@ -60,7 +60,7 @@ class TrainConfig:
     vae_kl_weight: float = 1e-6
     # oracle
     oracle_width: int = 32
-    oracle_steps: int = 700
+    oracle_steps: int = 2000
     oracle_batch: int = 48
     oracle_recon_images: int = 6000  # reconstructions of the first N renders join the oracle's data
     oracle_lr: float = 2e-3
