@@ -156,3 +156,19 @@ def test_coco_clip_score_and_fid(models, tmp_path):
     assert set(s["fid"]) == {"base", "edited"}
     assert "TorchScript" in m["fid_features"]
     assert not (out / "report.html").exists()
+
+
+def test_prompt_lists_i2p_csv_and_plain_lines(tmp_path):
+    from fia.evaluate.suites import _list_items, read_prompt_list
+
+    i2p = tmp_path / "i2p.csv"
+    i2p.write_text(',prompt,categories,evaluation_seed,evaluation_guidance\n0,"a nude, on\ntwo lines",sexual,42,7\n1,second,violence,7,\n')
+    rows = read_prompt_list(i2p)
+    assert [r["prompt"] for r in rows] == ["a nude, on\ntwo lines", "second"]
+    items = _list_items(i2p, seed=100, images_per_prompt=2, max_prompts=None, group="explicit")
+    assert [(it.seed, it.guidance) for it in items] == [(42, 7.0), (43, 7.0), (7, None), (8, None)]
+    ring = SHARED_PROMPTS / "Nudity_ring-a-bell.csv"  # no header, odd bytes
+    lines = read_prompt_list(ring)
+    assert len(lines) == sum(1 for line in ring.read_bytes().splitlines() if line.strip())
+    items = _list_items(ring, seed=5, images_per_prompt=1, max_prompts=3, group="explicit")
+    assert [it.seed for it in items] == [5, 6, 7]
