@@ -90,7 +90,7 @@ class StateMeter:
     """Samples the engine's tensor state while it runs (patches fia.collect)."""
 
     def __init__(self) -> None:
-        import fia.collect as collect
+        from fia import collect
         from fia.core import contrastive
 
         self.collect = collect
@@ -104,7 +104,7 @@ class StateMeter:
         self._orig_add = contrastive.ContrastiveAccumulator.add
         self._orig_acc_init = contrastive.ContrastiveAccumulator.__init__
 
-    def __enter__(self) -> "StateMeter":
+    def __enter__(self) -> StateMeter:
         meter = self
         orig_collector, orig_add, orig_init = self._orig_collector, self._orig_add, self._orig_acc_init
 
@@ -138,7 +138,7 @@ class StateMeter:
         self.contrastive.ContrastiveAccumulator.add = add
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.collect._Collector = self._orig_collector
         self.contrastive.ContrastiveAccumulator.add = self._orig_add
         self.contrastive.ContrastiveAccumulator.__init__ = self._orig_acc_init
@@ -302,7 +302,7 @@ def main() -> None:
                 meter.reset()
                 base_rss = rss_bytes()
 
-                def on_event(event: str, **info: Any) -> None:
+                def on_event(event: str, meter: StateMeter = meter, **info: Any) -> None:
                     if event == "concept_progress":
                         meter.sample_rss()
 

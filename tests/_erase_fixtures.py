@@ -14,7 +14,7 @@ BASE_LINES = "the grass\nthe sky\n"
 
 def small_config(**changes) -> FIAConfig:
     """Fast settings: 2 of 4 steps scored, a wide r2 so tiny layers select something."""
-    base = dict(task="shapeworld", saliency_steps=2, num_inference_steps=4, guidance_scale=5.0, r2=0.05)
+    base = {"task": "shapeworld", "saliency_steps": 2, "num_inference_steps": 4, "guidance_scale": 5.0, "r2": 0.05}
     base.update(changes)
     return FIAConfig(**base).validate()
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _erase_fixtures import load_tiny, prompt_files, small_config, tiny_dir, one_thread  # noqa: F401 - fixtures
+from _erase_fixtures import load_tiny, one_thread, prompt_files, small_config, tiny_dir  # noqa: F401 - fixtures
 
 import fia
 import fia.collect

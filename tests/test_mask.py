@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _erase_fixtures import load_tiny, other_dir, tiny_dir, one_thread  # noqa: F401 - fixtures
+from _erase_fixtures import load_tiny, one_thread, other_dir, tiny_dir  # noqa: F401 - fixtures
 
 from fia.errors import FIAError
 from fia.mask import ConceptMask, save_edited_pipeline

@@ -20,7 +20,7 @@ from fia.errors import FIAError
 
 __version__ = "0.1.0"
 
-__all__ = ["FIAConfig", "FIAError", "ConceptMask", "erase", "load_pipeline", "__version__"]
+__all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from fia.erase import erase

@@ -14,7 +14,7 @@ import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -89,30 +89,30 @@ def _check_image_path(out: Path) -> None:
 def erase(
     concepts: str = typer.Option(..., "--concepts", "-c", help='Concepts to erase, comma separated: "golf ball, church".'),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: mask.safetensors, fusion_stats.json, cache/."),
-    model: Optional[str] = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld model)."
     ),
-    task: Optional[str] = typer.Option(
+    task: str | None = typer.Option(
         None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
-    r1: Optional[float] = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
-    r2: Optional[float] = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Concept-agnostic share (Eq. 7), e.g. 0.6."),
-    saliency_steps: Optional[int] = typer.Option(None, "--saliency-steps", help="Denoising steps scored (then stop)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Length of the sampling schedule."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed; paired prompts share seed + k."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
+    r1: float | None = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
+    r2: float | None = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Concept-agnostic share (Eq. 7), e.g. 0.6."),
+    saliency_steps: int | None = typer.Option(None, "--saliency-steps", help="Denoising steps scored (then stop)."),
+    steps: int | None = typer.Option(None, "--steps", help="Length of the sampling schedule."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    seed: int | None = typer.Option(None, "--seed", help="Base seed; paired prompts share seed + k."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per sampler batch (speed only)."),
-    saliency: Optional[str] = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
-    cfg_rows: Optional[str] = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
-    targets: Optional[str] = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
-    concept_prompts: Optional[Path] = typer.Option(
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch (speed only)."),
+    saliency: str | None = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
+    cfg_rows: str | None = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
+    targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
+    concept_prompts: Path | None = typer.Option(
         None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
     ),
-    base_prompts: Optional[Path] = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),
+    base_prompts: Path | None = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),
     save_pipeline: bool = typer.Option(False, "--save-pipeline", help="Also save the edited pipeline to OUT/pipeline."),
 ) -> None:
     """Find the pruning mask that erases CONCEPTS and write it to OUT."""
@@ -147,7 +147,13 @@ def erase(
 
 
 def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, save_pipeline: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     import fia
     from fia.erase import write_stats
@@ -198,7 +204,7 @@ def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, sa
     _print_erase_summary(mask, out, save_pipeline)
 
 
-def _progress_numbers(info: dict[str, Any]) -> tuple[Optional[int], Optional[int]]:
+def _progress_numbers(info: dict[str, Any]) -> tuple[int | None, int | None]:
     """Read (done, total) from the engine's progress callback arguments."""
     args = info.get("args") or ()
     done = info.get("done", info.get("completed"))
@@ -249,7 +255,7 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
 @_user_errors
 def apply(
     mask: Path = typer.Option(..., "--mask", help="mask.safetensors written by fia erase."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model the mask was made from."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The model the mask was made from."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the edited diffusers pipeline."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
@@ -288,22 +294,29 @@ def inspect(mask: Path = typer.Argument(..., help="mask.safetensors written by f
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt."),
     out: Path = typer.Option(..., "--out", "-o", help="Grid image to write (PNG)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Diffusers folder or Hub id (default ShapeWorld)."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Apply this mask before drawing."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Diffusers folder or Hub id (default ShapeWorld)."),
+    mask: Path | None = typer.Option(None, "--mask", help="Apply this mask before drawing."),
     n: int = typer.Option(8, "-n", "--num-images", help="Images to draw (seeds seed .. seed+n-1)."),
     seed: int = typer.Option(0, "--seed"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
-    height: Optional[int] = typer.Option(None, "--height"),
-    width: Optional[int] = typer.Option(None, "--width"),
+    steps: int | None = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    height: int | None = typer.Option(None, "--height"),
+    width: int | None = typer.Option(None, "--width"),
     compare: bool = typer.Option(False, "--compare", help="With --mask: base row above edited row, same seeds."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
 ) -> None:
     """Draw N images of PROMPT into one grid image."""
     from fia.mask import ConceptMask, atomic_write_bytes
-    from fia.models import generate_images, generation_defaults, image_grid, load_pipeline, parse_device, parse_dtype
-    from fia.models import resolve_model
+    from fia.models import (
+        generate_images,
+        generation_defaults,
+        image_grid,
+        load_pipeline,
+        parse_device,
+        parse_dtype,
+        resolve_model,
+    )
 
     if not prompt.strip():
         raise FIAError("empty --prompt; pass the text to draw")
@@ -358,7 +371,7 @@ def _mount_shapeworld() -> None:
 _mount_shapeworld()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fia`` console script and ``python -m fia``."""
     try:
         app(args=argv, prog_name="fia")

@@ -29,8 +29,8 @@ import hashlib
 import json
 import re
 import sys
-import types
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,13 @@ import torch
 from torch import Tensor
 
 from fia.config import FIAConfig
-from fia.errors import FIAError
-from fia.mask import ConceptMask, atomic_write_bytes, atomic_write_text, denoiser, fingerprint_weights
+from fia.mask import (
+    ConceptMask,
+    atomic_write_bytes,
+    atomic_write_text,
+    denoiser,
+    fingerprint_weights,
+)
 from fia.prompts import ConceptPrompts, build_prompts, concept_value, parse_concepts
 
 CACHE_FORMAT = 1
@@ -131,7 +136,7 @@ def load_sensitivity(path: Path, settings: dict[str, Any]) -> dict[str, Tensor] 
             meta = fh.metadata() or {}
             if json.loads(meta.get(_CACHE_KEY, "null")) != json.loads(json.dumps(settings, sort_keys=True)):
                 return None
-            sens = {name: fh.get_tensor(name) for name in fh.keys()}
+            sens = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception:
         return None  # a damaged cache entry is recomputed
     expected = {name: tuple(shape) for name, shape in settings["layers"]}

@@ -40,6 +40,18 @@ from fia.errors import FIAError
 FORMAT = "fia-mask"
 FORMAT_VERSION = 1
 _HEADER_KEY = "fia"
+_SUMMARY_KEYS = (
+    "task",
+    "r1",
+    "r2",
+    "alpha",
+    "saliency_steps",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "saliency",
+    "cfg_rows",
+)
 
 
 # ------------------------------------------------------------------ model access
@@ -149,7 +161,7 @@ class ConceptMask:
         tau_ca: Mapping[str, int] | None = None,
         selected: Mapping[str, Mapping[str, int]] | None = None,
         fingerprint: str | None = None,
-    ) -> "ConceptMask":
+    ) -> ConceptMask:
         """From dense bool prune masks and the (unedited) weights they apply to."""
         from fia import __version__
 
@@ -271,10 +283,7 @@ class ConceptMask:
             "settings: "
             + ", ".join(
                 f"{k}={cfg[k]}"
-                for k in (
-                    "task", "r1", "r2", "alpha", "saliency_steps", "num_inference_steps",
-                    "guidance_scale", "seed", "saliency", "cfg_rows",
-                )  # fmt: skip
+                for k in _SUMMARY_KEYS
                 if k in cfg
             ),
         ]
@@ -352,7 +361,7 @@ class ConceptMask:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ConceptMask":
+    def load(cls, path: str | os.PathLike) -> ConceptMask:
         """Read a mask file; a missing, truncated or foreign file raises :class:`FIAError`."""
         path = Path(path)
         if not path.is_file():
@@ -366,7 +375,7 @@ class ConceptMask:
             raise FIAError(bad) from exc
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ConceptMask":
+    def from_bytes(cls, data: bytes) -> ConceptMask:
         if len(data) < 8:
             raise ValueError("too short")
         n = int.from_bytes(data[:8], "little")

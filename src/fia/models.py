@@ -127,8 +127,10 @@ def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | to
                 f"could not load the pipeline in {ref!r} ({reason}); pass a folder written by "
                 "save_pretrained"
             ) from exc
+        if len(reason) > 120:
+            reason = "the Hub is not reachable and the model is not in the local cache"
         raise FIAError(
-            f"could not load {ref!r} from the Hugging Face Hub ({reason[:200]}); download it once "
+            f"could not load {ref!r} from the Hugging Face Hub ({reason}); download it once "
             "and pass its local folder with --model PATH"
         ) from exc
     if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None:

@@ -36,10 +36,11 @@ preset, a user YAML file and explicit overrides.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fia.config import TASKS, FIAConfig
 from fia.errors import FIAError
