@@ -193,7 +193,16 @@ def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, sa
                     progress.update(inner["task"], completed=total, total=total)
                 progress.advance(overall)
 
-        mask = fia.erase(pipe, names, cfg, cache_dir=out / "cache", prompts=plan, progress=on_event)
+        try:
+            mask = fia.erase(pipe, names, cfg, cache_dir=out / "cache", prompts=plan, progress=on_event)
+        except KeyboardInterrupt:
+            progress.stop()
+            typer.echo(
+                f"interrupted; the concepts already done are cached in {out / 'cache'}: "
+                "run the same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(code=130) from None
 
     out.mkdir(parents=True, exist_ok=True)
     mask.save(out / "mask.safetensors")
