@@ -153,6 +153,11 @@ def test_paired_run_resume_and_determinism(tiny, tmp_path):
 
     with pytest.raises(FIAError, match="--overwrite"):
         evaluate(_small_suite(), tiny, out, mask=mask, settings=FAST, run_info={"edit": "other"}, report=False)
+    # another mask on the same base: with overwrite only the edited images are made again
+    other = tmp_path / "other"
+    evaluate(_small_suite(), tiny, other, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)
+    m_other, _ = evaluate(_small_suite(), tiny, other, mask=random_mask(tiny, seed=5), settings=FAST, run_info={"edit": "m2"}, report=False, overwrite=True)
+    assert m_other["_generated_now"] == len(suite.items)
     # same seeds from scratch: the same metrics and the same pixels
     out2 = tmp_path / "eval2"
     evaluate(_small_suite(), tiny, out2, mask=mask, settings=FAST, run_info={"edit": "m"}, report=False)

@@ -129,14 +129,17 @@ class ImageStore:
         """Write the index after checking that stored images belong to the same run (resume)."""
         record = {"run": run, "items": [{**asdict(it), "image": image_key(it)} for it in items]}
         if self.index_path.is_file():
-            old = json.loads(self.index_path.read_text())
-            if old.get("run") != json.loads(json.dumps(run)):
+            old_run = json.loads(self.index_path.read_text()).get("run", {})
+            new_run = json.loads(json.dumps(run))
+            if old_run != new_run:
                 if not overwrite:
                     raise FIAError(
                         f"{self.root} holds images of a different evaluation run; "
                         "choose a new --out directory or pass --overwrite"
                     )
-                for variant in VARIANTS:
+                # base images stay valid when only the edit changed (another mask, same base)
+                same_base = _without_edit(old_run) == _without_edit(new_run)
+                for variant in ("edited",) if same_base else VARIANTS:
                     for png in (self.root / "images" / variant).glob("*.png"):
                         png.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,14 @@ class ImageStore:
         data = json.loads(self.index_path.read_text())
         items = [EvalItem(**{k: v for k, v in it.items() if k != "image"}) for it in data["items"]]
         return data["run"], items
+
+
+EDIT_KEYS = ("edit", "mask", "concepts")
+
+
+def _without_edit(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run fingerprint that decides the base images."""
+    return {k: v for k, v in run.items() if k not in EDIT_KEYS}
 
 
 def to_uint8(image: Any) -> np.ndarray:
