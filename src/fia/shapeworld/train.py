@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -453,6 +454,9 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     t = time.time()
     pipe = build_pipeline(vae, text_encoder, tok, unet)
     pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
+    # keep the plain vocabulary and merges files beside the tokenizer's JSON
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(work / "tokenizer" / name, out / "pipeline" / "tokenizer" / name)
     oracle.save(out)
     _log("quality gate on held-out prompts ...", log)
     gate = run_gate(pipe, oracle, limit=cfg.gate_limit or None)
