@@ -22,7 +22,7 @@ FAST = ["--task", "shapeworld", "--saliency-steps", "2", "--steps", "4", "--r2",
 def _erase_args(tiny_dir, prompt_files, out, concepts="circle, star"):  # noqa: F811
     c, b = prompt_files
     return ["erase", "--concepts", concepts, "--model", str(tiny_dir), "--out", str(out), *FAST,
-            "--concept-prompts", str(c), "--base-prompts", str(b)]  # fmt: skip
+            "--concept-prompts", str(c), "--base-prompts", str(b), "--no-report"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,17 @@ def test_erase_writes_mask_stats_cache_and_pipeline(erased):
     assert (out / "pipeline" / "model_index.json").is_file()
     assert "circle" in res.stdout and "star" in res.stdout and "pruned" in res.stdout
     assert sorted(p.name for p in out.iterdir()) == ["cache", "fusion_stats.json", "mask.safetensors", "pipeline"]
+
+
+def test_report_refuses_a_concept_shapeworld_cannot_judge(tiny_dir, prompt_files, tmp_path):  # noqa: F811
+    # With the report on (the default on task shapeworld), a concept that is no
+    # ShapeWorld object, style or attribute stops the run before any work.
+    args = _erase_args(tiny_dir, prompt_files, tmp_path / "out", concepts="golf ball")
+    args.remove("--no-report")
+    res = runner.invoke(app, [*args, "--task", "shapeworld"])
+    assert res.exit_code == 2, res.output
+    assert "golf ball" in res.output and "--no-report" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_erase_twice_gives_identical_bytes(erased, tiny_dir, prompt_files, tmp_path):  # noqa: F811

@@ -114,8 +114,16 @@ def erase(
     ),
     base_prompts: Path | None = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),
     save_pipeline: bool = typer.Option(False, "--save-pipeline", help="Also save the edited pipeline to OUT/pipeline."),
+    no_report: bool = typer.Option(
+        False, "--no-report", help="On ShapeWorld, skip the before/after evaluation and OUT/report.html."
+    ),
 ) -> None:
-    """Find the pruning mask that erases CONCEPTS and write it to OUT."""
+    """Find the pruning mask that erases CONCEPTS and write it to OUT.
+
+    On ShapeWorld (task shapeworld) it then renders base and edited images with
+    the same seeds, judges them with the ShapeWorld oracle and writes
+    OUT/report.html, unless --no-report.
+    """
     from fia.models import parse_device, parse_dtype, resolve_model
     from fia.prompts import build_prompts, parse_concepts, resolve_config
 
@@ -140,13 +148,28 @@ def erase(
     parse_device(device)
     parse_dtype(dtype)
     resolve_model(model)
+    report = cfg.task == "shapeworld" and not no_report
+    if report:
+        from fia.evaluate import shapeworld_families
+
+        shapeworld_families(names)  # a concept ShapeWorld cannot judge fails here, before any work
 
     run_erase(
-        model=model, names=names, cfg=cfg, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline
+        model=model,
+        names=names,
+        cfg=cfg,
+        plan=plan,
+        out=out,
+        device=device,
+        dtype=dtype,
+        save_pipeline=save_pipeline,
+        report=report,
     )
 
 
-def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, save_pipeline: bool) -> None:
+def run_erase(
+    *, model, names, cfg, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False
+) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -211,6 +234,12 @@ def run_erase(*, model, names, cfg, plan, out: Path, device: str, dtype: str, sa
         with console.status("saving the edited pipeline..."):
             save_edited_pipeline(pipe, mask, out / "pipeline")
     _print_erase_summary(mask, out, save_pipeline)
+    if report:
+        from fia.evaluate import report_after_erase
+
+        with console.status("evaluating base vs edited images for the report..."):
+            page = report_after_erase(out, pipe, mask, names, cfg)
+        typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 
 def _progress_numbers(info: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -366,6 +395,12 @@ def generate(
     atomic_write_bytes(out, buf.getvalue())
     what = "base (top) and edited (bottom)" if compare else ("edited" if m is not None else "base")
     typer.echo(f"wrote {out}: {n} {what} image(s) of {prompt!r}, seeds {seeds[0]}..{seeds[-1]}")
+
+
+# -------------------------------------------------------------------- evaluate
+from fia.evaluate.cli import evaluate as _evaluate_command  # noqa: E402
+
+app.command("evaluate")(_evaluate_command)
 
 
 # ------------------------------------------------------------------- shapeworld

@@ -181,7 +181,7 @@ def mask_fingerprint(mask: Any) -> str:
     return f"object:{id(mask)}"
 
 
-def _shapeworld_families(concepts: Sequence[str]) -> dict[str, list[str]]:
+def shapeworld_families(concepts: Sequence[str]) -> dict[str, list[str]]:
     """Group concepts by ShapeWorld suite (objects, styles, attribute), in order."""
     from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECTS, STYLE_NAMES
 
@@ -226,7 +226,7 @@ def report_after_erase(
     links their pages). Per-concept masks for the overlap heatmap come from
     ``OUT/cache/*.safetensors``. Returns the path of ``OUT/report.html``.
     """
-    families = _shapeworld_families(concepts)
+    families = shapeworld_families(concepts)
     device = str(getattr(pipe, "device", "cpu"))
     seed = int(getattr(config, "seed", 0) or 0)
     gen = shapeworld_generation_defaults()
