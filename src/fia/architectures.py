@@ -171,10 +171,10 @@ def random_sd15_pipeline(latent_size: int = 8, dtype: torch.dtype = torch.float3
     schedule drives it. Meant for speed and memory measurements at true layer
     sizes; building it allocates about 3.4 GB (float32) and takes seconds.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from fia.testing import _tiny_tokenizer
+    from fia.testing import _tiny_tokenizer, sd_pipeline
 
     torch.manual_seed(seed)
     cfg = unet_config("sd15")
@@ -206,25 +206,7 @@ def random_sd15_pipeline(latent_size: int = 8, dtype: torch.dtype = torch.float3
             max_position_embeddings=77,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sd_pipeline(unet, vae, text_encoder, tokenizer)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe

@@ -60,7 +60,7 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     Its UNet has 4 transformer blocks, hence 4 FFN2 layers: one in the
     cross-attention down block, one in the mid block, two in the up block.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -100,6 +100,17 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
             vocab_size=len(tokenizer),
         )
     )
+    return sd_pipeline(unet, vae, text_encoder, tokenizer)
+
+
+def sd_pipeline(unet, vae, text_encoder, tokenizer):
+    """A ``StableDiffusionPipeline`` from its parts, with SD's DDIM schedule.
+
+    Stable Diffusion's betas (scaled linear 0.00085-0.012), ``clip_sample=False``
+    as its own configs set it, no safety checker, no progress bar.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
