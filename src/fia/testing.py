@@ -60,7 +60,7 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     Its UNet has 4 transformer blocks, hence 4 FFN2 layers: one in the
     cross-attention down block, one in the mid block, two in the up block.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -76,16 +76,7 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=32,
-        norm_num_groups=32,
-    )
+    vae = tiny_vae()
     tokenizer = _tiny_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -103,22 +94,39 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     return sd_pipeline(unet, vae, text_encoder, tokenizer)
 
 
-def sd_pipeline(unet, vae, text_encoder, tokenizer):
-    """A ``StableDiffusionPipeline`` from its parts, with SD's DDIM schedule.
+def tiny_vae():
+    """A random two-level ``AutoencoderKL``: 32x32 RGB <-> 16x16x4 latents."""
+    from diffusers import AutoencoderKL
 
-    Stable Diffusion's betas (scaled linear 0.00085-0.012), ``clip_sample=False``
-    as its own configs set it, no safety checker, no progress bar.
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=32,
+        norm_num_groups=32,
+    )
+
+
+def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
+    """A ``StableDiffusionPipeline`` from its parts; no safety checker, no progress bar.
+
+    Without ``scheduler``: DDIM on Stable Diffusion's betas (scaled linear
+    0.00085-0.012) with ``clip_sample=False``, as SD's own configs set it.
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    if scheduler is None:
+        scheduler = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
@@ -136,7 +144,6 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer):
 def tiny_sdxl_pipeline(seed: int = 0):
     """A random ``StableDiffusionXLPipeline`` (two text encoders, added conditions)."""
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -161,16 +168,7 @@ def tiny_sdxl_pipeline(seed: int = 0):
         cross_attention_dim=64,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=32,
-        norm_num_groups=32,
-    )
+    vae = tiny_vae()
     tokenizer = _tiny_tokenizer()
     cfg = dict(
         bos_token_id=tokenizer.bos_token_id,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -289,21 +288,12 @@ def make_unet(cfg: TrainConfig):
 
 
 def build_pipeline(vae, text_encoder, tokenizer, unet):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    from fia.testing import sd_pipeline
 
     scheduler = DDIMScheduler(**SCHEDULER_KW, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=scheduler)
 
 
 @torch.no_grad()
