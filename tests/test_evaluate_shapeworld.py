@@ -92,6 +92,46 @@ def test_style_fsr_by_hand():
     assert m["summary"]["forget_accuracy"] == {"base": 1.0, "edited": 0.25}
 
 
+def test_all_objects_erased_quality_uses_places_alone():
+    from fia.shapeworld.vocab import OBJECT_NAMES, PLACE_NAMES
+
+    judge = ShapeWorldJudge(StandInOracle())
+    suite = shapeworld_suite("shapeworld-objects", judge, list(OBJECT_NAMES), images_per_prompt=1, prompts_per_concept=1, quality_prompts=8)
+    assert suite.preserve == []
+    quality = [it for it in suite.items if it.role == "quality"]
+    # 8 prompts over the 6 places, none naming an object
+    assert [it.prompt for it in quality] == [f"the {PLACE_NAMES[i % 6]}" for i in range(8)]
+    assert all(it.meta["factors"] == {"object": "none", "place": PLACE_NAMES[i % 6]} for i, it in enumerate(quality))
+    records = {"base": {}, "edited": {}}
+    for it in suite.items:
+        f = it.meta["factors"]
+        records["base"][it.id] = _rec(judge.heads, **f)
+        # edited: every object forgotten; places right on even quality items only
+        k = quality.index(it) if it in quality else -1
+        records["edited"][it.id] = _rec(judge.heads, object="none", place=f["place"] if k % 2 == 0 else "?")
+    m = suite.summarize(suite.items, records)
+    assert m["summary"]["forget_accuracy"] == {"base": 1.0, "edited": 0.0}
+    assert m["summary"]["preserve_accuracy"] == {"base": None, "edited": None}
+    # fidelity = mean over images of the share of named factors (object "none", place) read back
+    assert m["quality"]["prompt_fidelity"]["base"] == 1.0
+    assert m["quality"]["prompt_fidelity"]["edited"] == pytest.approx((4 * 1.0 + 4 * 0.5) / 8)
+
+
+def test_prompt_start_gives_a_disjoint_split():
+    judge = ShapeWorldJudge(StandInOracle())
+    a = shapeworld_suite("shapeworld-objects", judge, "circle", "star", images_per_prompt=2, prompts_per_concept=6, seed=0)
+    b = shapeworld_suite("shapeworld-objects", judge, "circle", "star", images_per_prompt=2, prompts_per_concept=6, seed=10**6, prompt_shift=1)
+    pa = {(it.prompt, it.seed) for it in a.items if it.role != "quality"}
+    pb = {(it.prompt, it.seed) for it in b.items if it.role != "quality"}
+    assert len(pa) == len(pb) == (6 + 6 + 6) * 2  # forget, preserve, synonym: every colour once
+    assert not {p for p, _ in pa} & {p for p, _ in pb}  # other colour/place pairs
+    assert not {s for _, s in pa} & {s for _, s in pb}
+    for it in b.items:  # still prompts that name their factors
+        if it.role in ("forget", "preserve"):
+            f = it.meta["factors"]
+            assert f["object"] in it.prompt and f["color"] in it.prompt
+
+
 def test_unknown_concepts_are_user_errors():
     from fia.errors import FIAError
 

@@ -30,10 +30,12 @@ def _tiny_tokenizer():
         vocab[s + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    folder = Path(tempfile.mkdtemp(prefix="fia-tok-"))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    # the files are read while loading, so the folder can go right after
+    with tempfile.TemporaryDirectory(prefix="fia-tok-") as tmp:
+        folder = Path(tmp)
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
 
 
 def byte_symbols() -> dict[int, str]:

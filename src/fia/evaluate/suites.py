@@ -116,10 +116,16 @@ def _canonical_styles(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _sw_factor_cycle(k: int, offset: int) -> tuple[str, str]:
+def _sw_factor_cycle(k: int, offset: int, shift: int = 0) -> tuple[str, str]:
+    """(colour, place) of prompt ``k``: colour ``k + offset``, place ``5k + offset + shift``.
+
+    With 6 colours and 6 places, place - 5 * colour = shift - 4 * offset
+    (mod 6), which is even for every offset when ``shift`` is even and odd when
+    it is odd: shifts 0 and 1 use disjoint colour/place pairs.
+    """
     from fia.shapeworld.vocab import COLORS, PLACE_NAMES
 
-    return COLORS[(k + offset) % len(COLORS)], PLACE_NAMES[(5 * k + offset) % len(PLACE_NAMES)]
+    return COLORS[(k + offset) % len(COLORS)], PLACE_NAMES[(5 * k + offset + shift) % len(PLACE_NAMES)]
 
 
 def _sw_prompt(template: str, **factors: str) -> str:
@@ -167,6 +173,19 @@ def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_bas
     return out
 
 
+def _place_items(n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
+    """Quality prompts without an object ('the grass'), cycling over the places."""
+    from fia.shapeworld.vocab import PLACE_NAMES, base_phrase
+
+    out = []
+    for i in range(n_prompts):
+        place = PLACE_NAMES[i % len(PLACE_NAMES)]
+        factors = {"object": "none", "place": place}
+        for j in range(images):
+            out.append(EvalItem("", base_phrase(place), seed_base + 60_000 + 10 * i + j, "quality", "quality", meta={"factors": factors}))
+    return out
+
+
 def _sw_items(
     role: str,
     group: str,
@@ -178,12 +197,13 @@ def _sw_items(
     seed_base: int,
     extra: dict[str, str] | None = None,
     word: str | None = None,
+    shift: int = 0,
 ) -> list[EvalItem]:
-    """``prompts`` prompts x ``images`` seeds; factors cycle deterministically."""
+    """``prompts`` prompts x ``images`` seeds; factors cycle deterministically (see :func:`_sw_factor_cycle`)."""
     out = []
     for k in range(prompts):
         obj = objects[k % len(objects)]
-        color, place = _sw_factor_cycle(k, offset)
+        color, place = _sw_factor_cycle(k, offset, shift)
         factors = {"object": obj, "color": color, "place": place, **(extra or {})}
         text = _sw_prompt(template, **{**factors, "object": word or obj})
         if word is None and _parsed(text) not in (None, factors):
@@ -238,7 +258,8 @@ def shapeworld_reference_features(
     imgs = []
     for f in factors:
         for _ in range(per_prompt):
-            scene = sample_scene(rng, object=f["object"], color=f["color"], place=f["place"], style=None, attribute=None)
+            obj = None if f["object"] == "none" else f["object"]
+            scene = sample_scene(rng, object=obj, color=f.get("color"), place=f["place"], style=None, attribute=None)
             imgs.append(render(scene))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
@@ -255,11 +276,15 @@ def shapeworld_suite(
     quality_prompts: int = 16,
     seed: int = 0,
     reference: Callable[[list[dict[str, str]]], torch.Tensor] | torch.Tensor | None = None,
+    prompt_shift: int = 0,
 ) -> Suite:
     """Build a ShapeWorld suite.
 
     ``reference`` gives the FID's reference features: a tensor, or a function
-    of the quality prompts' factor sets (one per image).
+    of the quality prompts' factor sets (one per image). ``prompt_shift`` 1
+    puts the concept prompts on colour/place pairs that shift 0 never uses;
+    with another ``seed`` it gives a split of prompts and seeds disjoint from
+    the default one (the benchmark tunes on one and measures on the other).
     """
     from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES, OBJECTS, STYLE_NAMES
 
@@ -274,10 +299,10 @@ def shapeworld_suite(
         preserve_l = _canonical_objects(preserve_l) if preserve_l else [o for o in OBJECT_NAMES if o not in forget_l]
         for i, obj in enumerate(forget_l + preserve_l):
             role = "forget" if obj in forget_l else "preserve"
-            items += _sw_items(role, obj, SW_OBJECT, [obj], ppc, ipp, i, seed)
+            items += _sw_items(role, obj, SW_OBJECT, [obj], ppc, ipp, i, seed, shift=prompt_shift)
         for i, obj in enumerate(forget_l):
             for syn in OBJECTS[obj]:
-                items += _sw_items("synonym", obj, SW_OBJECT, [obj], ppc, ipp, 20 + i, seed, word=syn)
+                items += _sw_items("synonym", obj, SW_OBJECT, [obj], ppc, ipp, 20 + i, seed, word=syn, shift=prompt_shift)
         quality_objects = preserve_l
         grids = [(f"erased: {o}", f"forget:{o}") for o in forget_l]
         grids += [(f"synonym of {o}: {OBJECTS[o][0]}", f"synonym:{o}") for o in forget_l]
@@ -288,7 +313,7 @@ def shapeworld_suite(
         preserve_l = _canonical_styles(preserve_l) if preserve_l else [s for s in STYLE_NAMES if s not in forget_l]
         for i, style in enumerate(forget_l + preserve_l):
             role = "forget" if style in forget_l else "preserve"
-            items += _sw_items(role, style, SW_STYLE, OBJECT_NAMES[i:] + OBJECT_NAMES[:i], ppc, ipp, i, seed, {"style": style})
+            items += _sw_items(role, style, SW_STYLE, OBJECT_NAMES[i:] + OBJECT_NAMES[:i], ppc, ipp, i, seed, {"style": style}, shift=prompt_shift)
         quality_objects = list(OBJECT_NAMES)
         grids = [(f"erased: {s}", f"forget:{s}") for s in forget_l]
     elif name == "shapeworld-attribute":
@@ -297,13 +322,17 @@ def shapeworld_suite(
             if a not in ATTRIBUTE_NAMES:
                 raise FIAError(f"unknown ShapeWorld attribute {a!r}; use one of: {', '.join(ATTRIBUTE_NAMES)}")
         preserve_l = []
-        items += _sw_items("forget", "burning", SW_ATTRIBUTE, OBJECT_NAMES, max(ppc, len(OBJECT_NAMES)), ipp, 0, seed, {"attribute": "burning"})
+        items += _sw_items("forget", "burning", SW_ATTRIBUTE, OBJECT_NAMES, max(ppc, len(OBJECT_NAMES)), ipp, 0, seed, {"attribute": "burning"}, shift=prompt_shift)
         quality_objects = list(OBJECT_NAMES)
         grids = [("erased: burning", "forget:burning")]
     else:
         raise FIAError(f"unknown ShapeWorld suite {name!r}")
-    heldout = _heldout_items(quality_objects, quality_prompts, ipp, seed)
-    items += heldout if heldout is not None else _sw_items("quality", "quality", SW_OBJECT, quality_objects, quality_prompts, ipp, 50, seed)
+    if quality_objects:
+        heldout = _heldout_items(quality_objects, quality_prompts, ipp, seed)
+        items += heldout if heldout is not None else _sw_items("quality", "quality", SW_OBJECT, quality_objects, quality_prompts, ipp, 50, seed)
+    else:
+        # every object is erased: quality is judged on what is left to draw, the places alone
+        items += _place_items(quality_prompts, ipp, seed)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = _ids(items)
 
@@ -332,7 +361,7 @@ def shapeworld_suite(
                     syn[obj] = {"words": list(OBJECTS[obj]), "n": len(sel), **_both(records, sel, lambda r, c=obj: float(r["pred"]["object"] == c))}
                 out["synonyms"] = syn
                 out["summary"]["synonym_accuracy"] = {
-                    v: mean(s[v] for s in syn.values()) for v in ("base", "edited")
+                    v: mean(s[v] for s in syn.values() if s[v] is not None) for v in ("base", "edited")
                 }
             else:
                 names = list(judge.heads["style"])

@@ -1,0 +1,80 @@
+"""The side-by-side benchmark harness, end to end in its --quick mode.
+
+This checks the harness (every method on every task, tuning, tables, plot,
+the random control's per-layer counts), not the figures: --quick judges a
+handful of images.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "unlearning.py"
+
+
+def _assets_present() -> bool:
+    try:
+        from fia.shapeworld import assets_path
+
+        return (assets_path() / "pipeline" / "model_index.json").is_file()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def bench_module():
+    spec = importlib.util.spec_from_file_location("bench_unlearning", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not _assets_present(), reason="ShapeWorld assets not installed")
+def test_quick_run_writes_every_table(bench_module, tmp_path):
+    out = tmp_path / "results"
+    assert bench_module.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    res = json.loads((out / "unlearning.json").read_text())
+    methods = list(bench_module.METHOD_ORDER)
+    assert res["methods"] == methods and res["quick"] is True
+    tasks = ["T1", "T2", "T3", "T4"] + [f"F4-{x}" for x in bench_module.QUICK.f4_sizes]
+    assert list(res["results"]) == tasks
+
+    def fraction(v):
+        return v is None or 0.0 <= v <= 1.0
+
+    for task in tasks:
+        first = None
+        for m in methods:
+            entry = res["results"][task][m]
+            h = entry["headline"]
+            assert entry["edit"]["seconds"] > 0
+            for key, v in h.items():
+                if key in ("FID", "per_class"):
+                    continue
+                values = v.values() if isinstance(v, dict) else [v]
+                assert all(fraction(x) for x in values), (task, m, key, v)
+            # the base images are shared: every method sees the same base figures
+            base = {k: v.get("base") for k, v in h.items() if isinstance(v, dict) and "base" in v}
+            first = first or base
+            assert base == first, (task, m)
+        # the control prunes exactly as many weights per layer as FIA: same share
+        fia, rnd = res["results"][task]["fia"]["edit"], res["results"][task]["random"]["edit"]
+        assert rnd["pruned_share"] == pytest.approx(fia["pruned_share"], abs=0) and fia["pruned_share"] > 0
+    t1 = res["results"]["T1"]["fia"]["headline"]
+    assert set(t1["per_class"]) == set(res["results"]["T1"]["fia"]["metrics"]["forget"])
+    for method, t in res["tuning"].items():
+        knob, candidates = bench_module.TUNING[method]
+        assert t["knob"] == knob and t["value"] in candidates[: bench_module.QUICK.candidates]
+        assert len(t["trials"]) == bench_module.QUICK.candidates
+    md = (out / "unlearning.md").read_text()
+    for title in ("T1:", "T2:", "T3:", "T4:", "F4:", "Cost of the edit", "Tuning"):
+        assert title in md
+    for m in methods:
+        assert f"| {m} |" in md
+    with Image.open(out / "f4_forgetting.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
