@@ -273,7 +273,11 @@ class Bench:
         return self._base[key]
 
     def measure(self, suite: Suite, key: tuple) -> dict[str, Any]:
-        base = self.base_records(key, suite)
+        """Judge the current (edited) model against the base records made by :meth:`base_records`."""
+        if key not in self._base:
+            # making the base records restores the pristine weights, which would undo the edit
+            raise RuntimeError(f"base records of {key} must be made before the edit")
+        base = self._base[key]
         edited = self.records(suite.items)
         return suite.summarize(suite.items, {"base": base, "edited": edited})
 
@@ -392,6 +396,7 @@ def tune(bench: Bench, methods: list[str], log) -> dict[str, dict[str, Any]]:
     task = Task("T2-tune", "shapeworld-objects", "objects", list(T2_FORGET), sizes.tune_prompts_per_concept,
                 sizes.tune_quality_prompts, keep_roles=("forget", "preserve", "quality"))  # fmt: skip
     suite = build_task_suite(task, bench.judge, bench.oracle, 1, TUNING_SEED, TUNING_SHIFT)
+    bench.base_records(("tune",), suite)
     chosen: dict[str, dict[str, Any]] = {}
     for method in methods:
         if method not in TUNING:
@@ -430,6 +435,7 @@ def run(sizes: Sizes, out: Path, methods: list[str], work: Path, log) -> dict[st
     for task in tasks:
         suite = build_task_suite(task, bench.judge, bench.oracle, sizes.images_per_prompt, HELDOUT_SEED, HELDOUT_SHIFT)
         log(f"{task.key}: forget {', '.join(task.forget)} ({len(suite.items)} prompts x seeds per model)")
+        bench.base_records((task.key,), suite)
         for method in order:
             setting = chosen.get(method, {}).get("value")
             if method == "random" and "fia" not in chosen and "fia" in TUNING:
@@ -472,6 +478,8 @@ def markdown(res: dict[str, Any]) -> str:
     r = res["results"]
     lines = [f"Measured {res['date']} at commit `{res['commit']}`" + (" (--quick: harness smoke test, numbers meaningless)" if res["quick"] else "")
              + f"; {res['images_generated']} images, {res['seconds_total'] / 60:.1f} min, {res['torch_threads']} threads.", ""]  # fmt: skip
+    for r_ in res.get("remeasured", []):
+        lines[-1:-1] = [f"Rows of {', '.join(r_['methods'])} re-measured {r_['date']} at commit `{r_['commit']}` ({r_['seconds'] / 60:.1f} min)."]
 
     def row(cells):
         lines.append("| " + " | ".join(cells) + " |")
@@ -567,6 +575,31 @@ def plot_f4(res: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``previous`` with the methods of ``new`` re-measured in it.
+
+    The base images are made again by the new run; with the same model,
+    prompts and seeds they must give the same base figures, which is checked.
+    """
+    for task, by_method in new["results"].items():
+        old_first = next(iter(previous["results"][task].values()))["headline"]
+        new_first = next(iter(by_method.values()))["headline"]
+        for key, v in new_first.items():
+            if isinstance(v, dict) and "base" in v and v["base"] != old_first[key]["base"]:
+                raise SystemExit(f"--merge: base figure {task}/{key} differs ({v['base']} vs {old_first[key]['base']}); rerun everything")
+    out = json.loads(json.dumps(previous))
+    for task, by_method in new["results"].items():
+        out["results"][task].update(by_method)
+    for m in new["methods"]:
+        out["costs"][m] = new["costs"][m]
+        if m in new["tuning"]:
+            out["tuning"][m] = new["tuning"][m]
+    out.setdefault("remeasured", []).append(
+        {"methods": new["methods"], "date": new["date"], "commit": new["commit"], "seconds": new["seconds_total"]}
+    )
+    return out
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -580,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHOD_ORDER), help="comma-separated subset of: " + ", ".join(METHOD_ORDER))
     ap.add_argument("--work", default=None, help="folder for per-concept caches (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--merge", default=None, help="an earlier unlearning.json: re-measure --methods and replace their rows in it")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_ORDER]
@@ -596,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fia-bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         res = run(sizes, out, methods, work, log)
+    if args.merge:
+        res = merge(json.loads(Path(args.merge).read_text()), res)
     # the figures first: a failure while formatting must not lose the run
     write_atomic(out / "unlearning.json", json.dumps(res, indent=1, default=float))
     write_atomic(out / "unlearning.md", markdown(res))
