@@ -7,6 +7,7 @@ handful of images.
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,12 @@ def _assets_present() -> bool:
 def bench_module():
     spec = importlib.util.spec_from_file_location("bench_unlearning", BENCH)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 @pytest.mark.skipif(not _assets_present(), reason="ShapeWorld assets not installed")
