@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,8 @@ from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline
 from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES, PLACE_NAMES, STYLE_NAMES, place_phrase
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from erase_cost import rss_bytes  # noqa: E402  (the sibling benchmark's resident-memory reader)
 METHOD_ORDER = ("fia", "fia-union", "fia-wanda", "fia-channel", "fia-layer", "random", "conceptprune", "uce", "esd-x")
 F4_SIZES = (1, 2, 4, 6, 8, 10)
 T2_FORGET = OBJECT_NAMES[:5]
@@ -188,26 +190,15 @@ class PeakRSS:
     """Peak resident set size while the block runs, sampled every 10 ms (Linux /proc)."""
 
     def __init__(self) -> None:
-        self.start = self.peak = self._rss()
+        self.start = self.peak = rss_bytes()
         self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, rss_bytes())
 
     def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = self._rss()
+        self.start = self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -215,7 +206,7 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, rss_bytes())
 
     @property
     def growth_mb(self) -> float:
@@ -348,13 +339,10 @@ def _family_names(family: str) -> tuple[str, ...]:
 
 def _pruned_share(mask) -> float | None:
     """Share of the FFN2 weights a mask prunes (a ConceptMask or {layer: bool tensor})."""
-    if isinstance(mask, dict):
-        pruned = sum(int(m.sum()) for m in mask.values())
-        total = sum(m.numel() for m in mask.values())
-    else:
-        pruned = sum(lm.pruned for lm in mask.layers)
-        total = sum(int(np.prod(lm.shape)) for lm in mask.layers)
-    return pruned / total if total else None
+    if not isinstance(mask, dict):
+        return mask.pruned_share
+    total = sum(m.numel() for m in mask.values())
+    return sum(int(m.sum()) for m in mask.values()) / total if total else None
 
 
 # ---------------------------------------------------------------- headline numbers
@@ -420,7 +408,7 @@ def _f(v: Any) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
 
-def run(sizes: Sizes, out: Path, methods: list[str], work: Path, log) -> dict[str, Any]:
+def run(sizes: Sizes, methods: list[str], work: Path, log) -> dict[str, Any]:
     t_start = time.time()
     bench = Bench(sizes, work, log)
     log(f"tuning ({sizes.candidates} candidates per method, T2 Overall on the tuning split)")
@@ -438,8 +426,6 @@ def run(sizes: Sizes, out: Path, methods: list[str], work: Path, log) -> dict[st
         bench.base_records((task.key,), suite)
         for method in order:
             setting = chosen.get(method, {}).get("value")
-            if method == "random" and "fia" not in chosen and "fia" in TUNING:
-                setting = None
             info = bench.edit(method, setting, task, fia_masks)
             m = bench.measure(suite, (task.key,))
             results[task.key][method] = {"headline": headline(task, m), "metrics": _jsonable(m), "edit": info}
@@ -629,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fia-bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        res = run(sizes, out, methods, work, log)
+        res = run(sizes, methods, work, log)
     if args.merge:
         res = merge(json.loads(Path(args.merge).read_text()), res)
     # the figures first: a failure while formatting must not lose the run
