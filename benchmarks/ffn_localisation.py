@@ -49,15 +49,12 @@ def object_accuracy(pipe, oracle, objects: list[str], images: int) -> dict[str, 
     return out
 
 
-def zero_(unet: torch.nn.Module, suffix: str) -> int:
-    """Zero every parameter whose name ends with ``suffix``; returns how many tensors."""
-    n = 0
+def zero_(unet: torch.nn.Module, module_suffix: str) -> None:
+    """Zero the weight and bias of every module whose name ends with ``module_suffix``."""
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            if name.endswith(suffix):
+            if name.rsplit(".", 1)[0].endswith(module_suffix):
                 p.zero_()
-                n += 1
-    return n
 
 
 def main() -> None:
@@ -85,11 +82,9 @@ def main() -> None:
         mask = fia.erase(pipe, [args.concept], FIAConfig(task="shapeworld", r2=r2))
         mask.apply_(pipe)
         measure(f"fia {args.concept} r2={r2} ({100 * mask.pruned_share:.1f} %)", round(mask.pruned_share, 4))
-    zero_(pipe.unet, "ff.net.2.weight")
-    zero_(pipe.unet, "ff.net.2.bias")
+    zero_(pipe.unet, "ff.net.2")
     measure("every FFN2 layer zeroed", None)
-    zero_(pipe.unet, "attn2.to_out.0.weight")
-    zero_(pipe.unet, "attn2.to_out.0.bias")
+    zero_(pipe.unet, "attn2.to_out.0")
     measure("every cross-attention out zeroed", None)
     print(json.dumps({"concept": args.concept, "images_per_class": args.images, "rows": rows,
                       "seconds": round(time.time() - t0, 1)}))

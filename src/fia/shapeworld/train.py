@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .oracle import HEADS, Oracle
-from .render import Scene, caption, render, sample_scene
+from .render import SIZE, Scene, caption, render, sample_scene
 
 # Stable Diffusion's scaled-linear betas, rescaled to a zero terminal SNR, with
 # v-prediction and "trailing" sampling that starts at t = 999. With the
@@ -60,10 +60,9 @@ SCHEDULER_KW = dict(
 class TrainConfig:
     seed: int = 0
     n_images: int = 30000
-    # VAE: factor 4 (three blocks) with 8 latent channels. An 8x8 latent makes a
-    # UNet step 1.8x cheaper than a 16x16x4 one at the same width, and a shape's
-    # outline lives in each latent pixel's channels instead of in fine spatial
-    # detail the UNet must draw.
+    # VAE: factor 4 (three blocks) with 8 latent channels. On an 8x8 latent a
+    # UNet step costs 0.55 s on 2 cores against 0.9 s on a 16x16x4 one; per step
+    # both learn shapes at about the same pace, so the budget buys more steps.
     vae_channels: tuple = (32, 64, 64)
     vae_latent_channels: int = 8
     vae_steps: int = 1000
@@ -82,7 +81,7 @@ class TrainConfig:
     text_heads: int = 4
     # UNet
     # 8x8 -> 4x4 -> 2x2: cross-attention (with its FFN) at 8x8 and 4x4 in both
-    # paths and in the middle block: 7 FFN2 layers; ~0.48 s a step on 2 cores
+    # paths and in the middle block: 7 FFN2 layers
     unet_channels: tuple = (64, 96, 128)
     unet_down: tuple = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_up: tuple = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -288,7 +287,7 @@ def make_unet(cfg: TrainConfig):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=32 // 2 ** (len(cfg.vae_channels) - 1),
+        sample_size=SIZE // 2 ** (len(cfg.vae_channels) - 1),
         in_channels=cfg.vae_latent_channels,
         out_channels=cfg.vae_latent_channels,
         down_block_types=tuple(cfg.unet_down),
