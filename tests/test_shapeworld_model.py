@@ -103,21 +103,36 @@ def test_oracle_is_accurate_on_fresh_renders(oracle):
     assert feats.ndim == 2 and feats.shape[0] == 10
 
 
-# prompts in the training distribution; the gate on held-out prompts is the benchmark's job
+# one prompt per shape, each a colour/object/place triple captioned in training
+# (the held-out triples are the quality gate's, run by the benchmark)
 DRAW_PROMPTS = [
-    "a red circle on the grass",
-    "a blue ring on the sand",
-    "a yellow cross in the water",
-    "a green arrow on the snow",
-    "a purple circle on the road",
-    "an orange ring in the sky",
+    "a blue circle on the grass",
+    "a red square on the sand",
+    "a purple triangle in the water",
+    "a yellow star on the snow",
+    "a blue heart on the road",
+    "an orange cross in the sky",
+    "a purple ring on the sand",
+    "a yellow diamond in the sky",
+    "a blue crescent on the grass",
+    "an orange arrow on the snow",
 ]
 
 
+def test_draw_prompts_cover_every_shape_outside_the_gate():
+    from fia.shapeworld import OBJECT_NAMES
+    from fia.shapeworld.render import HELDOUT_TRIPLES
+
+    named = [parse_prompt(p) for p in DRAW_PROMPTS]
+    assert sorted(f["object"] for f in named) == sorted(OBJECT_NAMES)
+    assert not [f for f in named if (f["color"], f["object"], f["place"]) in HELDOUT_TRIPLES]
+
+
 def test_shipped_model_draws_the_asked_object(pipe, oracle):
-    """A seeded regression guard at the shipped model's quality: the oracle
-    must read the asked object in at least half of 12 images (chance is 1/11)
-    and the asked colour and place in at least 3/4 of them."""
+    """A seeded regression guard at the shipped model's quality: over 20
+    images (every shape, two seeds) the oracle must read the asked object,
+    colour and place in at least 90 % of them (chance: 1/11, 1/6, 1/6). The
+    shipped model gets all 20 of each."""
     from fia.shapeworld.evaluate import generate
 
     prompts = DRAW_PROMPTS * 2
@@ -130,7 +145,7 @@ def test_shipped_model_draws_the_asked_object(pipe, oracle):
     col_hits = [c == parse_prompt(p)["color"] for c, p in zip(cols, prompts)]
     places = [HEADS["place"][i] for i in probs["place"].argmax(-1).tolist()]
     place_hits = [q == parse_prompt(p)["place"] for q, p in zip(places, prompts)]
-    assert sum(hits) >= len(hits) / 2, list(zip(prompts, objs))
-    assert sum(col_hits) >= 0.75 * len(col_hits), list(zip(prompts, cols))
+    assert sum(hits) >= 0.9 * len(hits), list(zip(prompts, objs))
+    assert sum(col_hits) >= 0.9 * len(col_hits), list(zip(prompts, cols))
     # the zero-terminal-SNR schedule is what lets the model draw the asked background
-    assert sum(place_hits) >= 0.75 * len(place_hits), list(zip(prompts, places))
+    assert sum(place_hits) >= 0.9 * len(place_hits), list(zip(prompts, places))
