@@ -99,7 +99,9 @@ class TrainConfig:
     # extra loss weight on the latent pixels an object covers (0: uniform).
     # The background fills about 70 % of an image and is learnt early; the
     # shape is what the prompts ask for. Weighting pixels moves capacity, not
-    # the target: each pixel's optimum is still its conditional mean.
+    # the target: each pixel's optimum is still its conditional mean. Measured:
+    # it speeds shape learning (held-out probe 0.93 against 0.80 at step 6,000)
+    # and ends about level (gate object 0.99 against 0.98 at step 16,000).
     object_loss_weight: float = 3.0
     caption_dropout: float = 0.1
     probe_every: int = 2000
