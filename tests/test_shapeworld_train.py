@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fia.shapeworld import load_oracle, load_pipeline, sample_scene
+from fia.shapeworld import HEADS, load_oracle, load_pipeline, sample_scene
 from fia.shapeworld.render import SIZE, Scene, object_coverage
 from fia.shapeworld.train import TrainConfig, object_weight_maps
 
@@ -76,5 +76,5 @@ def test_quick_recipe_writes_loadable_artifacts(tmp_path, monkeypatch):
     pipe = load_pipeline(path=out / "pipeline")
     img = pipe(prompt=["a red star on the grass"], num_inference_steps=2, height=32, width=32, output_type="pt").images
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
-    assert set(load_oracle(path=out).predict(img)) == {"object", "color", "place", "style", "attribute"}
+    assert set(load_oracle(path=out).predict(img)) == set(HEADS)
     assert not any("_name_or_path" in p.read_text() for p in (out / "pipeline").rglob("config.json"))
