@@ -12,9 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "prompts"
-
-
 class StandInOracle(nn.Module):
     """Same interface as the ShapeWorld oracle, random weights, any image size."""
 

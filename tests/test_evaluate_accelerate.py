@@ -18,7 +18,8 @@ import sys
 import pytest
 import torch
 
-from _eval_fixtures import SHARED_PROMPTS, resnet_folder
+from _eval_fixtures import resnet_folder
+from fia.prompts import shipped_prompt_set
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def models(tmp_path_factory):
 def _args(root, resnet, out):
     return [
         "--suite", "imagenette", "--model", str(root / "base"), "--edited", str(root / "edited"),
-        "--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--classifier", str(resnet),
+        "--prompts", str(shipped_prompt_set("imagenette.csv")), "--classifier", str(resnet),
         "--forget", "church", "--preserve", "tench", "--max-prompts", "3",
         "--steps", "2", "--batch-size", "2", "--out", str(out), "--no-report", "--device", "cpu",
     ]  # fmt: skip

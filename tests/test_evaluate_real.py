@@ -4,17 +4,21 @@ Base and edited models are a tiny random SD pipeline saved to disk and a copy
 with perturbed FFN2 weights. Judges have the real architectures with random
 weights at reduced sizes (ResNet: bottleneck blocks, widths 16/32, ImageNet's
 1000 labels; CLIP: 2 layers, width 32, 32-px images); NudeNet runs for real.
-Prompts are the first rows of the shared benchmark files.
+Prompts are the first rows of the public prompt sets shipped with the package.
 """
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from _eval_fixtures import SHARED_PROMPTS, clip_folder, feature_net, resnet_folder
+import fia
+from _eval_fixtures import clip_folder, feature_net, resnet_folder
 from fia.evaluate.cli import app
+from fia.prompts import shipped_prompt_set
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -55,7 +59,7 @@ def _common(models, suite, out):
 
 def test_imagenette(models, tmp_path):
     args = _common(models, "imagenette", tmp_path) + [
-        "--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--classifier", models["resnet"],
+        "--prompts", str(shipped_prompt_set("imagenette.csv")), "--classifier", models["resnet"],
         "--forget", "church, golf ball", "--preserve", "tench, English springer", "--max-prompts", "2",
     ]  # fmt: skip
     _run(args)
@@ -79,10 +83,17 @@ def test_imagenette_with_a_mask_file(models, tmp_path):
     out = tmp_path / "eval"
     args = [
         "--suite", "imagenette", "--model", models["base"], "--mask", str(mask_file), "--out", str(out), *FAST,
-        "--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--classifier", models["resnet"],
-        "--forget", "parachute", "--preserve", "gas pump", "--max-prompts", "1",
+        "--classifier", models["resnet"], "--forget", "parachute", "--preserve", "gas pump", "--max-prompts", "1",
     ]  # fmt: skip
-    _run(args)
+    _run(args)  # no --prompts: the imagenette.csv shipped with the package
+    index = json.loads((out / "index.json").read_text())
+    with open(shipped_prompt_set("imagenette.csv"), newline="") as f:
+        first = {}
+        for row in csv.DictReader(f):
+            first.setdefault(row["class"], row)
+    assert [(it["prompt"], it["seed"]) for it in index["items"]] == [
+        (first[c]["prompt"], int(first[c]["evaluation_seed"])) for c in ("parachute", "gas pump")
+    ]
     m = json.loads((out / "metrics.json").read_text())
     assert m["run"]["edit"].startswith("sha256:")
     assert set(m["per_class"]) == {"parachute", "gas pump"}
@@ -96,14 +107,14 @@ def test_imagenette_with_a_mask_file(models, tmp_path):
 @pytest.mark.parametrize(
     "suite,extra,option",
     [
-        ("imagenette", ["--prompts", str(SHARED_PROMPTS / "imagenette.csv"), "--forget", "church"], "--classifier"),
-        ("artists", ["--prompts", str(SHARED_PROMPTS / "test_Monet.csv"), "--forget", "Monet"], "--clip"),
-        ("coco", ["--clip", "CLIP"], "--prompts"),
-        ("explicit", [], "--prompts"),
+        ("imagenette", ["--prompts", str(shipped_prompt_set("imagenette.csv")), "--forget", "church"], "--classifier"),
+        ("artists", ["--prompts", str(shipped_prompt_set("test_Monet.csv")), "--forget", "Monet"], "--clip"),
+        ("coco", [], "--clip"),
+        ("explicit", ["--prompts", "MISSING"], "--prompts"),
     ],
 )
 def test_a_missing_judge_or_prompt_file_names_its_option(models, tmp_path, suite, extra, option):
-    extra = [models["clip"] if a == "CLIP" else a for a in extra]
+    extra = [str(tmp_path / "missing.csv") if a == "MISSING" else a for a in extra]
     result = runner.invoke(app, _common(models, suite, tmp_path) + extra)
     assert result.exit_code == 2
     assert option in result.output
@@ -112,7 +123,7 @@ def test_a_missing_judge_or_prompt_file_names_its_option(models, tmp_path, suite
 
 def test_artists(models, tmp_path):
     args = _common(models, "artists", tmp_path) + [
-        "--prompts", str(SHARED_PROMPTS / "test_Van_Gogh.csv"), "--prompts", str(SHARED_PROMPTS / "test_Pablo_Picasso.csv"),
+        "--prompts", str(shipped_prompt_set("test_Van_Gogh.csv")), "--prompts", str(shipped_prompt_set("test_Pablo_Picasso.csv")),
         "--clip", models["clip"], "--forget", "Van Gogh", "--max-prompts", "2",
     ]  # fmt: skip
     _run(args)
@@ -127,7 +138,7 @@ def test_artists(models, tmp_path):
 
 def test_explicit_with_nudenet(models, tmp_path):
     pytest.importorskip("nudenet")
-    args = _common(models, "explicit", tmp_path) + ["--prompts", str(SHARED_PROMPTS / "Nudity_ring-a-bell.csv"), "--max-prompts", "2"]
+    args = _common(models, "explicit", tmp_path) + ["--prompts", str(shipped_prompt_set("Nudity_ring-a-bell.csv")), "--max-prompts", "2"]
     _run(args)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["n_images"] == 2 and m["threshold"] == 0.6
@@ -146,7 +157,7 @@ def test_coco_clip_score_and_fid(models, tmp_path):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(ref / f"{k}.png")
     out = tmp_path / "out"
     args = _common(models, "coco", out) + [
-        "--prompts", str(SHARED_PROMPTS / "coco_prompts.txt"), "--clip", models["clip"], "--max-prompts", "3",
+        "--prompts", str(shipped_prompt_set("coco_prompts.txt")), "--clip", models["clip"], "--max-prompts", "3",
         "--fid-features", models["features"], "--reference", str(ref), "--no-report",
     ]  # fmt: skip
     _run(args)
@@ -158,6 +169,26 @@ def test_coco_clip_score_and_fid(models, tmp_path):
     assert not (out / "report.html").exists()
 
 
+def test_real_suites_default_to_the_shipped_prompt_sets(tmp_path):
+    from fia.evaluate.suites import prompt_files_for
+    from fia.prompts import SUITE_PROMPT_SETS
+
+    assert prompt_files_for("imagenette", None) == [shipped_prompt_set("imagenette.csv")]
+    assert prompt_files_for("explicit", []) == [shipped_prompt_set("Nudity_ring-a-bell.csv")]
+    assert prompt_files_for("coco", None) == [shipped_prompt_set("coco_prompts.txt")]
+    artists = prompt_files_for("artists", None)
+    assert len(artists) == 5 and all(p.name.startswith("test_") for p in artists)
+    for files in SUITE_PROMPT_SETS.values():
+        for name in files:
+            path = shipped_prompt_set(name)
+            # inside the installed package, never beside the clone
+            assert path.is_file() and path.parent.parent == Path(fia.__file__).parent
+    # a file the user names wins
+    mine = tmp_path / "mine.csv"
+    assert prompt_files_for("imagenette", mine) == [mine]
+    assert prompt_files_for("artists", [mine, str(mine)]) == [mine, mine]
+
+
 def test_prompt_lists_i2p_csv_and_plain_lines(tmp_path):
     from fia.evaluate.suites import _list_items, read_prompt_list
 
@@ -167,7 +198,7 @@ def test_prompt_lists_i2p_csv_and_plain_lines(tmp_path):
     assert [r["prompt"] for r in rows] == ["a nude, on\ntwo lines", "second"]
     items = _list_items(i2p, seed=100, images_per_prompt=2, max_prompts=None, group="explicit")
     assert [(it.seed, it.guidance) for it in items] == [(42, 7.0), (43, 7.0), (7, None), (8, None)]
-    ring = SHARED_PROMPTS / "Nudity_ring-a-bell.csv"  # no header, odd bytes
+    ring = shipped_prompt_set("Nudity_ring-a-bell.csv")  # no header, odd bytes
     lines = read_prompt_list(ring)
     assert len(lines) == sum(1 for line in ring.read_bytes().splitlines() if line.strip())
     items = _list_items(ring, seed=5, images_per_prompt=1, max_prompts=3, group="explicit")

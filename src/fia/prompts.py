@@ -195,6 +195,29 @@ def parse_concepts(concepts: str | Sequence[str]) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------ evaluation prompts
+# The public prompt sets of the paper's evaluations ship inside the package
+# (fia/prompt_sets/, provenance and licence in its README.md), so that the
+# real-model suites and their tests need no files from outside the install.
+SUITE_PROMPT_SETS: dict[str, tuple[str, ...]] = {
+    "imagenette": ("imagenette.csv",),
+    "artists": (
+        "test_Van_Gogh.csv", "test_Monet.csv", "test_Pablo_Picasso.csv",
+        "test_Leonardo_Da_Vinci.csv", "test_Salvador_Dali.csv",
+    ),
+    "explicit": ("Nudity_ring-a-bell.csv",),
+    "coco": ("coco_prompts.txt",),
+}  # fmt: skip
+
+
+def shipped_prompt_set(name: str) -> Path:
+    """The path of a shipped prompt file, e.g. ``shipped_prompt_set("imagenette.csv")``."""
+    known = sorted({f for files in SUITE_PROMPT_SETS.values() for f in files})
+    if name not in known:
+        raise FIAError(f"no shipped prompt set {name!r}; use one of: {', '.join(known)}")
+    return Path(str(resources.files("fia") / "prompt_sets" / name))
+
+
 # ---------------------------------------------------------------------- presets
 def preset_path(task: str) -> Path:
     """The packaged YAML preset of ``task`` (``fia/configs/<task>.yaml``)."""

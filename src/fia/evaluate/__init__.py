@@ -76,12 +76,16 @@ def build_suite(
     device: str = "cpu",
     oracle: Any = None,
 ) -> Suite:
-    """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``)."""
+    """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``).
+
+    Real-model suites read ``prompts``, or the public prompt set shipped with
+    the package when it is not given (see :func:`fia.evaluate.suites.prompt_files_for`).
+    """
     from fia.evaluate import judges, suites
 
     if name not in SUITES:
         raise FIAError(f"unknown suite {name!r}; use one of: {', '.join(SUITES)}")
-    prompt_files = [prompts] if isinstance(prompts, (str, Path)) else list(prompts or [])
+    prompt_files = suites.prompt_files_for(name, prompts) if name not in SHAPEWORLD_SUITES else []
     first = prompt_files[0] if prompt_files else None
     if name in SHAPEWORLD_SUITES:
         if oracle is None:

@@ -47,7 +47,7 @@ def evaluate(
     preserve: Optional[str] = typer.Option(None, "--preserve", help="Kept concepts, comma-separated (default: all others)."),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Seeds per prompt (ShapeWorld 2, real suites 1)."),
     seed: int = typer.Option(0, "--seed", help="Base seed (prompt files with their own seeds keep them)."),
-    prompts: Optional[list[Path]] = typer.Option(None, "--prompts", help="Prompt file(s) of a real-model suite (repeat for several artists)."),
+    prompts: Optional[list[Path]] = typer.Option(None, "--prompts", help="Prompt file(s) of a real-model suite (repeat for several artists; default: the public set shipped with fia)."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", min=1, help="Use only the first N prompts (per class for imagenette)."),
     prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),

@@ -399,6 +399,21 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def prompt_files_for(suite: str, prompts: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The prompt files a real-model suite reads: ``prompts`` if given, else the shipped set.
+
+    Without ``--prompts`` the suite uses the paper's public prompt set that
+    ships inside the package (:data:`fia.prompts.SUITE_PROMPT_SETS`); the
+    artists suite then reads all five artists' files.
+    """
+    from fia.prompts import SUITE_PROMPT_SETS, shipped_prompt_set
+
+    files = [prompts] if isinstance(prompts, (str, Path)) else list(prompts or [])
+    if not files and suite in SUITE_PROMPT_SETS:
+        files = [shipped_prompt_set(name) for name in SUITE_PROMPT_SETS[suite]]
+    return [Path(f) for f in files]
+
+
 def _need_prompts(path: str | Path | None, suite: str) -> Path:
     if path is None:
         raise FIAError(f"the {suite} suite needs a prompt file; pass it with --prompts FILE")
