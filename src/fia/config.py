@@ -40,8 +40,9 @@ class FIAConfig:
         seed: base seed; paired concept/base prompts share ``seed + k``.
         batch_size: prompts per sampler batch; ``None`` puts all prompts of a
             concept in one batch (bounded memory, see the README).
-        saliency: ``energy`` (paper Eq. 1) or ``wanda`` (|W| * ||X_j||, the
-            public reference code's reduction), for comparison.
+        saliency: ``energy`` (paper Eq. 1) or ``wanda`` (|W| * ||X_j|| after
+            scaling every token's row of X to unit length, the public
+            reference code's reduction), for comparison.
         cfg_rows: which rows of a prompt's guided run form N in Eq. 1:
             ``cond`` (the text-conditioned half) or ``both`` halves.
         targets: which linears are scored and pruned (``ffn2`` as in the

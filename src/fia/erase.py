@@ -100,6 +100,10 @@ def sensitivity_settings(
         "num_inference_steps": config.num_inference_steps,
         "guidance_scale": config.guidance_scale,
         "saliency": config.saliency,
+        # wanda entries cached before its rows were scaled to unit length hold
+        # another reduction; this marker keeps them from being reused (energy
+        # entries keep their keys)
+        **({"wanda_rows": "unit-length"} if config.saliency == "wanda" else {}),
         "cfg_rows": config.cfg_rows,
         "eps": config.eps,
         "targets": config.targets,

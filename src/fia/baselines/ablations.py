@@ -9,8 +9,9 @@ sharing :func:`fia.erase.erase`'s per-concept cache), selection from
 - ``fia``: the full method (delegates to :func:`fia.erase.erase`);
 - ``fia-union``: naive union fusion, no concept-agnostic retention: every
   neuron selected by at least one concept is pruned (``s >= 1``);
-- ``fia-wanda``: the ``wanda`` saliency ``|W_ij| * ||X_j||`` instead of
-  Eq. 1's energy saliency (``FIAConfig.saliency``);
+- ``fia-wanda``: the ``wanda`` saliency ``|W_ij| * ||X_j||`` on token rows
+  scaled to unit length (the reference code's reduction) instead of Eq. 1's
+  energy saliency (``FIAConfig.saliency``);
 - ``fia-channel``: channel-level selection only (Eq. 4, no Eq. 5);
 - ``fia-layer``: layer-level selection only (Eq. 5, no Eq. 4).
 

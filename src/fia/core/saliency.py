@@ -11,6 +11,11 @@ output column it feeds. All inner products come from one matrix product
 ``G^T = Y^T X`` (C_out x C_in), about the cost of the layer's own forward.
 
 Everything is computed in float32 whatever the dtype of the inputs.
+
+:func:`wanda_saliency` is the public reference code's reduction, kept for
+comparison (``--saliency wanda``): every token's row of ``X`` is scaled to
+unit length, the cosine factor is dropped, and ``U = |W_ij| * ||X_j||`` on
+the scaled rows.
 """
 
 from __future__ import annotations
@@ -83,16 +88,39 @@ def energy_saliency(
     return out
 
 
-def wanda_saliency(weight: Tensor, x: Tensor, *, abs_weight: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-    """The reference code's reduction of Eq. 1: ``U[i, j] = |W_ij| * ||X_j||``.
+# A row (one token's activations) shorter than this is divided by it instead
+# of by its own length when scaled to unit length, so an all-zero row stays
+# zero instead of dividing by zero (the same guard as torch's F.normalize).
+WANDA_ROW_EPS = 1e-12
 
-    The cosine factor is dropped; ``||X_j||`` is the L2 norm of input column j
-    over the prompt's rows. Float32 ``(C_out, C_in)``, written into ``out`` if given.
+
+def wanda_saliency(
+    weight: Tensor,
+    x: Tensor,
+    *,
+    eps: float = WANDA_ROW_EPS,
+    abs_weight: Tensor | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """The reference code's reduction of Eq. 1: ``U[i, j] = |W_ij| * ||Xhat_j||``.
+
+    ``Xhat`` is ``x`` with every row scaled to unit L2 length,
+    ``Xhat_n = X_n / max(||X_n||, eps)`` (row ``n`` is one token's ``C_in``
+    activations), and ``||Xhat_j||`` is the L2 norm of column ``j`` of
+    ``Xhat`` over the prompt's rows. The cosine factor of Eq. 1 is dropped.
+
+    Unlike Eq. 1, every token weighs the same whatever its activation energy:
+    ``||Xhat_j||^2`` sums, over tokens, the share of each token's energy that
+    falls on channel ``j``. Scaling one token's row leaves ``U`` unchanged;
+    under Eq. 1 a loud token dominates ``||X_j||``.
+
+    Float32 ``(C_out, C_in)``, written into ``out`` if given.
     """
     x = _as_rows(x, "x")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"shapes do not match: weight {tuple(weight.shape)}, x {tuple(x.shape)}")
-    xn = torch.linalg.vector_norm(x, dim=0)
+    row_norms = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(eps)
+    xn = torch.linalg.vector_norm(x / row_norms, dim=0)  # ||Xhat_j||, (C_in,)
     aw = abs_weight if abs_weight is not None else weight.detach().abs().float()
     if out is None:
         return aw * xn
