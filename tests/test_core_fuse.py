@@ -7,7 +7,7 @@ from fia.core.fuse import concept_agnostic_threshold, fuse_layer_masks, fuse_mas
 
 
 def test_threshold_values():
-    assert concept_agnostic_threshold(5, 0.6) == 3  # float 0.6*5 = 3.0000000000000004
+    assert concept_agnostic_threshold(5, 0.6) == 3
     assert concept_agnostic_threshold(1, 0.6) == 2
     assert concept_agnostic_threshold(10, 0.6) == 6
     assert concept_agnostic_threshold(5, 0.8) == 4
@@ -19,6 +19,27 @@ def test_threshold_values():
             assert concept_agnostic_threshold(c, alpha) == max(2, exact)
     with pytest.raises(ValueError):
         concept_agnostic_threshold(0, 0.6)
+
+
+def test_threshold_is_exact_where_float_is_not():
+    from fia.config import FIAConfig
+    from fia.evaluate.report import overlap_threshold
+    from fia.mask import ConceptMask
+
+    # float products land just above the integer, so a float ceiling is one too high
+    assert 0.28 * 25 == 7.000000000000001 and math.ceil(0.28 * 25) == 8
+    assert 0.56 * 25 == 14.000000000000002 and math.ceil(0.56 * 25) == 15
+    for alpha, tau in ((0.28, 7), (0.56, 14)):
+        assert concept_agnostic_threshold(25, alpha) == tau
+        assert fuse_masks([torch.ones(1, 1, dtype=torch.bool)] * 25, alpha).tau_ca == tau
+        # the config and the report compute it with the same function
+        assert FIAConfig(alpha=alpha).concept_agnostic_threshold(25) == tau
+        mask = ConceptMask(concepts=[], config={"alpha": alpha}, layers=[], fingerprint="", edit_fingerprint="")
+        assert overlap_threshold(mask, 25) == tau
+    # the report takes the run's alpha, not a fixed 0.6; without one, the default alpha
+    run = ConceptMask(concepts=[], config={"alpha": 0.8}, layers=[], fingerprint="", edit_fingerprint="")
+    assert overlap_threshold(run, 5) == 4
+    assert overlap_threshold(None, 5) == concept_agnostic_threshold(5, FIAConfig().alpha) == 3
 
 
 def test_single_concept_prunes_whole_mask():

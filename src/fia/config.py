@@ -74,8 +74,10 @@ class FIAConfig:
         return self.r2_overrides.get(concept, self.r2)
 
     def concept_agnostic_threshold(self, num_concepts: int) -> int:
-        """Eq. 7's ``tau_ca = max(2, ceil(alpha * C))`` (see fia.core.fuse)."""
-        return max(2, math.ceil(self.alpha * num_concepts))
+        """Eq. 7's ``tau_ca = max(2, ceil(alpha * C))``, exactly as the fusion computes it."""
+        from fia.core.fuse import concept_agnostic_threshold
+
+        return concept_agnostic_threshold(num_concepts, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

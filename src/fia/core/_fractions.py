@@ -1,9 +1,10 @@
 """Exact "share of a count" arithmetic shared by the stages.
 
 ``floor(r * n)`` and ``ceil(alpha * C)`` in binary floating point can land
-one off (``0.6 * 5 == 3.0000000000000004`` so its ceiling is 4). The
-fractions the user types are decimal, so they are read as the exact decimal
-they print as (``Fraction(repr(0.6)) == 3/5``) and the product is exact.
+one off (``0.28 * 25 == 7.000000000000001`` so its ceiling is 8;
+``0.29 * 100 == 28.999999999999996`` so its floor is 28). The fractions the
+user types are decimal, so they are read as the exact decimal they print as
+(``Fraction(repr(0.28)) == 7/25``) and the product is exact.
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ from fia.core._fractions import exact_fraction
 def concept_agnostic_threshold(num_concepts: int, alpha: float) -> int:
     """Eq. 7: ``tau_ca = max(2, ceil(alpha * C))``, with ``alpha`` read as the exact decimal it prints as.
 
-    So ``ceil(0.6 * 5)`` is 3, not the 4 that float rounding would give.
+    So ``ceil(0.28 * 25)`` is 7, not the 8 that float rounding would give
+    (``0.28 * 25 == 7.000000000000001``). This is the one definition of
+    ``tau_ca``: the fusion, :class:`fia.config.FIAConfig` and the report all
+    call it.
     """
     if num_concepts < 1:
         raise ValueError(f"need at least one concept, got {num_concepts}")

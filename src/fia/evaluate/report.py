@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +121,20 @@ def _short(name: str) -> str:
     return name.replace("transformer_blocks", "tb").replace("attentions", "att").replace(".ff.net.2", ".ffn2")
 
 
+def overlap_threshold(mask: Any, num_concepts: int) -> int:
+    """``tau_ca`` for the overlap figure, with the alpha of the run that made ``mask``.
+
+    The alpha comes from the mask's settings; without a mask (or one that
+    does not record alpha) the method's default alpha is used.
+    """
+    from fia.config import FIAConfig
+    from fia.core.fuse import concept_agnostic_threshold
+
+    cfg = getattr(mask, "config", None)
+    alpha = cfg["alpha"] if isinstance(cfg, Mapping) and cfg.get("alpha") is not None else FIAConfig.alpha
+    return concept_agnostic_threshold(num_concepts, float(alpha))
+
+
 def overlap_figure(
     concept_masks: Mapping[str, Mapping[str, torch.Tensor]], tau_ca: int | None, path: Path
 ) -> Path:
@@ -135,7 +148,7 @@ def overlap_figure(
     flat = [torch.cat([concept_masks[c][l].bool().flatten() for l in layers]) for c in concepts]
     jac = np.array(jaccard_matrix(flat))
     n = len(concepts)
-    tau = tau_ca if tau_ca is not None else max(2, math.ceil(0.6 * n))
+    tau = tau_ca if tau_ca is not None else overlap_threshold(None, n)
     counts = torch.stack(flat).sum(0)
     hist = [int((counts == k).sum()) for k in range(1, n + 1)]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(1.0 * n + 7.0, 0.8 * n + 2.4), gridspec_kw={"width_ratios": [1.3, 1]})
@@ -260,10 +273,7 @@ def write_report(
         notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
 
     if concept_masks and len(concept_masks) >= 2:
-        tau = None
-        cfg = getattr(mask, "config", None)
-        if isinstance(cfg, Mapping) and "alpha" in cfg:
-            tau = max(2, math.ceil(float(cfg["alpha"]) * len(concept_masks)))
+        tau = overlap_threshold(mask, len(concept_masks))
         figures.append(("concept overlap", overlap_figure(concept_masks, tau, out / "overlap.png")))
     else:
         notes.append(
