@@ -60,19 +60,20 @@ def random_mask(pipe, share: float = 0.5, seed: int = 0, concepts=("circle", "sq
     )  # fmt: skip
 
 
-def write_concept_cache(cache: Path, pipe, concepts=("circle", "square", "star")) -> None:
-    """Per-concept sensitivities A (one 2-D tensor per FFN2 layer), written by erase's cache writer."""
-    from fia.erase import save_sensitivity
+def write_concept_cache(cache: Path, pipe, mask) -> None:
+    """Per-concept sensitivities A (one 2-D tensor per FFN2 layer) of ``mask``'s concepts.
 
-    from fia.targets import denoiser_of, find_targets
+    Written where erase would have cached them for the run that made ``mask``
+    (the same key), with erase's cache writer.
+    """
+    from fia.erase import run_cache_entries, save_sensitivity
 
     cache.mkdir(parents=True, exist_ok=True)
-    targets = find_targets(denoiser_of(pipe), "ffn2")
     g = torch.Generator().manual_seed(1)
-    shared = {t.name: torch.rand(t.module.weight.shape, generator=g) for t in targets}
-    for k, c in enumerate(concepts):
+    shared = {lm.name: torch.rand(lm.shape, generator=g) for lm in mask.layers}
+    for concept, (path, key) in run_cache_entries(cache, pipe, mask).items():
         a = {n: (v + 0.7 * torch.rand(v.shape, generator=g)).contiguous() for n, v in shared.items()}
-        save_sensitivity(cache / f"{c}-{k:016x}.safetensors", a, {"concept": c, "r1": 0.05})
+        save_sensitivity(path, a, key)
 
 
 def resnet_folder(path: Path) -> Path:

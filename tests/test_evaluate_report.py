@@ -106,6 +106,7 @@ def test_overlap_from_the_erase_cache_reproduces_the_fused_mask(tmp_path):
     import fia.erase
     from fia.config import FIAConfig
     from fia.evaluate.report import concept_masks_from_cache
+    from fia.mask import ConceptMask
     from fia.testing import tiny_sd_pipeline
 
     torch.set_num_threads(1)
@@ -113,13 +114,53 @@ def test_overlap_from_the_erase_cache_reproduces_the_fused_mask(tmp_path):
     cfg = FIAConfig(task="object", num_inference_steps=3, saliency_steps=1, r2=0.05, r2_overrides={"tench": 0.03})
     concepts = ["church", "golf ball", "tench"]
     mask = fia.erase.erase(pipe, concepts, cfg, cache_dir=tmp_path / "cache")
-    q = concept_masks_from_cache(tmp_path / "cache", cfg.r2_for, mask.concepts)
+    mask = ConceptMask.from_bytes(mask.to_bytes())  # what fia evaluate --mask reads back
+    q = concept_masks_from_cache(tmp_path / "cache", mask, pipe)
     assert list(q) == concepts
-    tau = cfg.concept_agnostic_threshold(len(concepts))
+    _assert_reproduces(q, mask, cfg.concept_agnostic_threshold(len(concepts)))
+
+
+def _assert_reproduces(q, mask, tau):
     pruned = agnostic = 0
     for layer in mask.layer_names:
-        s = sum(q[c][layer].int() for c in concepts)
+        s = sum(q[c][layer].int() for c in mask.concepts)
         pruned += int(((s > 0) & (s < tau)).sum())
         agnostic += int((s >= tau).sum())
         assert torch.equal((s > 0) & (s < tau), mask.to_dense(layer))
     assert (pruned, agnostic) == (mask.pruned, mask.agnostic)
+
+
+def test_report_reads_the_cache_entry_of_its_run_not_the_newest(tmp_path):
+    """Two runs with another r1 leave two entries per concept; each run's report reads its own."""
+    import os
+
+    import fia.erase
+    from fia.config import FIAConfig
+    from fia.erase import run_cache_entries
+    from fia.evaluate.report import concept_masks_from_cache
+    from fia.testing import tiny_sd_pipeline
+
+    torch.set_num_threads(1)
+    pipe = tiny_sd_pipeline()
+    cache = tmp_path / "cache"
+    concepts = ["church", "golf ball"]
+    # with several scored steps r1 (Eq. 3's persistence) changes which neurons are selected
+    cfg = FIAConfig(task="object", num_inference_steps=4, saliency_steps=4, r2=0.05)
+    first = fia.erase.erase(pipe, concepts, cfg, cache_dir=cache)
+    second = fia.erase.erase(pipe, concepts, cfg.replace(r1=0.3), cache_dir=cache)
+    assert len(list(cache.glob("*.safetensors"))) == 4
+    ours = {c: path for c, (path, _) in run_cache_entries(cache, pipe, first).items()}
+    theirs = {c: path for c, (path, _) in run_cache_entries(cache, pipe, second).items()}
+    assert all(ours[c] != theirs[c] and ours[c].is_file() and theirs[c].is_file() for c in concepts)
+    for path in theirs.values():  # the other run's entries are the newest
+        os.utime(path, (os.path.getmtime(path) + 100,) * 2)
+    q_first = concept_masks_from_cache(cache, first, pipe)
+    q_second = concept_masks_from_cache(cache, second, pipe)
+    # the two runs selected different neurons, so reading the wrong entry would show
+    assert any(not torch.equal(q_first[c][n], q_second[c][n]) for c in concepts for n in first.layer_names)
+    _assert_reproduces(q_first, first, cfg.concept_agnostic_threshold(2))
+    _assert_reproduces(q_second, second, cfg.concept_agnostic_threshold(2))
+    # an entry of other settings is never a stand-in: without its own entries a run gets nothing
+    for path in ours.values():
+        path.unlink()
+    assert concept_masks_from_cache(cache, first, pipe) == {}

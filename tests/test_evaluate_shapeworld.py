@@ -155,7 +155,7 @@ def _small_suite(name="shapeworld-objects", forget="circle, square", preserve="s
 
 def test_paired_run_resume_and_determinism(tiny, tmp_path):
     mask = random_mask(tiny)
-    write_concept_cache(tmp_path / "erase" / "cache", tiny)
+    write_concept_cache(tmp_path / "erase" / "cache", tiny, mask)
     before = {n: p.clone() for n, p in tiny.unet.named_parameters()}
     out = tmp_path / "eval"
     suite = _small_suite()
@@ -233,7 +233,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
     monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "square"))
-    write_concept_cache(tmp_path / "cache", tiny, concepts=("circle", "square"))
+    write_concept_cache(tmp_path / "cache", tiny, mask)
     mask.apply_(tiny)  # erase may hand over the pipe with the mask applied
     applied = {n: p.clone() for n, p in tiny.unet.named_parameters()}
     path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)

@@ -238,7 +238,7 @@ def run_erase(
         from fia.evaluate import report_after_erase
 
         with console.status("evaluating base vs edited images for the report..."):
-            page = report_after_erase(out, pipe, mask, names, cfg)
+            page = report_after_erase(out, pipe, mask, names, cfg, prompts=plan)
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 

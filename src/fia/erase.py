@@ -20,7 +20,8 @@ schedule settings, the saliency kind, ``cfg_rows``, the target layers and the
 dtype. So adding or dropping a concept, or changing ``alpha`` or ``r2``,
 re-fuses in seconds; an interrupted run resumes from the concepts already
 done. ``alpha``, ``r2`` and the batch size (which never changes a result) are
-not part of the key.
+not part of the key. :func:`concept_cache_key` defines the key; the
+evaluation report finds a run's entries with it (:func:`run_cache_entries`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,60 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 def cache_path(cache_dir: str | Path, concept: str, settings: dict[str, Any]) -> Path:
     return Path(cache_dir) / f"{slugify(concept)}-{settings_hash(settings)}.safetensors"
+
+
+def concept_cache_key(
+    pipe: Any,
+    concept: str,
+    prompts: ConceptPrompts,
+    config: FIAConfig,
+    *,
+    layers: dict[str, tuple[int, int]],
+    model_fingerprint: str,
+    dtype: torch.dtype | str,
+) -> dict[str, Any]:
+    """The settings ``concept``'s sensitivity ``A`` is cached under in a run (its cache key).
+
+    This is the one definition of the key: :func:`erase` writes and reads
+    ``A`` at ``cache_path(cache_dir, concept, key)``, and the evaluation
+    report finds the entry a run used the same way (:func:`run_cache_entries`),
+    so it never picks up an entry made with other settings.
+    """
+    r1 = concept_value(config.r1_overrides, concept, config.r1)
+    return sensitivity_settings(
+        pipe, prompts, config, r1=r1, layers=layers, model_fingerprint=model_fingerprint, dtype=dtype
+    )
+
+
+def run_config(mask: ConceptMask) -> FIAConfig:
+    """The :class:`FIAConfig` of the run that made ``mask`` (extra keys such as an ablation's are left out)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(FIAConfig)}
+    return FIAConfig.from_dict({k: v for k, v in (mask.config or {}).items() if k in known})
+
+
+def run_cache_entries(
+    cache_dir: str | Path,
+    pipe: Any,
+    mask: ConceptMask,
+    prompts: dict[str, ConceptPrompts] | None = None,
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Per concept of ``mask``, the cache file its erase run used and that file's key.
+
+    The key is rebuilt from the mask's provenance (settings, layers, model
+    fingerprint, dtype) and ``pipe``'s scheduler. ``prompts`` are the run's
+    prompt sets when they did not come from the task's templates (prompt
+    files); without them the templates are used.
+    """
+    config = run_config(mask)
+    layers = {lm.name: (int(lm.shape[0]), int(lm.shape[1])) for lm in mask.layers}
+    out = {}
+    for c in mask.concepts:
+        cp = (prompts or {}).get(c) or build_prompts(c, config)
+        key = concept_cache_key(pipe, c, cp, config, layers=layers, model_fingerprint=mask.fingerprint, dtype=mask.dtype)
+        out[c] = (cache_path(cache_dir, c, key), key)
+    return out
 
 
 def save_sensitivity(path: Path, sens: dict[str, Tensor], settings: dict[str, Any]) -> None:
@@ -223,12 +278,10 @@ def erase(
     per_concept: dict[str, dict[str, Any]] = {}
     for i, c in enumerate(names):
         t0 = time.perf_counter()
-        r1 = concept_value(config.r1_overrides, c, config.r1)
         r2 = concept_value(config.r2_overrides, c, config.r2)
         cp = plan[c]
-        settings = sensitivity_settings(
-            pipe, cp, config, r1=r1, layers=layers, model_fingerprint=fingerprint, dtype=dtype
-        )
+        settings = concept_cache_key(pipe, c, cp, config, layers=layers, model_fingerprint=fingerprint, dtype=dtype)
+        r1 = settings["r1"]
         path = cache_path(cache, c, settings) if cache is not None else None
         sens = load_sensitivity(path, settings) if path is not None else None
         cached = sens is not None

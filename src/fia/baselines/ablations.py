@@ -170,11 +170,11 @@ def ablation_mask(
     for i, c in enumerate(names):
         _common.report(progress, i, len(names), f"FIA ablation: {c!r}")
         cp = (prompts or {}).get(c) or build_prompts(c, fia_cfg)
-        r1 = concept_value(fia_cfg.r1_overrides, c, fia_cfg.r1)
         r2 = concept_value(fia_cfg.r2_overrides, c, fia_cfg.r2)
-        settings = erase_mod.sensitivity_settings(
-            pipe, cp, fia_cfg, r1=r1, layers=layers, model_fingerprint=fingerprint, dtype=dtype
+        settings = erase_mod.concept_cache_key(
+            pipe, c, cp, fia_cfg, layers=layers, model_fingerprint=fingerprint, dtype=dtype
         )
+        r1 = settings["r1"]
         path = erase_mod.cache_path(cache, c, settings) if cache is not None else None
         sens = erase_mod.load_sensitivity(path, settings) if path is not None else None
         if sens is None:

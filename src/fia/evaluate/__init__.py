@@ -144,6 +144,7 @@ def evaluate(
     report: bool = True,
     concept_masks: Any = None,
     cache_dir: str | Path | None = None,
+    prompts: Any = None,
     overwrite: bool = False,
     state: Any = None,
     progress: Any = None,
@@ -153,6 +154,11 @@ def evaluate(
     Writes ``OUT/metrics.json``, ``OUT/scores.jsonl``, the images and index
     and, unless ``report=False``, ``OUT/report.html`` with its PNGs. Returns
     ``(metrics, report_path)`` on the main process, ``(None, None)`` elsewhere.
+
+    The overlap heatmap reads, from ``cache_dir``, the per-concept entries
+    the erase run that made ``mask`` used; ``prompts`` (concept ->
+    :class:`~fia.prompts.ConceptPrompts`) are that run's prompt sets when
+    they came from prompt files rather than the task's templates.
     """
     from fia.evaluate.report import concept_masks_from_cache, write_report
     from fia.evaluate.runner import run_suite
@@ -164,13 +170,17 @@ def evaluate(
         return metrics, None
     notes = []
     if concept_masks is None and cache_dir is not None and Path(cache_dir).is_dir() and mask is not None:
-        cfg = getattr(mask, "config", {}) or {}
-        r2, over = float(cfg.get("r2", 0.01)), dict(cfg.get("r2_overrides", {}) or {})
         try:
-            concepts = list(getattr(mask, "concepts", []) or []) or None
-            concept_masks = concept_masks_from_cache(cache_dir, lambda c: over.get(c, r2), concepts)
+            concept_masks = concept_masks_from_cache(cache_dir, mask, base_pipe, prompts)
         except Exception as exc:  # the heatmap is optional: say why it is missing
             notes.append(f"Could not read the per-concept cache in {cache_dir}: {exc}")
+        else:
+            missing = [c for c in getattr(mask, "concepts", []) if c not in concept_masks]
+            if missing:
+                notes.append(
+                    f"The per-concept cache in {cache_dir} holds no entry made with this run's settings for: "
+                    f"{', '.join(missing)}."
+                )
     path = write_report(out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes)
     return metrics, path
 
@@ -218,6 +228,7 @@ def report_after_erase(
     *,
     images_per_prompt: int = 2,
     prompts_per_concept: int = 4,
+    prompts: Any = None,
 ) -> Path:
     """Evaluate a fresh ShapeWorld erase run and write ``OUT/report.html``.
 
@@ -228,7 +239,9 @@ def report_after_erase(
     scores, ``metrics.json`` and the PNG figures go to ``OUT/report/`` (with
     several families, ``OUT/report/<suite>/`` each, and ``OUT/report.html``
     links their pages). Per-concept masks for the overlap heatmap come from
-    ``OUT/cache/*.safetensors``. Returns the path of ``OUT/report.html``.
+    ``OUT/cache/``: the entries this run used (``prompts``, the run's prompt
+    sets per concept, when they came from prompt files). Returns the path of
+    ``OUT/report.html``.
     """
     families = shapeworld_families(concepts)
     device = str(getattr(pipe, "device", "cpu"))
@@ -265,6 +278,7 @@ def report_after_erase(
                 settings=settings,
                 run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
                 cache_dir=out / "cache",
+                prompts=prompts,
                 overwrite=True,
             )
             assert path is not None

@@ -190,52 +190,32 @@ def table_figure(rows: list[tuple[str, Any, Any]], path: Path) -> Path:
 
 
 # ------------------------------------------------------------- per-concept masks
-def _cache_concept(meta: Mapping[str, str], stem: str) -> str:
-    if meta.get("concept"):
-        return meta["concept"]
-    for value in meta.values():  # erase stores its settings (with the concept) as JSON
-        try:
-            data = json.loads(value)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(data, Mapping) and isinstance(data.get("concept"), str):
-            return data["concept"]
-    return stem
-
-
 def concept_masks_from_cache(
-    cache_dir: str | Path, r2_for: Any, concepts: Sequence[str] | None = None
+    cache_dir: str | Path, mask: Any, pipe: Any, prompts: Mapping[str, Any] | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Q_c per concept and layer, recomputed from cached per-concept sensitivities A.
+    """Q_c per concept and layer, recomputed from the sensitivities A that made ``mask``.
 
-    Every ``*.safetensors`` file in ``cache_dir`` holds one concept's A (one 2-D
-    tensor per layer); the concept is named in the file's metadata (else the
-    file's stem). With ``concepts``, only those are read; when a concept has
-    several cache files (runs with other settings) the newest wins.
-    ``r2_for(concept)`` gives the spatial sparsity.
+    Each concept's entry is the one its erase run used, found by the same key
+    erase computes (:func:`fia.erase.run_cache_entries`: the run's settings
+    from the mask, ``pipe``'s scheduler, ``prompts`` when the run used prompt
+    files), never an entry of another run in the same folder. A concept
+    whose entry is missing or was made with other settings is left out.
+    Q_c uses the run's r2 for the concept.
     """
-    from safetensors import safe_open
+    import importlib
 
     from fia.core.select import select_concept_neurons
+    from fia.prompts import concept_value
 
-    files = sorted(Path(cache_dir).glob("*.safetensors"), key=lambda f: (f.stat().st_mtime, f.name))
-    chosen: dict[str, Path] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            concept = _cache_concept(st.metadata() or {}, f.stem)
-        if concepts is None or concept in concepts:
-            chosen[concept] = f  # newer files replace older ones
+    erase_mod = importlib.import_module("fia.erase")  # the module: ``fia.erase`` may name the function
+    config = erase_mod.run_config(mask)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    order = list(concepts) if concepts is not None else sorted(chosen)
-    for concept in order:
-        if concept not in chosen:
+    for concept, (path, key) in erase_mod.run_cache_entries(cache_dir, pipe, mask, dict(prompts or {})).items():
+        sens = erase_mod.load_sensitivity(path, key)  # None unless made with exactly this key
+        if not sens:
             continue
-        with safe_open(str(chosen[concept]), framework="pt") as st:
-            tensors = {k: st.get_tensor(k) for k in st.keys()}
-        layers = {k: v for k, v in tensors.items() if v.dim() == 2 and v.is_floating_point()}
-        if layers:
-            r2 = float(r2_for(concept))
-            out[concept] = {k: select_concept_neurons(v, r2) for k, v in layers.items()}
+        r2 = concept_value(config.r2_overrides, concept, config.r2)
+        out[concept] = {layer: select_concept_neurons(a.float(), r2) for layer, a in sens.items()}
     return out
 
 
