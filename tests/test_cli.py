@@ -172,15 +172,30 @@ def test_bad_mask_inputs(erased, tiny_dir, other_dir, tmp_path):  # noqa: F811
 
 
 def test_shapeworld_is_the_default_model(tmp_path):
-    from fia.errors import FIAError
-    from fia.models import shapeworld_path
+    """Without --model, erase works on the shipped ShapeWorld pipeline."""
+    from fia.mask import ConceptMask, fingerprint_weights
+    from fia.shapeworld import load_pipeline as load_shapeworld
+    from fia.targets import find_targets
 
-    try:
-        shapeworld_path()
-    except FIAError:
-        _bad(["erase", "--concepts", "circle", "--out", str(tmp_path / "o")], tmp_path / "o", "shapeworld")
-    else:
-        pytest.skip("the ShapeWorld pipeline is installed; the default-model error cannot be shown")
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(out), "--saliency-steps", "1", "--steps", "2",
+                              "--no-report"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    mask = ConceptMask.load(out / "mask.safetensors")
+    assert mask.config["task"] == "shapeworld"  # the default task follows the default model
+    shipped = find_targets(load_shapeworld().unet, "ffn2")
+    assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
+
+
+def test_a_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    import fia.shapeworld
+
+    empty = tmp_path / "no-pipeline"
+    empty.mkdir()
+    monkeypatch.setattr(fia.shapeworld, "pipeline_path", lambda: empty)
+    out = tmp_path / "o"
+    _bad(["erase", "--concepts", "circle", "--out", str(out)], out, "the ShapeWorld pipeline is missing")
+    _bad(["erase", "--concepts", "circle", "--out", str(out)], out, "pass --model")
 
 
 def test_python_dash_m_fia():
