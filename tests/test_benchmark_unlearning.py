@@ -1,8 +1,10 @@
 """The side-by-side benchmark harness, end to end in its --quick mode.
 
 This checks the harness (every method on every task, tuning, tables, plot,
-the random control's per-layer counts), not the figures: --quick judges a
-handful of images.
+the random control's per-layer counts) and its wiring (base figures are the
+unedited model's, every method's edit reaches the judged model, the control
+is not FIA's own mask, tasks get their own concepts), not the figures:
+--quick judges a handful of images.
 """
 
 import importlib.util
@@ -83,3 +85,47 @@ def test_quick_run_writes_every_table(bench_module, tmp_path):
         assert f"| {m} |" in md
     with Image.open(out / "f4_forgetting.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
+    _check_wiring(bench_module, res, tmp_path)
+
+
+def _check_wiring(bench_module, res, tmp_path):
+    """Assertions that fail when a method or a task is wired wrongly, whatever the figures."""
+    r = res["results"]
+    pruning = [m for m in res["methods"] if "pruned_share" in r["T1"][m]["edit"]]
+    assert {"fia", "random", "conceptprune"} <= set(pruning)
+    for task, by_method in r.items():
+        fia = by_method["fia"]["headline"]
+        if "FID" not in fia:  # F4 judges forgetting and keeping only
+            continue
+        # every method edits the judged model: an edit that never reached it would leave
+        # the FID (a continuous function of every pixel) exactly at the base figure
+        for m, entry in by_method.items():
+            fid = entry["headline"]["FID"]
+            assert fid["edited"] != fid["base"], (task, m, fid)
+        # the control prunes other weights than FIA's mask (same counts, so only the figures tell)
+        assert by_method["random"]["headline"]["FID"]["edited"] != fia["FID"]["edited"], task
+    # a single concept: FIA's tau_ca >= 2 prunes its whole mask, which is what union fusion prunes
+    for task in ("T4", "F4-1"):
+        assert len(r[task]["fia"]["metrics"]["forget"]) == 1
+        assert r[task]["fia-union"]["edit"]["pruned_share"] == r[task]["fia"]["edit"]["pruned_share"] > 0, task
+    # T1 and F4-10 erase the same ten objects with the same settings: every pruning method makes the
+    # same edit for both; a task handed another task's concepts would not
+    assert r["T1"]["fia"]["metrics"]["forget"] == r["F4-10"]["fia"]["metrics"]["forget"]
+    for m in pruning:
+        assert r["T1"][m]["edit"]["pruned_share"] == r["F4-10"][m]["edit"]["pruned_share"], m
+    assert r["T2"]["fia"]["edit"]["pruned_share"] != r["T1"]["fia"]["edit"]["pruned_share"]
+    # the base figures are the unedited model's: measure the unedited model itself as a "method"
+    # that edits nothing, on F4-1's prompts and seeds; every figure equals the base
+    sizes = bench_module.QUICK
+    bench = bench_module.Bench(sizes, tmp_path / "work", lambda msg: None)
+    task = next(t for t in bench_module.tasks_for(sizes) if t.key == "F4-1")
+    suite = bench_module.build_task_suite(
+        task, bench.judge, bench.oracle, sizes.images_per_prompt, bench_module.HELDOUT_SEED, bench_module.HELDOUT_SHIFT
+    )
+    bench.base_records((task.key,), suite)
+    bench.restore()  # the null edit
+    unedited = bench_module.headline(task, bench.measure(suite, (task.key,)))
+    reported = r["F4-1"]["fia"]["headline"]
+    assert unedited["F"]["edited"] == unedited["F"]["base"] == reported["F"]["base"]
+    for key, v in unedited.items():
+        assert v["edited"] == v["base"] == reported[key]["base"], key
