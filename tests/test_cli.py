@@ -16,7 +16,7 @@ from fia.cli import app
 
 runner = CliRunner()
 
-FAST = ["--task", "shapeworld", "--saliency-steps", "2", "--steps", "4", "--r2", "0.05"]
+FAST = ["--task", "shapeworld", "--variant", "paper", "--saliency-steps", "2", "--steps", "4", "--r2", "0.05"]
 
 
 def _erase_args(tiny_dir, prompt_files, out, concepts="circle, star"):  # noqa: F811
@@ -150,6 +150,10 @@ def test_bad_erase_inputs(tiny_dir, prompt_files, tmp_path):  # noqa: F811
     _bad(ok() + ["--model", "fia-test-nobody/no-such-model"], out, "pass its local folder")
     _bad(ok() + ["--dtype", "float8"], out, "unknown dtype")
     _bad(ok() + ["--targets", "everything"], out, "unknown targets")
+    _bad(ok() + ["--variant", "magic"], out, "unknown variant")
+    _bad(ok() + ["--variant", "causal", "--budget", "0"], out, "budget must lie in (0, 1]")
+    _bad(ok() + ["--variant", "causal", "--rounds", "0"], out, "rounds must be a positive integer")
+    _bad(ok() + ["--variant", "causal", "--anchor-weight", "-1"], out, "anchor_weight must be")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty.txt", "not-a-pipeline"]
 
 

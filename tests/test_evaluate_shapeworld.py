@@ -251,6 +251,42 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "report" / "overlap.png").is_file()
 
 
+def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_path, monkeypatch):
+    """The variant's report measures the paper's FIA on the same concepts, prompts and seeds."""
+    import fia.evaluate as fe
+    import fia.shapeworld as sw
+    from fia.config import FIAConfig
+    from fia.mask import ConceptMask
+
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
+    cfg = FIAConfig(task="shapeworld", variant="causal", saliency_steps=1, num_inference_steps=2, r2=0.05)
+    made = random_mask(tiny, concepts=("circle", "square"))
+    mask = ConceptMask.from_prune_masks(
+        {lm.name: dict(tiny.unet.named_modules())[lm.name].weight for lm in made.layers},
+        {lm.name: made.to_dense(lm.name) for lm in made.layers},
+        concepts=["circle", "square"], config=cfg.to_dict(), target_kind="ffn2",
+    )  # fmt: skip
+    before = {n: p.clone() for n, p in tiny.unet.named_parameters()}
+    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], cfg, images_per_prompt=1, prompts_per_concept=1)
+    assert all(torch.equal(before[n], p) for n, p in tiny.unet.named_parameters())
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    paper = json.loads((tmp_path / "report" / "paper-fia" / "metrics.json").read_text())
+    assert m["run"]["variant"] == "causal" and paper["run"]["variant"] == "paper"
+    assert m["compare"]["paper FIA"]["summary"] == paper["summary"]
+    # the same items (prompts and seeds) on both sides, and the same base images
+    from fia.evaluate.generate import ImageStore as Store
+
+    suite = fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle())
+    ours, theirs = Store(tmp_path / "report"), Store(tmp_path / "report" / "paper-fia")
+    for it in suite.items[:4]:
+        assert ours.path("base", it).read_bytes() == theirs.path("base", it).read_bytes()
+    page = path.read_text()
+    assert "<th>paper FIA</th>" in page and "<th>causal FIA</th>" in page
+    assert "paper FIA: erased: circle" in page
+    assert paper["summary"]["forget_accuracy"]["base"] == m["summary"]["forget_accuracy"]["base"]
+
+
 def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
     import fia.evaluate as fe
     import fia.shapeworld as sw

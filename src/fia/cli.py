@@ -109,6 +109,14 @@ def erase(
     saliency: str | None = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
     cfg_rows: str | None = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
     targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
+    variant: str | None = typer.Option(
+        None, "--variant", help="paper (Eq. 1-8) or causal (scores weights by the model's own evidence; ShapeWorld's default)."
+    ),
+    budget: float | None = typer.Option(None, "--budget", help="causal: share of all target weights pruned per concept."),
+    rounds: int | None = typer.Option(None, "--rounds", help="causal: rounds of scoring and pruning."),
+    anchor_weight: float | None = typer.Option(None, "--anchor-weight", help="causal: penalty on weights the anchors need."),
+    anchors: str | None = typer.Option(None, "--anchors", help='causal: concepts that must stay, comma separated.'),
+    score_steps: int | None = typer.Option(None, "--score-steps", help="causal: sampler steps of the scored images."),
     concept_prompts: Path | None = typer.Option(
         None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
     ),
@@ -141,6 +149,12 @@ def erase(
         "saliency": saliency,
         "cfg_rows": cfg_rows,
         "targets": targets,
+        "variant": variant,
+        "budget": budget,
+        "rounds": rounds,
+        "anchor_weight": anchor_weight,
+        "anchors": parse_concepts(anchors) if anchors else None,
+        "score_steps": score_steps,
     }
     cfg = resolve_config(task, config, overrides, default_task="shapeworld" if model is None else "object")
     plan = {c: build_prompts(c, cfg, concept_prompts, base_prompts) for c in names}
@@ -202,7 +216,12 @@ def run_erase(
         inner: dict[str, Any] = {}
 
         def on_event(event: str, **info: Any) -> None:
-            if event == "concept_start":
+            if event == "round_start":  # the causal variant works in rounds over all concepts
+                label = f"round {info['round'] + 1}/{info['total']}" + (" (cached)" if info["cached"] else "")
+                progress.update(overall, completed=info["round"], total=info["total"], description=label)
+            elif event == "rounds_done":
+                progress.update(overall, completed=info["total"], total=info["total"])
+            elif event == "concept_start":
                 label = f"{info['concept']}" + (" (cached)" if info["cached"] else "")
                 inner["task"] = progress.add_task(f"  {label}", total=None)
             elif event == "concept_progress":

@@ -19,6 +19,7 @@ TASKS = ("object", "style", "explicit", "shapeworld")
 SALIENCY_KINDS = ("energy", "wanda")
 CFG_ROWS = ("cond", "both")
 TARGET_KINDS = ("ffn2", "ffn1", "attn_kv")
+VARIANTS = ("paper", "causal")
 
 
 @dataclass
@@ -48,6 +49,28 @@ class FIAConfig:
         targets: which linears are scored and pruned (``ffn2`` as in the
             paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
         eps: the epsilon of Eq. 1's cosine denominator.
+        variant: ``paper`` (Eq. 1-8, the paper's FIA) or ``causal`` (the
+            classifier-free causal variant of :mod:`fia.causal`: weights are
+            scored by their first-order effect on the model's own evidence
+            for the concept in images it samples, not by activation
+            contrast). The fields below belong to the causal variant; the
+            paper variant ignores them.
+        budget: causal: share of all target weights pruned per concept.
+        rounds: causal: the budget is spent in this many rounds, re-scoring
+            on the edited model after each.
+        anchor_weight: causal: lambda of the anchor penalty; a weight's
+            score drops by lambda times the evidence it carries for concepts
+            that must stay (the anchors).
+        score_steps: causal: length of the sampler schedule whose final
+            images are scored (the whole schedule runs, with gradients).
+        contrasts: causal: how many other prompts each scored prompt is
+            contrasted with in the evidence (see :mod:`fia.causal`).
+        concept_prompts_per_concept / anchor_prompts: causal: how many
+            prompts are sampled per concept and for the anchors.
+        evidence_timesteps: causal: the noise levels (shares of the training
+            schedule) at which the evidence compares denoising errors.
+        anchors: causal: concepts that must stay; empty means the task's
+            default (ShapeWorld: every shape not erased).
     """
 
     task: str = "object"
@@ -65,6 +88,16 @@ class FIAConfig:
     cfg_rows: Literal["cond", "both"] = "cond"
     targets: Literal["ffn2", "ffn1", "attn_kv"] = "ffn2"
     eps: float = 1e-8
+    variant: Literal["paper", "causal"] = "paper"
+    budget: float = 0.0075
+    rounds: int = 4
+    anchor_weight: float = 2.0
+    score_steps: int = 10
+    contrasts: int = 3
+    concept_prompts_per_concept: int = 24
+    anchor_prompts: int = 48
+    evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
+    anchors: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:
@@ -132,6 +165,24 @@ class FIAConfig:
             raise FIAError(f"unknown targets {self.targets!r}; use one of: {', '.join(TARGET_KINDS)}")
         if not (self.eps > 0):
             raise FIAError(f"eps must be > 0, got {self.eps!r}")
+        if self.variant not in VARIANTS:
+            raise FIAError(f"unknown variant {self.variant!r}; use one of: {', '.join(VARIANTS)}")
+        _check_fraction("budget", self.budget)
+        for name in ("rounds", "score_steps", "contrasts", "concept_prompts_per_concept", "anchor_prompts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise FIAError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.anchor_weight, (int, float)) and self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
+            raise FIAError(f"anchor_weight must be a finite number >= 0, got {self.anchor_weight!r}")
+        ts = tuple(self.evidence_timesteps)
+        if not ts or any(not isinstance(t, (int, float)) or not (0 < t < 1) for t in ts):
+            raise FIAError(
+                f"evidence_timesteps must be shares of the schedule in (0, 1), got {self.evidence_timesteps!r}; "
+                "e.g. [0.3, 0.5, 0.7]"
+            )
+        self.evidence_timesteps = tuple(float(t) for t in ts)
+        if any(not isinstance(a, str) or not a.strip() for a in self.anchors):
+            raise FIAError(f"anchors must be concept names, got {self.anchors!r}")
         return self
 
 

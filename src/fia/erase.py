@@ -273,6 +273,10 @@ def erase(
     fingerprint = fingerprint_weights(weights)
     cache = Path(cache_dir) if cache_dir is not None else None
     emit = progress or (lambda *a, **k: None)
+    if config.variant == "causal":
+        from fia.causal import causal_erase
+
+        return causal_erase(pipe, names, config, found, target_kind=target_kind, cache_dir=cache, progress=progress)
 
     selected: dict[str, dict[str, Tensor]] = {}  # concept -> layer -> flat int32 indices of Q_c
     per_concept: dict[str, dict[str, Any]] = {}

@@ -308,3 +308,119 @@ def concept_value(overrides: Mapping[str, float], concept: str, default: float) 
         if " ".join(name.split()).casefold() == key:
             return value
     return default
+
+
+# ------------------------------------------------------- causal variant prompts
+@dataclass(frozen=True)
+class EvidencePrompts:
+    """Prompts the causal variant samples and scores (see :mod:`fia.causal`).
+
+    Prompt ``k`` is sampled from seed ``seeds[k]``; the evidence of its image
+    compares its denoising error with the errors under ``contrasts[k]``.
+    """
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    contrasts: tuple[tuple[str, ...], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompts": list(self.prompts), "seeds": list(self.seeds), "contrasts": [list(c) for c in self.contrasts]}
+
+
+# Seeds: concept prompt k gets config.seed + k (as the paper variant's pairs);
+# anchor prompt k gets config.seed + ANCHOR_SEED_OFFSET + k, so no anchor image
+# starts from a concept image's noise.
+ANCHOR_SEED_OFFSET = 1000
+
+
+def _sw_scene(k: int) -> tuple[str, str]:
+    """(colour, place) of ShapeWorld evidence prompt ``k``: every place, colours shifted each cycle."""
+    places, colors = vocab.PLACE_NAMES, vocab.COLORS
+    return colors[(k + k // len(places)) % len(colors)], places[k % len(places)]
+
+
+def _sw_text(obj: str, color: str, place: str) -> str:
+    from fia.shapeworld.render import prompt_for
+
+    return prompt_for(obj, color, place)
+
+
+def shapeworld_canonical(names: Sequence[str]) -> list[str]:
+    """ShapeWorld object names with synonyms mapped to their shape ('disc' -> 'circle'); others dropped."""
+    canon = {n: n for n in vocab.OBJECT_NAMES} | {s: n for n, syns in vocab.OBJECTS.items() for s in syns}
+    return list(dict.fromkeys(canon[n.casefold()] for n in names if n.casefold() in canon))
+
+
+def evidence_prompts(concept: str, config: FIAConfig) -> EvidencePrompts:
+    """The prompts whose images carry a concept's evidence, with their contrasts.
+
+    ShapeWorld: "a <colour> <concept> <place phrase>" over every place and
+    colour; contrasts: the same scene with ``config.contrasts`` other shapes,
+    so the evidence is about the shape, not the colour or the place.
+    Other tasks: the task's concept prompts (placeholder ``k``); contrasts: the
+    paired base prompt, then the same template with anchor concepts when
+    ``config.anchors`` names some.
+    """
+    n, m = config.concept_prompts_per_concept, config.contrasts
+    prompts, seeds, contrasts = [], [], []
+    if config.task == "shapeworld":
+        own = shapeworld_canonical([concept])
+        siblings = [o for o in vocab.OBJECT_NAMES if o not in own]
+        for k in range(n):
+            color, place = _sw_scene(k)
+            body = f"{color} {concept}"
+            prompts.append(f"{'an' if body[0] in 'aeiou' else 'a'} {body} {vocab.place_phrase(place)}")
+            seeds.append(config.seed + k)
+            contrasts.append(tuple(_sw_text(siblings[(k + j) % len(siblings)], color, place) for j in range(m)))
+        return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+    tpl = TEMPLATES[config.task]
+    others = [a for a in config.anchors if a.casefold() != concept.casefold()]
+    for k in range(n):
+        x = tpl.placeholders[k % len(tpl.placeholders)]
+        t = tpl.concept[(k // len(tpl.placeholders)) % len(tpl.concept)]
+        prompts.append(_fill(t, concept, x))
+        seeds.append(config.seed + k)
+        row = [_fill(tpl.base[0], concept, x)] + [_fill(t, a, x) for a in others]
+        contrasts.append(tuple(row[:m]))
+    return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+
+
+def anchor_prompts(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts | None:
+    """Prompts of what must stay (the anchors of the causal variant), or ``None``.
+
+    Anchors are ``config.anchors``, or by default on ShapeWorld every shape not
+    erased. Without named anchors on other tasks, the base prompts themselves
+    are the anchors (each contrasted with other base prompts): the contexts the
+    concept appeared in must stay drawable.
+    """
+    n, m = config.anchor_prompts, config.contrasts
+    prompts, seeds, contrasts = [], [], []
+    if config.task == "shapeworld":
+        gone = set(shapeworld_canonical(erased))
+        kept = shapeworld_canonical(config.anchors) if config.anchors else list(vocab.OBJECT_NAMES)
+        kept = [o for o in kept if o not in gone]
+        if not kept:
+            return None
+        for k in range(n):
+            color, place = _sw_scene(k)
+            obj = kept[k % len(kept)]
+            rest = [o for o in vocab.OBJECT_NAMES if o != obj]
+            prompts.append(_sw_text(obj, color, place))
+            seeds.append(config.seed + ANCHOR_SEED_OFFSET + k)
+            contrasts.append(tuple(_sw_text(rest[(k + j) % len(rest)], color, place) for j in range(m)))
+        return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+    tpl = TEMPLATES[config.task]
+    gone_names = {e.casefold() for e in erased}
+    kept = [a for a in config.anchors if a.casefold() not in gone_names]
+    xs = tpl.placeholders
+    for k in range(n):
+        x = xs[k % len(xs)]
+        if kept:
+            t = tpl.concept[(k // len(xs)) % len(tpl.concept)]
+            prompts.append(_fill(t, kept[k % len(kept)], x))
+            contrasts.append((_fill(tpl.base[0], "", x),))
+        else:
+            prompts.append(_fill(tpl.base[0], "", x))
+            contrasts.append(tuple(_fill(tpl.base[0], "", xs[(k + 1 + j) % len(xs)]) for j in range(m)))
+        seeds.append(config.seed + ANCHOR_SEED_OFFSET + k)
+    return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))

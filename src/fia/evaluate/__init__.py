@@ -148,6 +148,8 @@ def evaluate(
     overwrite: bool = False,
     state: Any = None,
     progress: Any = None,
+    compare: Sequence[tuple[str, dict[str, Any], Path]] = (),
+    edited_label: str = "edited",
 ) -> tuple[dict[str, Any] | None, Path | None]:
     """Run ``suite`` on base vs edited (``mask`` on ``base_pipe`` or ``edited_pipe``).
 
@@ -169,7 +171,13 @@ def evaluate(
     if metrics is None or not report:
         return metrics, None
     notes = []
-    if concept_masks is None and cache_dir is not None and Path(cache_dir).is_dir() and mask is not None:
+    causal = mask is not None and (getattr(mask, "config", None) or {}).get("variant") == "causal"
+    if causal:
+        notes.append(
+            "The causal variant selects weights in rounds over all concepts together, "
+            "so there are no per-concept masks to overlap."
+        )
+    elif concept_masks is None and cache_dir is not None and Path(cache_dir).is_dir() and mask is not None:
         try:
             concept_masks = concept_masks_from_cache(cache_dir, mask, base_pipe, prompts)
         except Exception as exc:  # the heatmap is optional: say why it is missing
@@ -181,7 +189,10 @@ def evaluate(
                     f"The per-concept cache in {cache_dir} holds no entry made with this run's settings for: "
                     f"{', '.join(missing)}."
                 )
-    path = write_report(out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes)
+    path = write_report(
+        out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes,
+        compare=compare, edited_label=edited_label,
+    )
     return metrics, path
 
 
@@ -260,7 +271,15 @@ def report_after_erase(
     if was_applied:
         mask.restore_(pipe)
     paths: dict[str, Path] = {}
+    variant = (getattr(mask, "config", None) or {}).get("variant", "paper")
     try:
+        paper_mask = None
+        if variant != "paper":
+            # the paper's FIA on the same concepts, measured beside the variant
+            import fia
+
+            paper_cfg = config.replace(variant="paper")
+            paper_mask = fia.erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
         for suite_name, forget in families.items():
             suite = build_suite(
                 suite_name,
@@ -270,17 +289,32 @@ def report_after_erase(
                 images_per_prompt=images_per_prompt,
                 prompts_per_concept=prompts_per_concept,
             )
+            folder = root if len(families) == 1 else root / suite_name
+            compare = []
+            if paper_mask is not None:
+                paper_metrics, _ = evaluate(
+                    suite, pipe, folder / "paper-fia", mask=paper_mask, settings=settings,
+                    run_info={"model": "shapeworld", "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
+                              "variant": "paper", "pruned_share": paper_mask.pruned_share},
+                    report=False, overwrite=True,
+                )
+                compare.append(("paper FIA", paper_metrics, folder / "paper-fia"))
             _, path = evaluate(
                 suite,
                 pipe,
-                root if len(families) == 1 else root / suite_name,
+                folder,
                 mask=mask,
                 settings=settings,
-                run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts)},
+                run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts),
+                          "variant": variant, "pruned_share": mask.pruned_share},
                 cache_dir=out / "cache",
                 prompts=prompts,
                 overwrite=True,
+                compare=compare,
+                edited_label=f"{variant} FIA" if variant != "paper" else "edited",
             )
+            if compare:
+                _add_comparison(folder / "metrics.json", compare)
             assert path is not None
             paths[suite_name] = path
     finally:
@@ -292,6 +326,18 @@ def report_after_erase(
         os.replace(next(iter(paths.values())), page)
         return page
     return _index_page(page, paths, families)
+
+
+def _add_comparison(metrics_path: Path, compare: Sequence[tuple[str, dict[str, Any], Path]]) -> None:
+    """Record the compared edits' figures in ``metrics.json`` under ``compare``."""
+    import json
+
+    from fia.mask import atomic_write_text
+
+    data = json.loads(metrics_path.read_text(encoding="utf-8"))
+    keep = ("run", "summary", "per_class", "per_style", "quality")
+    data["compare"] = {label: {k: m[k] for k in keep if k in m} for label, m, _ in compare}
+    atomic_write_text(metrics_path, json.dumps(data, indent=2) + "\n")
 
 
 def _index_page(page: Path, paths: dict[str, Path], families: dict[str, list[str]]) -> Path:

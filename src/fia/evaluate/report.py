@@ -224,6 +224,10 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -232,8 +236,15 @@ def write_report(
     concept_masks: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     notes: Sequence[str] = (),
     title: str | None = None,
+    compare: Sequence[tuple[str, Mapping[str, Any], Path]] = (),
+    edited_label: str = "edited",
 ) -> Path:
-    """Write ``report.html`` and its PNGs into ``out_dir``; returns the HTML path."""
+    """Write ``report.html`` and its PNGs into ``out_dir``; returns the HTML path.
+
+    ``compare`` holds other edits measured on the same suite, prompts and
+    seeds, as ``(label, metrics, their out_dir)``: each adds a column to the
+    metrics tables and its image grids beside this edit's.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out)
@@ -246,6 +257,13 @@ def write_report(
         sel = [it for it in sel if store.has("base", it) and store.has("edited", it)]
         if sel:
             figures.append((gtitle, grid_figure(store, sel, gtitle, out / f"grid_{k}.png")))
+        for label, _, other_dir in compare:
+            other = ImageStore(other_dir)
+            osel = [it for it in suite.items if it.role == role and it.group == group]
+            osel = [it for it in osel if other.has("base", it) and other.has("edited", it)]
+            if osel:
+                otitle = f"{label}: {gtitle}"
+                figures.append((otitle, grid_figure(other, osel, otitle, out / f"grid_{k}_{_slug(label)}.png")))
 
     if mask is not None and getattr(mask, "layers", None):
         figures.append(("pruned share per layer", layers_figure(mask, out / "layers.png")))
@@ -280,15 +298,27 @@ def write_report(
         if metrics.get("preserve"):
             parts.append(f"; kept: {html.escape(', '.join(map(str, metrics['preserve'])))}")
         parts.append("</p>")
-    parts.append("<h2>Metrics</h2><table id='metrics'><tr><th>metric</th><th>base</th><th>edited</th></tr>")
+    others = [(label, {r[0]: r[2] for r in summary_rows(m)}) for label, m, _ in compare]
+    parts.append(
+        "<h2>Metrics</h2><table id='metrics'><tr><th>metric</th><th>base</th>"
+        + "".join(f"<th>{html.escape(label)}</th>" for label, _ in others)
+        + f"<th>{html.escape(edited_label)}</th></tr>"
+    )
     for mname, b, e in rows:
-        parts.append(f"<tr><td>{html.escape(mname)}</td><td>{_fmt(b)}</td><td>{_fmt(e)}</td></tr>")
+        cells = "".join(f"<td>{_fmt(o.get(mname))}</td>" for _, o in others)
+        parts.append(f"<tr><td>{html.escape(mname)}</td><td>{_fmt(b)}</td>{cells}<td>{_fmt(e)}</td></tr>")
     parts.append("</table>")
     if group_rows:
         parts.append("<h3>Per concept</h3><table id='per-concept'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
         for r in group_rows:
             parts.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>")
         parts.append("</table>")
+        for label, m, _ in compare:
+            ohead, orows = per_group_rows(m)
+            parts.append(f"<h3>Per concept, {html.escape(label)}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in ohead) + "</tr>")
+            for r in orows:
+                parts.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>")
+            parts.append("</table>")
     parts.append("<h2>Figures</h2>")
     for ftitle, path in figures:
         parts.append(f"<h3>{html.escape(ftitle)}</h3><img alt='{html.escape(ftitle)}' src='{_data_uri(path)}'>")
