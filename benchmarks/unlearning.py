@@ -232,7 +232,8 @@ class Bench:
             width=GENERATION_DEFAULTS.get("width"),
             batch_size=sizes.batch_size,
         )
-        self.fia_cfg = resolve_config("shapeworld")
+        # the paper's FIA and its ablations (ShapeWorld's preset defaults to the causal variant)
+        self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
         self._base: dict[tuple, dict[str, dict]] = {}

@@ -115,7 +115,13 @@ def test_anchor_penalty_keeps_what_the_anchors_need(tiny_dir):  # noqa: F811
 def test_shapeworld_evidence_prompts_contrast_shapes_in_the_same_scene():
     cfg = FIAConfig(task="shapeworld", variant="causal", concept_prompts_per_concept=12, contrasts=3)
     ep = evidence_prompts("circle", cfg)
-    assert ep.prompts[0] == "a red circle on the grass"
+    assert ep.prompts[0] == "a red circle on the sand"
+    # no scored prompt is one of the evaluation split's (its colour/place pairs are the even ones)
+    from fia.evaluate.suites import _sw_factor_cycle
+    from fia.shapeworld.render import prompt_for
+
+    evaluated = {prompt_for("circle", *_sw_factor_cycle(k, i, 0)) for k in range(36) for i in range(10)}
+    assert not evaluated & set(ep.prompts)
     assert len(set(ep.prompts)) == 12 and ep.seeds == tuple(range(12))
     for p, cs in zip(ep.prompts, ep.contrasts):
         assert len(cs) == 3

@@ -334,15 +334,21 @@ ANCHOR_SEED_OFFSET = 1000
 
 
 def _sw_scene(k: int) -> tuple[str, str]:
-    """(colour, place) of ShapeWorld evidence prompt ``k``: every place, colours shifted each cycle."""
-    places, colors = vocab.PLACE_NAMES, vocab.COLORS
-    return colors[(k + k // len(places)) % len(colors)], places[k % len(places)]
+    """(colour, place) of ShapeWorld evidence prompt ``k``: the 18 pairs whose indices sum to an odd number.
+
+    The evaluation suites' default split uses the even pairs only
+    (``fia.evaluate.suites._sw_factor_cycle`` with shift 0), so no evaluation
+    prompt is one the causal variant scored.
+    """
+    colors, places = vocab.COLORS, vocab.PLACE_NAMES
+    c = k % len(colors)
+    return colors[c], places[(c + 1 + 2 * (k // len(colors))) % len(places)]
 
 
-def _sw_text(obj: str, color: str, place: str) -> str:
+def _sw_text(obj: str, color: str, place: str, style: str | None = None, attribute: str | None = None) -> str:
     from fia.shapeworld.render import prompt_for
 
-    return prompt_for(obj, color, place)
+    return prompt_for(obj, color, place, style=style, attribute=attribute)
 
 
 def shapeworld_canonical(names: Sequence[str]) -> list[str]:
@@ -351,28 +357,87 @@ def shapeworld_canonical(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(canon[n.casefold()] for n in names if n.casefold() in canon))
 
 
+def _sw_style(name: str) -> str | None:
+    return next((s for s in vocab.STYLE_NAMES if s.casefold() == name.casefold()), None)
+
+
+def _sw_attribute(name: str) -> str | None:
+    return next((a for a, words in vocab.ATTRIBUTES.items() if name.casefold() in (a, *words)), None)
+
+
+def _shapeworld_evidence(concept: str, config: FIAConfig) -> EvidencePrompts:
+    """ShapeWorld evidence prompts: the concept in every place and colour, contrasted within its family.
+
+    A shape is contrasted with other shapes in the same scene, a style with
+    the same scene unstyled and in other styles, the attribute with the same
+    scene without it: the evidence is about the concept, not the scene.
+    """
+    n, m = config.concept_prompts_per_concept, config.contrasts
+    shapes = vocab.OBJECT_NAMES
+    style, attribute = _sw_style(concept), _sw_attribute(concept)
+    own = shapeworld_canonical([concept])
+    prompts, seeds, contrasts = [], [], []
+    for k in range(n):
+        color, place = _sw_scene(k)
+        obj = shapes[k % len(shapes)]
+        if style is not None:
+            prompts.append(_sw_text(obj, color, place, style=style))
+            others = [None] + [s for s in vocab.STYLE_NAMES if s != style]
+            row = [_sw_text(obj, color, place, style=others[j % len(others)]) for j in range(m)]
+        elif attribute is not None:
+            prompts.append(_sw_text(obj, color, place, attribute=attribute))
+            row = [_sw_text(obj, color, place)]
+        else:  # a shape (or a word the model may know): "a red circle on the grass"
+            siblings = [o for o in shapes if o not in own]
+            body = f"{color} {concept}"
+            prompts.append(f"{'an' if body[0] in 'aeiou' else 'a'} {body} {vocab.place_phrase(place)}")
+            row = [_sw_text(siblings[(k + j) % len(siblings)], color, place) for j in range(m)]
+        seeds.append(config.seed + k)
+        contrasts.append(tuple(row))
+    return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+
+
+def _shapeworld_anchors(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts | None:
+    """Kept shapes in plain scenes, plus kept styles when a style is erased (``config.anchors`` narrows the shapes)."""
+    gone = set(shapeworld_canonical(erased))
+    gone_styles = {s for s in map(_sw_style, erased) if s is not None}
+    kept = shapeworld_canonical(config.anchors) if config.anchors else list(vocab.OBJECT_NAMES)
+    kept = [o for o in kept if o not in gone]
+    kept_styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles] if gone_styles else []
+    specs = [(o, None) for o in kept] + [(None, s) for s in kept_styles]
+    if not specs:
+        return None
+    n, m = config.anchor_prompts, config.contrasts
+    prompts, seeds, contrasts = [], [], []
+    for k in range(n):
+        color, place = _sw_scene(k)
+        obj, style = specs[k % len(specs)]
+        if style is None:
+            rest = [o for o in vocab.OBJECT_NAMES if o != obj]
+            prompts.append(_sw_text(obj, color, place))
+            row = [_sw_text(rest[(k + j) % len(rest)], color, place) for j in range(m)]
+        else:
+            shape = vocab.OBJECT_NAMES[k % len(vocab.OBJECT_NAMES)]
+            others = [None] + [s for s in vocab.STYLE_NAMES if s != style]
+            prompts.append(_sw_text(shape, color, place, style=style))
+            row = [_sw_text(shape, color, place, style=others[j % len(others)]) for j in range(m)]
+        seeds.append(config.seed + ANCHOR_SEED_OFFSET + k)
+        contrasts.append(tuple(row))
+    return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+
+
 def evidence_prompts(concept: str, config: FIAConfig) -> EvidencePrompts:
     """The prompts whose images carry a concept's evidence, with their contrasts.
 
-    ShapeWorld: "a <colour> <concept> <place phrase>" over every place and
-    colour; contrasts: the same scene with ``config.contrasts`` other shapes,
-    so the evidence is about the shape, not the colour or the place.
-    Other tasks: the task's concept prompts (placeholder ``k``); contrasts: the
-    paired base prompt, then the same template with anchor concepts when
-    ``config.anchors`` names some.
+    ShapeWorld: see :func:`_shapeworld_evidence`. Other tasks: the task's
+    concept prompts (placeholder ``k``); contrasts: the paired base prompt,
+    then the same template with anchor concepts when ``config.anchors`` names
+    some.
     """
+    if config.task == "shapeworld":
+        return _shapeworld_evidence(concept, config)
     n, m = config.concept_prompts_per_concept, config.contrasts
     prompts, seeds, contrasts = [], [], []
-    if config.task == "shapeworld":
-        own = shapeworld_canonical([concept])
-        siblings = [o for o in vocab.OBJECT_NAMES if o not in own]
-        for k in range(n):
-            color, place = _sw_scene(k)
-            body = f"{color} {concept}"
-            prompts.append(f"{'an' if body[0] in 'aeiou' else 'a'} {body} {vocab.place_phrase(place)}")
-            seeds.append(config.seed + k)
-            contrasts.append(tuple(_sw_text(siblings[(k + j) % len(siblings)], color, place) for j in range(m)))
-        return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
     tpl = TEMPLATES[config.task]
     others = [a for a in config.anchors if a.casefold() != concept.casefold()]
     for k in range(n):
@@ -393,22 +458,10 @@ def anchor_prompts(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts 
     are the anchors (each contrasted with other base prompts): the contexts the
     concept appeared in must stay drawable.
     """
+    if config.task == "shapeworld":
+        return _shapeworld_anchors(erased, config)
     n, m = config.anchor_prompts, config.contrasts
     prompts, seeds, contrasts = [], [], []
-    if config.task == "shapeworld":
-        gone = set(shapeworld_canonical(erased))
-        kept = shapeworld_canonical(config.anchors) if config.anchors else list(vocab.OBJECT_NAMES)
-        kept = [o for o in kept if o not in gone]
-        if not kept:
-            return None
-        for k in range(n):
-            color, place = _sw_scene(k)
-            obj = kept[k % len(kept)]
-            rest = [o for o in vocab.OBJECT_NAMES if o != obj]
-            prompts.append(_sw_text(obj, color, place))
-            seeds.append(config.seed + ANCHOR_SEED_OFFSET + k)
-            contrasts.append(tuple(_sw_text(rest[(k + j) % len(rest)], color, place) for j in range(m)))
-        return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
     tpl = TEMPLATES[config.task]
     gone_names = {e.casefold() for e in erased}
     kept = [a for a in config.anchors if a.casefold() not in gone_names]

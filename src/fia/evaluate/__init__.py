@@ -34,6 +34,11 @@ __all__ = [
 
 SHAPEWORLD_SUITES = ("shapeworld-objects", "shapeworld-styles", "shapeworld-attribute")
 
+# The report after an erase draws its images from seeds >= this offset, so none
+# starts from the noise of a prompt the erase scored (those use seed + k for
+# k < a few thousand; see fia.prompts).
+REPORT_SEED_OFFSET = 100_000
+
 
 def shapeworld_generation_defaults() -> dict[str, Any]:
     try:
@@ -256,7 +261,7 @@ def report_after_erase(
     """
     families = shapeworld_families(concepts)
     device = str(getattr(pipe, "device", "cpu"))
-    seed = int(getattr(config, "seed", 0) or 0)
+    seed = int(getattr(config, "seed", 0) or 0) + REPORT_SEED_OFFSET
     gen = shapeworld_generation_defaults()
     settings = GenerationSettings(
         num_inference_steps=int(gen.get("num_inference_steps", getattr(config, "num_inference_steps", 50))),
