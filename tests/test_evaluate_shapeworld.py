@@ -242,7 +242,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     from fia.evaluate.generate import ImageStore as Store
 
     store = Store(tmp_path / "report")
-    it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle()).items)
+    it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=fe.REPORT_SEED_OFFSET).items)
     assert store.path("base", it).read_bytes() != store.path("edited", it).read_bytes()  # base images used the original weights
     assert path == tmp_path / "report.html" and path.is_file()
     assert "data:image/png;base64," in path.read_text()
@@ -277,7 +277,7 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     # the same items (prompts and seeds) on both sides, and the same base images
     from fia.evaluate.generate import ImageStore as Store
 
-    suite = fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle())
+    suite = fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=fe.REPORT_SEED_OFFSET)
     ours, theirs = Store(tmp_path / "report"), Store(tmp_path / "report" / "paper-fia")
     for it in suite.items[:4]:
         assert ours.path("base", it).read_bytes() == theirs.path("base", it).read_bytes()
