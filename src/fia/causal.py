@@ -149,15 +149,16 @@ class _Model:
             target = noise if kind == "epsilon" else (a * noise - b * z if kind == "v_prediction" else z)
             tt = torch.full((len(prompts),), t, device=self.device)
 
-            def err(texts: Sequence[str]) -> Tensor:
-                pred = torch.func.functional_call(
-                    self.unet, self.pristine, (zt, tt), {"encoder_hidden_states": self.embed(texts)}
-                ).sample
-                wide = torch.promote_types(pred.dtype, torch.float32)  # half models: square in float32
-                return (pred.to(wide) - target.to(wide)).pow(2).flatten(1).mean(1)
-
-            err_contrast = torch.stack([err([c[j] for c in contrasts]) for j in range(m)]).mean(0)
-            total = total + (err_contrast - err(prompts)).sum()
+            # the prompt and its m contrasts in one batched call of the judge
+            texts = list(prompts) + [c[j] for j in range(m) for c in contrasts]
+            pred = torch.func.functional_call(
+                self.unet, self.pristine, (zt.repeat(m + 1, 1, 1, 1), tt.repeat(m + 1)),
+                {"encoder_hidden_states": self.embed(texts)},
+            ).sample
+            wide = torch.promote_types(pred.dtype, torch.float32)  # half models: square in float32
+            err = (pred.to(wide) - target.to(wide).repeat(m + 1, 1, 1, 1)).pow(2).flatten(1).mean(1)
+            err = err.reshape(m + 1, len(prompts))
+            total = total + (err[1:].mean(0) - err[0]).sum()
         return total
 
     def evidence_gradient(self, ep: EvidencePrompts) -> dict[str, Tensor]:
