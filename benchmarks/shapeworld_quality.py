@@ -1,4 +1,5 @@
-"""Quality gate of the ShapeWorld pipeline, judged by the ShapeWorld oracle.
+"""Quality gate of the ShapeWorld pipeline, judged by the ShapeWorld oracle
+(or by the second judge, beside the oracle).
 
 Generates one image per (held-out prompt, fixed seed) pair -- 280 images: 40
 (colour, object, place) triples never captioned in training, plain (3 seeds),
@@ -7,11 +8,20 @@ settings (``fia.shapeworld.GENERATION_DEFAULTS``), and reports how often the
 oracle agrees with what the prompt names.
 
     python benchmarks/shapeworld_quality.py [--model DIR] [--oracle DIR]
+    python benchmarks/shapeworld_quality.py --judge judge2 [--judge2 DIR] [--write]
 
 The last line printed is one JSON object with keys ``object`` (averaged over
 classes), ``style``, ``attribute``, ``place`` (fractions in [0, 1]) and
 ``object_per_class``; ``color``, ``style_none`` and ``attribute_absent`` are
 reported too.
+
+With ``--judge judge2`` the same images are read by the second judge and by
+the oracle; the script also measures both judges' accuracy per head on
+``--renders`` fresh renders (and on their reconstructions by the pipeline's
+VAE) and how often the two judges give the same label on the gate's images.
+The JSON line is then the second judge's report
+(:func:`fia.shapeworld.evaluate.second_judge_quality`); ``--write`` saves it
+as ``quality.json`` beside the second judge's weights.
 """
 
 from __future__ import annotations
@@ -19,20 +29,50 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
-from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline
-from fia.shapeworld.evaluate import run_gate
+from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline, load_second_judge, second_judge_path
+from fia.shapeworld.evaluate import agreement, gate_images, second_judge_quality
 
 TARGETS = {"object": 0.90, "style": 0.85, "attribute": 0.85, "place": 0.90}
 FLOORS = {"object": 0.80, "style": 0.75, "attribute": 0.75, "place": 0.85}
+GATE_ROWS = ("object", "color", "place", "style", "attribute", "style_none", "attribute_absent")
+
+
+def print_gate(columns: dict[str, dict]) -> None:
+    names = list(columns)
+    print(f"{'factor':18s} " + " ".join(f"{n:>9s}" for n in names) + f" {'floor':>6s} {'target':>6s}")
+    for k in GATE_ROWS:
+        if k in columns[names[0]]:
+            fl = f"{FLOORS[k]:.2f}" if k in FLOORS else ""
+            tg = f"{TARGETS[k]:.2f}" if k in TARGETS else ""
+            print(f"{k:18s} " + " ".join(f"{columns[n][k]:9.3f}" for n in names) + f" {fl:>6s} {tg:>6s}")
+    for n in names:
+        print(f"object per class ({n}): " + ", ".join(f"{k} {v:.2f}" for k, v in columns[n]["object_per_class"].items()))
+
+
+def judge2_report(pipe, oracle, judge2, gate, n_renders: int, render_seed: int) -> dict:
+    from fia.shapeworld.train import decode, encode_means, labels, make_data
+
+    scenes, renders = make_data(n_renders, render_seed)
+    with torch.no_grad():
+        recons = decode(pipe.vae, encode_means(pipe.vae, renders))
+    res = second_judge_quality(judge2, oracle, renders, labels(scenes), recons, gate)
+    res["render_seed"] = render_seed
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="pipeline folder (default: the shipped one)")
     ap.add_argument("--oracle", default=None, help="folder with oracle.safetensors (default: the shipped one)")
+    ap.add_argument("--judge", choices=("oracle", "judge2"), default="oracle", help="the judge whose report is printed")
+    ap.add_argument("--judge2", default=None, help="folder with judge2.safetensors (default: the shipped one)")
+    ap.add_argument("--renders", type=int, default=1000, help="fresh renders for the judges' accuracy (--judge judge2)")
+    ap.add_argument("--render-seed", type=int, default=20_260, help="seed of those renders (none of the recipe's)")
+    ap.add_argument("--write", action="store_true", help="save the second judge's report as quality.json beside it")
     ap.add_argument("--batch-size", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -41,18 +81,31 @@ def main() -> None:
     t0 = time.time()
     pipe = load_pipeline(path=args.model)
     oracle = load_oracle(path=args.oracle)
-    res = run_gate(pipe, oracle, batch_size=args.batch_size)
-    print(f"ShapeWorld quality gate: {res['n_images']} images, settings {GENERATION_DEFAULTS}, {time.time() - t0:.0f}s")
-    print(f"{'factor':18s} {'agreement':>9s} {'floor':>6s} {'target':>6s}")
-    for k in ("object", "color", "place", "style", "attribute", "style_none", "attribute_absent"):
-        if k in res:
-            fl = f"{FLOORS[k]:.2f}" if k in FLOORS else ""
-            tg = f"{TARGETS[k]:.2f}" if k in TARGETS else ""
-            print(f"{k:18s} {res[k]:9.3f} {fl:>6s} {tg:>6s}")
-    print("object per class: " + ", ".join(f"{k} {v:.2f}" for k, v in res["object_per_class"].items()))
-    line = {k: round(res[k], 4) for k in ("object", "style", "attribute", "place")}
-    line["object_per_class"] = {k: round(v, 4) for k, v in res["object_per_class"].items()}
-    print(json.dumps(line))
+    gate = gate_images(pipe, batch_size=args.batch_size)
+    if args.judge == "oracle":
+        res = agreement(oracle, *gate)
+        print(f"ShapeWorld quality gate: {res['n_images']} images, settings {GENERATION_DEFAULTS}, {time.time() - t0:.0f}s")
+        print_gate({"agreement": res})
+        line = {k: round(res[k], 4) for k in ("object", "style", "attribute", "place")}
+        line["object_per_class"] = {k: round(v, 4) for k, v in res["object_per_class"].items()}
+        print(json.dumps(line))
+        return
+
+    judge2 = load_second_judge(path=args.judge2)
+    res = judge2_report(pipe, oracle, judge2, gate, args.renders, args.render_seed)
+    print(f"ShapeWorld quality gate: {res['gate']['n_images']} images, settings {GENERATION_DEFAULTS}, {time.time() - t0:.0f}s")
+    print(f"second judge: {res['judge']}, {res['parameters']:,} parameters")
+    print_gate({"judge2": res["gate"], "oracle": res["gate_oracle"]})
+    print("same label from both judges on the gate's images: " + ", ".join(f"{k} {v:.3f}" for k, v in res["inter_judge_agreement"].items()))
+    for what in ("renders", "reconstructions"):
+        print(f"accuracy on {res['n_renders']} fresh {what} (seed {res['render_seed']}):")
+        for name, key in (("judge2", f"accuracy_{what}"), ("oracle", f"oracle_accuracy_{what}")):
+            print(f"  {name:7s} " + ", ".join(f"{k} {v:.3f}" for k, v in res[key].items()))
+    if args.write:
+        path = Path(args.judge2 or second_judge_path()) / "quality.json"
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ShapeWorld training recipe: its object-weighted loss and a quick end-to-end run."""
+"""The ShapeWorld training recipe: its object-weighted loss, the second
+judge's augmentations and a quick end-to-end run."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fia.shapeworld import HEADS, load_oracle, load_pipeline, sample_scene
+from fia.shapeworld import HEADS, SecondJudge, load_oracle, load_pipeline, load_second_judge, sample_scene
 from fia.shapeworld.render import SIZE, Scene, object_coverage
-from fia.shapeworld.train import TrainConfig, object_weight_maps
+from fia.shapeworld.train import TrainConfig, _to_tensor, judge_augment, make_data, object_weight_maps
 
 
 def _brute_force_weights(scene: Scene, factor: int, extra: float) -> np.ndarray:
@@ -54,10 +55,45 @@ def test_object_weight_maps_put_the_weight_on_the_object():
     assert torch.equal(w[:2], torch.ones_like(w[:2]))
 
 
+def test_judge_augment_makes_seeded_views_of_the_renders():
+    _, images = make_data(16, 1)
+    x = _to_tensor(images)
+    cfg = TrainConfig()
+    a = judge_augment(x, cfg, np.random.default_rng(0))
+    b = judge_augment(x, cfg, np.random.default_rng(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    diff = (a - x).abs().mean(dim=(1, 2, 3))
+    # every view differs (colour jitter always applies), none beyond recognition
+    assert bool((diff > 0).all()) and float(diff.max()) < 0.2
+    # with every magnitude at zero the views are the renders themselves
+    off = TrainConfig(judge2_blur=0.0, judge2_soft=0.0, judge2_noise=0.0, judge2_jitter=0.0, judge2_crop=0)
+    assert torch.allclose(judge_augment(x, off, np.random.default_rng(0)), x, atol=1e-5)
+
+
+def test_second_judge_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    judge = SecondJudge(widths=(8, 16), feature_dim=12).eval()
+    x = torch.rand(3, 3, 32, 32)
+    judge.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"judge2.safetensors", "judge2_config.json"}
+    back = load_second_judge(path=tmp_path)
+    assert back.config == {"widths": [8, 16], "feature_dim": 12}
+    for k, v in judge.predict(x).items():
+        assert torch.equal(v, back.predict(x)[k])
+    assert back.features(x).shape == (3, 12)
+    # a judge saved with other heads is refused
+    cfg = json.loads((tmp_path / "judge2_config.json").read_text())
+    cfg["heads"]["object"] = cfg["heads"]["object"][:-1]
+    (tmp_path / "judge2_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="other heads"):
+        load_second_judge(path=tmp_path)
+
+
 def test_quick_recipe_writes_loadable_artifacts(tmp_path, monkeypatch):
     """``fia shapeworld train --quick`` runs every stage of the recipe (a few
     steps each) and writes what ships: a pipeline that loads offline and
-    draws, the oracle, the recipe and the quality report."""
+    draws, the oracle, the second judge, the recipe and the quality reports."""
     from fia.cli import app
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -77,4 +113,31 @@ def test_quick_recipe_writes_loadable_artifacts(tmp_path, monkeypatch):
     img = pipe(prompt=["a red star on the grass"], num_inference_steps=2, height=32, width=32, output_type="pt").images
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
     assert set(load_oracle(path=out).predict(img)) == set(HEADS)
+    # the second judge ships beside the oracle, with its own report
+    assert recipe["steps"]["judge2"] == TrainConfig.quick().judge2_steps and "judge2" in recipe["seconds"]
+    assert set(load_second_judge(path=out / "judge2").predict(img)) == set(HEADS)
+    report = json.loads((out / "judge2" / "quality.json").read_text())
+    assert report["judge"] == "judge2" and report["gate"]["n_images"] == 8
+    assert set(report["inter_judge_agreement"]) == set(HEADS)
+    assert set(report["accuracy_renders"]) == set(HEADS)
+    assert json.loads((out / "judge2" / "recipe.json").read_text())["steps"] == TrainConfig.quick().judge2_steps
+
+
+def test_train_judge2_rebuilds_only_the_second_judge(tmp_path):
+    """``fia shapeworld train-judge2`` runs the recipe's data and judge2
+    stages alone; the same seed gives the same weights."""
+    from safetensors.torch import load_file
+
+    from fia.cli import app
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        res = CliRunner().invoke(app, ["shapeworld", "train-judge2", "--quick", "--out", str(out), "--threads", "1"])
+        assert res.exit_code == 0, res.output
+    assert {p.name for p in outs[0].iterdir()} == {"judge2.safetensors", "judge2_config.json", "recipe.json"}
+    recipe = json.loads((outs[0] / "recipe.json").read_text())
+    assert recipe["seed"] == 0 and recipe["steps"] == TrainConfig.quick().judge2_steps
+    assert recipe["config"]["threads"] == 1 and set(recipe["seconds"]) == {"data", "judge2"}
+    a, b = (load_file(str(out / "judge2.safetensors")) for out in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("_name_or_path" in p.read_text() for p in (out / "pipeline").rglob("config.json"))

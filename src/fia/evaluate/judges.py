@@ -102,12 +102,15 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 
 class ShapeWorldJudge:
-    """The ShapeWorld oracle: class probabilities of every head, and features."""
+    """A ShapeWorld judge (the oracle, or the second judge): class
+    probabilities of every head, and features."""
 
     name = "shapeworld-oracle"
 
     def __init__(self, oracle: Any, device: str = "cpu"):
         self.oracle, self.device = oracle, device
+        # any ShapeWorld judge fits ("shapeworld-judge2" for the second one)
+        self.name = f"shapeworld-{getattr(oracle, 'name', 'oracle')}"
         self.heads: dict[str, tuple[str, ...]] = {h: tuple(v) for h, v in oracle.HEADS.items()}
 
     @torch.no_grad()

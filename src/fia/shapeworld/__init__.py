@@ -4,7 +4,9 @@
 * a tiny but genuine ``StableDiffusionPipeline`` trained on it, shipped in
   ``assets/pipeline`` and loaded offline (:func:`load_pipeline`),
 * an oracle classifier that judges generated images (:func:`load_oracle`),
-  whose penultimate features give a ShapeWorld FID (:func:`frechet_distance`).
+  whose penultimate features give a ShapeWorld FID (:func:`frechet_distance`),
+* a second, independently trained judge of another architecture, with the
+  oracle's heads and interface (:func:`load_second_judge`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .oracle import HEADS, Oracle, frechet_distance
+from .oracle import HEADS, Judge, Oracle, frechet_distance
 from .render import HELDOUT_TRIPLES, Scene, caption, parse_prompt, prompt_for, render, sample_scene
+from .second_judge import SecondJudge
 from .vocab import (
     ATTRIBUTE_NAMES,
     ATTRIBUTES,
@@ -62,6 +65,17 @@ def load_oracle(device="cpu", path: str | Path | None = None) -> Oracle:
     return Oracle.load(path or assets_path(), device=device)
 
 
+def second_judge_path() -> Path:
+    """Folder of the shipped second judge (weights, config, quality report)."""
+    return assets_path() / SecondJudge.name
+
+
+def load_second_judge(device="cpu", path: str | Path | None = None) -> SecondJudge:
+    """The shipped second judge (eval mode): another architecture and seed
+    than the oracle, trained on renders alone; same heads and interface."""
+    return SecondJudge.load(path or second_judge_path(), device=device)
+
+
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_NAMES",
@@ -69,6 +83,7 @@ __all__ = [
     "GENERATION_DEFAULTS",
     "HEADS",
     "HELDOUT_TRIPLES",
+    "Judge",
     "OBJECTS",
     "OBJECT_NAMES",
     "Oracle",
@@ -77,16 +92,19 @@ __all__ = [
     "STYLES",
     "STYLE_NAMES",
     "Scene",
+    "SecondJudge",
     "assets_path",
     "base_phrase",
     "caption",
     "frechet_distance",
     "load_oracle",
     "load_pipeline",
+    "load_second_judge",
     "parse_prompt",
     "pipeline_path",
     "place_phrase",
     "prompt_for",
     "render",
     "sample_scene",
+    "second_judge_path",
 ]

@@ -17,12 +17,12 @@ def _main() -> None:
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt artifacts (pipeline/, oracle, recipe, quality)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt artifacts (pipeline/, oracle, judge2/, recipe, quality)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     quick: bool = typer.Option(False, "--quick", help="A few steps per stage, to check the recipe end to end."),
     unet_steps: int = typer.Option(None, "--unet-steps", help="Override the UNet steps of the recipe."),
 ) -> None:
-    """Train the VAE, the oracle, then the UNet and text encoder; report quality."""
+    """Train the VAE, the oracle, the second judge, then the UNet and text encoder; report quality."""
     from rich.console import Console
 
     from .train import TrainConfig, train_all
@@ -39,6 +39,25 @@ def train(
             console.print(f"  {k:17s} {gate[k]:.3f}")
     console.print("  object per class: " + json.dumps({k: round(v, 3) for k, v in gate["object_per_class"].items()}))
     console.print(f"shipped artifacts: {res['size_bytes'] / 1e6:.1f} MB in {out}")
+
+
+@app.command("train-judge2")
+def train_judge2(
+    out: Path = typer.Option(..., "--out", help="Folder for the second judge (weights, config, recipe)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the recipe (its renders and the judge's own seed)."),
+    quick: bool = typer.Option(False, "--quick", help="A few steps on a few renders, to check the stage."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default: the recipe's)."),
+) -> None:
+    """Rebuild only the second judge, as the full recipe trains it."""
+    from rich.console import Console
+
+    from .train import TrainConfig, train_second_judge_alone
+
+    console = Console()
+    cfg = TrainConfig.quick(seed) if quick else TrainConfig(seed=seed)
+    if threads is not None:
+        cfg.threads = threads
+    train_second_judge_alone(out, cfg, log=lambda s: console.print(s, markup=False, highlight=False))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Measuring a ShapeWorld pipeline with the oracle: the quality gate.
+"""Measuring a ShapeWorld pipeline with a judge: the quality gate.
 
 The gate's prompts are held out from training: each names a (colour, object,
 place) triple that no training caption names in full, some with a style,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from .oracle import HEADS
@@ -90,11 +91,63 @@ def agreement(oracle, images: torch.Tensor, prompts: list[str]) -> dict:
     return res
 
 
-def run_gate(pipe, oracle, batch_size: int = 40, limit: int | None = None, **kwargs) -> dict:
+def gate_images(pipe, batch_size: int = 40, limit: int | None = None, **kwargs) -> tuple[torch.Tensor, list[str]]:
+    """The quality gate's generated images and their prompts (``limit``: an
+    evenly spaced subset of that many pairs)."""
     pairs = gate_prompts()
     if limit:
         pairs = pairs[:: max(1, len(pairs) // limit)][:limit]
     prompts = [p for p, _ in pairs]
     seeds = [s for _, s in pairs]
-    images = generate(pipe, prompts, seeds, batch_size=batch_size, **kwargs)
+    return generate(pipe, prompts, seeds, batch_size=batch_size, **kwargs), prompts
+
+
+def run_gate(pipe, oracle, batch_size: int = 40, limit: int | None = None, **kwargs) -> dict:
+    images, prompts = gate_images(pipe, batch_size, limit, **kwargs)
     return agreement(oracle, images, prompts)
+
+
+def render_accuracy(judge, images: np.ndarray, lab: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-head accuracy of a judge on uint8 renders (N, H, W, 3) with their
+    labels (``fia.shapeworld.train.labels``; -100: no label, e.g. the colour
+    of an empty scene)."""
+    probs = judge.predict(torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255))
+    res = {}
+    for k, p in probs.items():
+        y = lab[k]
+        keep = y != -100
+        res[k] = float((p.argmax(-1)[keep] == y[keep]).float().mean())
+    return res
+
+
+def judges_agreement(judge_a, judge_b, images: torch.Tensor) -> dict[str, float]:
+    """Per head, the share of images on which two judges give the same label."""
+    pa, pb = judge_a.predict(images), judge_b.predict(images)
+    return {k: float((pa[k].argmax(-1) == pb[k].argmax(-1)).float().mean()) for k in HEADS}
+
+
+def second_judge_quality(
+    judge,
+    oracle,
+    renders: np.ndarray,
+    render_labels: dict[str, torch.Tensor],
+    reconstructions: np.ndarray,
+    gate: tuple[torch.Tensor, list[str]],
+) -> dict:
+    """The second judge's report card, beside the oracle's figures on the same
+    images: accuracy on fresh renders and on their VAE reconstructions,
+    agreement with the prompts of the quality gate's generated images, and
+    how often the two judges give the same label on those images."""
+    images, prompts = gate
+    return {
+        "judge": judge.name,
+        "parameters": sum(p.numel() for p in judge.parameters()),
+        "n_renders": len(renders),
+        "accuracy_renders": render_accuracy(judge, renders, render_labels),
+        "accuracy_reconstructions": render_accuracy(judge, reconstructions, render_labels),
+        "oracle_accuracy_renders": render_accuracy(oracle, renders, render_labels),
+        "oracle_accuracy_reconstructions": render_accuracy(oracle, reconstructions, render_labels),
+        "gate": agreement(judge, images, prompts),
+        "gate_oracle": agreement(oracle, images, prompts),
+        "inter_judge_agreement": judges_agreement(judge, oracle, images),
+    }

@@ -7,17 +7,21 @@ Stages, each checked before the next:
 2. VAE: an ``AutoencoderKL`` with a factor-4 latent (32x32x3 -> 8x8x8);
 3. oracle: trained on clean renders and on their VAE reconstructions (it
    judges decoded images, so it learns on them), checked on fresh renders;
-4. latents: the VAE's posterior means, scaled to unit variance (the scaling
+4. the second judge (:mod:`.second_judge`): another architecture and seed,
+   trained on clean renders alone with blur, noise, colour and crop
+   augmentations, checked on fresh renders;
+5. latents: the VAE's posterior means, scaled to unit variance (the scaling
    factor goes into the VAE config);
-5. UNet + text encoder, trained together from scratch: DDPM noise on a
+6. UNet + text encoder, trained together from scratch: DDPM noise on a
    zero-terminal-SNR schedule, v-prediction, 10 % empty captions for
    classifier-free guidance, AdamW with warm-up and cosine decay, EMA weights
    for sampling; the oracle probes generations along the way;
-6. the quality gate on held-out prompts; the pipeline is saved with a DDIM
-   scheduler (``clip_sample=False``).
+7. the quality gate on held-out prompts, read by both judges; the pipeline is
+   saved with a DDIM scheduler (``clip_sample=False``).
 
-The output folder holds exactly what ships: ``pipeline/``, the oracle, the
-recipe and the quality report; ``.work/`` holds resumable intermediates.
+The output folder holds exactly what ships: ``pipeline/``, the oracle,
+``judge2/`` (the second judge and its quality report), the recipe and the
+quality report; ``.work/`` holds resumable intermediates.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .evaluate import render_accuracy
 from .oracle import HEADS, Oracle
 from .render import SIZE, Scene, caption, object_coverage, render, sample_scene
+from .second_judge import SecondJudge
 
 # Stable Diffusion's scaled-linear betas, rescaled to a zero terminal SNR, with
 # v-prediction and "trailing" sampling that starts at t = 999. With the
@@ -77,6 +83,22 @@ class TrainConfig:
     oracle_batch: int = 48
     oracle_recon_images: int = 6000  # reconstructions of the first N renders join the oracle's data
     oracle_lr: float = 2e-3
+    # second judge (fia.shapeworld.second_judge): another architecture and
+    # seed, trained on clean renders alone; the augmentations (blur up to
+    # judge2_blur px sigma, a 16-px bottleneck for a judge2_soft share, pixel
+    # noise up to judge2_noise, colour jitter of about judge2_jitter, crops up
+    # to judge2_crop px smaller) stand in for a VAE decoder's softness
+    judge2_widths: tuple = (16, 32, 64, 80)
+    judge2_feature_dim: int = 128
+    judge2_steps: int = 7000
+    judge2_batch: int = 64
+    judge2_lr: float = 3e-3
+    judge2_weight_decay: float = 0.05
+    judge2_blur: float = 1.0
+    judge2_soft: float = 0.2
+    judge2_noise: float = 0.05
+    judge2_jitter: float = 0.06
+    judge2_crop: int = 4
     # text encoder
     text_hidden: int = 128
     text_layers: int = 3
@@ -120,6 +142,8 @@ class TrainConfig:
             vae_batch=8,
             oracle_steps=4,
             oracle_batch=8,
+            judge2_steps=4,
+            judge2_batch=8,
             unet_steps=6,
             unet_batch=8,
             unet_warmup=2,
@@ -274,14 +298,77 @@ def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: 
     return model.eval()
 
 
-def oracle_accuracy(oracle: Oracle, images: np.ndarray, lab: dict) -> dict[str, float]:
-    probs = oracle.predict(_to_tensor(images))
-    res = {}
-    for k, p in probs.items():
-        y = lab[k]
-        keep = y != -100
-        res[k] = float((p.argmax(-1)[keep] == y[keep]).float().mean())
-    return res
+def judge_augment(x: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Random training views of clean renders (B, 3, 32, 32) in [0, 1] for
+    the second judge: what a VAE decoder does to an image, roughly -- softer
+    edges, slight colour shifts, grain, a shifted frame. Crop, blur,
+    bottleneck and noise each hit a random part of the batch and colour
+    jitter all of it, lightly, so near-clean renders stay in the mix."""
+    b = len(x)
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+    def chosen(p: float) -> np.ndarray:
+        return rng.random(b) < p
+
+    def column(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(v).float()[:, None, None, None]
+
+    # crop a square up to judge2_crop px smaller, anywhere, and resize it back
+    # (identity sampling is exact for the others: pixel centres, bilinear)
+    side = np.where(chosen(0.5), rng.uniform(1 - cfg.judge2_crop / SIZE, 1.0, b), 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = torch.from_numpy(side).float()
+    theta[:, :, 2] = torch.from_numpy(rng.uniform(-1, 1, (b, 2)) * (1 - side)[:, None]).float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Gaussian blur, a separable 5-tap kernel per image (sigma 0: identity)
+    sigma = np.where(chosen(0.5), cfg.judge2_blur * rng.uniform(0.3, 1.0, b), 0.0)
+    d = torch.arange(-2, 3, dtype=torch.float32)
+    k = torch.exp(-(d[None] ** 2) / (2 * torch.from_numpy(sigma).float().clamp(min=1e-3)[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (B*3, 5)
+    h = F.pad(x.reshape(1, b * 3, SIZE, SIZE), (2, 2, 2, 2), mode="reflect")
+    h = F.conv2d(h, k[:, None, :, None], groups=b * 3)
+    x = F.conv2d(h, k[:, None, None, :], groups=b * 3).reshape(b, 3, SIZE, SIZE)
+    # a share of the views through a 16x16 bottleneck and back
+    small = F.interpolate(x, size=(SIZE // 2, SIZE // 2), mode="bilinear", antialias=True, align_corners=False)
+    soft = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    x = torch.where(column(chosen(cfg.judge2_soft)) > 0, soft, x)
+    # colour: brightness, contrast, saturation, per-channel gain
+    j = cfg.judge2_jitter
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * column(rng.uniform(1 - 2 * j, 1 + 2 * j, b))
+    gray = x.mean(dim=1, keepdim=True)
+    x = gray + (x - gray) * column(rng.uniform(1 - 2 * j, 1 + 2 * j, b))
+    x = x * torch.from_numpy(rng.uniform(1 - j, 1 + j, (b, 3))).float()[:, :, None, None]
+    x = x + column(rng.uniform(-j, j, b))
+    # pixel noise on half the batch
+    sd = np.where(chosen(0.5), rng.uniform(0, cfg.judge2_noise, b), 0.0)
+    x = x + column(sd) * torch.randn(x.shape, generator=g)
+    return x.clamp(0, 1)
+
+
+def train_second_judge(cfg: TrainConfig, images: np.ndarray, lab: dict, log=None) -> SecondJudge:
+    """The second judge, trained on clean renders alone (augmented by
+    :func:`judge_augment`) from its own seed."""
+    torch.manual_seed(cfg.seed + 4)
+    model = SecondJudge(widths=tuple(cfg.judge2_widths), feature_dim=cfg.judge2_feature_dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.judge2_lr, weight_decay=cfg.judge2_weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.judge2_steps, 0.01))
+    rng = np.random.default_rng(cfg.seed + 4)
+    model.train()
+    t0 = time.time()
+    for step in range(cfg.judge2_steps):
+        idx = rng.integers(len(images), size=cfg.judge2_batch)
+        x = judge_augment(_to_tensor(images[idx]), cfg, rng)
+        out = model(x)
+        loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == cfg.judge2_steps - 1:
+            _log(f"judge2 step {step}/{cfg.judge2_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", log)
+    return model.eval()
 
 
 def make_text_encoder(cfg: TrainConfig, tok):
@@ -435,11 +522,46 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def write_second_judge_recipe(folder: Path, cfg: TrainConfig, seconds: dict) -> dict:
+    """``recipe.json`` beside the second judge: its settings and stage seconds."""
+    recipe = {
+        "config": {k: v for k, v in asdict(cfg).items() if k.startswith("judge2_") or k in ("seed", "n_images", "threads")},
+        "seed": cfg.seed,
+        "steps": cfg.judge2_steps,
+        "torch": torch.__version__,
+        "seconds": {k: None if v is None else round(v, 1) for k, v in seconds.items()},
+    }
+    (Path(folder) / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    return recipe
+
+
+def train_second_judge_alone(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> SecondJudge:
+    """Rebuild only the second judge into ``out``, with its recipe: the
+    recipe's data and judge2 stages (the renders and seeds of
+    :func:`train_all`, which takes 47 minutes for all its stages). Its
+    quality report needs a pipeline
+    (``benchmarks/shapeworld_quality.py --judge judge2 --write``)."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    t = time.time()
+    _log(f"data: rendering {cfg.n_images} scenes", log)
+    scenes, images = make_data(cfg.n_images, cfg.seed)
+    lab = labels(scenes)
+    seconds = {"data": time.time() - t}
+    t = time.time()
+    judge2 = train_second_judge(cfg, images, lab, log)
+    seconds["judge2"] = time.time() - t
+    judge2.save(out)
+    write_second_judge_recipe(out, cfg, seconds)
+    _log(f"judge2: {seconds['judge2']:.0f}s on {cfg.threads} thread(s); saved in {out}", log)
+    return judge2
+
+
 def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run every stage and write the shipped artifacts into ``out``."""
     from diffusers import AutoencoderKL
 
-    from .evaluate import run_gate
+    from .evaluate import agreement, gate_images, second_judge_quality
     from .tokenizer import make_tokenizer
 
     torch.set_num_threads(cfg.threads)
@@ -494,11 +616,25 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         oracle.save(work)
         earlier["oracle"] = round(time.time() - t, 1)
         stage_file.write_text(json.dumps(earlier))
-    acc_clean = oracle_accuracy(oracle, test_images, test_lab)
-    acc_rec = oracle_accuracy(oracle, test_recons, test_lab)
+    acc_clean = render_accuracy(oracle, test_images, test_lab)
+    acc_rec = render_accuracy(oracle, test_recons, test_lab)
     _log(f"oracle accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc_clean.items()})}", log)
     _log(f"oracle accuracy on their VAE reconstructions: {json.dumps({k: round(v, 4) for k, v in acc_rec.items()})}", log)
     times["oracle"] = time.time() - t
+
+    t = time.time()
+    if (work / "judge2" / f"{SecondJudge.name}.safetensors").exists():
+        _log("judge2: reusing .work/judge2", log)
+        judge2 = SecondJudge.load(work / "judge2")
+        reused["judge2"] = earlier.get("judge2")
+    else:
+        judge2 = train_second_judge(cfg, images, lab, log)
+        judge2.save(work / "judge2")
+        earlier["judge2"] = round(time.time() - t, 1)
+        stage_file.write_text(json.dumps(earlier))
+    acc2 = render_accuracy(judge2, test_images, test_lab)
+    _log(f"judge2 accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc2.items()})}", log)
+    times["judge2"] = time.time() - t
 
     tok = make_tokenizer(work / "tokenizer")
     t = time.time()
@@ -513,15 +649,19 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(work / "tokenizer" / name, out / "pipeline" / "tokenizer" / name)
     oracle.save(out)
+    judge2.save(out / "judge2")
     _log("quality gate on held-out prompts ...", log)
-    gate = run_gate(pipe, oracle, limit=cfg.gate_limit or None)
+    gate_set = gate_images(pipe, limit=cfg.gate_limit or None)
+    gate = agreement(oracle, *gate_set)
+    judge2_quality = second_judge_quality(judge2, oracle, test_images, test_lab, test_recons, gate_set)
+    judge2_quality["render_seed"] = cfg.seed + 10_000
     times["gate"] = time.time() - t
     times["total"] = time.time() - t_all
 
     recipe = {
         "config": asdict(cfg),
         "seed": cfg.seed,
-        "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "unet": cfg.unet_steps},
+        "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "judge2": cfg.judge2_steps, "unet": cfg.unet_steps},
         "vae_scaling_factor": scale,
         "torch": torch.__version__,
         "seconds": {k: round(v, 1) for k, v in times.items()},
@@ -537,6 +677,15 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         "gate": gate,
     }
     (out / "quality.json").write_text(json.dumps(quality, indent=2))
+    (out / "judge2" / "quality.json").write_text(json.dumps(judge2_quality, indent=2))
+    # the judge2 stage's training seconds (an earlier run's when reused)
+    write_second_judge_recipe(out / "judge2", cfg, {"data": times["data"], "judge2": earlier.get("judge2")})
+    _log(
+        "judge2 on the gate: object {:.3f} (oracle {:.3f}); same object as the oracle on {:.3f} of the images".format(
+            judge2_quality["gate"].get("object", 0.0), gate.get("object", 0.0), judge2_quality["inter_judge_agreement"]["object"]
+        ),
+        log,
+    )
     size = _dir_size(out) - _dir_size(work)
     _log(f"done in {times['total'] / 60:.1f} min; shipped artifacts {size / 1e6:.1f} MB", log)
     return {"quality": quality, "recipe": recipe, "size_bytes": size}
