@@ -86,6 +86,9 @@ def test_causal_erase_is_deterministic_restores_the_model_and_keeps_its_budget(t
     after = _weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert mask.config["variant"] == "causal"
+    settings = mask.summary().splitlines()[2]
+    assert "variant=causal" in settings and "budget=0.02" in settings and "rounds=2" in settings
+    assert "r2=" not in settings  # the paper's knobs play no part in this mask
     total = mask.total_weights
     # each concept takes at most floor(budget * total) weights over all rounds
     assert 0 < mask.pruned <= 2 * int(cfg.budget * total)

@@ -52,6 +52,22 @@ _SUMMARY_KEYS = (
     "saliency",
     "cfg_rows",
 )
+_CAUSAL_SUMMARY_KEYS = (
+    "task",
+    "variant",
+    "budget",
+    "rounds",
+    "anchor_weight",
+    "anchors",
+    "alpha",
+    "score_steps",
+    "guidance_scale",
+    "contrasts",
+    "concept_prompts_per_concept",
+    "anchor_prompts",
+    "evidence_timesteps",
+    "seed",
+)
 
 
 # ------------------------------------------------------------------ model access
@@ -283,7 +299,7 @@ class ConceptMask:
             "settings: "
             + ", ".join(
                 f"{k}={cfg[k]}"
-                for k in _SUMMARY_KEYS
+                for k in (_CAUSAL_SUMMARY_KEYS if cfg.get("variant") == "causal" else _SUMMARY_KEYS)
                 if k in cfg
             ),
         ]

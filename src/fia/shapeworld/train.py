@@ -267,6 +267,17 @@ def decode(vae, latents: torch.Tensor, batch: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _judge_step(model, opt, sched, x: torch.Tensor, lab: dict, idx: np.ndarray) -> torch.Tensor:
+    """One optimiser step of a judge on images ``x`` with the labels of scenes ``idx`` (every head)."""
+    out = model(x)
+    loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss
+
+
 def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: dict, log=None) -> Oracle:
     torch.manual_seed(cfg.seed + 2)
     model = Oracle(width=cfg.oracle_width)
@@ -287,12 +298,7 @@ def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: 
         sigma = torch.from_numpy(rng.uniform(0, 0.05, cfg.oracle_batch)).float()[:, None, None, None]
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         x = torch.where(noisy, (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1), x)
-        out = model(x)
-        loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = _judge_step(model, opt, sched, x, lab, idx)
         if step % 100 == 0 or step == cfg.oracle_steps - 1:
             _log(f"oracle step {step}/{cfg.oracle_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", log)
     return model.eval()
@@ -360,12 +366,7 @@ def train_second_judge(cfg: TrainConfig, images: np.ndarray, lab: dict, log=None
     for step in range(cfg.judge2_steps):
         idx = rng.integers(len(images), size=cfg.judge2_batch)
         x = judge_augment(_to_tensor(images[idx]), cfg, rng)
-        out = model(x)
-        loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = _judge_step(model, opt, sched, x, lab, idx)
         if step % 200 == 0 or step == cfg.judge2_steps - 1:
             _log(f"judge2 step {step}/{cfg.judge2_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", log)
     return model.eval()
