@@ -90,7 +90,7 @@ class FIAConfig:
     eps: float = 1e-8
     variant: Literal["paper", "causal"] = "paper"
     budget: float = 0.0075
-    rounds: int = 6
+    rounds: int = 8
     anchor_weight: float = 2.0
     score_steps: int = 10
     contrasts: int = 3
