@@ -278,15 +278,25 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
     from rich.table import Table
 
     stats = mask.stats or {}
-    table = Table(title=f"FIA: {len(mask.concepts)} concept(s) erased")
+    causal = mask.config.get("variant") == "causal"
+    table = Table(title=f"FIA ({mask.config.get('variant', 'paper')} variant): {len(mask.concepts)} concept(s) erased")
     table.add_column("concept")
-    table.add_column("r1", justify="right")
-    table.add_column("r2", justify="right")
-    table.add_column("selected neurons", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("source")
+    if causal:  # one budget over all layers, spent in rounds shared by all concepts
+        table.add_column("budget", justify="right")
+        table.add_column("selected weights", justify="right")
+        table.add_column("seconds (own gradients)", justify="right")
+    else:
+        table.add_column("r1", justify="right")
+        table.add_column("r2", justify="right")
+        table.add_column("selected neurons", justify="right")
+        table.add_column("seconds", justify="right")
+        table.add_column("source")
     for c in mask.concepts:
         pc = stats.get("per_concept", {}).get(c, {})
+        if causal:
+            chosen = sum(layer["selected"].get(c, 0) for layer in stats.get("per_layer", {}).values())
+            table.add_row(c, f"{mask.config.get('budget')}", f"{chosen}", f"{pc.get('seconds', 0):.1f}")
+            continue
         table.add_row(
             c,
             f"{pc.get('r1', '')}",
@@ -302,6 +312,12 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
         f"({100 * mask.pruned_share:.3f} %), {mask.agnostic} concept-agnostic kept "
         f"(tau_ca = {stats.get('tau_ca')})"
     )
+    if causal:
+        rounds = stats.get("rounds", [])
+        console.print(
+            f"{len(rounds)} rounds, {stats.get('anchors', {}).get('prompts', 0)} anchor prompts, "
+            f"{stats.get('seconds', {}).get('total', 0):.1f} s in all"
+        )
     console.print(f"wrote {out / 'mask.safetensors'} and {out / 'fusion_stats.json'}")
     if save_pipeline:
         console.print(f"wrote the edited pipeline to {out / 'pipeline'}")
