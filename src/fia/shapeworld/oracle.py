@@ -10,6 +10,7 @@ convention, ``predict``/``features``/``save``/``load``) lives in
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
-class Judge(nn.Module):
+class Judge(nn.Module, metaclass=abc.ABCMeta):
     """What every ShapeWorld judge shares: input convention, heads, batched
     inference and (de)serialisation.
 
@@ -56,8 +57,9 @@ class Judge(nn.Module):
             images = nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
         return images * 2 - 1
 
+    @abc.abstractmethod
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Penultimate features (B, D) of images in [0, 1]: each judge's own body."""
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.forward_features(images)
