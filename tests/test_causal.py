@@ -133,3 +133,12 @@ def test_shapeworld_evidence_prompts_contrast_shapes_in_the_same_scene():
     anchors = anchor_prompts(["circle", "pentagram"], cfg)  # synonyms count as their shape
     assert not any("circle" in p or "star" in p for p in anchors.prompts)
     assert min(anchors.seeds) >= 1000
+
+
+def test_prompt_files_are_refused_by_the_causal_variant(tiny_dir, tmp_path):  # noqa: F811
+    from fia.errors import FIAError
+
+    lines = tmp_path / "concept.txt"
+    lines.write_text("a {concept} on the grass\n")
+    with pytest.raises(FIAError, match="apply to --variant paper"):
+        fia.erase(load_tiny(tiny_dir), ["golf ball"], tiny_causal_config(), concept_prompts=lines)

@@ -154,6 +154,7 @@ def test_bad_erase_inputs(tiny_dir, prompt_files, tmp_path):  # noqa: F811
     _bad(ok() + ["--variant", "causal", "--budget", "0"], out, "budget must lie in (0, 1]")
     _bad(ok() + ["--variant", "causal", "--rounds", "0"], out, "rounds must be a positive integer")
     _bad(ok() + ["--variant", "causal", "--anchor-weight", "-1"], out, "anchor_weight must be")
+    _bad(ok() + ["--variant", "causal"], out, "apply to --variant paper")  # ok() passes prompt files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty.txt", "not-a-pipeline"]
 
 

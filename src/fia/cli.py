@@ -157,6 +157,11 @@ def erase(
         "score_steps": score_steps,
     }
     cfg = resolve_config(task, config, overrides, default_task="shapeworld" if model is None else "object")
+    if cfg.variant == "causal" and (concept_prompts is not None or base_prompts is not None):
+        raise FIAError(
+            "--concept-prompts and --base-prompts apply to --variant paper; the causal variant "
+            "builds its own evidence prompts (name concepts to keep with --anchors)"
+        )
     plan = {c: build_prompts(c, cfg, concept_prompts, base_prompts) for c in names}
     _check_out_dir(out)
     parse_device(device)

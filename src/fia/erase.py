@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from fia.config import FIAConfig
+from fia.errors import FIAError
 from fia.mask import (
     ConceptMask,
     atomic_write_bytes,
@@ -263,6 +264,11 @@ def erase(
     t_start = time.perf_counter()
     config = (config or FIAConfig()).validate()
     names = parse_concepts(concepts)
+    if config.variant == "causal" and (concept_prompts is not None or base_prompts is not None):
+        raise FIAError(
+            "prompt files apply to --variant paper; the causal variant builds its own evidence "
+            "prompts (name concepts to keep with --anchors)"
+        )
     plan = {c: (prompts or {}).get(c) or build_prompts(c, config, concept_prompts, base_prompts) for c in names}
     model = denoiser(pipe)
     found = find_targets(model, targets if targets is not None else config.targets)
