@@ -36,7 +36,7 @@ import torch
 
 import fia
 from fia.evaluate.suites import _sw_factor_cycle
-from fia.mask import atomic_write_text
+from fia.io import atomic_write_text
 from fia.prompts import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline
 from fia.shapeworld.evaluate import generate

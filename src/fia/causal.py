@@ -54,7 +54,8 @@ from fia.core._fractions import top_count
 from fia.core.attribution import contrast_scores, global_top_k, round_sizes
 from fia.core.fuse import fuse_masks
 from fia.errors import FIAError
-from fia.mask import ConceptMask, atomic_write_bytes, fingerprint_weights
+from fia.io import atomic_write_bytes
+from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
 from fia.targets import TargetLinear, denoiser_of
 

@@ -385,7 +385,8 @@ def generate(
     dtype: str = typer.Option("float32", "--dtype"),
 ) -> None:
     """Draw N images of PROMPT into one grid image."""
-    from fia.mask import ConceptMask, atomic_write_bytes
+    from fia.io import atomic_write_bytes
+    from fia.mask import ConceptMask
     from fia.models import (
         generate_images,
         generation_defaults,

@@ -20,6 +20,8 @@ SALIENCY_KINDS = ("energy", "wanda")
 CFG_ROWS = ("cond", "both")
 TARGET_KINDS = ("ffn2", "ffn1", "attn_kv")
 VARIANTS = ("paper", "causal")
+SELECTIONS = ("both", "channel", "layer")
+FUSIONS = ("fia", "union")
 
 
 @dataclass
@@ -49,6 +51,11 @@ class FIAConfig:
         targets: which linears are scored and pruned (``ffn2`` as in the
             paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
         eps: the epsilon of Eq. 1's cosine denominator.
+        selection: paper variant: ``both`` levels of Eq. 6 (channel and
+            layer top-k), or one level only for the ablations: ``channel``
+            (Eq. 4) or ``layer`` (Eq. 5).
+        fusion: paper variant: ``fia`` (Eq. 7-8, concept-agnostic neurons
+            kept) or ``union`` (the ablation: every selected neuron pruned).
         variant: ``paper`` (Eq. 1-8, the paper's FIA) or ``causal`` (the
             classifier-free causal variant of :mod:`fia.causal`: weights are
             scored by their first-order effect on the model's own evidence
@@ -88,6 +95,8 @@ class FIAConfig:
     cfg_rows: Literal["cond", "both"] = "cond"
     targets: Literal["ffn2", "ffn1", "attn_kv"] = "ffn2"
     eps: float = 1e-8
+    selection: Literal["both", "channel", "layer"] = "both"
+    fusion: Literal["fia", "union"] = "fia"
     variant: Literal["paper", "causal"] = "paper"
     budget: float = 0.0075
     rounds: int = 8
@@ -138,10 +147,10 @@ class FIAConfig:
         if self.task not in TASKS:
             raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
         for name in ("r1", "r2", "alpha"):
-            _check_fraction(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         for name in ("r1_overrides", "r2_overrides"):
             for concept, value in getattr(self, name).items():
-                _check_fraction(f"{name}[{concept!r}]", value)
+                check_fraction(f"{name}[{concept!r}]", value)
         if not isinstance(self.saliency_steps, int) or self.saliency_steps < 1:
             raise FIAError(f"saliency_steps must be a positive integer, got {self.saliency_steps!r}")
         if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
@@ -165,13 +174,15 @@ class FIAConfig:
             raise FIAError(f"unknown targets {self.targets!r}; use one of: {', '.join(TARGET_KINDS)}")
         if not (self.eps > 0):
             raise FIAError(f"eps must be > 0, got {self.eps!r}")
+        if self.selection not in SELECTIONS:
+            raise FIAError(f"unknown selection {self.selection!r}; use one of: {', '.join(SELECTIONS)}")
+        if self.fusion not in FUSIONS:
+            raise FIAError(f"unknown fusion {self.fusion!r}; use one of: {', '.join(FUSIONS)}")
         if self.variant not in VARIANTS:
             raise FIAError(f"unknown variant {self.variant!r}; use one of: {', '.join(VARIANTS)}")
-        _check_fraction("budget", self.budget)
+        check_fraction("budget", self.budget)
         for name in ("rounds", "score_steps", "contrasts", "concept_prompts_per_concept", "anchor_prompts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise FIAError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if not (isinstance(self.anchor_weight, (int, float)) and self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
             raise FIAError(f"anchor_weight must be a finite number >= 0, got {self.anchor_weight!r}")
         ts = tuple(self.evidence_timesteps)
@@ -186,6 +197,17 @@ class FIAConfig:
         return self
 
 
-def _check_fraction(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 < value <= 1):
-        raise FIAError(f"{name} must lie in (0, 1], got {value!r}; e.g. 0.01 for 1 %")
+def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raise :class:`FIAError` unless ``value`` is a share in (0, 1] (or [0, 1] with ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (0 <= value <= 1) if allow_zero else (0 < value <= 1)
+    if not ok:
+        low = "[0" if allow_zero else "(0"
+        raise FIAError(f"{name} must lie in {low}, 1], got {value!r}; e.g. 0.01 for 1 %")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise :class:`FIAError` unless ``value`` is an integer >= 1 (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise FIAError(f"{name} must be a positive integer, got {value!r}")

@@ -41,13 +41,8 @@ from torch import Tensor
 
 from fia.config import FIAConfig
 from fia.errors import FIAError
-from fia.mask import (
-    ConceptMask,
-    atomic_write_bytes,
-    atomic_write_text,
-    denoiser,
-    fingerprint_weights,
-)
+from fia.io import atomic_write_bytes, atomic_write_text
+from fia.mask import ConceptMask, denoiser, fingerprint_weights
 from fia.prompts import ConceptPrompts, build_prompts, concept_value, parse_concepts
 
 CACHE_FORMAT = 1

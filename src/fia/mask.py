@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from fia.errors import FIAError
+from fia.io import atomic_write_bytes, replace_dir, temporary_sibling_dir
 
 FORMAT = "fia-mask"
 FORMAT_VERSION = 1
@@ -459,44 +459,6 @@ def _content_hash(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------ atomic I/O
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def replace_dir(tmp_dir: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp_dir`` to ``out_dir``, replacing an older ``out_dir``."""
-    out_dir = Path(out_dir)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(tmp_dir, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLike) -> Path:
     """Apply ``mask`` to ``pipe`` (in place) and save it as an ordinary diffusers folder.
 
@@ -508,8 +470,7 @@ def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLik
     if out_dir.exists() and not out_dir.is_dir():
         raise FIAError(f"{str(out_dir)!r} exists and is not a folder; choose another --out")
     mask.apply_(pipe)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = temporary_sibling_dir(out_dir)
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         replace_dir(tmp, out_dir)

@@ -337,7 +337,7 @@ def _add_comparison(metrics_path: Path, compare: Sequence[tuple[str, dict[str, A
     """Record the compared edits' figures in ``metrics.json`` under ``compare``."""
     import json
 
-    from fia.mask import atomic_write_text
+    from fia.io import atomic_write_text
 
     data = json.loads(metrics_path.read_text(encoding="utf-8"))
     keep = ("run", "summary", "per_class", "per_style", "quality")

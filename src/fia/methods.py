@@ -1,0 +1,114 @@
+"""The method registry: every unlearning method under one name, one typed config, one contract.
+
+A method is a function ``run(pipe, concepts, config, *, preserve, prompts,
+progress) -> Edit`` registered with its config dataclass::
+
+    @register("uce", UCEConfig, "closed-form edit of cross-attention keys and values")
+    def _uce(pipe, concepts, config, *, preserve, prompts, progress) -> WeightDelta: ...
+
+Contract (checked by the tests for every registered method):
+
+* ``pipe`` is left exactly as it was found; the change is the returned
+  :class:`fia.edit.Edit`, applied with ``edit.apply_(pipe)`` and undone with
+  ``edit.restore_(pipe)``;
+* ``concepts`` is a checked list of names; ``preserve`` names concepts to
+  keep (methods without a preservation term ignore it, and say so in their
+  docstring); ``prompts`` optionally maps a concept to its
+  :class:`fia.prompts.ConceptPrompts`; ``progress`` is a
+  :class:`fia.progress.Progress`.
+
+:func:`unlearn` is the one entry point (``fia unlearn --method NAME`` on the
+command line); :data:`REGISTRY` lists the methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fia.errors import FIAError
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered method: its name, config type, default config and function."""
+
+    name: str
+    config_type: type
+    description: str
+    run: Callable[..., Any]
+    default_config: Callable[[], Any]
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(
+    name: str,
+    config_type: type,
+    description: str,
+    *,
+    default_config: Callable[[], Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``run`` under ``name`` with its config type (and a default other than ``config_type()``)."""
+
+    def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        REGISTRY[name] = Method(name, config_type, description, run, default_config or config_type)
+        return run
+
+    return wrap
+
+
+def _load_builtin_methods() -> None:
+    # importing the modules runs their @register decorators
+    import fia.baselines  # noqa: F401
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method, by name."""
+    _load_builtin_methods()
+    return dict(REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``, or a clear error listing the known names."""
+    known = methods()
+    if name not in known:
+        raise FIAError(f"unknown method {name!r}; use one of: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def unlearn(
+    pipe: Any,
+    concepts: str | Sequence[str],
+    method: str = "fia",
+    config: Any = None,
+    *,
+    preserve: Sequence[str] = (),
+    prompts: Mapping[str, Any] | None = None,
+    progress: Any = None,
+) -> Any:
+    """Erase ``concepts`` from ``pipe`` with the registered ``method``; returns its :class:`fia.edit.Edit`.
+
+    ``pipe`` is not changed: apply the result with ``edit.apply_(pipe)``.
+    ``config`` must be the method's config type (default: its paper
+    settings).
+    """
+    from fia.prompts import parse_concepts
+
+    m = get_method(method)
+    if config is None:
+        config = m.default_config()
+    if not isinstance(config, m.config_type):
+        raise FIAError(
+            f"method {method!r} takes a {m.config_type.__name__}, got a {type(config).__name__}; "
+            f"pass {m.config_type.__name__}(...) or leave config out for the paper's settings"
+        )
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    names = parse_concepts(concepts)
+    return m.run(pipe, names, config, preserve=list(preserve), prompts=dict(prompts or {}), progress=progress)
