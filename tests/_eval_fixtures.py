@@ -66,14 +66,15 @@ def write_concept_cache(cache: Path, pipe, mask) -> None:
     Written where erase would have cached them for the run that made ``mask``
     (the same key), with erase's cache writer.
     """
-    from fia.erase import run_cache_entries, save_sensitivity
+    from fia.cache import ConceptCache
 
     cache.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(1)
     shared = {lm.name: torch.rand(lm.shape, generator=g) for lm in mask.layers}
-    for concept, (path, key) in run_cache_entries(cache, pipe, mask).items():
+    store = ConceptCache(cache)
+    for entry in store.entries(pipe, mask).values():
         a = {n: (v + 0.7 * torch.rand(v.shape, generator=g)).contiguous() for n, v in shared.items()}
-        save_sensitivity(path, a, key)
+        store.save_sensitivity(entry, a)
 
 
 def resnet_folder(path: Path) -> Path:

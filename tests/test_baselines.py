@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fia.baselines import CONFIGS, METHODS, ablations, conceptprune, esd, uce
-from fia.baselines.ablations import FIAAblationConfig, counts_of, random_edit, random_mask_like
+from fia.baselines import CONFIGS, METHODS, conceptprune, esd, uce
+from fia.baselines.random import counts_of, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig, skilled_neurons
 from fia.baselines.esd import ESDConfig
 from fia.baselines.uce import UCEConfig
@@ -20,7 +20,6 @@ torch.set_num_threads(1)
 
 FAST_CP = ConceptPruneConfig(saliency_steps=3, num_inference_steps=5, task="shapeworld", prompt_limit=2, sparsity=0.05)
 FAST_ESD = ESDConfig(train_steps=3, ddim_steps=4, lr=1e-3, seed=3)
-FAST_FIA = FIAConfig(task="shapeworld", saliency_steps=2, num_inference_steps=3, r2=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +63,10 @@ def _ffn2_weight_names(pipe) -> set[str]:
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_every_method_with_a_valid_default_config():
-    variants = {"fia", "fia-union", "fia-wanda", "fia-channel", "fia-layer"}
-    assert set(METHODS) == {"conceptprune", "uce", "esd-x"} | variants == set(CONFIGS)
+    assert set(METHODS) == {"conceptprune", "uce", "esd-x"} == set(CONFIGS)
     for name, make in CONFIGS.items():
         make().validate()
         assert callable(METHODS[name])
-    assert CONFIGS["fia-wanda"]().fia.saliency == "wanda"
-    assert CONFIGS["fia-union"]().fusion == "union"
-    assert (CONFIGS["fia-channel"]().selection, CONFIGS["fia-layer"]().selection) == ("channel", "layer")
 
 
 def test_paper_defaults():
@@ -94,8 +89,8 @@ def test_paper_defaults():
         UCEConfig(projections=("to_q",)),
         ESDConfig(lr=0),
         ESDConfig(sample_with="teacher"),
-        FIAAblationConfig(selection="rows"),
-        FIAAblationConfig(fusion="intersection"),
+        FIAConfig(selection="rows"),
+        FIAConfig(fusion="intersection"),
     ],
 )
 def test_bad_settings_raise_fia_error(cfg):
@@ -371,10 +366,6 @@ def test_random_mask_rejects_bad_input(counts, shapes):
 def test_edit_interface_is_uniform(base_pipe, tmp_path):
     """Every registered method takes (pipe, concepts, config, *, preserve, progress) and reports progress."""
     fast = {"conceptprune": FAST_CP, "uce": UCEConfig(), "esd-x": FAST_ESD}
-    fast |= {  # one cache: the selection and fusion variants reuse the sensitivities of the first run
-        name: make().replace(fia=make().fia.replace(**_fast_fia_fields()), cache_dir=str(tmp_path))
-        for name, make in ablations.VARIANTS.items()
-    }
     for name, fn in METHODS.items():
         calls: list[tuple] = []
 
@@ -386,64 +377,6 @@ def test_edit_interface_is_uniform(base_pipe, tmp_path):
         assert calls and all(len(c) == 3 for c in calls), name
         done, total, _ = calls[-1]
         assert done == total
-
-
-# ------------------------------------------------------------- FIA ablations
-def _fast_fia_fields():
-    return {k: getattr(FAST_FIA, k) for k in ("task", "saliency_steps", "num_inference_steps", "r2")}
-
-
-def test_selection_variants_compose_to_eq6():
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(6, 40, generator=g) * (torch.rand(6, 40, generator=g) < 0.7)
-    both = ablations.select(a, 0.1, "both")
-    channel = ablations.select(a, 0.1, "channel")
-    layer = ablations.select(a, 0.1, "layer")
-    assert torch.equal(both, channel & layer)
-    assert int(channel.sum(dim=1).max()) <= 4 and int(layer.sum()) <= 24
-    assert not (channel & (a == 0)).any() and not (layer & (a == 0)).any()
-
-
-def test_union_fusion_prunes_what_fia_prunes_plus_what_it_keeps(base_pipe, tmp_path):
-    concepts = ["star", "circle", "square"]
-    fia_pipe, union_pipe = copy.deepcopy(base_pipe), copy.deepcopy(base_pipe)
-    cfg = FIAAblationConfig(fia=FAST_FIA, cache_dir=str(tmp_path))
-    before = _weights(union_pipe)
-    m_fia = ablations.edit(fia_pipe, concepts, cfg)
-    m_union = ablations.edit(union_pipe, concepts, cfg.replace(fusion="union"))  # reuses the cached A
-    assert m_fia.agnostic > 0 and m_union.agnostic == 0
-    for name in m_fia.layer_names:
-        fia_dense = m_fia.to_dense(name)
-        assert torch.equal(m_union.to_dense(name) & fia_dense, fia_dense)
-        kept = m_union.to_dense(name) & ~fia_dense
-        assert int(kept.sum()) == m_fia.layer(name).agnostic
-    assert m_union.config["ablation"] == {"selection": "both", "fusion": "union"}
-    # only FFN2 weights changed, and only to zero
-    changed = _changed(before, union_pipe)
-    assert changed and changed <= _ffn2_weight_names(union_pipe)
-    state = union_pipe.unet.state_dict()
-    assert all((state[n][state[n] != before[n]] == 0).all() for n in changed)
-
-
-def test_full_variant_is_the_engine(base_pipe, tmp_path):
-    from fia.erase import erase
-
-    p = copy.deepcopy(base_pipe)
-    mask = ablations.ablation_mask(p, ["star", "circle"], FIAAblationConfig(fia=FAST_FIA))
-    assert mask == erase(p, ["star", "circle"], FAST_FIA)
-
-
-def test_random_edit_matches_per_layer_counts(base_pipe):
-    p = copy.deepcopy(base_pipe)
-    like = ablations.ablation_mask(p, ["star", "circle"], FIAAblationConfig(fia=FAST_FIA, fusion="union"))
-    before = _weights(p)
-    r1 = random_edit(p, like, seed=0)
-    assert [lm.pruned for lm in r1.layers] == [lm.pruned for lm in like.layers]
-    assert r1.layer_names == like.layer_names
-    changed = _changed(before, p)
-    assert changed <= _ffn2_weight_names(p)
-    r2 = random_edit(copy.deepcopy(base_pipe), like, seed=0)
-    assert r1 == r2
 
 
 def test_training_free_methods_run_on_sdxl():

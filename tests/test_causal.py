@@ -80,9 +80,9 @@ def test_causal_erase_is_deterministic_restores_the_model_and_keeps_its_budget(t
     pipe = load_tiny(tiny_dir)
     before = _weights(pipe)
     cfg = tiny_causal_config()
-    events = []
+    calls = []
     mask = fia.erase(pipe, ["golf ball", "church"], cfg, cache_dir=tmp_path / "cache",
-                     progress=lambda e, **kw: events.append((e, kw)))  # fmt: skip
+                     progress=lambda *args: calls.append(args))  # fmt: skip
     after = _weights(pipe)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert mask.config["variant"] == "causal"
@@ -92,12 +92,17 @@ def test_causal_erase_is_deterministic_restores_the_model_and_keeps_its_budget(t
     total = mask.total_weights
     # each concept takes at most floor(budget * total) weights over all rounds
     assert 0 < mask.pruned <= 2 * int(cfg.budget * total)
-    assert [kw["cached"] for e, kw in events if e == "round_start"] == [False, False]
+    assert [r["cached"] for r in mask.stats["rounds"]] == [False, False]
+    # progress(done, total, message): it only moves forward and ends at its total
+    assert calls and all(len(c) == 3 for c in calls)
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls) and calls[-1][0] == calls[-1][1]
+    assert sum("(cached)" in m for _, _, m in calls) == 0
     # a second run reads every round from the cache and gives the same mask, byte for byte
-    events.clear()
+    calls.clear()
     again = fia.erase(pipe, ["golf ball", "church"], cfg, cache_dir=tmp_path / "cache",
-                      progress=lambda e, **kw: events.append((e, kw)))  # fmt: skip
-    assert [kw["cached"] for e, kw in events if e == "round_start"] == [True, True]
+                      progress=lambda *args: calls.append(args))  # fmt: skip
+    assert [r["cached"] for r in again.stats["rounds"]] == [True, True]
+    assert sum("(cached)" in m for _, _, m in calls) == 2
     assert again.to_bytes() == mask.to_bytes()
     fresh = fia.erase(load_tiny(tiny_dir), ["golf ball", "church"], cfg)
     assert fresh.to_bytes() == mask.to_bytes()

@@ -11,7 +11,7 @@ from _erase_fixtures import load_tiny, one_thread, prompt_files, small_config, t
 import fia
 import fia.collect
 from fia.core.select import select_concept_neurons
-from fia.erase import write_stats
+from fia.engine import write_stats
 from fia.errors import FIAError
 
 
@@ -197,7 +197,7 @@ def test_public_api_is_light_and_complete():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     # importing the submodule first must not shadow the function
-    from fia.erase import write_stats  # noqa: F401
+    from fia.engine import write_stats  # noqa: F401
 
     assert callable(fia.erase) and callable(fia.ConceptMask.load)
 

@@ -103,8 +103,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 def test_overlap_from_the_erase_cache_reproduces_the_fused_mask(tmp_path):
     """Q_c recomputed from erase's per-concept cache give exactly the mask's pruned and agnostic counts."""
-    import fia.erase
     from fia.config import FIAConfig
+    from fia.engine import erase
     from fia.evaluate.report import concept_masks_from_cache
     from fia.mask import ConceptMask
     from fia.testing import tiny_sd_pipeline
@@ -113,7 +113,7 @@ def test_overlap_from_the_erase_cache_reproduces_the_fused_mask(tmp_path):
     pipe = tiny_sd_pipeline()
     cfg = FIAConfig(task="object", num_inference_steps=3, saliency_steps=1, r2=0.05, r2_overrides={"tench": 0.03})
     concepts = ["church", "golf ball", "tench"]
-    mask = fia.erase.erase(pipe, concepts, cfg, cache_dir=tmp_path / "cache")
+    mask = erase(pipe, concepts, cfg, cache_dir=tmp_path / "cache")
     mask = ConceptMask.from_bytes(mask.to_bytes())  # what fia evaluate --mask reads back
     q = concept_masks_from_cache(tmp_path / "cache", mask, pipe)
     assert list(q) == concepts
@@ -134,9 +134,9 @@ def test_report_reads_the_cache_entry_of_its_run_not_the_newest(tmp_path):
     """Two runs with another r1 leave two entries per concept; each run's report reads its own."""
     import os
 
-    import fia.erase
+    from fia.cache import ConceptCache
     from fia.config import FIAConfig
-    from fia.erase import run_cache_entries
+    from fia.engine import erase
     from fia.evaluate.report import concept_masks_from_cache
     from fia.testing import tiny_sd_pipeline
 
@@ -146,11 +146,11 @@ def test_report_reads_the_cache_entry_of_its_run_not_the_newest(tmp_path):
     concepts = ["church", "golf ball"]
     # with several scored steps r1 (Eq. 3's persistence) changes which neurons are selected
     cfg = FIAConfig(task="object", num_inference_steps=4, saliency_steps=4, r2=0.05)
-    first = fia.erase.erase(pipe, concepts, cfg, cache_dir=cache)
-    second = fia.erase.erase(pipe, concepts, cfg.replace(r1=0.3), cache_dir=cache)
+    first = erase(pipe, concepts, cfg, cache_dir=cache)
+    second = erase(pipe, concepts, cfg.replace(r1=0.3), cache_dir=cache)
     assert len(list(cache.glob("*.safetensors"))) == 4
-    ours = {c: path for c, (path, _) in run_cache_entries(cache, pipe, first).items()}
-    theirs = {c: path for c, (path, _) in run_cache_entries(cache, pipe, second).items()}
+    ours = {c: e.path for c, e in ConceptCache(cache).entries(pipe, first).items()}
+    theirs = {c: e.path for c, e in ConceptCache(cache).entries(pipe, second).items()}
     assert all(ours[c] != theirs[c] and ours[c].is_file() and theirs[c].is_file() for c in concepts)
     for path in theirs.values():  # the other run's entries are the newest
         os.utime(path, (os.path.getmtime(path) + 100,) * 2)

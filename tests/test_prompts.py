@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from fia.config import FIAConfig
+from fia.config import concept_value
 from fia.errors import FIAError
 from fia.prompts import (
     OBJECTS,
     PERSONS,
     PLACES,
     build_prompts,
-    concept_value,
     load_preset,
     parse_concepts,
     preset_path,

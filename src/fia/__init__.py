@@ -20,14 +20,14 @@ from fia.errors import FIAError
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline"]
+__all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline", "plan_erase"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fia.erase import erase
+    from fia.engine import erase, plan_erase
     from fia.mask import ConceptMask
     from fia.models import load_pipeline
 
-_LAZY = {"ConceptMask": "fia.mask", "erase": "fia.erase", "load_pipeline": "fia.models"}
+_LAZY = {"ConceptMask": "fia.mask", "erase": "fia.engine", "plan_erase": "fia.engine", "load_pipeline": "fia.models"}
 
 
 def __getattr__(name: str) -> Any:

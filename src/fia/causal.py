@@ -54,12 +54,12 @@ from fia.core._fractions import top_count
 from fia.core.attribution import contrast_scores, global_top_k, round_sizes
 from fia.core.fuse import fuse_masks
 from fia.errors import FIAError
-from fia.io import atomic_write_bytes
+from fia.progress import Progress, report
+from fia.cache import ConceptCache, rounds_key
 from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
 from fia.targets import TargetLinear, denoiser_of
 
-CACHE_FORMAT = 1
 
 # judge(latents, prompts, contrasts) -> summed evidence that each latent shows its
 # prompt rather than its contrasts; differentiable in the latents. The default
@@ -195,38 +195,6 @@ class _Model:
                 t.module.weight.copy_(self.pristine[f"{t.name}.weight"])
 
 
-# ----------------------------------------------------------------------- caching
-def _round_path(cache_dir: Path, key: str, r: int) -> Path:
-    return cache_dir / f"causal-{key}-round{r}.safetensors"
-
-
-def _save_round(path: Path, prune: dict[str, Tensor], key: str, counts: dict[str, Any]) -> None:
-    """One finished round: its pruned entries, and its selection counts as JSON."""
-    from safetensors.torch import save
-
-    meta = {"fia-causal": key, "counts": json.dumps(counts, sort_keys=True)}
-    atomic_write_bytes(path, save({n: p.to(torch.uint8).contiguous() for n, p in prune.items()}, metadata=meta))
-
-
-def _load_round(path: Path, key: str, shapes: dict[str, tuple[int, int]]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("fia-causal") != key:
-                return None
-            out = {n: fh.get_tensor(n).bool() for n in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
-            counts = json.loads(meta["counts"])
-    except Exception:
-        return None  # a damaged entry is recomputed
-    if set(out) != set(shapes) or any(tuple(out[n].shape) != shapes[n] for n in out):
-        return None
-    return out, counts
-
-
 # ------------------------------------------------------------------------- erase
 def causal_erase(
     pipe: Any,
@@ -235,8 +203,8 @@ def causal_erase(
     found: list[TargetLinear],
     *,
     target_kind: str,
-    cache_dir: str | Path | None = None,
-    progress: Callable[..., None] | None = None,
+    cache: ConceptCache | None = None,
+    progress: Progress | None = None,
     judge: Judge | None = None,
 ) -> ConceptMask:
     """The causal variant's mask for ``names`` (see the module docstring).
@@ -246,10 +214,9 @@ def causal_erase(
     replaces the model's own evidence (diagnostics only; not cached).
     """
     t_start = time.perf_counter()
-    emit = progress or (lambda *a, **k: None)
     model = _Model(pipe, found, config, judge)
     if judge is not None:
-        cache_dir = None  # an external judge is not part of the cache key
+        cache = None  # an external judge is not part of the cache key
     weights = {t.name: t.module.weight for t in found}
     shapes = {n: (int(w.shape[0]), int(w.shape[1])) for n, w in weights.items()}
     fingerprint = fingerprint_weights(weights)
@@ -257,22 +224,10 @@ def causal_erase(
     sizes = round_sizes(top_count(config.budget, total), config.rounds)
     plans = {c: evidence_prompts(c, config) for c in names}
     anchors = anchor_prompts(names, config) if config.anchor_weight > 0 else None
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "format": CACHE_FORMAT,
-                "fingerprint": fingerprint,
-                "concepts": names,
-                "config": config.to_dict(),
-                "prompts": {c: p.to_dict() for c, p in plans.items()},
-                "anchors": anchors.to_dict() if anchors else None,
-                "layers": [[n, list(s)] for n, s in shapes.items()],
-            },
-            sort_keys=True,
-            default=list,
-        ).encode()
-    ).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir is not None else None
+    key = rounds_key(fingerprint, names, config, plans, anchors, shapes)
+    # progress units: per round, one for the anchors (if any) and one per concept
+    per_round_units = len(names) + (1 if anchors is not None else 0)
+    total_units = per_round_units * len(sizes)
 
     pruned = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
     selected = {n: {c: 0 for c in names} for n in shapes}
@@ -283,13 +238,15 @@ def causal_erase(
     try:
         for r, k in enumerate(sizes):
             t_round = time.perf_counter()
-            loaded = _load_round(_round_path(cache, key, r), key, shapes) if cache is not None else None
-            emit("round_start", round=r, total=len(sizes), cached=loaded is not None)
+            loaded = cache.load_round(key, r, shapes) if cache is not None else None
+            unit = per_round_units * r
+            report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}" + (" (cached)" if loaded else ""))
             if loaded is None:
                 g_anchor = None
                 if anchors is not None:
                     g_anchor = {n: g / len(anchors.prompts) for n, g in model.evidence_gradient(anchors).items()}
-                    emit("concept_progress", concept="anchors", done=r + 1, total=len(sizes))
+                    unit += 1
+                    report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: anchors scored")
                 chosen = []
                 for c in names:
                     t0 = time.perf_counter()
@@ -298,7 +255,8 @@ def causal_erase(
                     scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
                     chosen.append(global_top_k(scores, k, exclude=pruned))
                     seconds[c] += time.perf_counter() - t0
-                    emit("concept_progress", concept=c, done=r + 1, total=len(sizes))
+                    unit += 1
+                    report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: {c} scored")
                 done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0}
                 for n in shapes:
                     fused = fuse_masks([q[n] for q in chosen], config.alpha)
@@ -307,7 +265,7 @@ def causal_erase(
                     counts["selected"][n] = {c: int(q[n].sum()) for c, q in zip(names, chosen)}
                     counts["tau_ca"] = int(fused.tau_ca)
                 if cache is not None:
-                    _save_round(_round_path(cache, key, r), done, key, counts)
+                    cache.save_round(key, r, done, counts)
             else:
                 done, counts = loaded
             tau = counts["tau_ca"]
@@ -319,8 +277,8 @@ def causal_erase(
                 pruned[n] |= done[n]
             model.zero_(pruned)
             per_round.append({"round": r, "pruned": int(sum(int(p.sum()) for p in done.values())),
-                              "seconds": round(time.perf_counter() - t_round, 3)})
-        emit("rounds_done", total=len(sizes))
+                              "cached": loaded is not None, "seconds": round(time.perf_counter() - t_round, 3)})
+        report(progress, total_units, total_units, f"{len(sizes)} rounds done")
     finally:
         model.restore_()
 

@@ -132,11 +132,11 @@ def erase(
     the same seeds, judges them with the ShapeWorld oracle and writes
     OUT/report.html, unless --no-report.
     """
-    from fia.models import parse_device, parse_dtype, resolve_model
-    from fia.prompts import build_prompts, parse_concepts, resolve_config
+    from fia.engine import plan_erase
+    from fia.models import check_load_args
+    from fia.prompts import parse_concepts, resolve_config
 
     # ---- validate everything before heavy work and before writing anything
-    names = parse_concepts(concepts)
     overrides = {
         "r1": r1,
         "r2": r2,
@@ -157,93 +157,36 @@ def erase(
         "score_steps": score_steps,
     }
     cfg = resolve_config(task, config, overrides, default_task="shapeworld" if model is None else "object")
-    if cfg.variant == "causal" and (concept_prompts is not None or base_prompts is not None):
-        raise FIAError(
-            "--concept-prompts and --base-prompts apply to --variant paper; the causal variant "
-            "builds its own evidence prompts (name concepts to keep with --anchors)"
-        )
-    plan = {c: build_prompts(c, cfg, concept_prompts, base_prompts) for c in names}
+    plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
-    parse_device(device)
-    parse_dtype(dtype)
-    resolve_model(model)
+    check_load_args(model, device, dtype)
     report = cfg.task == "shapeworld" and not no_report
     if report:
         from fia.evaluate import shapeworld_families
 
-        shapeworld_families(names)  # a concept ShapeWorld cannot judge fails here, before any work
+        shapeworld_families(plan.concepts)  # a concept ShapeWorld cannot judge fails here, before any work
 
-    run_erase(
-        model=model,
-        names=names,
-        cfg=cfg,
-        plan=plan,
-        out=out,
-        device=device,
-        dtype=dtype,
-        save_pipeline=save_pipeline,
-        report=report,
-    )
+    run_erase(model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report)
 
 
-def run_erase(
-    *, model, names, cfg, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False
-) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    import fia
-    from fia.erase import write_stats
-    from fia.mask import save_edited_pipeline
+def run_erase(*, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False) -> None:
+    """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report)."""
+    from fia.engine import erase, write_stats
+    from fia.mask import denoiser, save_edited_pipeline
     from fia.models import load_pipeline
-    from fia.targets import denoiser_of, find_targets
+    from fia.progress import rich_bar
+    from fia.targets import find_targets
 
     console = _err_console()
     with console.status("loading the model..."):
         pipe = load_pipeline(model, device=device, dtype=dtype)
-    find_targets(denoiser_of(pipe), cfg.targets)  # fails early, before OUT exists
+    find_targets(denoiser(pipe), plan.config.targets)  # fails early, before OUT exists
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    with progress:
-        overall = progress.add_task("concepts", total=len(names))
-        inner: dict[str, Any] = {}
-
-        def on_event(event: str, **info: Any) -> None:
-            if event == "round_start":  # the causal variant works in rounds over all concepts
-                label = f"round {info['round'] + 1}/{info['total']}" + (" (cached)" if info["cached"] else "")
-                progress.update(overall, completed=info["round"], total=info["total"], description=label)
-            elif event == "rounds_done":
-                progress.update(overall, completed=info["total"], total=info["total"])
-            elif event == "concept_start":
-                label = f"{info['concept']}" + (" (cached)" if info["cached"] else "")
-                inner["task"] = progress.add_task(f"  {label}", total=None)
-            elif event == "concept_progress":
-                done, total = _progress_numbers(info)
-                if done is not None and "task" in inner:
-                    progress.update(inner["task"], completed=done, total=total)
-            elif event == "concept_done":
-                if "task" in inner:
-                    t = progress.tasks[[x.id for x in progress.tasks].index(inner["task"])]
-                    total = t.total if t.total else 1
-                    progress.update(inner["task"], completed=total, total=total)
-                progress.advance(overall)
-
+    unit = "rounds" if plan.config.variant == "causal" else "concepts"
+    with rich_bar(f"erasing {len(plan.concepts)} concept(s), {unit}", console) as progress:
         try:
-            mask = fia.erase(pipe, names, cfg, cache_dir=out / "cache", prompts=plan, progress=on_event)
+            mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress)
         except KeyboardInterrupt:
-            progress.stop()
             typer.echo(
                 f"interrupted; the concepts already done are cached in {out / 'cache'}: "
                 "run the same command again to resume",
@@ -262,20 +205,8 @@ def run_erase(
         from fia.evaluate import report_after_erase
 
         with console.status("evaluating base vs edited images for the report..."):
-            page = report_after_erase(out, pipe, mask, names, cfg, prompts=plan)
+            page = report_after_erase(out, pipe, mask, plan.concepts, plan.config, prompts=plan.prompts or None)
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
-
-
-def _progress_numbers(info: dict[str, Any]) -> tuple[int | None, int | None]:
-    """Read (done, total) from the engine's progress callback arguments."""
-    args = info.get("args") or ()
-    done = info.get("done", info.get("completed"))
-    total = info.get("total")
-    if done is None and len(args) >= 1 and isinstance(args[0], (int, float)):
-        done = args[0]
-    if total is None and len(args) >= 2 and isinstance(args[1], (int, float)):
-        total = args[1]
-    return (int(done) if done is not None else None, int(total) if total is not None else None)
 
 
 def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:

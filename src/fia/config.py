@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fia.errors import FIAError
@@ -110,10 +111,12 @@ class FIAConfig:
 
     # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:
-        return self.r1_overrides.get(concept, self.r1)
+        """``r1`` for ``concept``: its override if it has one (names match case-insensitively)."""
+        return concept_value(self.r1_overrides, concept, self.r1)
 
     def r2_for(self, concept: str) -> float:
-        return self.r2_overrides.get(concept, self.r2)
+        """``r2`` for ``concept``: its override if it has one (names match case-insensitively)."""
+        return concept_value(self.r2_overrides, concept, self.r2)
 
     def concept_agnostic_threshold(self, num_concepts: int) -> int:
         """Eq. 7's ``tau_ca = max(2, ceil(alpha * C))``, exactly as the fusion computes it."""
@@ -136,6 +139,15 @@ class FIAConfig:
         cfg = cls(**data)
         cfg.validate()
         return cfg
+
+    @classmethod
+    def from_run(cls, data: dict[str, Any] | None) -> "FIAConfig":
+        """The config of a finished run from its recorded settings (e.g. ``mask.config``).
+
+        Keys that are not settings (an older run's extras) are left out.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in (data or {}).items() if k in known})
 
     def replace(self, **changes: Any) -> "FIAConfig":
         cfg = dataclasses.replace(self, **changes)
@@ -211,3 +223,14 @@ def check_positive_int(name: str, value: Any) -> None:
     """Raise :class:`FIAError` unless ``value`` is an integer >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise FIAError(f"{name} must be a positive integer, got {value!r}")
+
+
+def concept_value(overrides: Mapping[str, float], concept: str, default: float) -> float:
+    """A per-concept override (``r1_overrides`` / ``r2_overrides``), matched case-insensitively."""
+    if concept in overrides:
+        return overrides[concept]
+    key = " ".join(concept.split()).casefold()
+    for name, value in overrides.items():
+        if " ".join(name.split()).casefold() == key:
+            return value
+    return default

@@ -65,6 +65,8 @@ def register(
 def _load_builtin_methods() -> None:
     # importing the modules runs their @register decorators
     import fia.baselines  # noqa: F401
+    import fia.baselines.random  # noqa: F401
+    import fia.engine  # noqa: F401
 
 
 def methods() -> dict[str, Method]:

@@ -104,6 +104,11 @@ def resolve_model(model: str | None) -> str:
     return model
 
 
+def check_load_args(model: str | None, device: str, dtype: str | torch.dtype) -> tuple[str, torch.device, torch.dtype]:
+    """Check :func:`load_pipeline`'s arguments without loading anything: (model ref, device, dtype)."""
+    return resolve_model(model), parse_device(device), parse_dtype(dtype)
+
+
 def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32") -> Any:
     """Load a diffusers text-to-image pipeline (SD 1.x/2.x/XL) from a folder or the Hub.
 
@@ -112,9 +117,7 @@ def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | to
     """
     from diffusers import DiffusionPipeline
 
-    torch_dtype = parse_dtype(dtype)
-    dev = parse_device(device)
-    ref = resolve_model(model)
+    ref, dev, torch_dtype = check_load_args(model, device, dtype)
     local = Path(ref).is_dir()
     try:
         with warnings.catch_warnings():

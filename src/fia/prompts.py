@@ -299,17 +299,6 @@ def resolve_config(
         raise FIAError(f"bad settings ({exc}); check the config file") from exc
 
 
-def concept_value(overrides: Mapping[str, float], concept: str, default: float) -> float:
-    """A per-concept override (``r1_overrides`` / ``r2_overrides``), matched case-insensitively."""
-    if concept in overrides:
-        return overrides[concept]
-    key = " ".join(concept.split()).casefold()
-    for name, value in overrides.items():
-        if " ".join(name.split()).casefold() == key:
-            return value
-    return default
-
-
 # ------------------------------------------------------- causal variant prompts
 @dataclass(frozen=True)
 class EvidencePrompts:

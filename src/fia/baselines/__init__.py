@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fia.baselines import ablations, conceptprune, esd, uce
-from fia.baselines.ablations import FIAAblationConfig, random_edit, random_mask_like
+from fia.baselines import conceptprune, esd, uce
+from fia.baselines.random import RandomConfig, random_mask, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
 from fia.baselines.uce import UCEConfig
@@ -30,14 +30,12 @@ METHODS: dict[str, Callable[..., Any]] = {
     "conceptprune": conceptprune.edit,
     "uce": uce.edit,
     "esd-x": esd.edit,
-    **ablations.VARIANT_EDITS,
 }
 
 CONFIGS: dict[str, Callable[[], Any]] = {
     "conceptprune": ConceptPruneConfig,
     "uce": UCEConfig,
     "esd-x": ESDConfig,
-    **ablations.VARIANTS,
 }
 
 __all__ = [
@@ -45,8 +43,8 @@ __all__ = [
     "METHODS",
     "ConceptPruneConfig",
     "ESDConfig",
-    "FIAAblationConfig",
+    "RandomConfig",
     "UCEConfig",
-    "random_edit",
+    "random_mask",
     "random_mask_like",
 ]

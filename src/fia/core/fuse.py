@@ -85,3 +85,22 @@ def fuse_layer_masks(masks: Mapping[str, Sequence[Tensor]], alpha: float) -> dic
     if len(sizes) > 1:
         raise ValueError(f"layers have different numbers of concept masks: {sorted(sizes)}")
     return {name: fuse_masks(list(v), alpha) for name, v in masks.items()}
+
+
+def fuse_by_rule(masks: Sequence[Tensor], alpha: float, fusion: str = "fia") -> FusedMask:
+    """Eq. 8 (``fia``), or the union ablation (``union``): every selected entry is pruned.
+
+    The union keeps nothing as concept-agnostic: every entry with a count
+    of at least ``tau_ca = 1`` is pruned.
+    """
+    if fusion == "fia":
+        return fuse_masks(masks, alpha)
+    if fusion != "union":
+        raise ValueError(f"unknown fusion {fusion!r}; use one of: fia, union")
+    if len(masks) == 0:
+        raise ValueError("fuse_by_rule needs at least one concept mask")
+    counts = torch.zeros(masks[0].shape, dtype=torch.int16, device=masks[0].device)
+    for m in masks:
+        counts.add_(m.to(torch.int16))
+    prune = counts > 0
+    return FusedMask(prune=prune, agnostic=torch.zeros_like(prune), counts=counts, tau_ca=1)

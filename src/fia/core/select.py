@@ -58,3 +58,20 @@ def select_concept_neurons(a: Tensor, r2: float) -> Tensor:
         raise ValueError(f"r2 must lie in (0, 1], got {r2!r}")
     a = a.float()
     return channel_top_k(a, r2) & layer_top_k(a, r2) & (a > 0)
+
+
+def select_neurons(a: Tensor, r2: float, selection: str = "both") -> Tensor:
+    """Eq. 4-6 with one level possibly dropped (the selection ablations).
+
+    ``both`` is Eq. 6 (:func:`select_concept_neurons`); ``channel`` keeps
+    Eq. 4 only and ``layer`` Eq. 5 only. In every case an entry with
+    ``A == 0`` is never selected.
+    """
+    if selection == "both":
+        return select_concept_neurons(a, r2)
+    a = a.float()
+    if selection == "channel":
+        return channel_top_k(a, r2) & (a > 0)
+    if selection == "layer":
+        return layer_top_k(a, r2) & (a > 0)
+    raise ValueError(f"unknown selection {selection!r}; use one of: both, channel, layer")

@@ -196,26 +196,25 @@ def concept_masks_from_cache(
     """Q_c per concept and layer, recomputed from the sensitivities A that made ``mask``.
 
     Each concept's entry is the one its erase run used, found by the same key
-    erase computes (:func:`fia.erase.run_cache_entries`: the run's settings
+    erase computes (:meth:`fia.cache.ConceptCache.entries`: the run's settings
     from the mask, ``pipe``'s scheduler, ``prompts`` when the run used prompt
     files), never an entry of another run in the same folder. A concept
     whose entry is missing or was made with other settings is left out.
-    Q_c uses the run's r2 for the concept.
+    Q_c uses the run's r2 and selection rule for the concept.
     """
-    import importlib
+    from fia.cache import ConceptCache
+    from fia.config import FIAConfig
+    from fia.core.select import select_neurons
 
-    from fia.core.select import select_concept_neurons
-    from fia.prompts import concept_value
-
-    erase_mod = importlib.import_module("fia.erase")  # the module: ``fia.erase`` may name the function
-    config = erase_mod.run_config(mask)
+    config = FIAConfig.from_run(mask.config)
+    cache = ConceptCache(cache_dir)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for concept, (path, key) in erase_mod.run_cache_entries(cache_dir, pipe, mask, dict(prompts or {})).items():
-        sens = erase_mod.load_sensitivity(path, key)  # None unless made with exactly this key
+    for concept, entry in cache.entries(pipe, mask, dict(prompts or {})).items():
+        sens = cache.load_sensitivity(entry)  # None unless made with exactly this key
         if not sens:
             continue
-        r2 = concept_value(config.r2_overrides, concept, config.r2)
-        out[concept] = {layer: select_concept_neurons(a.float(), r2) for layer, a in sens.items()}
+        r2 = config.r2_for(concept)
+        out[concept] = {layer: select_neurons(a.float(), r2, config.selection) for layer, a in sens.items()}
     return out
 
 
