@@ -7,8 +7,8 @@ is not FIA's own mask, tasks get their own concepts), not the figures:
 --quick judges a handful of images.
 """
 
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(1)
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "unlearning.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "unlearning.py"
 
 
 def _assets_present() -> bool:
@@ -31,20 +31,26 @@ def _assets_present() -> bool:
 
 @pytest.fixture(scope="module")
 def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_unlearning", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+    import fia.bench
+
+    return fia.bench
+
+
+def test_the_script_is_a_thin_entry_point_of_fia_bench(tmp_path):
+    """benchmarks/unlearning.py runs ``fia bench``: its bad input gets fia's one-line error and exit 2."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--methods", "fia,nope", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "unknown methods ['nope']" in done.stderr and "fia-union" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not _assets_present(), reason="ShapeWorld assets not installed")
 def test_quick_run_writes_every_table(bench_module, tmp_path):
     out = tmp_path / "results"
-    assert bench_module.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    bench_module.run_and_write(out, quick=True, threads=1, log=lambda msg: None)
     res = json.loads((out / "unlearning.json").read_text())
     methods = list(bench_module.METHOD_ORDER)
     assert res["methods"] == methods and res["quick"] is True
@@ -123,7 +129,7 @@ def _check_wiring(bench_module, res, tmp_path):
         task, bench.judge, bench.oracle, sizes.images_per_prompt, bench_module.HELDOUT_SEED, bench_module.HELDOUT_SHIFT
     )
     bench.base_records((task.key,), suite)
-    bench.restore()  # the null edit
+    # the null edit: nothing is applied
     unedited = bench_module.headline(task, bench.measure(suite, (task.key,)))
     reported = r["F4-1"]["fia"]["headline"]
     assert unedited["F"]["edited"] == unedited["F"]["base"] == reported["F"]["base"]

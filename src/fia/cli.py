@@ -376,6 +376,30 @@ app.command("evaluate")(_evaluate_command)
 
 
 # ------------------------------------------------------------------- shapeworld
+# ------------------------------------------------------------------------ bench
+@app.command()
+@_user_errors
+def bench(
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder for unlearning.{json,md} and f4_forgetting.png."),
+    quick: bool = typer.Option(False, "--quick", help="A few images per stage: checks the harness, not the figures."),
+    methods: str = typer.Option("", "--methods", help="Comma-separated subset of the methods (default: all)."),
+    work: Path | None = typer.Option(None, "--work", help="Folder for per-concept caches (default: a temporary folder)."),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    merge: Path | None = typer.Option(None, "--merge", help="An earlier unlearning.json: re-measure --methods and replace their rows in it."),
+) -> None:
+    """Run the side-by-side benchmark on ShapeWorld: every method, every task, base vs edited."""
+    import time
+
+    from fia.bench import METHOD_ORDER, markdown, run_and_write
+
+    def log(msg: str) -> None:
+        typer.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
+
+    chosen = methods.split(",") if methods.strip() else list(METHOD_ORDER)
+    res = run_and_write(out, quick=quick, methods=chosen, work=work, threads=threads, merge_with=merge, log=log)
+    typer.echo(markdown(res))
+
+
 def _mount_shapeworld() -> None:
     try:
         from fia.shapeworld.cli import app as shapeworld_app

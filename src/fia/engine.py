@@ -261,7 +261,7 @@ def write_stats(mask: ConceptMask, path: str | Path) -> Path:
 
 # ------------------------------------------------------------ method registry
 def _fia_method(name: str):
-    def run(pipe: Any, concepts: list[str], config: FIAConfig, *, preserve, prompts, progress) -> ConceptMask:
+    def run(pipe: Any, concepts: list[str], config: FIAConfig, *, preserve, prompts, progress, cache_dir) -> ConceptMask:
         """FIA as a registered method.
 
         ``preserve`` becomes the causal variant's anchors (unless the config
@@ -271,7 +271,7 @@ def _fia_method(name: str):
         if preserve and config.variant == "causal" and not config.anchors:
             config = config.replace(anchors=list(preserve))
         plan = plan_erase(concepts, config, prompts=prompts if config.variant == "paper" else None)
-        mask = erase(pipe, plan, progress=progress)
+        mask = erase(pipe, plan, cache_dir=cache_dir, progress=progress)
         mask.method = name
         return mask
 

@@ -1,10 +1,10 @@
 """The method registry: every unlearning method under one name, one typed config, one contract.
 
 A method is a function ``run(pipe, concepts, config, *, preserve, prompts,
-progress) -> Edit`` registered with its config dataclass::
+progress, cache_dir) -> Edit`` registered with its config dataclass::
 
     @register("uce", UCEConfig, "closed-form edit of cross-attention keys and values")
-    def _uce(pipe, concepts, config, *, preserve, prompts, progress) -> WeightDelta: ...
+    def _uce(pipe, concepts, config, *, preserve, prompts, progress, cache_dir) -> WeightDelta: ...
 
 Contract (checked by the tests for every registered method):
 
@@ -15,7 +15,9 @@ Contract (checked by the tests for every registered method):
   keep (methods without a preservation term ignore it, and say so in their
   docstring); ``prompts`` optionally maps a concept to its
   :class:`fia.prompts.ConceptPrompts`; ``progress`` is a
-  :class:`fia.progress.Progress`.
+  :class:`fia.progress.Progress`; ``cache_dir`` (or None) is a folder
+  where the method may keep results it can reuse in a later call (FIA's
+  per-concept sensitivities); methods with nothing to reuse ignore it.
 
 :func:`unlearn` is the one entry point (``fia unlearn --method NAME`` on the
 command line); :data:`REGISTRY` lists the methods.
@@ -92,6 +94,7 @@ def unlearn(
     preserve: Sequence[str] = (),
     prompts: Mapping[str, Any] | None = None,
     progress: Any = None,
+    cache_dir: Any = None,
 ) -> Any:
     """Erase ``concepts`` from ``pipe`` with the registered ``method``; returns its :class:`fia.edit.Edit`.
 
@@ -113,4 +116,6 @@ def unlearn(
     if callable(validate):
         validate()
     names = parse_concepts(concepts)
-    return m.run(pipe, names, config, preserve=list(preserve), prompts=dict(prompts or {}), progress=progress)
+    return m.run(
+        pipe, names, config, preserve=list(preserve), prompts=dict(prompts or {}), progress=progress, cache_dir=cache_dir
+    )

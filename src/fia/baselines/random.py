@@ -127,8 +127,8 @@ def random_mask(pipe: Any, like: Any, seed: int = 0):
 
 
 @register("random", RandomConfig, "control: a random mask with another mask's per-layer counts")
-def _random_method(pipe: Any, concepts: list[str], config: RandomConfig, *, preserve, prompts, progress):
-    """The random control as a registered method (``preserve`` and ``prompts`` play no part)."""
+def _random_method(pipe: Any, concepts: list[str], config: RandomConfig, *, preserve, prompts, progress, cache_dir):
+    """The random control as a registered method (``preserve``, ``prompts`` and ``cache_dir`` play no part)."""
     like = config.like
     missing = [c for c in concepts if c not in like.concepts]
     if missing:

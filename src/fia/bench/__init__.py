@@ -1,0 +1,175 @@
+"""The side-by-side benchmark: FIA against ConceptPrune, UCE, ESD-x, its ablations and a random control on ShapeWorld.
+
+Every method edits the same shipped ShapeWorld pipeline, is judged by the
+same oracle on the same prompts and seeds, and starts from the pristine
+weights (each edit is undone with ``Edit.restore_``). Tasks (the paper's
+section 9 tables, rebuilt on ShapeWorld):
+
+- T1  erase all 10 objects: per-class forgetting accuracy, its mean, and
+      quality on what is left to draw (the places alone): ShapeWorld FID and
+      prompt fidelity;
+- T2  erase 5 objects, keep 5: F, P, Overall = 2P(1-F)/(P+1-F);
+- T3  erase all 5 styles (FIA alpha 0.8): style accuracy, FSR, quality;
+- T4  erase the attribute ("burning"): detection share, quality;
+- F4  forget the first x of the 10 objects, x in 1, 2, 4, 6, 8, 10: F and
+      Overall per method (PNG plot);
+- seconds and peak memory (resident set growth) of each edit.
+
+Fair comparison: each method starts from its paper's settings scaled to
+ShapeWorld and gets the same tuning budget (``TUNING``: the same number of
+candidate settings of its main knob), scored by T2's Overall on a tuning
+split of prompts and seeds (:mod:`fia.bench.tasks`); every table is then
+measured on the held-out split. The random control prunes, per layer, as
+many weights as FIA's mask for the same task, chosen uniformly at random.
+
+Run it with ``fia bench [--quick] [--out DIR]`` (or
+``python benchmarks/unlearning.py``). ``--quick`` runs every stage on a few
+images (a smoke test of the harness, not of the numbers). Results:
+``OUT/unlearning.json``, ``OUT/unlearning.md`` and ``OUT/f4_forgetting.png``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fia.bench.harness import Bench, headline, tune
+from fia.bench.report import edited, fmt, markdown, merge, plot_f4
+from fia.bench.tasks import (
+    HELDOUT_SEED,
+    HELDOUT_SHIFT,
+    METHOD_ORDER,
+    QUICK,
+    T2_FORGET,
+    TUNING,
+    Sizes,
+    Task,
+    build_task_suite,
+    tasks_for,
+)
+from fia.errors import FIAError
+from fia.io import atomic_write_text
+
+__all__ = [
+    "HELDOUT_SEED",
+    "HELDOUT_SHIFT",
+    "METHOD_ORDER",
+    "QUICK",
+    "TUNING",
+    "Bench",
+    "Sizes",
+    "Task",
+    "build_task_suite",
+    "headline",
+    "run",
+    "run_and_write",
+    "tasks_for",
+]
+
+
+def git_commit() -> str:
+    """The checkout's short commit, or ``unknown`` outside a git checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Tune, then measure every task for every method; returns the results as a JSON-ready dict."""
+    t_start = time.time()
+    order = [m for m in METHOD_ORDER if m in methods]
+    if "random" in order and "fia" not in order:
+        raise FIAError("the random control copies FIA's per-layer counts: keep 'fia' in --methods")
+    bench = Bench(sizes, work, log)
+    log(f"tuning ({sizes.candidates} candidates per method, T2 Overall on the tuning split)")
+    chosen = tune(bench, order, log)
+    tasks = tasks_for(sizes)
+    results: dict[str, dict[str, Any]] = {t.key: {} for t in tasks}
+    costs: dict[str, dict[str, Any]] = {m: {} for m in order}
+    fia_masks: dict[str, Any] = {}
+    for task in tasks:
+        suite = build_task_suite(task, bench.judge, bench.oracle, sizes.images_per_prompt, HELDOUT_SEED, HELDOUT_SHIFT)
+        log(f"{task.key}: forget {', '.join(task.forget)} ({len(suite.items)} prompts x seeds per model)")
+        bench.base_records((task.key,), suite)
+        for method in order:
+            setting = chosen.get(method, {}).get("value")
+            m, info = bench.judge_method(method, setting, task, suite, (task.key,), fia_masks)
+            results[task.key][method] = {"headline": headline(task, m), "metrics": _jsonable(m), "edit": info}
+            costs[method][task.key] = {"seconds": round(info["seconds"], 2), "peak_rss_growth_mb": round(info["peak_rss_growth_mb"], 1)}
+            h = results[task.key][method]["headline"]
+            log(f"  {method:13s} " + "  ".join(f"{k} {fmt(edited(v))}" for k, v in h.items() if k != "per_class")
+                + f"  ({info['seconds']:.1f}s)")  # fmt: skip
+    import torch
+
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "quick": sizes == QUICK,
+        "sizes": sizes.__dict__ | {"f4_sizes": list(sizes.f4_sizes)},
+        "torch_threads": torch.get_num_threads(),
+        "seconds_total": round(time.time() - t_start, 1),
+        "images_generated": bench.images_generated,
+        "tuning": chosen,
+        "results": results,
+        "costs": costs,
+        "t2_forget": list(T2_FORGET),
+        "methods": order,
+    }
+
+
+def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in m.items() if not k.startswith("_")}, default=float))
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The benchmark's methods among ``methods``, or a clear error naming the unknown ones."""
+    out = [m.strip() for m in methods if m.strip()]
+    unknown = [m for m in out if m not in METHOD_ORDER]
+    if unknown:
+        raise FIAError(f"unknown methods {unknown}; use some of: {', '.join(METHOD_ORDER)}")
+    if not out:
+        raise FIAError(f"no methods given; use some of: {', '.join(METHOD_ORDER)}")
+    return out
+
+
+def run_and_write(
+    out: Path,
+    *,
+    quick: bool = False,
+    methods: Sequence[str] = METHOD_ORDER,
+    work: Path | None = None,
+    threads: int = 2,
+    merge_with: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Check the inputs, run the benchmark, write ``OUT/unlearning.{json,md}`` and ``OUT/f4_forgetting.png``."""
+    import torch
+
+    methods = check_methods(methods)
+    if out.exists() and not out.is_dir():
+        raise FIAError(f"--out {str(out)!r} is a file; pass a folder")
+    previous = None
+    if merge_with is not None:
+        if not Path(merge_with).is_file():
+            raise FIAError(f"--merge {str(merge_with)!r} does not exist; pass an earlier unlearning.json")
+        previous = json.loads(Path(merge_with).read_text())
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="fia-bench-") as tmp:
+        res = run(QUICK if quick else Sizes(), methods, Path(work) if work else Path(tmp), log)
+    if previous is not None:
+        res = merge(previous, res)
+    # the figures first: a failure while formatting must not lose the run
+    atomic_write_text(out / "unlearning.json", json.dumps(res, indent=1, default=float))
+    atomic_write_text(out / "unlearning.md", markdown(res))
+    plot_f4(res, out / "f4_forgetting.png")
+    log(f"done in {res['seconds_total'] / 60:.1f} min; wrote {out / 'unlearning.md'}, unlearning.json, f4_forgetting.png")
+    return res
