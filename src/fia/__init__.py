@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fia.config import FIAConfig
 from fia.errors import FIAError
 
-__version__ = "0.1.0"
+from fia._version import __version__
 
 __all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline", "plan_erase"]
 

@@ -179,7 +179,7 @@ class ConceptMask:
         fingerprint: str | None = None,
     ) -> ConceptMask:
         """From dense bool prune masks and the (unedited) weights they apply to."""
-        from fia import __version__
+        from fia._version import __version__
 
         layers = []
         for name in weights:  # the caller's (module) order
