@@ -148,9 +148,11 @@ class LayerMask:
 
 @dataclass
 class ConceptMask:
-    """A fused FIA pruning mask with the original values and provenance.
+    """A pruning mask with the original values and provenance: an :class:`fia.edit.Edit`.
 
-    Build one with :func:`fia.erase`; load one with :meth:`ConceptMask.load`.
+    FIA's fused mask (``method="fia"``, built with :func:`fia.erase`) or the
+    mask of another pruning method such as ConceptPrune (``method``
+    names it). Load one with :meth:`ConceptMask.load`.
     """
 
     concepts: list[str]
@@ -161,6 +163,7 @@ class ConceptMask:
     target_kind: str = "ffn2"
     dtype: str = "float32"
     version: str = ""
+    method: str = "fia"  # the registered method that made it (fia.methods); files without one are FIA's
     stats: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # erase's run statistics, not saved
 
     # ------------------------------------------------------------ construction
@@ -177,6 +180,7 @@ class ConceptMask:
         tau_ca: Mapping[str, int] | None = None,
         selected: Mapping[str, Mapping[str, int]] | None = None,
         fingerprint: str | None = None,
+        method: str = "fia",
     ) -> ConceptMask:
         """From dense bool prune masks and the (unedited) weights they apply to."""
         from fia import __version__
@@ -211,6 +215,7 @@ class ConceptMask:
             target_kind=target_kind,
             dtype=",".join(sorted(dtypes)),
             version=__version__,
+            method=method,
         )
 
     # --------------------------------------------------------------- counting
@@ -293,15 +298,17 @@ class ConceptMask:
     def summary(self) -> str:
         """Human-readable description: concepts, settings, per-layer table, pruned share."""
         cfg = self.config
+        if cfg.get("variant") == "causal":
+            shown = [k for k in _CAUSAL_SUMMARY_KEYS if k in cfg]
+        elif "r2" in cfg:  # an FIAConfig: its headline settings
+            shown = [k for k in _SUMMARY_KEYS if k in cfg]
+        else:  # another method's config: all of it
+            shown = list(cfg)
+        title = "FIA concept mask" if self.method == "fia" else f"{self.method} concept mask"
         lines = [
-            f"FIA concept mask (forget-it-all {self.version}, targets {self.target_kind}, model dtype {self.dtype})",
+            f"{title} (forget-it-all {self.version}, targets {self.target_kind}, model dtype {self.dtype})",
             f"concepts ({len(self.concepts)}): {', '.join(self.concepts)}",
-            "settings: "
-            + ", ".join(
-                f"{k}={cfg[k]}"
-                for k in (_CAUSAL_SUMMARY_KEYS if cfg.get("variant") == "causal" else _SUMMARY_KEYS)
-                if k in cfg
-            ),
+            "settings: " + ", ".join(f"{k}={cfg[k]}" for k in shown),
         ]
         for k in ("r1_overrides", "r2_overrides"):
             if cfg.get(k):
@@ -330,6 +337,7 @@ class ConceptMask:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "fia_version": self.version,
+            "method": self.method,
             "concepts": self.concepts,
             "config": self.config,
             "target_kind": self.target_kind,
@@ -439,6 +447,7 @@ class ConceptMask:
             target_kind=meta.get("target_kind", "ffn2"),
             dtype=meta.get("dtype", ""),
             version=meta.get("fia_version", ""),
+            method=meta.get("method", "fia"),
         )
 
     def __eq__(self, other: object) -> bool:
