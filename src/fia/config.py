@@ -211,3 +211,9 @@ def check_positive_int(name: str, value: Any) -> None:
     """Raise :class:`FIAError` unless ``value`` is an integer >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise FIAError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """Raise :class:`FIAError` unless ``value`` is a finite number >= 0 (not a bool)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0) or value == float("inf"):
+        raise FIAError(f"{name} must be a finite number >= 0, got {value!r}")

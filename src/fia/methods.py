@@ -87,7 +87,7 @@ def unlearn(
     method: str = "fia",
     config: Any = None,
     *,
-    preserve: Sequence[str] = (),
+    preserve: str | Sequence[str] = (),
     prompts: Mapping[str, Any] | None = None,
     progress: Any = None,
 ) -> Any:
@@ -111,4 +111,5 @@ def unlearn(
     if callable(validate):
         validate()
     names = parse_concepts(concepts)
-    return m.run(pipe, names, config, preserve=list(preserve), prompts=dict(prompts or {}), progress=progress)
+    kept = parse_concepts(preserve) if len(preserve) else []
+    return m.run(pipe, names, config, preserve=kept, prompts=dict(prompts or {}), progress=progress)
