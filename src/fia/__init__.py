@@ -21,13 +21,17 @@ from fia.errors import FIAError
 __version__ = "0.1.0"
 
 __all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline"]
+__all__ += ["load_edit", "unlearn"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from fia.erase import erase
     from fia.mask import ConceptMask
     from fia.models import load_pipeline
+    from fia.edit import load_edit
+    from fia.methods import unlearn
 
 _LAZY = {"ConceptMask": "fia.mask", "erase": "fia.erase", "load_pipeline": "fia.models"}
+_LAZY.update({"load_edit": "fia.edit", "unlearn": "fia.methods"})
 
 
 def __getattr__(name: str) -> Any:
