@@ -106,12 +106,13 @@ class WeightDelta:
         return cls(
             method=str(method),
             concepts=list(concepts),
-            config=dict(config),
+            # as the file will hold them (tuples become lists), so a loaded delta equals this one
+            config=json.loads(json.dumps(dict(config))),
             deltas=deltas,
             fingerprint=fingerprint_weights(before),
             dtype=_dtype_names(before),
             version=__version__,
-            stats=dict(stats or {}),
+            stats=json.loads(json.dumps(dict(stats or {}))),
         )
 
     # --------------------------------------------------------------- counting
@@ -197,7 +198,7 @@ class WeightDelta:
         lines = [
             f"{self.method} weight delta (forget-it-all {self.version}, model dtype {self.dtype})",
             f"concepts ({len(self.concepts)}): {', '.join(self.concepts)}",
-            "settings: " + ", ".join(f"{k}={v}" for k, v in self.config.items()),
+            "settings: " + ", ".join(f"{k}={self.config[k]}" for k in sorted(self.config)),  # as in the saved header
             f"model fingerprint: {self.fingerprint[:16]}",
         ]
         width = max([len(n) for n in self.deltas] + [9])

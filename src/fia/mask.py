@@ -302,8 +302,8 @@ class ConceptMask:
             shown = [k for k in _CAUSAL_SUMMARY_KEYS if k in cfg]
         elif "r2" in cfg:  # an FIAConfig: its headline settings
             shown = [k for k in _SUMMARY_KEYS if k in cfg]
-        else:  # another method's config: all of it
-            shown = list(cfg)
+        else:  # another method's config: all of it (sorted, as in the saved header)
+            shown = sorted(cfg)
         title = "FIA concept mask" if self.method == "fia" else f"{self.method} concept mask"
         lines = [
             f"{title} (forget-it-all {self.version}, targets {self.target_kind}, model dtype {self.dtype})",
