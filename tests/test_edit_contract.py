@@ -16,7 +16,7 @@ from fia.config import FIAConfig
 from fia.edit import Edit, load_edit
 from fia.errors import FIAError
 from fia.mask import ConceptMask
-from fia.methods import methods, unlearn
+from fia.methods import methods, plan, unlearn
 
 torch.set_num_threads(1)
 
@@ -152,3 +152,15 @@ def test_a_mask_file_without_a_method_loads_as_fia(base_pipe, tmp_path):
     assert isinstance(old, ConceptMask) and old.method == "fia"
     assert old.layer_names == mask.layer_names and old.pruned == mask.pruned
     assert old.summary().startswith("FIA concept mask")
+
+
+def test_plan_checks_the_request_without_a_model():
+    checked = plan(" Star ,circle", "uce", preserve="square")
+    assert checked.method is methods()["uce"] and checked.config == UCEConfig()
+    assert (checked.concepts, checked.preserve) == (["Star", "circle"], ["square"])
+    with pytest.raises(FIAError, match=r"\['star'\] are both erased and preserved"):
+        plan("Star, circle", "uce", preserve="star")
+    with pytest.raises(FIAError, match="unknown method"):
+        plan("star", "nope")
+    with pytest.raises(FIAError, match="sparsity must lie in"):
+        plan("star", "conceptprune", ConceptPruneConfig(sparsity=2))

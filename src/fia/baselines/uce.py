@@ -223,15 +223,12 @@ def unlearn(
     """UCE's edit of every ``attn2.to_k`` / ``to_v`` of ``pipe``'s UNet that erases ``concepts`` and keeps ``preserve``.
 
     Registered as ``uce``: call it through :func:`fia.unlearn`, which checks
-    the names and the config. ``pipe`` is not changed; the result is a
+    the names (none both erased and preserved) and the config. ``pipe`` is not changed; the result is a
     :class:`fia.delta.WeightDelta` (apply it with ``delta.apply_(pipe)``).
     Called directly, ``concepts`` may be empty when ``preserve`` is not.
     ``prompts`` is not used: UCE edits the embeddings of the names themselves.
     """
     config = config or UCEConfig()
-    overlap = sorted(set(concepts) & set(preserve))
-    if overlap:
-        raise FIAError(f"{overlap} are both erased and preserved; remove them from one list")
     if not concepts and not preserve:
         raise FIAError("no concepts given; name at least one concept to erase")
     ce, ca, cp = edit_inputs(pipe, concepts, config, preserve)
