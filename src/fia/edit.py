@@ -68,12 +68,14 @@ def edit_format(path: str | os.PathLike) -> str:
 
     path = Path(path)
     if not path.is_file():
-        raise FIAError(f"no edit file at {str(path)!r}; give the path of a saved mask or delta (.safetensors)")
+        raise FIAError(f"edit file {str(path)!r} does not exist; give the path of a saved mask or delta (.safetensors)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise FIAError(f"{str(path)!r} is not a safetensors file ({exc}); give a mask or delta saved by fia") from None
+        raise FIAError(
+            f"{str(path)!r} is truncated or not a FIA mask or weight delta ({exc}); give a mask or delta saved by fia"
+        ) from None
     for key in ("fia", "fia-delta"):
         if key in meta:
             try:
