@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _erase_fixtures import cli_refuses as _bad
 from _erase_fixtures import load_tiny, one_thread, tiny_dir  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
+from fia.baselines.conceptprune import ConceptPruneConfig
+from fia.baselines.uce import UCEConfig
 from fia.cli import app
 from fia.delta import WeightDelta
 from fia.edit import load_edit
 from fia.mask import ConceptMask
 from fia.methods import methods, unlearn
-from fia.baselines.conceptprune import ConceptPruneConfig
-from fia.baselines.uce import UCEConfig
 
 runner = CliRunner()
 
@@ -58,15 +59,6 @@ def test_config_file_sets_the_method_fields(tiny_dir, tmp_path):  # noqa: F811
     assert "conceptprune concept mask" in res.stdout and "group=row" in res.stdout
 
 
-def _bad(args: list[str], out: Path, needle: str) -> None:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, (args, res.output)
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert needle.lower() in err.lower(), err
-    assert not out.exists(), f"{out} was created"
-
-
 def test_unknown_method_lists_the_methods(tiny_dir, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     known = ", ".join(sorted(methods()))
@@ -76,7 +68,7 @@ def test_unknown_method_lists_the_methods(tiny_dir, tmp_path):  # noqa: F811
 @pytest.mark.parametrize(
     "yaml_text,needle",
     [
-        ("lamb: 0.5\nrank: 3\n", "sets rank, which uce does not have; use only: anchor, anchors"),
+        ("lamb: 0.5\nrank: 3\n", "unknown setting(s) rank; use only: anchor, anchors, erase_scale"),
         ("lamb: -1\n", "lamb must be a finite number >= 0, got -1"),
         ("lamb: lots\n", "lamb must be a finite number >= 0, got 'lots'"),
         ("tokens: words\n", "unknown tokens 'words'"),

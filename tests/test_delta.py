@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -145,6 +146,12 @@ def test_save_load_round_trip_and_deterministic_bytes(tmp_path):
     assert meta["config"] == {"lamb": 0.1, "projections": ["to_k"]} and meta["stats"] == {"losses": [0.5, 0.25]}
     assert meta["parameters"] == [{"name": "0.weight", "shape": [4, 6]}, {"name": "2.bias", "shape": [3]}]
     assert str(tmp_path) not in header["__metadata__"]["fia-delta"]
+    # the integrity hash: sha256 over name, dtype, shape and bytes of each tensor, in name order
+    h = hashlib.sha256()
+    for name, value in (("delta/0.weight", CHANGE["0.weight"]), ("delta/2.bias", CHANGE["2.bias"])):
+        h.update(name.encode() + b"torch.float32" + json.dumps(list(value.shape)).encode())
+        h.update(value.numpy().astype("<f4").tobytes())
+    assert meta["content_sha256"] == h.hexdigest()
     assert edit_format(path) == "fia-delta"
 
     loaded = load_edit(path)
@@ -172,12 +179,12 @@ def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
         WeightDelta.load(tmp_path / "missing.safetensors")
     trunc = tmp_path / "trunc.safetensors"
     trunc.write_bytes(good[:-10])
-    with pytest.raises(FIAError, match="truncated or not a FIA weight delta"):
+    with pytest.raises(FIAError, match="weight delta file .* is truncated or not a FIA weight delta; re-run fia unlearn"):
         WeightDelta.load(trunc)
     flipped = bytearray(good)
     flipped[-1] ^= 0xFF  # a changed value no longer matches the header's content hash
     (tmp_path / "flipped.safetensors").write_bytes(bytes(flipped))
-    with pytest.raises(FIAError, match="truncated or not a FIA weight delta"):
+    with pytest.raises(FIAError, match="weight delta file .* is truncated or not a FIA weight delta; re-run fia unlearn"):
         WeightDelta.load(tmp_path / "flipped.safetensors")
     with pytest.raises(FIAError, match="truncated or not a FIA mask or weight delta"):
         load_edit(trunc)
@@ -186,17 +193,12 @@ def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
 
 
 def test_newer_format_version_asks_for_an_upgrade(tmp_path):
-    from safetensors.torch import save
+    from fia.edit import pack
 
     delta = _delta(_model())
-    tensors = delta._tensors()
-    meta = delta.metadata() | {"format_version": 99}
-    from fia.mask import _content_hash
-
-    meta["content_sha256"] = _content_hash(tensors)
     path = tmp_path / "future.safetensors"
-    path.write_bytes(save(tensors, metadata={"fia-delta": json.dumps(meta)}))
-    with pytest.raises(FIAError, match="upgrade forget-it-all"):
+    path.write_bytes(pack(delta._tensors(), "fia-delta", delta.metadata() | {"format_version": 99}))
+    with pytest.raises(FIAError, match="fia-delta format version 99, newer than .* upgrade forget-it-all"):
         load_edit(path)
 
 

@@ -137,17 +137,13 @@ def test_conceptprune_mask_records_its_method_and_settings(base_pipe, tmp_path):
 
 
 def test_a_mask_file_without_a_method_loads_as_fia(base_pipe, tmp_path):
-    from safetensors.torch import save
-
-    from fia.mask import _content_hash
+    from fia.edit import pack
 
     mask = unlearn(base_pipe, ["star"], "conceptprune", FAST["conceptprune"])
     meta = mask.metadata()
     del meta["method"]  # as files written before masks recorded their method
-    tensors = mask._tensors()
-    meta["content_sha256"] = _content_hash(tensors)
     path = tmp_path / "old.safetensors"
-    path.write_bytes(save(tensors, metadata={"fia": json.dumps(meta, sort_keys=True)}))
+    path.write_bytes(pack(mask._tensors(), "fia", meta))
     old = load_edit(path)
     assert isinstance(old, ConceptMask) and old.method == "fia"
     assert old.layer_names == mask.layer_names and old.pruned == mask.pruned

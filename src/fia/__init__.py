@@ -24,11 +24,11 @@ __all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load
 __all__ += ["load_edit", "unlearn"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fia.edit import load_edit
     from fia.erase import erase
     from fia.mask import ConceptMask
-    from fia.models import load_pipeline
-    from fia.edit import load_edit
     from fia.methods import unlearn
+    from fia.models import load_pipeline
 
 _LAZY = {"ConceptMask": "fia.mask", "erase": "fia.erase", "load_pipeline": "fia.models"}
 _LAZY.update({"load_edit": "fia.edit", "unlearn": "fia.methods"})

@@ -373,19 +373,14 @@ def _method_config(method: Any, path: Path | None) -> Any:
     """``method``'s default config with the fields set in the YAML file ``path`` (validated later, by the plan)."""
     import dataclasses
 
+    from fia.config import check_known_fields
     from fia.prompts import read_config_file
 
     config = method.default_config()
     if path is None:
         return config
     data = read_config_file(path)
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise FIAError(
-            f"config file {str(path)!r} sets {', '.join(unknown)}, which {method.name} does not have; "
-            f"use only: {', '.join(sorted(known))}"
-        )
+    check_known_fields(type(config), data)
     try:
         return dataclasses.replace(config, **data)
     except (TypeError, ValueError) as exc:  # e.g. a field the dataclass does not take in __init__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,13 +127,7 @@ class FIAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FIAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FIAError(
-                f"unknown setting(s) {', '.join(unknown)}; "
-                f"use only: {', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data)
         cfg = cls(**data)
         cfg.validate()
         return cfg
@@ -217,3 +212,11 @@ def check_nonnegative(name: str, value: Any) -> None:
     """Raise :class:`FIAError` unless ``value`` is a finite number >= 0 (not a bool)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0) or value == float("inf"):
         raise FIAError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_known_fields(config_type: type, data: Mapping[str, Any]) -> None:
+    """Raise :class:`FIAError` naming the keys of ``data`` that are not fields of the dataclass ``config_type``."""
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise FIAError(f"unknown setting(s) {', '.join(unknown)}; use only: {', '.join(sorted(known))}")

@@ -26,20 +26,20 @@ delta can be applied to several copies of a pipeline at once.
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fia.edit import EditFile
 from fia.errors import FIAError
-from fia.io import atomic_write_bytes
-# the mask's schemes: the model fingerprint and the file's content hash are computed the same way
-from fia.mask import _content_hash, denoiser, fingerprint_weights
+from fia.mask import (  # the same model fingerprint as masks
+    denoiser,
+    fingerprint_weights,
+)
 
 FORMAT = "fia-delta"
 FORMAT_VERSION = 1
@@ -51,8 +51,8 @@ def _dtype_names(tensors: Mapping[str, Tensor]) -> str:
     return ",".join(sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()}))
 
 
-@dataclass(eq=False)
-class WeightDelta:
+@dataclass(eq=False)  # compared by file bytes (EditFile.__eq__)
+class WeightDelta(EditFile):
     """A change ``after - before`` of some denoiser parameters, with its provenance.
 
     Build one with :meth:`from_models`; load one with :meth:`load` (or
@@ -72,6 +72,11 @@ class WeightDelta:
     _originals: weakref.WeakKeyDictionary = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
+
+    HEADER_KEY = HEADER_KEY
+    FORMAT = FORMAT
+    FORMAT_VERSION = FORMAT_VERSION
+    KIND, FILE_NAME, COMMAND = "weight delta", "edit.safetensors", "fia unlearn"
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -217,21 +222,10 @@ class WeightDelta:
             lines.append(f"training loss over {len(losses)} steps: first {losses[0]:.4g}, last {losses[-1]:.4g}")
         return "\n".join(lines)
 
-    def __str__(self) -> str:  # pragma: no cover - convenience
-        return self.summary()
-
     # --------------------------------------------------------------- storage
     def metadata(self) -> dict[str, Any]:
         """The JSON header: everything but the tensors."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fia_version": self.version,
-            "method": self.method,
-            "concepts": self.concepts,
-            "config": self.config,
-            "dtype": self.dtype,
-            "fingerprint": self.fingerprint,
+        return self.provenance() | {
             "parameters": [{"name": n, "shape": list(d.shape)} for n, d in self.deltas.items()],
             "stats": self.stats,
         }
@@ -239,58 +233,10 @@ class WeightDelta:
     def _tensors(self) -> dict[str, Tensor]:
         return {f"{_TENSOR_PREFIX}{n}": d.to(torch.float32).contiguous() for n, d in self.deltas.items()}
 
-    def to_bytes(self) -> bytes:
-        """The safetensors file's bytes (the same for the same delta)."""
-        from safetensors.torch import save
-
-        tensors = self._tensors()
-        meta = self.metadata()
-        meta["content_sha256"] = _content_hash(tensors)
-        return save(tensors, metadata={HEADER_KEY: json.dumps(meta, sort_keys=True)})
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the delta to ``path`` atomically (temporary file + rename)."""
-        path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> WeightDelta:
-        """Read a delta file; a missing, truncated or foreign file raises :class:`FIAError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FIAError(
-                f"delta file {str(path)!r} does not exist; pass the edit.safetensors that fia unlearn wrote"
-            )
-        try:
-            return cls.from_bytes(path.read_bytes())
-        except FIAError:
-            raise
-        except Exception as exc:
-            raise FIAError(
-                f"delta file {str(path)!r} is truncated or not a FIA weight delta; re-run fia unlearn"
-            ) from exc
-
     @classmethod
     def from_bytes(cls, data: bytes) -> WeightDelta:
         """Parse the bytes of :meth:`to_bytes`, checking the header against the tensors."""
-        from safetensors.torch import load
-
-        if len(data) < 8:
-            raise ValueError("too short")
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        meta = json.loads(header["__metadata__"][HEADER_KEY])
-        if meta.get("format") != FORMAT:
-            raise ValueError("not a fia weight delta")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise FIAError(
-                f"this delta uses format version {meta['format_version']}, newer than this package "
-                f"understands ({FORMAT_VERSION}); upgrade forget-it-all"
-            )
-        tensors = load(data)
-        if _content_hash(tensors) != meta.get("content_sha256"):
-            raise ValueError("content hash mismatch")
+        meta, tensors = cls.unpack(data)
         deltas: dict[str, Tensor] = {}
         for info in meta["parameters"]:
             d = tensors[f"{_TENSOR_PREFIX}{info['name']}"]
@@ -309,11 +255,3 @@ class WeightDelta:
             version=str(meta.get("fia_version", "")),
             stats=dict(meta.get("stats") or {}),
         )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, WeightDelta):
-            return NotImplemented
-        return self.to_bytes() == other.to_bytes()
-
-    __hash__ = None  # type: ignore[assignment] - mutable, compared by content
-

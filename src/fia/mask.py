@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fia.edit import EditFile
 from fia.errors import FIAError
-from fia.io import atomic_write_bytes, replace_dir, temporary_sibling_dir
+from fia.io import replace_dir, temporary_sibling_dir
 
 FORMAT = "fia-mask"
 FORMAT_VERSION = 1
@@ -146,8 +147,8 @@ class LayerMask:
         return int(self.indices.numel())
 
 
-@dataclass
-class ConceptMask:
+@dataclass(eq=False)  # compared by file bytes (EditFile.__eq__)
+class ConceptMask(EditFile):
     """A pruning mask with the original values and provenance: an :class:`fia.edit.Edit`.
 
     FIA's fused mask (``method="fia"``, built with :func:`fia.erase`) or the
@@ -165,6 +166,11 @@ class ConceptMask:
     version: str = ""
     method: str = "fia"  # the registered method that made it (fia.methods); files without one are FIA's
     stats: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # erase's run statistics, not saved
+
+    HEADER_KEY = _HEADER_KEY
+    FORMAT = FORMAT
+    FORMAT_VERSION = FORMAT_VERSION
+    KIND, FILE_NAME, COMMAND = "mask", "mask.safetensors", "fia erase"
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -328,21 +334,10 @@ class ConceptMask:
         )
         return "\n".join(lines)
 
-    def __str__(self) -> str:  # pragma: no cover - convenience
-        return self.summary()
-
     # --------------------------------------------------------------- storage
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fia_version": self.version,
-            "method": self.method,
-            "concepts": self.concepts,
-            "config": self.config,
+        return self.provenance() | {
             "target_kind": self.target_kind,
-            "dtype": self.dtype,
-            "fingerprint": self.fingerprint,
             "edit_fingerprint": self.edit_fingerprint,
             "layers": [
                 {
@@ -370,53 +365,9 @@ class ConceptMask:
             tensors[f"values/{lm.name}"] = lm.values.to(torch.float32).contiguous()
         return tensors
 
-    def to_bytes(self) -> bytes:
-        from safetensors.torch import save
-
-        tensors = self._tensors()
-        meta = self.metadata()
-        meta["content_sha256"] = _content_hash(tensors)
-        return save(tensors, metadata={_HEADER_KEY: json.dumps(meta, sort_keys=True)})
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the mask to ``path`` atomically (temporary file + rename)."""
-        path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ConceptMask:
-        """Read a mask file; a missing, truncated or foreign file raises :class:`FIAError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FIAError(f"mask file {str(path)!r} does not exist; pass the mask.safetensors that fia erase wrote")
-        bad = f"mask file {str(path)!r} is truncated or not a FIA mask; re-run fia erase"
-        try:
-            return cls.from_bytes(path.read_bytes())
-        except FIAError:
-            raise
-        except Exception as exc:
-            raise FIAError(bad) from exc
-
     @classmethod
     def from_bytes(cls, data: bytes) -> ConceptMask:
-        if len(data) < 8:
-            raise ValueError("too short")
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        meta = json.loads(header["__metadata__"][_HEADER_KEY])
-        if meta.get("format") != FORMAT:
-            raise ValueError("not a fia mask")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise FIAError(
-                f"this mask uses format version {meta['format_version']}, newer than this package "
-                f"understands ({FORMAT_VERSION}); upgrade forget-it-all"
-            )
-        from safetensors.torch import load
-
-        tensors = load(data)
-        if _content_hash(tensors) != meta.get("content_sha256"):
-            raise ValueError("content hash mismatch")
+        meta, tensors = cls.unpack(data)
         layers = []
         for info in meta["layers"]:
             name = info["name"]
@@ -450,22 +401,6 @@ class ConceptMask:
             method=meta.get("method", "fia"),
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ConceptMask):
-            return NotImplemented
-        return self.to_bytes() == other.to_bytes()
-
-
-def _content_hash(tensors: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(json.dumps(list(t.shape)).encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLike) -> Path:
