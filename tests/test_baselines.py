@@ -332,6 +332,26 @@ def test_esd_trains_only_cross_attention(pipe, base_pipe):
     _others_unchanged(pipe, base_pipe)
 
 
+def test_esd_puts_the_weights_back_when_training_fails(pipe, monkeypatch):
+    before = _weights(pipe)
+    flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    real_mse, calls = torch.nn.functional.mse_loss, []
+
+    def fail_on_second_step(pred, target):
+        calls.append(1)
+        if len(calls) == 2:  # the first Adam step has already moved the weights
+            raise RuntimeError("interrupted")
+        return real_mse(pred, target)
+
+    monkeypatch.setattr(esd.F, "mse_loss", fail_on_second_step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        unlearn(pipe, ["star"], "esd-x", FAST_ESD)
+    assert len(calls) == 2
+    assert _changed(before, pipe) == set()
+    assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == flags
+    assert all(p.grad is None for p in pipe.unet.parameters())
+
+
 def test_esd_deterministic_given_seed(base_pipe):
     runs = []
     for seed in (3, 3, 4):
