@@ -57,6 +57,20 @@ def _save_tiny(folder: Path, seed: int) -> None:
         torch.set_num_threads(before)
 
 
+def cli_refuses(args: list[str], out: Path, needle: str) -> None:
+    """``fia ARGS`` exits with status 2, one ``error:`` line containing ``needle``, and creates nothing at ``out``."""
+    from typer.testing import CliRunner
+
+    from fia.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, (args, res.output)
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert needle.lower() in err.lower(), err
+    assert not out.exists(), f"{out} was created"
+
+
 def load_tiny(path: Path):
     from diffusers import StableDiffusionPipeline
 

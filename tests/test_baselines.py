@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from fia.baselines import CONFIGS, METHODS, conceptprune, esd, uce
+from fia.baselines import conceptprune, esd, uce
 from fia.baselines.random import counts_of, random_mask_like
 from fia.baselines.conceptprune import ConceptPruneConfig, skilled_neurons
 from fia.baselines.esd import ESDConfig
 from fia.baselines.uce import UCEConfig
 from fia.config import FIAConfig
 from fia.errors import FIAError
+from fia.methods import methods, unlearn
 
 torch.set_num_threads(1)
 
@@ -63,10 +64,37 @@ def _ffn2_weight_names(pipe) -> set[str]:
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_every_method_with_a_valid_default_config():
-    assert set(METHODS) == {"conceptprune", "uce", "esd-x"} == set(CONFIGS)
-    for name, make in CONFIGS.items():
-        make().validate()
-        assert callable(METHODS[name])
+    registered = methods()
+    assert {"conceptprune", "uce", "esd-x"} <= set(registered)
+    types = {"conceptprune": ConceptPruneConfig, "uce": UCEConfig, "esd-x": ESDConfig}
+    for name, config_type in types.items():
+        assert registered[name].config_type is config_type
+    for name, method in registered.items():
+        assert method.name == name and method.description
+        assert isinstance(method.default_config(), method.config_type)
+        if name == "random":  # the control has no default: it copies the mask it is given
+            with pytest.raises(FIAError, match="like="):
+                method.default_config().validate()
+        else:
+            method.default_config().validate()
+        assert callable(method.run)
+    family = {"fia", "fia-causal", "fia-union", "fia-wanda", "fia-channel", "fia-layer"}
+    assert set(registered) == {"conceptprune", "uce", "esd-x", "random"} | family
+    assert registered["fia-wanda"].default_config().saliency == "wanda"
+    assert registered["fia-union"].default_config().fusion == "union"
+    assert (registered["fia-channel"].default_config().selection, registered["fia-layer"].default_config().selection) == (
+        "channel",
+        "layer",
+    )
+
+
+def test_unknown_method_and_wrong_config_type_are_clear_errors(base_pipe):
+    with pytest.raises(FIAError, match="unknown method 'ucee'; use one of: .*esd-x.*uce"):
+        unlearn(base_pipe, ["star"], "ucee")
+    with pytest.raises(FIAError, match="takes a UCEConfig, got a ESDConfig"):
+        unlearn(base_pipe, ["star"], "uce", FAST_ESD)
+    with pytest.raises(FIAError, match="lamb must be a finite number >= 0"):
+        unlearn(base_pipe, ["star"], "uce", UCEConfig(lamb=-1))
 
 
 def test_paper_defaults():
@@ -174,7 +202,10 @@ def test_conceptprune_norms_do_not_depend_on_batching(pipe):
 
 def test_conceptprune_zeroes_only_ffn2_weights(pipe, base_pipe):
     before = _weights(pipe)
-    mask = conceptprune.edit(pipe, ["star", "circle"], FAST_CP)
+    mask = unlearn(pipe, ["star", "circle"], "conceptprune", FAST_CP)
+    assert mask.method == "conceptprune" and mask.concepts == ["star", "circle"]
+    assert _changed(before, pipe) == set(), "unlearn leaves the pipeline alone"
+    mask.apply_(pipe)
     changed = _changed(before, pipe)
     ffn2 = _ffn2_weight_names(pipe)
     assert changed and changed <= ffn2
@@ -183,8 +214,8 @@ def test_conceptprune_zeroes_only_ffn2_weights(pipe, base_pipe):
         layer = name.removesuffix(".weight")
         diff = state[name] != before[name]
         assert (state[name][diff] == 0).all(), "pruning only zeroes weights"
-        assert (state[name][mask[layer]] == 0).all()
-        assert torch.equal(diff, mask[layer] & (before[name] != 0))
+        assert (state[name][mask.to_dense(layer)] == 0).all()
+        assert torch.equal(diff, mask.to_dense(layer) & (before[name] != 0))
     _others_unchanged(pipe, base_pipe)
     # the edited pipeline is an ordinary pipeline
     out = pipe("a star on the grass", num_inference_steps=2, output_type="latent").images
@@ -194,9 +225,12 @@ def test_conceptprune_zeroes_only_ffn2_weights(pipe, base_pipe):
 def test_conceptprune_deterministic(base_pipe):
     a, b = copy.deepcopy(base_pipe), copy.deepcopy(base_pipe)
     prompts = {"star": (["a star on the grass", "a star in the sky"], ["the grass", "the sky"])}
-    ma = conceptprune.edit(a, ["star"], FAST_CP, prompts=prompts)
-    mb = conceptprune.edit(b, ["star"], FAST_CP, prompts=prompts)
-    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    ma = unlearn(a, ["star"], "conceptprune", FAST_CP, prompts=prompts)
+    mb = unlearn(b, ["star"], "conceptprune", FAST_CP, prompts=prompts)
+    ma.apply_(a)
+    mb.apply_(b)
+    assert all(torch.equal(ma.to_dense(k), mb.to_dense(k)) for k in ma.layer_names)
+    assert ma == mb  # the same bytes, provenance included
     sa, sb = a.unet.state_dict(), b.unet.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -226,7 +260,9 @@ def test_uce_closed_form_minimises_the_objective():
 
 def test_uce_edits_exactly_cross_attention_keys_and_values(pipe, base_pipe):
     before = _weights(pipe)
-    uce.edit(pipe, ["star", "circle"], preserve=["square"])
+    delta = unlearn(pipe, ["star", "circle"], "uce", preserve=["square"])
+    assert _changed(before, pipe) == set(), "unlearn leaves the pipeline alone"
+    delta.apply_(pipe)
     expected = {
         f"{name}.{proj}.weight"
         for name, m in pipe.unet.named_modules()
@@ -234,7 +270,7 @@ def test_uce_edits_exactly_cross_attention_keys_and_values(pipe, base_pipe):
         for proj in ("to_k", "to_v")
     }
     assert len(expected) == 8
-    assert _changed(before, pipe) == expected
+    assert _changed(before, pipe) == expected == set(delta.parameter_names)
     _others_unchanged(pipe, base_pipe)
 
 
@@ -245,7 +281,7 @@ def test_uce_pipeline_edit_solves_the_stacked_system(pipe):
     assert ce.shape == ca.shape and ce.shape[0] == len(uce.token_positions(pipe, "star", "concept_eos"))
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
     w_old = pipe.unet.get_submodule(name).weight.detach().double()
-    uce.edit(pipe, ["star"], cfg, preserve=["square", "heart"])
+    unlearn(pipe, ["star"], "uce", cfg, preserve=["square", "heart"]).apply_(pipe)
     w_new = pipe.unet.get_submodule(name).weight.detach().double()
     d = w_old.shape[1]
     s, lam = math.sqrt(2.0), math.sqrt(0.5)
@@ -257,22 +293,24 @@ def test_uce_pipeline_edit_solves_the_stacked_system(pipe):
 
 def test_uce_preserve_only_leaves_weights_unchanged(pipe):
     before = _weights(pipe)
-    uce.edit(pipe, [], preserve=["square", "heart", "Ovalli"])
+    uce.unlearn(pipe, [], preserve=["square", "heart", "Ovalli"]).apply_(pipe)
     for k, v in pipe.unet.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=1e-5, atol=1e-6)
 
 
 def test_uce_rejects_overlap_and_nothing(pipe):
-    with pytest.raises(FIAError):
-        uce.edit(pipe, ["star"], preserve=["star"])
-    with pytest.raises(FIAError):
-        uce.edit(pipe, [])
+    with pytest.raises(FIAError, match="both erased and preserved"):
+        unlearn(pipe, ["star"], "uce", preserve=["star"])
+    with pytest.raises(FIAError, match="no concepts given"):
+        unlearn(pipe, [], "uce")
+    with pytest.raises(FIAError, match="no concepts given"):
+        uce.unlearn(pipe, [])
 
 
 def test_uce_deterministic(base_pipe):
     a, b = copy.deepcopy(base_pipe), copy.deepcopy(base_pipe)
-    uce.edit(a, ["star"], preserve=["square"])
-    uce.edit(b, ["star"], preserve=["square"])
+    unlearn(a, ["star"], "uce", preserve=["square"]).apply_(a)
+    unlearn(b, ["star"], "uce", preserve=["square"]).apply_(b)
     sa, sb = a.unet.state_dict(), b.unet.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -281,7 +319,10 @@ def test_uce_deterministic(base_pipe):
 def test_esd_trains_only_cross_attention(pipe, base_pipe):
     flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
     before = _weights(pipe)
-    losses = esd.edit(pipe, ["star"], FAST_ESD)
+    delta = unlearn(pipe, ["star"], "esd-x", FAST_ESD)
+    assert _changed(before, pipe) == set(), "training ran on the pipeline, whose weights are put back"
+    delta.apply_(pipe)
+    losses = delta.stats["losses"]
     assert len(losses) == FAST_ESD.train_steps and all(math.isfinite(x) for x in losses)
     changed = _changed(before, pipe)
     attn2 = {n for n in before if ".attn2." in n}
@@ -292,11 +333,31 @@ def test_esd_trains_only_cross_attention(pipe, base_pipe):
     _others_unchanged(pipe, base_pipe)
 
 
+def test_esd_puts_the_weights_back_when_training_fails(pipe, monkeypatch):
+    before = _weights(pipe)
+    flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    real_mse, calls = torch.nn.functional.mse_loss, []
+
+    def fail_on_second_step(pred, target):
+        calls.append(1)
+        if len(calls) == 2:  # the first Adam step has already moved the weights
+            raise RuntimeError("interrupted")
+        return real_mse(pred, target)
+
+    monkeypatch.setattr(esd.F, "mse_loss", fail_on_second_step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        unlearn(pipe, ["star"], "esd-x", FAST_ESD)
+    assert len(calls) == 2
+    assert _changed(before, pipe) == set()
+    assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == flags
+    assert all(p.grad is None for p in pipe.unet.parameters())
+
+
 def test_esd_deterministic_given_seed(base_pipe):
     runs = []
     for seed in (3, 3, 4):
         p = copy.deepcopy(base_pipe)
-        esd.edit(p, ["star", "circle"], FAST_ESD.replace(seed=seed, sample_with="frozen"))
+        unlearn(p, ["star", "circle"], "esd-x", FAST_ESD.replace(seed=seed, sample_with="frozen")).apply_(p)
         runs.append(p.unet.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
@@ -314,7 +375,7 @@ def test_esd_target_is_negative_guidance(pipe, monkeypatch):
 
     monkeypatch.setattr(esd.F, "mse_loss", spy)
     cfg = ESDConfig(train_steps=1, ddim_steps=1, eta=0.0, seed=0)  # k = 0: x_t = x_T
-    esd.edit(copy.deepcopy(pipe), ["star"], cfg)
+    unlearn(copy.deepcopy(pipe), ["star"], "esd-x", cfg)
     gen = torch.Generator().manual_seed(0)
     torch.randint(1, (1,), generator=gen)
     x = torch.randn((1, 4, 8, 8), generator=gen) * pipe.scheduler.init_noise_sigma
@@ -363,34 +424,20 @@ def test_random_mask_rejects_bad_input(counts, shapes):
         random_mask_like(counts, shapes, seed=0)
 
 
-def test_edit_interface_is_uniform(base_pipe, tmp_path):
-    """Every registered method takes (pipe, concepts, config, *, preserve, progress) and reports progress."""
-    fast = {"conceptprune": FAST_CP, "uce": UCEConfig(), "esd-x": FAST_ESD}
-    for name, fn in METHODS.items():
-        calls: list[tuple] = []
-
-        def record(*args, _calls=calls):
-            _calls.append(args)
-
-        concepts = ["star"] if name in ("conceptprune", "uce", "esd-x") else ["star", "circle"]
-        fn(copy.deepcopy(base_pipe), concepts, fast[name], preserve=["square"], progress=record)
-        assert calls and all(len(c) == 3 for c in calls), name
-        done, total, _ = calls[-1]
-        assert done == total
-
-
 def test_training_free_methods_run_on_sdxl():
     from fia.testing import tiny_sdxl_pipeline
 
     p = tiny_sdxl_pipeline(seed=0)
     before = _weights(p)
     cfg = ConceptPruneConfig(saliency_steps=2, num_inference_steps=3, task="shapeworld", prompt_limit=2, sparsity=0.05)
-    mask = conceptprune.edit(p, ["star"], cfg)
-    assert len(mask) == len(_ffn2_weight_names(p)) and any(m.any() for m in mask.values())
+    mask = unlearn(p, ["star"], "conceptprune", cfg)
+    mask.apply_(p)
+    assert len(mask.layers) == len(_ffn2_weight_names(p))
+    assert any(mask.to_dense(n).any() for n in mask.layer_names)
     assert _changed(before, p) <= _ffn2_weight_names(p)
     before = _weights(p)
-    uce.edit(p, ["star"], preserve=["square"])
+    unlearn(p, ["star"], "uce", preserve=["square"]).apply_(p)
     changed = _changed(before, p)
     assert changed and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in changed)
-    with pytest.raises(FIAError):
-        esd.edit(p, ["star"], FAST_ESD)
+    with pytest.raises(FIAError, match="not SD XL"):
+        unlearn(p, ["star"], "esd-x", FAST_ESD)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _erase_fixtures import cli_refuses as _bad
 from _erase_fixtures import one_thread, other_dir, prompt_files, tiny_dir  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
@@ -112,15 +112,6 @@ def test_generate_compare_grid(erased, tiny_dir, tmp_path):  # noqa: F811
     # 2 rows x 2 images of 16 px with 2 px padding
     assert img.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
-
-
-def _bad(args, out: Path, needle: str) -> None:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, (args, res.output)
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert needle.lower() in err.lower(), err
-    assert not out.exists(), f"{out} was created"
 
 
 def test_bad_erase_inputs(tiny_dir, prompt_files, tmp_path):  # noqa: F811

@@ -15,19 +15,37 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fia._version import __version__
 from fia.config import FIAConfig
 from fia.errors import FIAError
 
-from fia._version import __version__
-
-__all__ = ["ConceptMask", "FIAConfig", "FIAError", "__version__", "erase", "load_pipeline", "plan_erase"]
+__all__ = [
+    "ConceptMask",
+    "FIAConfig",
+    "FIAError",
+    "__version__",
+    "erase",
+    "load_edit",
+    "load_pipeline",
+    "plan_erase",
+    "unlearn",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fia.edit import load_edit
     from fia.engine import erase, plan_erase
     from fia.mask import ConceptMask
+    from fia.methods import unlearn
     from fia.models import load_pipeline
 
-_LAZY = {"ConceptMask": "fia.mask", "erase": "fia.engine", "plan_erase": "fia.engine", "load_pipeline": "fia.models"}
+_LAZY = {
+    "ConceptMask": "fia.mask",
+    "erase": "fia.engine",
+    "plan_erase": "fia.engine",
+    "load_edit": "fia.edit",
+    "load_pipeline": "fia.models",
+    "unlearn": "fia.methods",
+}
 
 
 def __getattr__(name: str) -> Any:

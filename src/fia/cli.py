@@ -290,11 +290,74 @@ def apply(
 # ---------------------------------------------------------------------- inspect
 @app.command()
 @_user_errors
-def inspect(mask: Path = typer.Argument(..., help="mask.safetensors written by fia erase.")) -> None:
-    """Print a mask's concepts, settings and per-layer counts."""
-    from fia.mask import ConceptMask
+def inspect(
+    mask: Path = typer.Argument(..., help="An edit file: mask.safetensors of fia erase or edit.safetensors of fia unlearn."),
+) -> None:
+    """Print an edit's method, concepts, settings and per-layer counts."""
+    from fia.edit import load_edit
 
-    typer.echo(ConceptMask.load(mask).summary())
+    typer.echo(load_edit(mask).summary())
+
+
+# ---------------------------------------------------------------------- unlearn
+def _method_config(method: Any, path: Path | None) -> Any:
+    """``method``'s default config with the fields set in the YAML file ``path`` (validated later, by the plan)."""
+    import dataclasses
+
+    from fia.config import check_known_fields
+    from fia.prompts import read_config_file
+
+    config = method.default_config()
+    if path is None:
+        return config
+    data = read_config_file(path)
+    check_known_fields(type(config), data)
+    try:
+        return dataclasses.replace(config, **data)
+    except (TypeError, ValueError) as exc:  # e.g. a field the dataclass does not take in __init__
+        raise FIAError(f"config file {str(path)!r} has a bad value for {method.name} ({exc}); fix it") from None
+
+
+@app.command()
+@_user_errors
+def unlearn(
+    method: str = typer.Option(..., "--method", help="Registered method: uce, esd-x, conceptprune, fia, ..."),
+    concepts: str = typer.Option(..., "--concepts", "-c", help='Concepts to erase, comma separated: "golf ball, church".'),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: edit.safetensors."),
+    preserve: str | None = typer.Option(
+        None, "--preserve", help="Concepts to keep, comma separated (methods without a preservation term ignore it)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld model)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of the method's settings (its config fields)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
+) -> None:
+    """Erase CONCEPTS with any registered METHOD and write the edit to OUT/edit.safetensors.
+
+    The edit (a pruning mask or a weight delta) is reversible: fia inspect
+    prints it and fia.load_edit reads it back.
+    """
+    from fia.methods import get_method, plan
+    from fia.models import load_pipeline, parse_device, parse_dtype, resolve_model
+    from fia.progress import rich_bar
+
+    # ---- check everything before loading the model and before writing anything
+    checked = plan(concepts, method, _method_config(get_method(method), config), preserve=preserve or ())
+    _check_out_dir(out)
+    parse_device(device)
+    parse_dtype(dtype)
+    resolve_model(model)
+
+    console = _err_console()
+    with console.status("loading the model..."):
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    with rich_bar(checked.method.name, console=console) as progress:
+        edit = checked.run(pipe, progress=progress)
+    path = edit.save(out / "edit.safetensors")
+    typer.echo(edit.summary())
+    typer.echo(f"wrote {path}")
 
 
 # --------------------------------------------------------------------- generate

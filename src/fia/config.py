@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fia.errors import FIAError
@@ -125,17 +125,14 @@ class FIAConfig:
         return concept_agnostic_threshold(num_concepts, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON-ready values (tuples as lists), as a saved mask records them."""
+        data = dataclasses.asdict(self)
+        data["evidence_timesteps"] = list(data["evidence_timesteps"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FIAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FIAError(
-                f"unknown setting(s) {', '.join(unknown)}; "
-                f"use only: {', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data)
         cfg = cls(**data)
         cfg.validate()
         return cfg
@@ -223,6 +220,20 @@ def check_positive_int(name: str, value: Any) -> None:
     """Raise :class:`FIAError` unless ``value`` is an integer >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise FIAError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """Raise :class:`FIAError` unless ``value`` is a finite number >= 0 (not a bool)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0) or value == float("inf"):
+        raise FIAError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_known_fields(config_type: type, data: Mapping[str, Any]) -> None:
+    """Raise :class:`FIAError` naming the keys of ``data`` that are not fields of the dataclass ``config_type``."""
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise FIAError(f"unknown setting(s) {', '.join(unknown)}; use only: {', '.join(sorted(known))}")
 
 
 def concept_value(overrides: Mapping[str, float], concept: str, default: float) -> float:

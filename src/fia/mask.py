@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fia.edit import EditFile
 from fia.errors import FIAError
-from fia.io import atomic_write_bytes, replace_dir, temporary_sibling_dir
+from fia.io import replace_dir, temporary_sibling_dir
 
 FORMAT = "fia-mask"
 FORMAT_VERSION = 1
@@ -51,6 +52,8 @@ _SUMMARY_KEYS = (
     "seed",
     "saliency",
     "cfg_rows",
+    "selection",
+    "fusion",
 )
 _CAUSAL_SUMMARY_KEYS = (
     "task",
@@ -146,11 +149,13 @@ class LayerMask:
         return int(self.indices.numel())
 
 
-@dataclass
-class ConceptMask:
-    """A fused FIA pruning mask with the original values and provenance.
+@dataclass(eq=False)  # compared by file bytes (EditFile.__eq__)
+class ConceptMask(EditFile):
+    """A pruning mask with the original values and provenance: an :class:`fia.edit.Edit`.
 
-    Build one with :func:`fia.erase`; load one with :meth:`ConceptMask.load`.
+    FIA's fused mask (``method="fia"``, built with :func:`fia.erase`) or the
+    mask of another pruning method such as ConceptPrune (``method``
+    names it). Load one with :meth:`ConceptMask.load`.
     """
 
     concepts: list[str]
@@ -161,7 +166,13 @@ class ConceptMask:
     target_kind: str = "ffn2"
     dtype: str = "float32"
     version: str = ""
+    method: str = "fia"  # the registered method that made it (fia.methods); files without one are FIA's
     stats: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # erase's run statistics, not saved
+
+    HEADER_KEY = _HEADER_KEY
+    FORMAT = FORMAT
+    FORMAT_VERSION = FORMAT_VERSION
+    KIND, FILE_NAME, COMMAND = "mask", "mask.safetensors", "fia erase"
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -177,6 +188,7 @@ class ConceptMask:
         tau_ca: Mapping[str, int] | None = None,
         selected: Mapping[str, Mapping[str, int]] | None = None,
         fingerprint: str | None = None,
+        method: str = "fia",
     ) -> ConceptMask:
         """From dense bool prune masks and the (unedited) weights they apply to."""
         from fia._version import __version__
@@ -211,6 +223,7 @@ class ConceptMask:
             target_kind=target_kind,
             dtype=",".join(sorted(dtypes)),
             version=__version__,
+            method=method,
         )
 
     # --------------------------------------------------------------- counting
@@ -293,15 +306,18 @@ class ConceptMask:
     def summary(self) -> str:
         """Human-readable description: concepts, settings, per-layer table, pruned share."""
         cfg = self.config
+        if cfg.get("variant") == "causal":
+            shown = [k for k in _CAUSAL_SUMMARY_KEYS if k in cfg]
+        elif "r2" in cfg:  # an FIAConfig: its headline settings
+            shown = [k for k in _SUMMARY_KEYS if k in cfg]
+        else:  # another method's config: all of it (sorted, as in the saved header)
+            shown = sorted(cfg)
+        title = "FIA concept mask" if self.method.startswith("fia") else f"{self.method} concept mask"
         lines = [
-            f"FIA concept mask (forget-it-all {self.version}, targets {self.target_kind}, model dtype {self.dtype})",
+            f"{title} (method {self.method}, forget-it-all {self.version}, targets {self.target_kind}, "
+            f"model dtype {self.dtype})",
             f"concepts ({len(self.concepts)}): {', '.join(self.concepts)}",
-            "settings: "
-            + ", ".join(
-                f"{k}={cfg[k]}"
-                for k in (_CAUSAL_SUMMARY_KEYS if cfg.get("variant") == "causal" else _SUMMARY_KEYS)
-                if k in cfg
-            ),
+            "settings: " + ", ".join(f"{k}={cfg[k]}" for k in shown),
         ]
         for k in ("r1_overrides", "r2_overrides"):
             if cfg.get(k):
@@ -321,20 +337,10 @@ class ConceptMask:
         )
         return "\n".join(lines)
 
-    def __str__(self) -> str:  # pragma: no cover - convenience
-        return self.summary()
-
     # --------------------------------------------------------------- storage
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fia_version": self.version,
-            "concepts": self.concepts,
-            "config": self.config,
+        return self.provenance() | {
             "target_kind": self.target_kind,
-            "dtype": self.dtype,
-            "fingerprint": self.fingerprint,
             "edit_fingerprint": self.edit_fingerprint,
             "layers": [
                 {
@@ -362,53 +368,9 @@ class ConceptMask:
             tensors[f"values/{lm.name}"] = lm.values.to(torch.float32).contiguous()
         return tensors
 
-    def to_bytes(self) -> bytes:
-        from safetensors.torch import save
-
-        tensors = self._tensors()
-        meta = self.metadata()
-        meta["content_sha256"] = _content_hash(tensors)
-        return save(tensors, metadata={_HEADER_KEY: json.dumps(meta, sort_keys=True)})
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the mask to ``path`` atomically (temporary file + rename)."""
-        path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ConceptMask:
-        """Read a mask file; a missing, truncated or foreign file raises :class:`FIAError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FIAError(f"mask file {str(path)!r} does not exist; pass the mask.safetensors that fia erase wrote")
-        bad = f"mask file {str(path)!r} is truncated or not a FIA mask; re-run fia erase"
-        try:
-            return cls.from_bytes(path.read_bytes())
-        except FIAError:
-            raise
-        except Exception as exc:
-            raise FIAError(bad) from exc
-
     @classmethod
     def from_bytes(cls, data: bytes) -> ConceptMask:
-        if len(data) < 8:
-            raise ValueError("too short")
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        meta = json.loads(header["__metadata__"][_HEADER_KEY])
-        if meta.get("format") != FORMAT:
-            raise ValueError("not a fia mask")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise FIAError(
-                f"this mask uses format version {meta['format_version']}, newer than this package "
-                f"understands ({FORMAT_VERSION}); upgrade forget-it-all"
-            )
-        from safetensors.torch import load
-
-        tensors = load(data)
-        if _content_hash(tensors) != meta.get("content_sha256"):
-            raise ValueError("content hash mismatch")
+        meta, tensors = cls.unpack(data)
         layers = []
         for info in meta["layers"]:
             name = info["name"]
@@ -439,24 +401,9 @@ class ConceptMask:
             target_kind=meta.get("target_kind", "ffn2"),
             dtype=meta.get("dtype", ""),
             version=meta.get("fia_version", ""),
+            method=meta.get("method", "fia"),
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ConceptMask):
-            return NotImplemented
-        return self.to_bytes() == other.to_bytes()
-
-
-def _content_hash(tensors: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(json.dumps(list(t.shape)).encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLike) -> Path:

@@ -20,7 +20,8 @@ Contract (checked by the tests for every registered method):
   per-concept sensitivities); methods with nothing to reuse ignore it.
 
 :func:`unlearn` is the one entry point (``fia unlearn --method NAME`` on the
-command line); :data:`REGISTRY` lists the methods.
+command line, which runs :func:`plan`'s checks before loading the model);
+:data:`REGISTRY` lists the methods.
 """
 
 from __future__ import annotations
@@ -85,22 +86,37 @@ def get_method(name: str) -> Method:
     return known[name]
 
 
-def unlearn(
-    pipe: Any,
+@dataclass(frozen=True)
+class Plan:
+    """A checked request to unlearn: the method, its config and the concept names, ready to run."""
+
+    method: Method
+    config: Any
+    concepts: list[str]
+    preserve: list[str]
+
+    def run(
+        self, pipe: Any, *, prompts: Mapping[str, Any] | None = None, progress: Any = None, cache_dir: Any = None
+    ) -> Any:
+        """Run the method on ``pipe`` (left unchanged); returns its :class:`fia.edit.Edit`."""
+        return self.method.run(
+            pipe, self.concepts, self.config, preserve=self.preserve, prompts=dict(prompts or {}), progress=progress,
+            cache_dir=cache_dir,
+        )  # fmt: skip
+
+
+def plan(
     concepts: str | Sequence[str],
     method: str = "fia",
     config: Any = None,
     *,
-    preserve: Sequence[str] = (),
-    prompts: Mapping[str, Any] | None = None,
-    progress: Any = None,
-    cache_dir: Any = None,
-) -> Any:
-    """Erase ``concepts`` from ``pipe`` with the registered ``method``; returns its :class:`fia.edit.Edit`.
+    preserve: str | Sequence[str] = (),
+) -> Plan:
+    """Check a request before any work: the method exists, the config is its type and valid, the names are sound.
 
-    ``pipe`` is not changed: apply the result with ``edit.apply_(pipe)``.
-    ``config`` must be the method's config type (default: its paper
-    settings).
+    ``config=None`` takes the method's default (its paper settings).
+    ``concepts`` and ``preserve`` are lists of names or comma-separated
+    text; a concept may not be both erased and preserved.
     """
     from fia.prompts import parse_concepts
 
@@ -116,6 +132,31 @@ def unlearn(
     if callable(validate):
         validate()
     names = parse_concepts(concepts)
-    return m.run(
-        pipe, names, config, preserve=list(preserve), prompts=dict(prompts or {}), progress=progress, cache_dir=cache_dir
+    kept = parse_concepts(preserve) if len(preserve) else []
+    erased = {c.casefold() for c in names}
+    overlap = [c for c in kept if c.casefold() in erased]
+    if overlap:
+        raise FIAError(f"{overlap} are both erased and preserved; remove them from one list")
+    return Plan(m, config, names, kept)
+
+
+def unlearn(
+    pipe: Any,
+    concepts: str | Sequence[str],
+    method: str = "fia",
+    config: Any = None,
+    *,
+    preserve: str | Sequence[str] = (),
+    prompts: Mapping[str, Any] | None = None,
+    progress: Any = None,
+    cache_dir: Any = None,
+) -> Any:
+    """Erase ``concepts`` from ``pipe`` with the registered ``method``; returns its :class:`fia.edit.Edit`.
+
+    ``pipe`` is not changed: apply the result with ``edit.apply_(pipe)``.
+    ``config`` must be the method's config type (default: its paper
+    settings). The inputs are checked by :func:`plan` before any work.
+    """
+    return plan(concepts, method, config, preserve=preserve).run(
+        pipe, prompts=prompts, progress=progress, cache_dir=cache_dir
     )

@@ -1,50 +1,35 @@
-"""Baselines behind one interface: ``edit(pipe, concepts, config, *, preserve=(), progress=None)``.
+"""The baseline methods, each registered in :mod:`fia.methods` with its config.
 
-Each method edits a diffusers pipeline in place, after which it is an
-ordinary pipeline again:
+Every method returns an :class:`fia.edit.Edit` and leaves the pipeline as it
+found it; apply the edit with ``edit.apply_(pipe)`` and undo it with
+``edit.restore_(pipe)``:
 
-- ``conceptprune``: prune FFN2 "skilled neurons" (:mod:`fia.baselines.conceptprune`);
-- ``uce``: closed-form edit of cross-attention keys/values (:mod:`fia.baselines.uce`);
-- ``esd-x``: fine-tune cross-attention with negative guidance (:mod:`fia.baselines.esd`);
-- ``fia`` and its ablations ``fia-union``, ``fia-wanda``, ``fia-channel``,
-  ``fia-layer`` (:mod:`fia.baselines.ablations`); the random control with
-  FIA's per-layer counts is :func:`fia.baselines.ablations.random_edit`.
+- ``conceptprune``: prunes FFN2 "skilled neurons"; a
+  :class:`fia.mask.ConceptMask` (:mod:`fia.baselines.conceptprune`);
+- ``uce``: closed-form edit of cross-attention keys/values; a
+  :class:`fia.delta.WeightDelta` (:mod:`fia.baselines.uce`);
+- ``esd-x``: fine-tunes cross-attention with negative guidance; a
+  :class:`fia.delta.WeightDelta` (:mod:`fia.baselines.esd`);
+- ``random``: the control, a random mask with another mask's per-layer
+  counts (:mod:`fia.baselines.random`).
 
-``METHODS`` maps a name to its ``edit`` function and ``CONFIGS`` to a
-callable that returns its default config (the paper's settings, see each
-module); ``progress`` is called as ``progress(done, total, message)``.
+The FIA family (``fia``, ``fia-causal`` and the ablations) registers in
+:mod:`fia.engine`.
+
+Run one with ``fia.unlearn(pipe, concepts, method="uce", config=UCEConfig(...))``
+(``fia unlearn --method NAME`` on the command line); ``fia.methods.methods()``
+lists every registered method with its default config (the paper's
+settings, see each module). Importing this package registers these four.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from fia.baselines import conceptprune, esd, uce
-from fia.baselines.random import RandomConfig, random_mask, random_mask_like
+# importing the modules runs their @register decorators
+from fia.baselines import conceptprune, esd, random, uce
 from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
 from fia.baselines.uce import UCEConfig
 
-METHODS: dict[str, Callable[..., Any]] = {
-    "conceptprune": conceptprune.edit,
-    "uce": uce.edit,
-    "esd-x": esd.edit,
-}
+from fia.baselines.random import RandomConfig
 
-CONFIGS: dict[str, Callable[[], Any]] = {
-    "conceptprune": ConceptPruneConfig,
-    "uce": UCEConfig,
-    "esd-x": ESDConfig,
-}
-
-__all__ = [
-    "CONFIGS",
-    "METHODS",
-    "ConceptPruneConfig",
-    "ESDConfig",
-    "RandomConfig",
-    "UCEConfig",
-    "random_mask",
-    "random_mask_like",
-]
+__all__ = ["ConceptPruneConfig", "ESDConfig", "RandomConfig", "UCEConfig", "conceptprune", "esd", "random", "uce"]

@@ -29,7 +29,9 @@ Target layers: the second linear of every transformer feed-forward block
    is skilled when it was selected in at least ``ceil(step_share * T)`` of the
    ``T`` steps (at least one).
 4. Several concepts: the union of their skilled neurons. Pruning sets those
-   weights to zero; nothing else changes.
+   weights to zero; nothing else changes. The result is a
+   :class:`fia.mask.ConceptMask` (method ``conceptprune``): the pipeline is
+   only read, and ``mask.apply_(pipe)`` prunes it.
 
 Choices where the paper leaves room (each is a :class:`ConceptPruneConfig`
 field): the paper tunes ``k`` per concept, our default is 1 %; the
@@ -55,10 +57,13 @@ import torch
 from torch import Tensor
 
 from fia.baselines import _common
-from fia.baselines._common import Progress
-from fia.config import FIAConfig
+from fia.config import FIAConfig, check_fraction, check_nonnegative, check_positive_int
 from fia.errors import FIAError
+from fia.mask import ConceptMask
+from fia.methods import register
+from fia.progress import Progress, report
 from fia.prompts import TASKS, ConceptPrompts, build_prompts
+from fia.targets import find_targets
 
 GROUPS = ("layer", "row")
 CFG_ROWS = ("both", "cond")
@@ -99,20 +104,20 @@ class ConceptPruneConfig:
     prompt_limit: int | None = None
 
     def validate(self) -> ConceptPruneConfig:
-        _common.check_fraction("sparsity", self.sparsity)
-        _common.check_fraction("step_share", self.step_share)
-        _common.check_positive_int("saliency_steps", self.saliency_steps)
-        _common.check_positive_int("num_inference_steps", self.num_inference_steps)
+        check_fraction("sparsity", self.sparsity)
+        check_fraction("step_share", self.step_share)
+        check_positive_int("saliency_steps", self.saliency_steps)
+        check_positive_int("num_inference_steps", self.num_inference_steps)
         if self.saliency_steps > self.num_inference_steps:
             raise FIAError(
                 f"saliency_steps ({self.saliency_steps}) exceed num_inference_steps "
                 f"({self.num_inference_steps}); lower the first or raise the second"
             )
-        _common.check_nonnegative("guidance_scale", self.guidance_scale)
+        check_nonnegative("guidance_scale", self.guidance_scale)
         if self.batch_size is not None:
-            _common.check_positive_int("batch_size", self.batch_size)
+            check_positive_int("batch_size", self.batch_size)
         if self.prompt_limit is not None:
-            _common.check_positive_int("prompt_limit", self.prompt_limit)
+            check_positive_int("prompt_limit", self.prompt_limit)
         if self.cfg_rows not in CFG_ROWS:
             raise FIAError(f"unknown cfg_rows {self.cfg_rows!r}; use one of: {', '.join(CFG_ROWS)}")
         if self.group not in GROUPS:
@@ -178,6 +183,11 @@ def skilled_neurons(
 
 
 # ------------------------------------------------------------ activations
+def ffn2_linears(unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """FFN2 of every transformer block (:func:`fia.targets.find_targets`), by qualified name, in module order."""
+    return {t.name: t.module for t in find_targets(unet, "ffn2")}
+
+
 class _StepCounter:
     def __init__(self) -> None:
         self.step = 0
@@ -200,7 +210,7 @@ def collect_sq_norms(
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise FIAError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    layers = dict(layers) if layers is not None else _common.ffn2_linears(pipe.unet)
+    layers = dict(layers) if layers is not None else ffn2_linears(pipe.unet)
     steps = config.saliency_steps
     sums = {name: torch.zeros(steps, lin.in_features, dtype=torch.float64) for name, lin in layers.items()}
     counter = _StepCounter()
@@ -283,32 +293,36 @@ def _as_prompts(concept: str, given: Any, config: ConceptPruneConfig) -> Concept
     return cp
 
 
-def edit(
+@register("conceptprune", ConceptPruneConfig, "prunes the FFN2 weights that fire for the concept (Chavhan et al. 2025)")
+def unlearn(
     pipe: Any,
     concepts: Sequence[str],
     config: ConceptPruneConfig | None = None,
     *,
     preserve: Sequence[str] = (),
-    progress: Progress | None = None,
     prompts: Mapping[str, Any] | None = None,
-) -> dict[str, Tensor]:
-    """Prune the skilled neurons of ``concepts`` from ``pipe``'s FFN2 layers, in place.
+    progress: Progress | None = None,
+    cache_dir: Any = None,
+) -> ConceptMask:
+    """The mask of the skilled neurons of ``concepts`` in ``pipe``'s FFN2 layers.
 
-    ``prompts`` maps a concept to a :class:`fia.prompts.ConceptPrompts` or a
-    ``(concept prompts, reference prompts)`` pair (seeds ``seed + k``);
-    other concepts get FIA's prompts and seeds for ``config.task``.
-    ``preserve`` is ignored (the method has no preservation term).
-    Returns the pruned mask {FFN2 name: bool tensor}.
+    Registered as ``conceptprune``: call it through :func:`fia.unlearn`,
+    which checks the names and the config. ``pipe`` is not changed; prune
+    it with ``mask.apply_(pipe)`` (a :class:`fia.mask.ConceptMask` with
+    method ``conceptprune``). ``prompts`` maps a concept to a
+    :class:`fia.prompts.ConceptPrompts` or a ``(concept prompts, reference
+    prompts)`` pair (seeds ``seed + k``); other concepts get FIA's prompts
+    and seeds for ``config.task``. ``preserve`` is ignored (the method has
+    no preservation term).
     """
-    config = (config or ConceptPruneConfig()).validate()
-    concepts = _common.check_concepts(concepts)
+    config = config or ConceptPruneConfig()
     prompts = dict(prompts or {})
-    layers = _common.ffn2_linears(pipe.unet)
+    layers = ffn2_linears(pipe.unet)
     weights = {name: lin.weight.detach().cpu() for name, lin in layers.items()}
     union = {name: torch.zeros(w.shape, dtype=torch.bool) for name, w in weights.items()}
     ref_cache: dict[tuple, dict[str, Tensor]] = {}
     for n, concept in enumerate(concepts):
-        _common.report(progress, n, len(concepts), f"ConceptPrune: scoring {concept!r}")
+        report(progress, n, len(concepts), f"ConceptPrune: scoring {concept!r}")
         cp = _as_prompts(concept, prompts.get(concept), config)
         key = (cp.base_prompts, cp.base_seeds)
         if key not in ref_cache:
@@ -323,8 +337,8 @@ def edit(
                 config.step_share,
                 config.group,
             )
-    with torch.no_grad():
-        for name, lin in layers.items():
-            lin.weight[union[name].to(lin.weight.device)] = 0
-    _common.report(progress, len(concepts), len(concepts), "ConceptPrune: pruned")
-    return union
+    mask = ConceptMask.from_prune_masks(
+        weights, union, concepts=list(concepts), config=config.to_dict(), target_kind="ffn2", method="conceptprune"
+    )
+    report(progress, len(concepts), len(concepts), "ConceptPrune: mask ready")
+    return mask

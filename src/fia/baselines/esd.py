@@ -36,7 +36,9 @@ timestep ``timesteps[k]`` (our choices: the text fixes neither).
 Everything random comes from one generator seeded with ``seed``, so two runs
 with the same seed give identical weights. Several concepts share one
 training run, cycling through them. ``preserve`` is accepted for interface
-compatibility and ignored (ESD has no preservation term).
+compatibility and ignored (ESD has no preservation term). The trained
+weights are returned as a :class:`fia.delta.WeightDelta` and the
+pipeline's own weights are put back.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ import torch
 import torch.nn.functional as F
 
 from fia.baselines import _common
-from fia.baselines._common import Progress
+from fia.config import check_nonnegative, check_positive_int
+from fia.delta import WeightDelta
 from fia.errors import FIAError
+from fia.methods import register
+from fia.progress import Progress, report
+from fia.targets import find_targets
 
 SAMPLE_WITH = ("student", "frozen")
 
@@ -80,12 +86,12 @@ class ESDConfig:
     seed: int = 0
 
     def validate(self) -> ESDConfig:
-        _common.check_positive_int("train_steps", self.train_steps)
-        _common.check_positive_int("ddim_steps", self.ddim_steps)
+        check_positive_int("train_steps", self.train_steps)
+        check_positive_int("ddim_steps", self.ddim_steps)
         if not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr == float("inf"):
             raise FIAError(f"lr must be a finite number > 0, got {self.lr!r}")
-        _common.check_nonnegative("eta", self.eta)
-        _common.check_nonnegative("sample_guidance", self.sample_guidance)
+        check_nonnegative("eta", self.eta)
+        check_nonnegative("sample_guidance", self.sample_guidance)
         if self.sample_with not in SAMPLE_WITH:
             raise FIAError(f"unknown sample_with {self.sample_with!r}; use one of: {', '.join(SAMPLE_WITH)}")
         return self
@@ -99,7 +105,8 @@ class ESDConfig:
 
 def trainable_names(unet: torch.nn.Module) -> list[str]:
     """Names of the parameters ESD-x trains: those of every text cross-attention (``attn2``)."""
-    prefixes = tuple(f"{name}." for name in _common.cross_attentions(unet))
+    # find_targets names attn2's key/value projections; their parent is the attention module
+    prefixes = tuple(sorted({t.name.rsplit(".", 1)[0] + "." for t in find_targets(unet, "attn_kv")}))
     return [n for n, _ in unet.named_parameters() if n.startswith(prefixes)]
 
 
@@ -137,22 +144,29 @@ def _sample_x_t(pipe: Any, unet: Any, x_T, k: int, cond, uncond, config: ESDConf
     return captured["latents"]
 
 
-def edit(
+@register("esd-x", ESDConfig, "fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)")
+def unlearn(
     pipe: Any,
     concepts: Sequence[str],
     config: ESDConfig | None = None,
     *,
     preserve: Sequence[str] = (),
-    progress: Progress | None = None,
     prompts: Mapping[str, str] | None = None,
-) -> list[float]:
-    """Erase ``concepts`` from ``pipe`` by ESD-x fine-tuning, in place; returns the loss per step.
+    progress: Progress | None = None,
+    cache_dir: Any = None,
+) -> WeightDelta:
+    """ESD-x's edit of ``pipe``'s cross-attention that erases ``concepts``.
 
-    ``prompts`` maps a concept to the text ``c`` it is trained on (default:
-    the concept's name, as in the paper). ``preserve`` is ignored.
+    Registered as ``esd-x``: call it through :func:`fia.unlearn`, which
+    checks the names and the config. Training runs on ``pipe``'s own UNet
+    and its weights are put back before returning, so ``pipe`` ends as it
+    started (also when training fails); the change is the returned
+    :class:`fia.delta.WeightDelta`, whose ``stats["losses"]`` holds the
+    loss per step. ``prompts`` maps a concept to the text ``c`` it is
+    trained on (default: the concept's name, as in the paper).
+    ``preserve`` is ignored (ESD has no preservation term).
     """
-    config = (config or ESDConfig()).validate()
-    concepts = _common.check_concepts(concepts)
+    config = config or ESDConfig()
     prompts = dict(prompts or {})
     unet = pipe.unet
     if getattr(unet.config, "addition_embed_type", None) is not None:
@@ -160,6 +174,7 @@ def edit(
     device = _common.execution_device(pipe)
     names = trainable_names(unet)
     params = dict(unet.named_parameters())
+    before = {n: params[n].detach().clone() for n in names}
     flags = {n: p.requires_grad for n, p in params.items()}
     was_training = unet.training
 
@@ -202,7 +217,8 @@ def edit(
             optimizer.step()
             value = loss.detach().item()
             losses.append(value)
-            _common.report(progress, step + 1, config.train_steps, f"ESD-x: step {step + 1}, loss {value:.4g}")
+            report(progress, step + 1, config.train_steps, f"ESD-x: step {step + 1}, loss {value:.4g}")
+        after = {n: params[n].detach().clone() for n in names}
     finally:
         optimizer.zero_grad(set_to_none=True)
         for n, p in params.items():
@@ -210,4 +226,9 @@ def edit(
             p.grad = None
         unet.train(was_training)
         del frozen
-    return losses
+        with torch.no_grad():  # the trained weights live on in the delta, not in pipe
+            for n in names:
+                params[n].copy_(before[n])
+    return WeightDelta.from_models(
+        before, after, method="esd-x", concepts=list(concepts), config=config.to_dict(), stats={"losses": losses}
+    )

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fia.errors import FIAError
 from fia.methods import register
+from fia.progress import report
 
 
 @dataclass
@@ -133,4 +134,7 @@ def _random_method(pipe: Any, concepts: list[str], config: RandomConfig, *, pres
     missing = [c for c in concepts if c not in like.concepts]
     if missing:
         raise FIAError(f"the mask to copy does not erase {missing}; give like= a mask made for these concepts")
-    return random_mask(pipe, like, config.seed)
+    report(progress, 0, 1, "drawing the random mask")
+    mask = random_mask(pipe, like, config.seed)
+    report(progress, 1, 1, f"random mask: {mask.pruned} weights")
+    return mask

@@ -45,7 +45,7 @@ position ``p`` of the concept maps to position ``p`` of the anchor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -53,8 +53,12 @@ import torch
 from torch import Tensor
 
 from fia.baselines import _common
-from fia.baselines._common import Progress
+from fia.config import check_nonnegative
+from fia.delta import WeightDelta
 from fia.errors import FIAError
+from fia.methods import register
+from fia.progress import Progress, report
+from fia.targets import find_targets
 
 TOKEN_MODES = ("concept_eos", "concept", "all")
 PROJECTIONS = ("to_k", "to_v")
@@ -85,9 +89,9 @@ class UCEConfig:
     projections: tuple[str, ...] = PROJECTIONS
 
     def validate(self) -> UCEConfig:
-        _common.check_nonnegative("erase_scale", self.erase_scale)
-        _common.check_nonnegative("preserve_scale", self.preserve_scale)
-        _common.check_nonnegative("lamb", self.lamb)
+        check_nonnegative("erase_scale", self.erase_scale)
+        check_nonnegative("preserve_scale", self.preserve_scale)
+        check_nonnegative("lamb", self.lamb)
         if self.tokens not in TOKEN_MODES:
             raise FIAError(f"unknown tokens {self.tokens!r}; use one of: {', '.join(TOKEN_MODES)}")
         bad = [p for p in self.projections if p not in PROJECTIONS]
@@ -206,42 +210,51 @@ def edit_inputs(
     return cat(ce), cat(ca), cat(cp)
 
 
-def edit(
+@register("uce", UCEConfig, "closed-form edit of the cross-attention keys and values (Gandikota et al. 2024)")
+def unlearn(
     pipe: Any,
     concepts: Sequence[str],
     config: UCEConfig | None = None,
     *,
     preserve: Sequence[str] = (),
+    prompts: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
-) -> None:
-    """Erase ``concepts`` (keeping ``preserve``) in every ``attn2.to_k`` / ``to_v`` of ``pipe.unet``, in place."""
-    config = (config or UCEConfig()).validate()
-    concepts = _common.check_concepts(concepts, allow_empty=True)
-    preserve = _common.check_concepts(preserve, allow_empty=True)
-    overlap = sorted(set(concepts) & set(preserve))
-    if overlap:
-        raise FIAError(f"{overlap} are both erased and preserved; remove them from one list")
+    cache_dir: Any = None,
+) -> WeightDelta:
+    """UCE's edit of every ``attn2.to_k`` / ``to_v`` of ``pipe``'s UNet that erases ``concepts`` and keeps ``preserve``.
+
+    Registered as ``uce``: call it through :func:`fia.unlearn`, which checks
+    the names (none both erased and preserved) and the config. ``pipe`` is not changed; the result is a
+    :class:`fia.delta.WeightDelta` (apply it with ``delta.apply_(pipe)``).
+    Called directly, ``concepts`` may be empty when ``preserve`` is not.
+    ``prompts`` is not used: UCE edits the embeddings of the names themselves.
+    """
+    config = config or UCEConfig()
     if not concepts and not preserve:
         raise FIAError("no concepts given; name at least one concept to erase")
     ce, ca, cp = edit_inputs(pipe, concepts, config, preserve)
-    attns = _common.cross_attentions(pipe.unet)
-    total = len(attns) * len(config.projections)
-    done = 0
+    edited = [t for t in find_targets(pipe.unet, "attn_kv") if t.name.rsplit(".", 1)[-1] in config.projections]
+    before: dict[str, Tensor] = {}
+    after: dict[str, Tensor] = {}
     with torch.no_grad():
-        for name, attn in attns.items():
-            for proj in config.projections:
-                lin = getattr(attn, proj)
-                w_old = lin.weight.detach().double().cpu()
-                if w_old.shape[1] != ce.shape[1]:
-                    raise FIAError(
-                        f"{name}.{proj} takes {w_old.shape[1]}-d inputs but the text encoder gives "
-                        f"{ce.shape[1]}-d embeddings; this pipeline is not supported"
-                    )
-                targets = ca @ w_old.T
-                w_new = closed_form(
-                    w_old, ce, targets, cp,
-                    erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb,
-                )  # fmt: skip
-                lin.weight.copy_(w_new.to(lin.weight.dtype))
-                done += 1
-                _common.report(progress, done, total, f"UCE: edited {name}.{proj}")
+        for done, target in enumerate(edited, start=1):
+            weight = target.module.weight
+            w_old = weight.detach().double().cpu()
+            if w_old.shape[1] != ce.shape[1]:
+                raise FIAError(
+                    f"{target.name} takes {w_old.shape[1]}-d inputs but the text encoder gives "
+                    f"{ce.shape[1]}-d embeddings; this pipeline is not supported"
+                )
+            targets = ca @ w_old.T
+            w_new = closed_form(
+                w_old, ce, targets, cp,
+                erase_scale=config.erase_scale, preserve_scale=config.preserve_scale, lamb=config.lamb,
+            )  # fmt: skip
+            before[f"{target.name}.weight"] = weight.detach().cpu().clone()
+            # rounded to the model's dtype, as writing it into the model would
+            after[f"{target.name}.weight"] = w_new.to(weight.dtype)
+            report(progress, done, len(edited), f"UCE: edited {target.name}")
+    return WeightDelta.from_models(
+        before, after, method="uce", concepts=list(concepts), config=config.to_dict(),
+        stats={"preserve": list(preserve)},
+    )  # fmt: skip
