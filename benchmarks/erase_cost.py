@@ -258,10 +258,10 @@ def main() -> None:
 
     import fia
     from fia.config import FIAConfig
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
 
     pipe = load(args.model, args.latent)
-    targets = find_targets(denoiser_of(pipe), "ffn2")
+    targets = find_targets(denoiser(pipe), "ffn2")
     w_bytes = sum(t.module.weight.numel() * 4 for t in targets)
     names = ["circle", "square", "triangle", "star", "heart", "cross", "ring", "diamond", "crescent", "arrow"]
     step_list = [int(s) for s in args.saliency_steps.split(",")]

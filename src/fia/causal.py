@@ -57,7 +57,7 @@ from fia.errors import FIAError
 from fia.io import atomic_write_bytes
 from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
-from fia.targets import TargetLinear, denoiser_of
+from fia.targets import TargetLinear, denoiser
 
 CACHE_FORMAT = 1
 
@@ -76,7 +76,7 @@ class _Model:
     def __init__(self, pipe: Any, targets: list[TargetLinear], config: FIAConfig, judge: Judge | None = None):
         self.pipe = pipe
         self.judge = judge
-        self.unet = denoiser_of(pipe)
+        self.unet = denoiser(pipe)
         self.config = config
         ucfg = getattr(self.unet, "config", None)
         if not hasattr(pipe, "encode_prompt") or getattr(ucfg, "addition_embed_type", None) is not None or not hasattr(ucfg, "sample_size"):

@@ -201,12 +201,12 @@ def run_erase(
     from fia.erase import write_stats
     from fia.mask import save_edited_pipeline
     from fia.models import load_pipeline
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
 
     console = _err_console()
     with console.status("loading the model..."):
         pipe = load_pipeline(model, device=device, dtype=dtype)
-    find_targets(denoiser_of(pipe), cfg.targets)  # fails early, before OUT exists
+    find_targets(denoiser(pipe), cfg.targets)  # fails early, before OUT exists
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),

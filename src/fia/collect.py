@@ -59,7 +59,7 @@ from fia.core.contrastive import ContrastiveAccumulator
 from fia.core.saliency import energy_saliency, wanda_saliency
 from fia.core.temporal import TimeIntegrator
 from fia.errors import FIAError
-from fia.targets import TargetLinear, denoiser_of
+from fia.targets import TargetLinear, denoiser
 
 SaliencyObserver = Callable[[str, int, Tensor], None]
 
@@ -256,8 +256,8 @@ def concept_sensitivity(
     steps = config.saliency_steps
     total = steps * len(chunks)
 
-    denoiser = denoiser_of(pipe)
-    modules = dict(denoiser.named_modules())
+    model = denoiser(pipe)
+    modules = dict(model.named_modules())
     for t in targets:
         if modules.get(t.name) is not t.module:
             raise FIAError(
