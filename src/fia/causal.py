@@ -57,6 +57,7 @@ from fia.errors import FIAError
 from fia.io import atomic_write_bytes
 from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
+from fia.sampling import generators
 from fia.targets import TargetLinear, denoiser
 
 CACHE_FORMAT = 1
@@ -111,9 +112,9 @@ class _Model:
         return sched
 
     def initial_latents(self, seeds: Sequence[int]) -> Tensor:
-        """One latent per seed, drawn on the CPU (as fia.shapeworld.evaluate.generate draws them)."""
+        """One latent per seed, drawn on the CPU by the seeding rule of :mod:`fia.sampling`."""
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in seeds]
+        gens = generators(seeds)
         lat = torch.stack([torch.randn((c, s, s), generator=g) for g in gens])
         return lat.to(self.device, self.dtype)
 
@@ -143,7 +144,7 @@ class _Model:
         total = z.new_zeros(())
         for i, share in enumerate(self.config.evidence_timesteps):
             t = min(n_train - 1, int(share * n_train))
-            gens = [torch.Generator("cpu").manual_seed(int(s) * 7919 + i) for s in seeds]
+            gens = generators([int(s) * 7919 + i for s in seeds])
             noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in gens]).to(z)
             a, b = alphas[t].sqrt().to(z.dtype), (1 - alphas[t]).sqrt().to(z.dtype)
             zt = a * z + b * noise
