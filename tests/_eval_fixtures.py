@@ -98,9 +98,9 @@ def clip_folder(path: Path) -> Path:
     """A small random CLIPModel with the ShapeWorld-free test tokenizer and a preprocessor config."""
     from transformers import CLIPConfig, CLIPModel
 
-    from fia.testing import _tiny_tokenizer
+    from fia.shapeworld.tokenizer import byte_level_tokenizer
 
-    tok = _tiny_tokenizer()
+    tok = byte_level_tokenizer()
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config=dict(
