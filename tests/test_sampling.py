@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _erase_fixtures import one_thread  # noqa: F401 - autouse fixture: tiny models run fastest on one thread
 from torch import nn
 
 from fia import sampling
@@ -13,14 +14,6 @@ from fia.targets import find_targets
 from fia.testing import tiny_sd_pipeline
 
 STEPS = 4  # schedule length used throughout (the tiny pipeline is fast at any length)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
