@@ -52,26 +52,38 @@ def tiny_text_encoder(tokenizer, hidden_size: int, *, with_projection: bool = Fa
     return model_class(CLIPTextConfig(**settings))
 
 
+def tiny_unet(**layout: Any):
+    """A random two-level ``UNet2DConditionModel`` on 8x8x4 latents, one layer per block.
+
+    ``layout`` gives the block types, attention and conditioning settings
+    (and may override the defaults).
+    """
+    from diffusers import UNet2DConditionModel
+
+    settings = {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "norm_num_groups": 32,
+    }
+    settings.update(layout)
+    return UNet2DConditionModel(**settings)
+
+
 def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     """A random ``StableDiffusionPipeline`` making 16x16 images (8x8 latents).
 
     Its UNet has 4 transformer blocks, hence 4 FFN2 layers: one in the
     cross-attention down block, one in the mid block, two in the up block.
     """
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = tiny_unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
-        norm_num_groups=32,
     )
     vae = tiny_vae()
     tokenizer = byte_level_tokenizer()
@@ -127,19 +139,10 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
 
 def tiny_sdxl_pipeline(seed: int = 0):
     """A random ``StableDiffusionXLPipeline`` (two text encoders, added conditions)."""
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = tiny_unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -149,7 +152,6 @@ def tiny_sdxl_pipeline(seed: int = 0):
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 5 * 8 + 40
         cross_attention_dim=64,
-        norm_num_groups=32,
     )
     vae = tiny_vae()
     tokenizer = byte_level_tokenizer()
