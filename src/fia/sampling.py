@@ -130,18 +130,19 @@ def first_steps(
         )
     done = 0
     latents: Tensor | None = None
-    running: list[Any] = []  # the pipeline object the callback sees (a wrapper may forward to it)
+    # the flag is set on the pipeline the callback receives, which is not ``pipe``
+    # itself when ``pipe`` is a wrapper forwarding its calls
+    interrupted: Any = None
 
     def stop_after_steps(pipeline: Any, index: int, _timestep: Any, callback_kwargs: dict) -> dict:
-        nonlocal done, latents
-        if not running:
-            running.append(pipeline)
+        nonlocal done, latents, interrupted
         done = index + 1
         if on_step is not None:
             on_step(done)
         if done >= steps:
             latents = callback_kwargs["latents"].detach()
             pipeline._interrupt = True
+            interrupted = pipeline
         return {}
 
     try:
@@ -153,9 +154,10 @@ def first_steps(
                 **call_kwargs,
             )
     finally:
-        for pipeline in {id(p): p for p in [pipe, *running]}.values():
-            if hasattr(pipeline, "_interrupt"):
-                pipeline._interrupt = False
+        if interrupted is not None:
+            interrupted._interrupt = False
+        if hasattr(pipe, "_interrupt"):
+            pipe._interrupt = False
     if done != steps or latents is None:
         raise FIAError(
             f"the sampler ran {done} steps where {steps} were asked for; use a diffusers pipeline "
