@@ -113,17 +113,12 @@ class StateMeter:
                 super().__init__(*a, **k)
                 meter.collectors = [self]
 
-            def hook(self, name: str):  # time the engine's work inside the forward hooks
-                inner = super().hook(name)
-
-                def timed(*a: Any, **k: Any) -> Any:
-                    t0 = time.perf_counter()
-                    try:
-                        return inner(*a, **k)
-                    finally:
-                        meter.hook_seconds += time.perf_counter() - t0
-
-                return timed
+            def on_forward(self, *a: Any, **k: Any) -> None:  # time the engine's work inside the forward hooks
+                t0 = time.perf_counter()
+                try:
+                    super().on_forward(*a, **k)
+                finally:
+                    meter.hook_seconds += time.perf_counter() - t0
 
         def init(acc: Any, *a: Any, **k: Any) -> None:
             orig_init(acc, *a, **k)
@@ -197,30 +192,26 @@ def concept_plan(concepts: list[str], prompts: int, seed: int):
 
 def bare_run(pipe, plan, config, meter: StateMeter | None = None) -> float:
     """Time the sampler alone on the batches erase runs (all prompts of a concept at once)."""
+    from fia.sampling import first_steps, generators
+
+    def on_step(_done: int) -> None:
+        if meter is not None:
+            meter.sample_rss()
+
     total = 0.0
     for cp in plan.values():
-        prompts = list(cp.concept_prompts) + list(cp.base_prompts)
-        seeds = list(cp.concept_seeds) + list(cp.base_seeds)
-
-        def stop(pipeline, i, t, kwargs):
-            if meter is not None:
-                meter.sample_rss()
-            if i + 1 >= config.saliency_steps:
-                pipeline._interrupt = True
-            return {}
-
         t0 = time.perf_counter()
         with torch.inference_mode():
-            pipe(
-                prompt=prompts,
-                num_inference_steps=config.num_inference_steps,
+            first_steps(
+                pipe,
+                config.saliency_steps,
+                config.num_inference_steps,
+                on_step=on_step,
+                prompt=list(cp.concept_prompts) + list(cp.base_prompts),
                 guidance_scale=config.guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                output_type="latent",
-                callback_on_step_end=stop,
+                generator=generators(list(cp.concept_seeds) + list(cp.base_seeds)),
             )
         total += time.perf_counter() - t0
-        pipe._interrupt = False
     return total
 
 
@@ -258,10 +249,10 @@ def main() -> None:
 
     import fia
     from fia.config import FIAConfig
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
 
     pipe = load(args.model, args.latent)
-    targets = find_targets(denoiser_of(pipe), "ffn2")
+    targets = find_targets(denoiser(pipe), "ffn2")
     w_bytes = sum(t.module.weight.numel() * 4 for t in targets)
     names = ["circle", "square", "triangle", "star", "heart", "cross", "ring", "diamond", "crescent", "arrow"]
     step_list = [int(s) for s in args.saliency_steps.split(",")]

@@ -47,9 +47,9 @@ class StandInOracle(nn.Module):
 def random_mask(pipe, share: float = 0.5, seed: int = 0, concepts=("circle", "square")):
     """A real ConceptMask that zeroes a random ``share`` of every FFN2 weight."""
     from fia.mask import ConceptMask
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
 
-    unet = denoiser_of(pipe)
+    unet = denoiser(pipe)
     targets = find_targets(unet, "ffn2")
     g = torch.Generator().manual_seed(seed)
     weights = {t.name: t.module.weight for t in targets}
@@ -99,9 +99,9 @@ def clip_folder(path: Path) -> Path:
     """A small random CLIPModel with the ShapeWorld-free test tokenizer and a preprocessor config."""
     from transformers import CLIPConfig, CLIPModel
 
-    from fia.testing import _tiny_tokenizer
+    from fia.shapeworld.tokenizer import byte_level_tokenizer
 
-    tok = _tiny_tokenizer()
+    tok = byte_level_tokenizer()
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config=dict(

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _erase_fixtures import one_thread  # noqa: F401 - autouse fixture: tiny models run fastest on one thread
 
 from fia.architectures import build_denoiser
 from fia.collect import concept_sensitivity
@@ -14,16 +15,6 @@ CONCEPT = ["a golf ball in a park", "a golf ball near the road", "a golf ball in
 BASE = ["a park", "a road", "a cafe"]
 SEEDS = [11, 12, 13]
 CFG = FIAConfig(saliency_steps=3, num_inference_steps=8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny models are far too small for intra-op threads; on a shared
-    # 2-core machine the threads' spin-waits make each call 10-50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

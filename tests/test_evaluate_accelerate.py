@@ -24,14 +24,14 @@ from fia.prompts import shipped_prompt_set
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
     from fia.testing import tiny_sd_pipeline
 
     root = tmp_path_factory.mktemp("acc")
     pipe = tiny_sd_pipeline()
     pipe.save_pretrained(root / "base")
     with torch.no_grad():
-        for t in find_targets(denoiser_of(pipe), "ffn2"):
+        for t in find_targets(denoiser(pipe), "ffn2"):
             t.module.weight.mul_(0.5)
     pipe.save_pretrained(root / "edited")
     return root, resnet_folder(root / "resnet")

@@ -27,7 +27,7 @@ FAST = ["--steps", "2", "--batch-size", "4"]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from fia.targets import denoiser_of, find_targets
+    from fia.targets import denoiser, find_targets
     from fia.testing import tiny_sd_pipeline
 
     root = tmp_path_factory.mktemp("models")
@@ -35,7 +35,7 @@ def models(tmp_path_factory):
     pipe.save_pretrained(root / "base")
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for t in find_targets(denoiser_of(pipe), "ffn2"):
+        for t in find_targets(denoiser(pipe), "ffn2"):
             t.module.weight.mul_(torch.rand(t.module.weight.shape, generator=g) > 0.5)
     pipe.save_pretrained(root / "edited")
     return {

@@ -6,7 +6,7 @@ from torch import nn
 
 from fia.architectures import build_denoiser, unet_config
 from fia.errors import FIAError
-from fia.targets import TargetLinear, denoiser_of, find_targets
+from fia.targets import TargetLinear, denoiser, find_targets
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,23 @@ def test_no_feed_forward_raises():
         find_targets(model, "ffn3")
 
 
-def test_denoiser_of():
+def test_denoiser():
     class Pipe:
         unet = nn.Linear(1, 1)
 
     class TPipe:
         transformer = nn.Linear(1, 1)
 
-    assert denoiser_of(Pipe()) is Pipe.unet
-    assert denoiser_of(TPipe()) is TPipe.transformer
+    assert denoiser(Pipe()) is Pipe.unet
+    assert denoiser(TPipe()) is TPipe.transformer
     with pytest.raises(FIAError, match="no `unet` or `transformer`"):
-        denoiser_of(object())
+        denoiser(object())
+    # a bare denoiser is its own denoiser, and the mask module uses this one lookup
+    bare = nn.Linear(1, 1)
+    assert denoiser(bare) is bare
+    import fia.mask
+
+    assert fia.mask.denoiser is denoiser
 
 
 def test_configs():

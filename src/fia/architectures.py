@@ -171,40 +171,25 @@ def random_sd15_pipeline(latent_size: int = 8, dtype: torch.dtype = torch.float3
     schedule drives it. Meant for speed and memory measurements at true layer
     sizes; building it allocates about 3.4 GB (float32) and takes seconds.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
 
-    from fia.testing import _tiny_tokenizer, sd_pipeline
+    from fia.shapeworld.tokenizer import byte_level_tokenizer
+    from fia.testing import sd_pipeline, tiny_text_encoder, tiny_vae
 
     torch.manual_seed(seed)
     cfg = unet_config("sd15")
     cfg.pop("_class_name")
     cfg["sample_size"] = latent_size
     unet = UNet2DConditionModel(**cfg)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        sample_size=latent_size * 8,
-        norm_num_groups=32,
-    )
-    tokenizer = _tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=768,
-            intermediate_size=1024,
-            num_attention_heads=12,
-            num_hidden_layers=1,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
+    vae = tiny_vae(block_out_channels=(32, 32, 32, 32), sample_size=latent_size * 8)
+    tokenizer = byte_level_tokenizer()
+    text_encoder = tiny_text_encoder(
+        tokenizer,
+        768,
+        intermediate_size=1024,
+        num_attention_heads=12,
+        num_hidden_layers=1,
+        max_position_embeddings=77,
     )
     pipe = sd_pipeline(unet, vae, text_encoder, tokenizer)
     if dtype != torch.float32:

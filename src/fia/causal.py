@@ -58,7 +58,8 @@ from fia.progress import Progress, report
 from fia.cache import ConceptCache, rounds_key
 from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
-from fia.targets import TargetLinear, denoiser_of
+from fia.sampling import generators
+from fia.targets import TargetLinear, denoiser
 
 
 # judge(latents, prompts, contrasts) -> summed evidence that each latent shows its
@@ -76,7 +77,7 @@ class _Model:
     def __init__(self, pipe: Any, targets: list[TargetLinear], config: FIAConfig, judge: Judge | None = None):
         self.pipe = pipe
         self.judge = judge
-        self.unet = denoiser_of(pipe)
+        self.unet = denoiser(pipe)
         self.config = config
         ucfg = getattr(self.unet, "config", None)
         if not hasattr(pipe, "encode_prompt") or getattr(ucfg, "addition_embed_type", None) is not None or not hasattr(ucfg, "sample_size"):
@@ -111,9 +112,9 @@ class _Model:
         return sched
 
     def initial_latents(self, seeds: Sequence[int]) -> Tensor:
-        """One latent per seed, drawn on the CPU (as fia.shapeworld.evaluate.generate draws them)."""
+        """One latent per seed, drawn on the CPU by the seeding rule of :mod:`fia.sampling`."""
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in seeds]
+        gens = generators(seeds)
         lat = torch.stack([torch.randn((c, s, s), generator=g) for g in gens])
         return lat.to(self.device, self.dtype)
 
@@ -143,7 +144,7 @@ class _Model:
         total = z.new_zeros(())
         for i, share in enumerate(self.config.evidence_timesteps):
             t = min(n_train - 1, int(share * n_train))
-            gens = [torch.Generator("cpu").manual_seed(int(s) * 7919 + i) for s in seeds]
+            gens = generators([int(s) * 7919 + i for s in seeds])
             noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in gens]).to(z)
             a, b = alphas[t].sqrt().to(z.dtype), (1 - alphas[t]).sqrt().to(z.dtype)
             zt = a * z + b * noise

@@ -172,10 +172,10 @@ def erase(
 def run_erase(*, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False) -> None:
     """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report)."""
     from fia.engine import erase, write_stats
-    from fia.mask import denoiser, save_edited_pipeline
+    from fia.mask import save_edited_pipeline
     from fia.models import load_pipeline
     from fia.progress import rich_bar
-    from fia.targets import find_targets
+    from fia.targets import denoiser, find_targets
 
     console = _err_console()
     with console.status("loading the model..."):

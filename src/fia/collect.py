@@ -19,7 +19,8 @@ stacks both rows' tokens. For each prompt in batch order it computes ``U``
 (Eq. 3) and the accumulator is dropped.
 
 Batching is a speed choice only: prompt ``k`` is always sampled with a
-``torch.Generator`` seeded with its own seed (one generator per prompt), its
+``torch.Generator`` seeded with its own seed (the seeding rule of
+:mod:`fia.sampling`), its
 text is encoded alone, and its statistics are added in prompt order, so
 batched and per-prompt runs give the same ``U``, ``S`` and ``A`` up to the
 last bits of batched kernels.
@@ -59,7 +60,8 @@ from fia.core.contrastive import ContrastiveAccumulator
 from fia.core.saliency import energy_saliency, wanda_saliency
 from fia.core.temporal import TimeIntegrator
 from fia.errors import FIAError
-from fia.targets import TargetLinear, denoiser_of
+from fia.sampling import capture, first_steps, generators
+from fia.targets import TargetLinear, denoiser
 
 SaliencyObserver = Callable[[str, int, Tensor], None]
 
@@ -136,47 +138,45 @@ class _Collector:
         return rows.float()
 
     # ----------------------------------------------------------------- hook
-    def hook(self, name: str):
-        def _hook(module, args, output):
-            state = self.layers[name]
-            call = (self.chunk, self.step)
-            if state.last_call == call:
-                raise RuntimeError(
-                    f"target layer {name} ran twice in one denoising step; FIA expects one "
-                    "batched denoiser call per step"
-                )
-            state.last_call = call
-            x = args[0] if args else None
-            if not isinstance(x, Tensor):
-                raise RuntimeError(f"target layer {name} was called without a tensor input")
-            flags = self.chunk_flags
-            num_prompts = len(flags)
-            xb, per_prompt = self._prompt_rows(x.detach(), num_prompts)
-            yb = None
-            if self.config.saliency == "energy":
-                y = output.detach()
-                if module.bias is not None:
-                    y = y.float() - module.bias.detach().float()
-                yb, _ = self._prompt_rows(y, num_prompts)
-            w = module.weight
-            acc = state.pending.get(self.step)
-            if acc is None:
-                acc = ContrastiveAccumulator(w.shape, device=w.device)
-            buf = self._u_buffer(tuple(w.shape), w.device)
-            for p in range(num_prompts):
-                xp = self._rows_of_prompt(xb, p, num_prompts, per_prompt)
-                if yb is None:
-                    u = wanda_saliency(w, xp, abs_weight=state.abs_weight, out=buf)
-                else:
-                    yp = self._rows_of_prompt(yb, p, num_prompts, per_prompt)
-                    u = energy_saliency(w, xp, yp, self.config.eps, abs_weight=state.abs_weight, out=buf)
-                acc.add(u, flags[p], overwrite=True)
-            if self.single_chunk:
-                self._finish(name, self.step, acc)
+    def on_forward(self, name: str, module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+        """Forward hook of target ``name``: fold this step's ``U`` of every prompt into Eq. 2."""
+        state = self.layers[name]
+        call = (self.chunk, self.step)
+        if state.last_call == call:
+            raise RuntimeError(
+                f"target layer {name} ran twice in one denoising step; FIA expects one "
+                "batched denoiser call per step"
+            )
+        state.last_call = call
+        x = args[0] if args else None
+        if not isinstance(x, Tensor):
+            raise RuntimeError(f"target layer {name} was called without a tensor input")
+        flags = self.chunk_flags
+        num_prompts = len(flags)
+        xb, per_prompt = self._prompt_rows(x.detach(), num_prompts)
+        yb = None
+        if self.config.saliency == "energy":
+            y = output.detach()
+            if module.bias is not None:
+                y = y.float() - module.bias.detach().float()
+            yb, _ = self._prompt_rows(y, num_prompts)
+        w = module.weight
+        acc = state.pending.get(self.step)
+        if acc is None:
+            acc = ContrastiveAccumulator(w.shape, device=w.device)
+        buf = self._u_buffer(tuple(w.shape), w.device)
+        for p in range(num_prompts):
+            xp = self._rows_of_prompt(xb, p, num_prompts, per_prompt)
+            if yb is None:
+                u = wanda_saliency(w, xp, abs_weight=state.abs_weight, out=buf)
             else:
-                state.pending[self.step] = acc
-
-        return _hook
+                yp = self._rows_of_prompt(yb, p, num_prompts, per_prompt)
+                u = energy_saliency(w, xp, yp, self.config.eps, abs_weight=state.abs_weight, out=buf)
+            acc.add(u, flags[p], overwrite=True)
+        if self.single_chunk:
+            self._finish(name, self.step, acc)
+        else:
+            state.pending[self.step] = acc
 
     def _finish(self, name: str, step: int, acc: ContrastiveAccumulator) -> None:
         s = acc.saliency()
@@ -225,8 +225,8 @@ def concept_sensitivity(
             ``callback_on_step_end`` and honours ``_interrupt`` (Stable
             Diffusion 1.x/2.x, SDXL).
         concept_prompts / base_prompts: the two prompt sets of Eq. 2.
-        concept_seeds / base_seeds: one seed per prompt; prompt ``k`` is
-            sampled with ``torch.Generator().manual_seed(seed_k)`` (pair a
+        concept_seeds / base_seeds: one seed per prompt; prompt ``k``'s noise
+            comes from ``seed_k`` alone (:func:`fia.sampling.generators`; pair a
             concept prompt and its base prompt by giving them the same seed).
         config: ``saliency_steps``, ``num_inference_steps``, ``guidance_scale``,
             ``batch_size``, ``saliency``, ``cfg_rows`` and ``eps`` are used.
@@ -256,64 +256,41 @@ def concept_sensitivity(
     steps = config.saliency_steps
     total = steps * len(chunks)
 
-    denoiser = denoiser_of(pipe)
-    modules = dict(denoiser.named_modules())
-    for t in targets:
-        if modules.get(t.name) is not t.module:
-            raise FIAError(
-                f"target {t.name} is not a layer of this pipeline's denoiser; "
-                "find the targets on the same pipeline with fia.targets.find_targets"
-            )
-
     with torch.inference_mode():
         col = _Collector(pipe, config, targets, r1, on_saliency)
         col.single_chunk = len(chunks) == 1
-        handles = []
-        try:
-            for t in targets:
-                handles.append(t.module.register_forward_hook(col.hook(t.name)))
-            done = 0
+        done = 0
+
+        def on_step(step_done: int) -> None:
+            nonlocal done
+            col.step = step_done  # the hooks of the next denoiser call belong to this step
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        with capture(targets, col.on_forward, within=denoiser(pipe)):
             for ci, chunk in enumerate(chunks):
                 col.chunk = ci
                 col.step = 0
                 col.chunk_flags = [flags[k] for k in chunk]
-
-                def on_step_end(pipeline, i, t, callback_kwargs):
-                    nonlocal done
-                    col.step = i + 1
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                    if i + 1 >= steps:
-                        pipeline._interrupt = True
-                    return {}
-
-                pipe(
+                first_steps(
+                    pipe,
+                    steps,
+                    config.num_inference_steps,
+                    on_step=on_step,
                     prompt=[prompts[k] for k in chunk],
-                    num_inference_steps=config.num_inference_steps,
                     guidance_scale=config.guidance_scale,
-                    generator=[torch.Generator("cpu").manual_seed(seeds[k]) for k in chunk],
-                    output_type="latent",
-                    callback_on_step_end=on_step_end,
+                    generator=generators([seeds[k] for k in chunk]),
                 )
-                if col.step != steps:
-                    raise RuntimeError(
-                        f"the sampler ran {col.step} steps, {steps} saliency steps were asked for"
-                    )
-            if not col.single_chunk:
-                col.finish_pending(steps)
-            result: dict[str, Tensor] = {}
-            for name in list(col.layers):
-                state = col.layers.pop(name)  # free |W| and the sums as A grows
-                if state.integrator.steps != steps:
-                    raise RuntimeError(
-                        f"target layer {name} ran in {state.integrator.steps} of {steps} steps; "
-                        "is it part of the denoiser's forward pass?"
-                    )
-                result[name] = state.integrator.result().cpu()
-            return result
-        finally:
-            for h in handles:
-                h.remove()
-            if hasattr(pipe, "_interrupt"):
-                pipe._interrupt = False
+        if not col.single_chunk:
+            col.finish_pending(steps)
+        result: dict[str, Tensor] = {}
+        for name in list(col.layers):
+            state = col.layers.pop(name)  # free |W| and the sums as A grows
+            if state.integrator.steps != steps:
+                raise RuntimeError(
+                    f"target layer {name} ran in {state.integrator.steps} of {steps} steps; "
+                    "is it part of the denoiser's forward pass?"
+                )
+            result[name] = state.integrator.result().cpu()
+        return result

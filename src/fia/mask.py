@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from fia.edit import EditFile
 from fia.errors import FIAError
 from fia.io import replace_dir, temporary_sibling_dir
+from fia.targets import denoiser
 
 FORMAT = "fia-mask"
 FORMAT_VERSION = 1
@@ -74,23 +75,6 @@ _CAUSAL_SUMMARY_KEYS = (
 
 
 # ------------------------------------------------------------------ model access
-def denoiser(obj: Any) -> nn.Module:
-    """The denoiser (UNet / transformer) of a pipeline, or ``obj`` if it is a module."""
-    if isinstance(obj, nn.Module):
-        return obj
-    try:
-        from fia.targets import denoiser_of
-    except ImportError:  # pragma: no cover - fia.targets ships with the package
-        denoiser_of = None
-    if denoiser_of is not None:
-        return denoiser_of(obj)
-    for attr in ("unet", "transformer"):  # pragma: no cover
-        mod = getattr(obj, attr, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise FIAError(f"{type(obj).__name__} has no UNet or transformer; pass a diffusers pipeline")  # pragma: no cover
-
-
 def _weights_by_name(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
     modules = dict(model.named_modules())
     out = {}

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fia import sampling
 from fia.errors import FIAError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -157,7 +158,6 @@ def generation_defaults(model: str | None) -> dict[str, Any]:
     return {"num_inference_steps": 50, "guidance_scale": 7.5}
 
 
-@torch.no_grad()
 def generate_images(
     pipe: Any,
     prompt: str,
@@ -168,23 +168,18 @@ def generate_images(
     height: int | None = None,
     width: int | None = None,
 ) -> list[Any]:
-    """One PIL image per seed (image ``k`` from ``torch.Generator().manual_seed(seeds[k])``)."""
-    device = getattr(pipe, "device", torch.device("cpu"))
-    gen_device = "cpu" if torch.device(device).type == "mps" else device
-    kwargs: dict[str, Any] = {}
-    if height is not None:
-        kwargs["height"] = int(height)
-    if width is not None:
-        kwargs["width"] = int(width)
-    out = pipe(
-        prompt=[prompt] * len(seeds),
-        num_inference_steps=int(num_inference_steps),
-        guidance_scale=float(guidance_scale),
-        generator=[torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds],
+    """One PIL image of ``prompt`` per seed (image ``k`` from ``seeds[k]``, see :mod:`fia.sampling`)."""
+    images = sampling.generate(
+        pipe,
+        [prompt] * len(seeds),
+        seeds,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
         output_type="pil",
-        **kwargs,
     )
-    return list(out.images)
+    return list(images)
 
 
 def image_grid(rows: list[list[Any]], pad: int = 2) -> Any:

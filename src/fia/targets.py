@@ -133,10 +133,10 @@ def find_targets(model: nn.Module, targets: str | TargetFilter = "ffn2") -> list
     return found
 
 
-def denoiser_of(pipe) -> nn.Module:
+def denoiser(pipe) -> nn.Module:
     """The denoising network of a diffusers pipeline (``pipe.unet`` or ``pipe.transformer``).
 
-    A bare ``nn.Module`` is returned as is.
+    A bare ``nn.Module`` (the denoiser itself) is returned as is.
     """
     for attr in ("unet", "transformer"):
         model = getattr(pipe, attr, None)

@@ -3,57 +3,73 @@
 They have the real classes and code paths of Stable Diffusion (1.x and XL)
 at toy sizes, the way diffusers' own tests build them: a UNet with
 cross-attention transformer blocks (so FFN2 layers exist), a CLIP text
-encoder with a small random vocabulary-sized embedding, a VAE and a scheduler.
-Nothing is downloaded; the tokenizer is the ShapeWorld tokenizer shipped
-with the package once it exists, else a word-level CLIP tokenizer built here.
+encoder with a small random embedding, a VAE and a scheduler. Nothing is
+downloaded; the tokenizer is the byte-level one of
+:func:`fia.shapeworld.tokenizer.byte_level_tokenizer`. The parts
+(:func:`tiny_text_encoder`, :func:`tiny_vae`, :func:`sd_pipeline`) also build
+:func:`fia.architectures.random_sd15_pipeline`.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
+from typing import Any
 
 import torch
 
+from fia.shapeworld.tokenizer import byte_level_tokenizer
 
-def _tiny_tokenizer():
-    from transformers import CLIPTokenizer
-
-    # A minimal byte-level CLIP BPE vocabulary: every byte symbol (alone and
-    # as end of word) plus the special tokens. Any text tokenizes; no merges.
-    symbols = list(byte_symbols().values())
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    # the files are read while loading, so the folder can go right after
-    with tempfile.TemporaryDirectory(prefix="fia-tok-") as tmp:
-        folder = Path(tmp)
-        (folder / "vocab.json").write_text(json.dumps(vocab))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+# Stable Diffusion's training noise schedule, shared by the schedulers built here
+SD_NOISE_SCHEDULE: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
 
 
-def byte_symbols() -> dict[int, str]:
-    """The byte -> printable-character table of byte-level BPE (GPT-2, CLIP).
+def tiny_text_encoder(tokenizer, hidden_size: int, *, with_projection: bool = False, **config: Any):
+    """A random CLIP text encoder sized for ``tokenizer``'s vocabulary.
 
-    Printable Latin-1 bytes map to themselves; the others are shifted to
-    code points from 256 on, so every byte has a visible, distinct symbol.
+    Defaults: 2 layers of 4 heads, feed-forward width 37; ``config`` overrides
+    or adds ``CLIPTextConfig`` entries. ``with_projection`` builds the
+    ``CLIPTextModelWithProjection`` of SD XL's second encoder.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-    keep += list(range(ord("\xae"), ord("\xff") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    settings = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "hidden_size": hidden_size,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": len(tokenizer),
+    }
+    settings.update(config)
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(CLIPTextConfig(**settings))
+
+
+def tiny_unet(**layout: Any):
+    """A random two-level ``UNet2DConditionModel`` on 8x8x4 latents, one layer per block.
+
+    ``layout`` gives the block types, attention and conditioning settings
+    (and may override the defaults).
+    """
+    from diffusers import UNet2DConditionModel
+
+    settings = {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "norm_num_groups": 32,
+    }
+    settings.update(layout)
+    return UNet2DConditionModel(**settings)
 
 
 def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
@@ -62,52 +78,37 @@ def tiny_sd_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     Its UNet has 4 transformer blocks, hence 4 FFN2 layers: one in the
     cross-attention down block, one in the mid block, two in the up block.
     """
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = tiny_unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
-        norm_num_groups=32,
     )
     vae = tiny_vae()
-    tokenizer = _tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=cross_attention_dim,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-        )
-    )
+    tokenizer = byte_level_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer, cross_attention_dim)
     return sd_pipeline(unet, vae, text_encoder, tokenizer)
 
 
-def tiny_vae():
-    """A random two-level ``AutoencoderKL``: 32x32 RGB <-> 16x16x4 latents."""
+def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), sample_size: int = 32):
+    """A random ``AutoencoderKL`` with one level per entry of ``block_out_channels``.
+
+    The default two levels map 32x32 RGB <-> 16x16x4 latents; each level
+    halves the resolution after the first.
+    """
     from diffusers import AutoencoderKL
 
+    levels = len(block_out_channels)
     return AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=tuple(block_out_channels),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
         latent_channels=4,
-        sample_size=32,
+        layers_per_block=1,
+        sample_size=sample_size,
         norm_num_groups=32,
     )
 
@@ -121,14 +122,7 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     if scheduler is None:
-        scheduler = DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        )
+        scheduler = DDIMScheduler(**SD_NOISE_SCHEDULE, clip_sample=False, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
@@ -145,20 +139,10 @@ def sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
 
 def tiny_sdxl_pipeline(seed: int = 0):
     """A random ``StableDiffusionXLPipeline`` (two text encoders, added conditions)."""
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = tiny_unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -168,32 +152,12 @@ def tiny_sdxl_pipeline(seed: int = 0):
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 5 * 8 + 40
         cross_attention_dim=64,
-        norm_num_groups=32,
     )
     vae = tiny_vae()
-    tokenizer = _tiny_tokenizer()
-    cfg = dict(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=len(tokenizer),
-        hidden_act="gelu",
-        projection_dim=32,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    tokenizer = byte_level_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer, 32, hidden_act="gelu", projection_dim=32)
+    text_encoder_2 = tiny_text_encoder(tokenizer, 32, hidden_act="gelu", projection_dim=32, with_projection=True)
+    scheduler = EulerDiscreteScheduler(**SD_NOISE_SCHEDULE, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(
         unet=unet,
         vae=vae,

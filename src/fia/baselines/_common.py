@@ -32,10 +32,3 @@ def text_embeddings(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
 
 def execution_device(pipe: Any) -> torch.device:
     return pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
-
-
-def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One seeded generator per prompt, on the sampler's device."""
-    dev = torch.device(device)
-    gen_device = "cpu" if dev.type == "mps" else dev
-    return [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]

@@ -64,6 +64,7 @@ from fia.methods import register
 from fia.progress import Progress, report
 from fia.prompts import TASKS, ConceptPrompts, build_prompts
 from fia.targets import find_targets
+from fia.sampling import capture, first_steps, generators
 
 GROUPS = ("layer", "row")
 CFG_ROWS = ("both", "cond")
@@ -188,11 +189,6 @@ def ffn2_linears(unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     return {t.name: t.module for t in find_targets(unet, "ffn2")}
 
 
-class _StepCounter:
-    def __init__(self) -> None:
-        self.step = 0
-
-
 def collect_sq_norms(
     pipe: Any,
     prompts: Sequence[str],
@@ -213,53 +209,35 @@ def collect_sq_norms(
     layers = dict(layers) if layers is not None else ffn2_linears(pipe.unet)
     steps = config.saliency_steps
     sums = {name: torch.zeros(steps, lin.in_features, dtype=torch.float64) for name, lin in layers.items()}
-    counter = _StepCounter()
+    step = 0  # the denoising step the next denoiser call belongs to
     guided = config.guidance_scale > 1.0
 
-    def make_hook(name: str):
-        def hook(_module, args, _output):
-            if counter.step >= steps:
-                return
-            x = args[0].detach()
-            x = x.reshape(x.shape[0], -1, x.shape[-1])
-            if guided and config.cfg_rows == "cond":
-                x = x[x.shape[0] // 2 :]
-            sums[name][counter.step] += x.double().pow(2).sum(dim=(0, 1)).cpu()
+    def add_sq_norms(name: str, _module: torch.nn.Module, args: tuple, _output: Tensor) -> None:
+        if step >= steps:  # a pipeline that ignores the interrupt; first_steps reports it
+            return
+        x = args[0].detach()
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        if guided and config.cfg_rows == "cond":
+            x = x[x.shape[0] // 2 :]
+        sums[name][step] += x.double().pow(2).sum(dim=(0, 1)).cpu()
 
-        return hook
+    def next_step(done: int) -> None:
+        nonlocal step
+        step = done
 
-    def on_step_end(p, i, _t, kwargs):
-        counter.step = i + 1
-        if counter.step >= steps:
-            p._interrupt = True
-        return kwargs
-
-    handles = [lin.register_forward_hook(make_hook(name)) for name, lin in layers.items()]
-    device = _common.execution_device(pipe)
     batch = config.batch_size or len(prompts)
-    try:
+    with capture(layers, add_sq_norms):
         for start in range(0, len(prompts), batch):
-            chunk = list(prompts[start : start + batch])
-            gens = _common.generators(seeds[start : start + batch], device)
-            counter.step = 0
-            with torch.no_grad():
-                pipe(
-                    prompt=chunk,
-                    num_inference_steps=config.num_inference_steps,
-                    guidance_scale=config.guidance_scale,
-                    generator=gens,
-                    output_type="latent",
-                    callback_on_step_end=on_step_end,
-                )
-            if counter.step < steps:
-                raise FIAError(
-                    f"the sampler ran only {counter.step} steps, fewer than saliency_steps={steps}; "
-                    "lower saliency_steps"
-                )
-    finally:
-        for h in handles:
-            h.remove()
-        pipe._interrupt = False
+            step = 0
+            first_steps(
+                pipe,
+                steps,
+                config.num_inference_steps,
+                on_step=next_step,
+                prompt=list(prompts[start : start + batch]),
+                guidance_scale=config.guidance_scale,
+                generator=generators(seeds[start : start + batch]),
+            )
     return sums
 
 

@@ -58,6 +58,7 @@ from fia.errors import FIAError
 from fia.methods import register
 from fia.progress import Progress, report
 from fia.targets import find_targets
+from fia.sampling import first_steps
 
 SAMPLE_WITH = ("student", "frozen")
 
@@ -114,34 +115,23 @@ def _sample_x_t(pipe: Any, unet: Any, x_T, k: int, cond, uncond, config: ESDConf
     """``x`` after ``k`` sampler steps from ``x_T`` (``k = 0``: ``x_T`` itself)."""
     if k == 0:
         return x_T
-    captured = {}
-
-    def on_step_end(p, i, _t, kwargs):
-        if i + 1 == k:
-            captured["latents"] = kwargs["latents"].detach().clone()
-            p._interrupt = True
-        return kwargs
-
     original = pipe.unet
     if unet is not original:
         pipe.unet = unet
     try:
-        with torch.no_grad():
-            pipe(
-                prompt_embeds=cond,
-                negative_prompt_embeds=uncond,
-                num_inference_steps=config.ddim_steps,
-                guidance_scale=config.sample_guidance,
-                latents=x_T.clone(),
-                generator=gen,
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-            )
+        return first_steps(
+            pipe,
+            k,
+            config.ddim_steps,
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond,
+            guidance_scale=config.sample_guidance,
+            latents=x_T.clone(),
+            generator=gen,
+        )
     finally:
         if pipe.unet is not original:
             pipe.unet = original
-        pipe._interrupt = False
-    return captured["latents"]
 
 
 @register("esd-x", ESDConfig, "fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fia import sampling
 from fia.errors import FIAError
 
 VARIANTS = ("base", "edited")
@@ -172,25 +173,23 @@ def to_uint8(image: Any) -> np.ndarray:
 
 
 def run_pipe(pipe: Any, items: Sequence[EvalItem], settings: GenerationSettings) -> np.ndarray:
-    """Generate one batch; every item gets its own CPU generator seeded with its seed.
+    """Generate one batch: ``(B, H, W, 3)`` float images in [0, 1].
 
-    Per-item generators make an image independent of its batch neighbours'
-    noise; CPU generators make it independent of the device.
+    Item ``k`` is drawn from its own CPU generator seeded with its seed (the
+    seeding rule of :mod:`fia.sampling`), so an image depends neither on its
+    batch neighbours nor on the device.
     """
-    kwargs: dict[str, Any] = dict(
-        prompt=[it.prompt for it in items],
-        generator=[torch.Generator("cpu").manual_seed(int(it.seed)) for it in items],
+    images = sampling.generate(
+        pipe,
+        [it.prompt for it in items],
+        [it.seed for it in items],
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=items[0].guidance if items[0].guidance is not None else settings.guidance_scale,
+        height=settings.height or None,
+        width=settings.width or None,
         output_type="np",
     )
-    if settings.height:
-        kwargs["height"] = settings.height
-    if settings.width:
-        kwargs["width"] = settings.width
-    with torch.no_grad():
-        out = pipe(**kwargs)
-    return np.asarray(out.images)
+    return np.asarray(images)
 
 
 def generate_paired(

@@ -12,6 +12,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from fia import sampling
+
 from .oracle import HEADS
 from .render import HELDOUT_TRIPLES, parse_prompt, prompt_for
 from .vocab import OBJECT_NAMES, STYLE_NAMES
@@ -32,27 +34,19 @@ def gate_prompts(plain_seeds: int = 3, style_seeds: int = 2, attribute_seeds: in
     return out
 
 
-@torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], batch_size: int = 40, **kwargs) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1], one per (prompt, seed)."""
+    """Images (N, 3, H, W) in [0, 1] on the CPU, one per (prompt, seed), at ShapeWorld's
+    generation defaults unless ``kwargs`` override them (image ``k`` from ``seeds[k]``,
+    see :mod:`fia.sampling`)."""
     from . import GENERATION_DEFAULTS
 
     settings = {**GENERATION_DEFAULTS, **kwargs}
-    device = pipe.device
-    f = pipe.vae_scale_factor
     out = []
     for i in range(0, len(prompts), batch_size):
-        ps = prompts[i : i + batch_size]
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
-        # draw the initial latents on the CPU so results do not depend on the device
-        lat = torch.stack(
-            [
-                torch.randn((pipe.unet.config.in_channels, settings["height"] // f, settings["width"] // f), generator=g)
-                for g in gens
-            ]
-        ).to(device=device, dtype=pipe.unet.dtype)
-        res = pipe(prompt=ps, latents=lat, output_type="pt", **settings)
-        out.append(res.images.float().cpu())
+        images = sampling.generate(
+            pipe, prompts[i : i + batch_size], seeds[i : i + batch_size], output_type="pt", **settings
+        )
+        out.append(images.float().cpu())
     return torch.cat(out)
 
 

@@ -1,18 +1,21 @@
-"""ShapeWorld's byte-level CLIP BPE tokenizer, with merges learned here.
+"""Byte-level CLIP BPE tokenizers built offline: ShapeWorld's, and a bare one for tests.
 
 The vocabulary holds every byte symbol alone and as an end of word
-(``"a</w>"``), the two special tokens, and the symbols made by merges that a
-tiny BPE trainer learns over the caption words, until every ShapeWorld word is
-a single token. Any other text still tokenizes, falling back to bytes.
+(``"a</w>"``), then the symbols made by the merges, then the two special
+tokens. ShapeWorld's tokenizer learns its merges with a tiny BPE trainer over
+the caption words, until every ShapeWorld word is a single token; the bare
+tokenizer (:func:`byte_level_tokenizer`, used by the tiny test pipelines of
+:mod:`fia.testing`) has no merges. Any text tokenizes, falling back to bytes.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..testing import byte_symbols
 from .vocab import ATTRIBUTES, COLORS, OBJECTS, PLACE_NAMES, STYLE_NAMES
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -22,6 +25,24 @@ MODEL_MAX_LENGTH = 20
 TEMPLATE_WORDS = (
     "a an the of on in near by style image photo picture painting fire with and"
 ).split()
+
+
+def byte_symbols() -> dict[int, str]:
+    """The byte -> printable-character table of byte-level BPE (GPT-2, CLIP).
+
+    Printable Latin-1 bytes map to themselves; the others are shifted to
+    code points from 256 on, so every byte has a visible, distinct symbol.
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+    keep += list(range(ord("\xae"), ord("\xff") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
 
 
 def caption_words() -> list[str]:
@@ -67,8 +88,8 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer_files(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
-    """Write vocab.json, merges.txt and the tokenizer config into ``folder``."""
+def write_bpe_files(folder: str | Path, merges: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write a byte-level BPE tokenizer's ``vocab.json`` and ``merges.txt`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     symbols = list(byte_symbols().values())
@@ -77,7 +98,6 @@ def build_tokenizer_files(folder: str | Path, model_max_length: int = MODEL_MAX_
         vocab[s] = len(vocab)
     for s in symbols:
         vocab[s + "</w>"] = len(vocab)
-    merges = learn_merges(caption_words())
     for a, b in merges:
         if a + b not in vocab:
             vocab[a + b] = len(vocab)
@@ -87,6 +107,18 @@ def build_tokenizer_files(folder: str | Path, model_max_length: int = MODEL_MAX_
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def build_tokenizer_files(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
+    """Write ShapeWorld's vocab.json and merges.txt (merges learned over the caption words) into ``folder``."""
+    return write_bpe_files(folder, learn_merges(caption_words()))
+
+
+def byte_level_tokenizer(model_max_length: int = 77):
+    """A ``CLIPTokenizer`` over the byte symbols alone (no merges): any text tokenizes, nothing is downloaded."""
+    # the files are read while loading, so the folder can go right after
+    with tempfile.TemporaryDirectory(prefix="fia-tok-") as tmp:
+        return load_tokenizer(write_bpe_files(tmp), model_max_length)
 
 
 def load_tokenizer(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH):
