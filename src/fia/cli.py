@@ -169,7 +169,7 @@ def erase(
     resolve_model(model)
     report = cfg.task == "shapeworld" and not no_report
     if report:
-        from fia.evaluate import shapeworld_families
+        from fia.shapeworld.report import shapeworld_families
 
         shapeworld_families(names)  # a concept ShapeWorld cannot judge fails here, before any work
 
@@ -259,10 +259,10 @@ def run_erase(
             save_edited_pipeline(pipe, mask, out / "pipeline")
     _print_erase_summary(mask, out, save_pipeline)
     if report:
-        from fia.evaluate import report_after_erase
+        from fia.shapeworld.report import report_after_erase
 
         with console.status("evaluating base vs edited images for the report..."):
-            page = report_after_erase(out, pipe, mask, names, cfg, prompts=plan)
+            page = report_after_erase(out, pipe, mask, names, cfg, mask_applied=save_pipeline, prompts=plan)
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 
