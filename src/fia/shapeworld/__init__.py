@@ -33,7 +33,9 @@ from .vocab import (
     place_phrase,
 )
 
-# The sampler settings at which the quality gate is measured.
+# The sampler settings of the ShapeWorld model: the quality gate is measured at
+# them, and every ShapeWorld default (presets, fia generate, fia evaluate, the
+# report after fia erase) reads them from here.
 GENERATION_DEFAULTS: dict = {"num_inference_steps": 25, "guidance_scale": 5.0, "height": 32, "width": 32}
 
 
