@@ -1,11 +1,16 @@
 """The seeding rule of the ShapeWorld suites, the suite table, and the one source of ShapeWorld's sampler settings."""
 
 import pytest
-
 from _eval_fixtures import StandInOracle
+
 from fia.errors import FIAError
 from fia.evaluate.judges import ShapeWorldJudge
-from fia.evaluate.suites import SHAPEWORLD_SUITES, SPLIT_SEED_SPAN, shapeworld_suite, split_seed
+from fia.evaluate.suites import (
+    SHAPEWORLD_SUITES,
+    SPLIT_SEED_SPAN,
+    shapeworld_suite,
+    split_seed,
+)
 
 
 def test_split_seed_by_hand():

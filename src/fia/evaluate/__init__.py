@@ -15,15 +15,15 @@ The report at the end of ``fia erase`` is :func:`fia.shapeworld.report.report_af
 """
 
 from fia.evaluate.build import build_suite
-from fia.evaluate.generate import EvalItem, Editor, GenerationSettings, ImageStore
+from fia.evaluate.generate import Editor, EvalItem, GenerationSettings, ImageStore
 from fia.evaluate.metrics import frechet_distance, fsr, overall
 from fia.evaluate.runner import evaluate, mask_fingerprint
 from fia.evaluate.suites import SUITES, Suite, split_seed
 
 __all__ = [
     "SUITES",
-    "EvalItem",
     "Editor",
+    "EvalItem",
     "GenerationSettings",
     "ImageStore",
     "Suite",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import fia.shapeworld as shapeworld
+from fia import shapeworld
 from fia.errors import FIAError
 from fia.evaluate import judges, suites
 from fia.evaluate.generate import EvalItem

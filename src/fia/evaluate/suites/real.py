@@ -22,7 +22,14 @@ import torch
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
 from fia.evaluate.metrics import frechet_distance, fsr, mean
-from fia.evaluate.suites.base import Records, Suite, accuracy_summary, mean_per_variant, number_items, parse_names
+from fia.evaluate.suites.base import (
+    Records,
+    Suite,
+    accuracy_summary,
+    mean_per_variant,
+    number_items,
+    parse_names,
+)
 
 REAL_SUITES = ("imagenette", "artists", "explicit", "coco")
 

@@ -27,7 +27,14 @@ import torch
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
 from fia.evaluate.metrics import frechet_distance, fsr, mean
-from fia.evaluate.suites.base import Records, Suite, accuracy_summary, mean_per_variant, number_items, parse_names
+from fia.evaluate.suites.base import (
+    Records,
+    Suite,
+    accuracy_summary,
+    mean_per_variant,
+    number_items,
+    parse_names,
+)
 from fia.evaluate.suites.seeds import (
     MAX_IMAGES_PER_PROMPT,
     MAX_PROMPTS_PER_BLOCK,
@@ -37,7 +44,13 @@ from fia.evaluate.suites.seeds import (
     check_count,
     split_seed,
 )
-from fia.shapeworld.render import HELDOUT_TRIPLES, parse_prompt, prompt_for, render, sample_scene
+from fia.shapeworld.render import (
+    HELDOUT_TRIPLES,
+    parse_prompt,
+    prompt_for,
+    render,
+    sample_scene,
+)
 from fia.shapeworld.vocab import (
     ATTRIBUTE_NAMES,
     COLORS,
