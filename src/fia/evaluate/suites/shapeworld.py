@@ -63,6 +63,7 @@ from fia.shapeworld.vocab import (
 
 SHAPEWORLD_SUITES = ("shapeworld-objects", "shapeworld-styles", "shapeworld-attribute")
 
+# A family's metrics: (items, records, erased, kept, judge) -> its part of metrics.json
 Numbers = Callable[[list[EvalItem], Records, list[str], list[str], Any], dict[str, Any]]
 
 
