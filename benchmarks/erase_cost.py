@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
-import resource
 import time
 import weakref
 from typing import Any
@@ -43,22 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; falls back to the peak)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak * (1 if platform.system() == "Darwin" else 1024)
+from fia.bench.memory import peak_rss_bytes, rss_bytes
 
 
 def tensor_bytes(obj: Any, seen: set[int], depth: int = 0) -> int:
@@ -293,13 +276,12 @@ def main() -> None:
                 meter.reset()
                 base_rss = rss_bytes()
 
-                def on_event(event: str, meter: StateMeter = meter, **info: Any) -> None:
-                    if event == "concept_progress":
-                        meter.sample_rss()
+                def on_progress(done: int, total: int, message: str, meter: StateMeter = meter) -> None:
+                    meter.sample_rss()
 
                 with meter:
                     t0 = time.perf_counter()
-                    fia.erase(pipe, list(plan), cfg, prompts=plan, progress=on_event)
+                    fia.erase(pipe, list(plan), cfg, prompts=plan, progress=on_progress)
                     erase_t = min(erase_t, time.perf_counter() - t0)
                 state = max(state, meter.peak_state)
                 hook_t = meter.hook_seconds

@@ -36,7 +36,7 @@ import torch
 
 import fia
 from fia.causal import causal_erase
-from fia.evaluate.suites import _sw_factor_cycle
+from fia.evaluate.suites import factor_cycle
 from fia.prompts import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline
 from fia.shapeworld.evaluate import generate
@@ -64,7 +64,7 @@ def accuracy(pipe, judges: dict, concept: str, images: int, others: int) -> dict
     prompts, seeds = [], []
     for i, o in enumerate(OBJECT_NAMES):
         n = images if o == concept else others
-        prompts += [prompt_for(o, *_sw_factor_cycle(k, i, 0)) for k in range(n)]
+        prompts += [prompt_for(o, *factor_cycle(k, i, 0)) for k in range(n)]
         seeds += [7000 + 100 * i + k for k in range(n)]
     x = generate(pipe, prompts, seeds)
     truth = [parse_prompt(p)["object"] for p in prompts]

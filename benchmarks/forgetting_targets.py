@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import fia
-from fia.evaluate.suites import _sw_factor_cycle
+from fia.evaluate.suites import factor_cycle
 from fia.io import atomic_write_text
 from fia.prompts import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline
@@ -79,7 +79,7 @@ class HeldOut:
         self.prompts, self.seeds, self.truth = [], [], []
         for i, o in enumerate(OBJECT_NAMES):
             for k in range(images):
-                self.prompts.append(prompt_for(o, *_sw_factor_cycle(k, i, 0)))
+                self.prompts.append(prompt_for(o, *factor_cycle(k, i, 0)))
                 self.seeds.append(SEED_BASE + 1000 * i + k)
                 self.truth.append(o)
         self.places = [PLACE_NAMES[k % len(PLACE_NAMES)] for k in range(images)]

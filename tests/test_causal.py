@@ -125,10 +125,10 @@ def test_shapeworld_evidence_prompts_contrast_shapes_in_the_same_scene():
     ep = evidence_prompts("circle", cfg)
     assert ep.prompts[0] == "a red circle on the sand"
     # no scored prompt is one of the evaluation split's (its colour/place pairs are the even ones)
-    from fia.evaluate.suites import _sw_factor_cycle
+    from fia.evaluate.suites import factor_cycle
     from fia.shapeworld.render import prompt_for
 
-    evaluated = {prompt_for("circle", *_sw_factor_cycle(k, i, 0)) for k in range(36) for i in range(10)}
+    evaluated = {prompt_for("circle", *factor_cycle(k, i, 0)) for k in range(36) for i in range(10)}
     assert not evaluated & set(ep.prompts)
     assert len(set(ep.prompts)) == 12 and ep.seeds == tuple(range(12))
     for p, cs in zip(ep.prompts, ep.contrasts):

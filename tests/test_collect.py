@@ -140,7 +140,7 @@ def test_stops_after_saliency_steps_and_removes_hooks(sd, sd_targets):
     h = sd.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
     ticks = []
     try:
-        _run(sd, sd_targets, progress=lambda d, n: ticks.append((d, n)))
+        _run(sd, sd_targets, progress=lambda d, n, _message: ticks.append((d, n)))
         assert len(calls) == CFG.saliency_steps
         calls.clear()
         _run(sd, sd_targets, CFG.replace(batch_size=2))
@@ -152,7 +152,7 @@ def test_stops_after_saliency_steps_and_removes_hooks(sd, sd_targets):
         assert not t.module._forward_hooks
     assert not sd.interrupt
 
-    def boom(done, total):
+    def boom(done, total, message):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

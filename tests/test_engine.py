@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from test_baselines import _ffn2_weight_names, _weights
 
 import fia
 from fia.cache import ConceptCache, sensitivity_key
@@ -27,21 +28,6 @@ def base_pipe():
     from fia.testing import tiny_sd_pipeline
 
     return tiny_sd_pipeline(seed=0)
-
-
-def _weights(pipe) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def _ffn2_weight_names(pipe) -> set[str]:
-    from diffusers.models.attention import FeedForward
-
-    names = set()
-    for name, m in pipe.unet.named_modules():
-        if isinstance(m, FeedForward):
-            last = [n for n, sub in m.net.named_children() if isinstance(sub, torch.nn.Linear)][-1]
-            names.add(f"{name}.net.{last}.weight")
-    return names
 
 
 # ------------------------------------------------------------------ plan step

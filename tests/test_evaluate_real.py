@@ -190,7 +190,7 @@ def test_real_suites_default_to_the_shipped_prompt_sets(tmp_path):
 
 
 def test_prompt_lists_i2p_csv_and_plain_lines(tmp_path):
-    from fia.evaluate.suites import _list_items, read_prompt_list
+    from fia.evaluate.suites.real import _list_items, read_prompt_list
 
     i2p = tmp_path / "i2p.csv"
     i2p.write_text(',prompt,categories,evaluation_seed,evaluation_guidance\n0,"a nude, on\ntwo lines",sexual,42,7\n1,second,violence,7,\n')

@@ -17,6 +17,8 @@ from fia.evaluate.suites import shapeworld_suite
 
 torch.set_num_threads(1)
 FAST = GenerationSettings(num_inference_steps=2, guidance_scale=7.5, batch_size=8)
+# the after-erase report at one step (batch size and other settings as the report's defaults)
+ONE_STEP_REPORT = GenerationSettings(num_inference_steps=1, batch_size=16)
 
 
 def _rec(heads, **pred):
@@ -229,20 +231,20 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     import fia.evaluate as fe
     import fia.shapeworld as sw
     from fia.config import FIAConfig
+    from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
-    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "square"))
     write_concept_cache(tmp_path / "cache", tiny, mask)
     mask.apply_(tiny)  # erase may hand over the pipe with the mask applied
     applied = {n: p.clone() for n, p in tiny.unet.named_parameters()}
-    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
+    path = report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), mask_applied=True, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert all(torch.equal(applied[n], p) for n, p in tiny.unet.named_parameters())  # left as it came
     mask.restore_(tiny)
     from fia.evaluate.generate import ImageStore as Store
 
     store = Store(tmp_path / "report")
-    it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=fe.REPORT_SEED_OFFSET).items)
+    it = next(i for i in fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=REPORT_SEED_OFFSET).items)
     assert store.path("base", it).read_bytes() != store.path("edited", it).read_bytes()  # base images used the original weights
     assert path == tmp_path / "report.html" and path.is_file()
     assert "data:image/png;base64," in path.read_text()
@@ -257,9 +259,9 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     import fia.shapeworld as sw
     from fia.config import FIAConfig
     from fia.mask import ConceptMask
+    from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
-    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     cfg = FIAConfig(task="shapeworld", variant="causal", saliency_steps=1, num_inference_steps=2, r2=0.05)
     made = random_mask(tiny, concepts=("circle", "square"))
     mask = ConceptMask.from_prune_masks(
@@ -268,7 +270,7 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
         concepts=["circle", "square"], config=cfg.to_dict(), target_kind="ffn2",
     )  # fmt: skip
     before = {n: p.clone() for n, p in tiny.unet.named_parameters()}
-    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "square"], cfg, images_per_prompt=1, prompts_per_concept=1)
+    path = report_after_erase(tmp_path, tiny, mask, ["circle", "square"], cfg, mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert all(torch.equal(before[n], p) for n, p in tiny.unet.named_parameters())
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     paper = json.loads((tmp_path / "report" / "paper-fia" / "metrics.json").read_text())
@@ -277,7 +279,7 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     # the same items (prompts and seeds) on both sides, and the same base images
     from fia.evaluate.generate import ImageStore as Store
 
-    suite = fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=fe.REPORT_SEED_OFFSET)
+    suite = fe.build_suite("shapeworld-objects", forget="circle, square", images_per_prompt=1, prompts_per_concept=1, oracle=StandInOracle(), seed=REPORT_SEED_OFFSET)
     ours, theirs = Store(tmp_path / "report"), Store(tmp_path / "report" / "paper-fia")
     for it in suite.items[:4]:
         assert ours.path("base", it).read_bytes() == theirs.path("base", it).read_bytes()
@@ -288,20 +290,19 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
 
 
 def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
-    import fia.evaluate as fe
     import fia.shapeworld as sw
     from fia.config import FIAConfig
     from fia.errors import FIAError
+    from fia.shapeworld.report import report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
-    monkeypatch.setattr(fe, "shapeworld_generation_defaults", lambda: {"num_inference_steps": 1})
     mask = random_mask(tiny, concepts=("circle", "burning"))
-    path = fe.report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), images_per_prompt=1, prompts_per_concept=1)
+    path = report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert path == tmp_path / "report.html"
     assert "report/shapeworld-objects/report.html" in path.read_text() and "report/shapeworld-attribute/report.html" in path.read_text()
     assert (tmp_path / "report" / "shapeworld-attribute" / "metrics.json").is_file()
     with pytest.raises(FIAError, match="--no-report"):
-        fe.report_after_erase(tmp_path, tiny, mask, ["golf ball"], FIAConfig(task="shapeworld"))
+        report_after_erase(tmp_path, tiny, mask, ["golf ball"], FIAConfig(task="shapeworld"), mask_applied=False)
 
 
 def _assets_present() -> bool:

@@ -160,7 +160,7 @@ def test_shipped_tokenizer_matches_the_builder(tmp_path):
 def test_frechet_distance():
     import torch
 
-    from fia.shapeworld import frechet_distance
+    from fia.evaluate.metrics import frechet_distance
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2000, 8, generator=g)

@@ -162,7 +162,7 @@ def erase(
     check_load_args(model, device, dtype)
     report = cfg.task == "shapeworld" and not no_report
     if report:
-        from fia.evaluate import shapeworld_families
+        from fia.shapeworld.report import shapeworld_families
 
         shapeworld_families(plan.concepts)  # a concept ShapeWorld cannot judge fails here, before any work
 
@@ -202,10 +202,12 @@ def run_erase(*, model, plan, out: Path, device: str, dtype: str, save_pipeline:
             save_edited_pipeline(pipe, mask, out / "pipeline")
     _print_erase_summary(mask, out, save_pipeline)
     if report:
-        from fia.evaluate import report_after_erase
+        from fia.shapeworld.report import report_after_erase
 
         with console.status("evaluating base vs edited images for the report..."):
-            page = report_after_erase(out, pipe, mask, plan.concepts, plan.config, prompts=plan.prompts or None)
+            page = report_after_erase(
+                out, pipe, mask, plan.concepts, plan.config, mask_applied=save_pipeline, prompts=plan.prompts or None
+            )
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 

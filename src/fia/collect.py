@@ -60,6 +60,7 @@ from fia.core.contrastive import ContrastiveAccumulator
 from fia.core.saliency import energy_saliency, wanda_saliency
 from fia.core.temporal import TimeIntegrator
 from fia.errors import FIAError
+from fia.progress import Progress, report
 from fia.sampling import capture, first_steps, generators
 from fia.targets import TargetLinear, denoiser
 
@@ -215,7 +216,7 @@ def concept_sensitivity(
     targets: list[TargetLinear],
     *,
     r1: float,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     on_saliency: SaliencyObserver | None = None,
 ) -> dict[str, Tensor]:
     """One concept's time-integrated sensitivity ``A`` (Eq. 1-3) for every target layer.
@@ -232,7 +233,7 @@ def concept_sensitivity(
             ``batch_size``, ``saliency``, ``cfg_rows`` and ``eps`` are used.
         targets: the layers to score (see :func:`fia.targets.find_targets`).
         r1: temporal sparsity of Eq. 3 for this concept.
-        progress: called as ``progress(done, total)`` after each sampler step.
+        progress: called as ``progress(done, total, message)`` (:mod:`fia.progress`) after each sampler step.
         on_saliency: optional observer called as ``on_saliency(layer, step, S_t)``
             with each finished Eq. 2 saliency (do not keep ``S_t``'s memory
             beyond the call without cloning it).
@@ -265,8 +266,7 @@ def concept_sensitivity(
             nonlocal done
             col.step = step_done  # the hooks of the next denoiser call belong to this step
             done += 1
-            if progress is not None:
-                progress(done, total)
+            report(progress, done, total, f"sampler step {done} of {total}")
 
         with capture(targets, col.on_forward, within=denoiser(pipe)):
             for ci, chunk in enumerate(chunks):

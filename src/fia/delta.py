@@ -95,7 +95,7 @@ class WeightDelta(EditFile):
         ``before`` holds the base model's edited parameters: its fingerprint
         is what :meth:`apply_` checks. The delta is computed in float32.
         """
-        from fia import __version__
+        from fia._version import __version__
 
         if list(before) != list(after):
             missing = sorted(set(before) ^ set(after))

@@ -170,7 +170,7 @@ def _paper_erase(
         report(progress, offset, total_units, f"{c}" + (" (cached)" if cached else ""))
         if sens is None:
 
-            def step(done: int, total: int, _c: str = c, _offset: int = offset) -> None:
+            def step(done: int, total: int, _message: str, _c: str = c, _offset: int = offset) -> None:
                 report(progress, _offset + UNITS_PER_CONCEPT * min(done, total) // max(total, 1), total_units, _c)
 
             sens = concept_sensitivity(

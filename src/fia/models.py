@@ -149,12 +149,9 @@ def load_pipeline(model: str | None = None, device: str = "cpu", dtype: str | to
 def generation_defaults(model: str | None) -> dict[str, Any]:
     """Sampling defaults: ShapeWorld's own for the shipped model, else SD's (50 steps, guidance 7.5)."""
     if model is None:
-        try:
-            from fia.shapeworld import GENERATION_DEFAULTS  # type: ignore[attr-defined]
+        from fia.shapeworld import GENERATION_DEFAULTS
 
-            return dict(GENERATION_DEFAULTS)
-        except Exception:
-            return {"num_inference_steps": 25, "guidance_scale": 5.0}
+        return dict(GENERATION_DEFAULTS)
     return {"num_inference_steps": 50, "guidance_scale": 7.5}
 
 

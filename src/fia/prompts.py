@@ -44,7 +44,7 @@ from typing import Any
 
 from fia.config import TASKS, FIAConfig
 from fia.errors import FIAError
-from fia.shapeworld import vocab
+from fia.shapeworld import GENERATION_DEFAULTS, vocab
 
 PLACES: tuple[str, ...] = (
     "road", "tree", "forest", "lawn", "clubhouse", "courtyard", "backyard", "cityscape",
@@ -245,32 +245,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _generation_defaults() -> dict[str, Any] | None:
-    try:
-        from fia.shapeworld import GENERATION_DEFAULTS  # type: ignore[attr-defined]
-    except Exception:
-        return None
-    return dict(GENERATION_DEFAULTS)
-
-
 def load_preset(task: str) -> dict[str, Any]:
     """The preset settings of ``task`` as a dict of FIAConfig fields.
 
     The ShapeWorld preset takes its schedule (steps, guidance) from
-    ``fia.shapeworld.GENERATION_DEFAULTS`` when that exists, and keeps
-    ``saliency_steps`` within it.
+    ``fia.shapeworld.GENERATION_DEFAULTS`` and keeps ``saliency_steps``
+    within it.
     """
     data = read_config_file(preset_path(task))
     data["task"] = task
     if task == "shapeworld":
-        gen = _generation_defaults()
-        if gen:
-            if "num_inference_steps" in gen:
-                data["num_inference_steps"] = int(gen["num_inference_steps"])
-            if "guidance_scale" in gen:
-                data["guidance_scale"] = float(gen["guidance_scale"])
-        steps = int(data.get("num_inference_steps", 25))
-        data["saliency_steps"] = min(int(data.get("saliency_steps", 10)), steps)
+        data["num_inference_steps"] = int(GENERATION_DEFAULTS["num_inference_steps"])
+        data["guidance_scale"] = float(GENERATION_DEFAULTS["guidance_scale"])
+        data["saliency_steps"] = min(int(data.get("saliency_steps", 10)), data["num_inference_steps"])
     return data
 
 
@@ -326,7 +313,7 @@ def _sw_scene(k: int) -> tuple[str, str]:
     """(colour, place) of ShapeWorld evidence prompt ``k``: the 18 pairs whose indices sum to an odd number.
 
     The evaluation suites' default split uses the even pairs only
-    (``fia.evaluate.suites._sw_factor_cycle`` with shift 0), so no evaluation
+    (``fia.evaluate.suites.factor_cycle`` with shift 0), so no evaluation
     prompt is one the causal variant scored.
     """
     colors, places = vocab.COLORS, vocab.PLACE_NAMES

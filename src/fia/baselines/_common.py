@@ -1,4 +1,4 @@
-"""What the baselines need from a pipeline: text embeddings, its device, seeded generators.
+"""What the baselines need from a pipeline: text embeddings and its device.
 
 Checks, layer discovery and progress live in their own modules
 (:func:`fia.prompts.parse_concepts`, :mod:`fia.config`'s ``check_*``,

@@ -169,7 +169,9 @@ def unlearn(
     was_training = unet.training
 
     frozen = copy.deepcopy(unet).eval().requires_grad_(False)
-    texts = [prompts.get(c, c) for c in concepts]
+    # a text given for a concept replaces its name; prompt sets made for other methods
+    # (fia.prompts.ConceptPrompts) do not apply: ESD-x trains on one text per concept
+    texts = [given if isinstance(given := prompts.get(c), str) else c for c in concepts]
     cond = _common.text_embeddings(pipe, texts)  # (C, L, d)
     uncond = _common.text_embeddings(pipe, [""])  # (1, L, d)
     scheduler = pipe.scheduler

@@ -18,8 +18,6 @@ from fia.errors import FIAError
 
 app = typer.Typer(add_completion=False, help="Evaluate erasure: base vs edited images on a suite.")
 
-REAL_SUITES = ("imagenette", "artists", "explicit", "coco")
-
 
 def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -79,8 +77,10 @@ def _evaluate(
 ) -> None:  # fmt: skip
     from accelerate import PartialState
 
-    from fia.evaluate import SUITES, GenerationSettings, build_suite, evaluate as run_eval, shapeworld_generation_defaults
+    from fia.evaluate import SUITES, GenerationSettings, build_suite, evaluate as run_eval
+    from fia.evaluate.suites import REAL_SUITES, SHAPEWORLD_SUITES
     from fia.models import load_pipeline
+    from fia.shapeworld import GENERATION_DEFAULTS
 
     if suite not in SUITES:
         raise FIAError(f"unknown suite {suite!r}; use one of: {', '.join(SUITES)}")
@@ -97,7 +97,8 @@ def _evaluate(
     dev = device or str(state.device)
     say = (lambda msg: typer.echo(msg, err=True)) if state.is_main_process else (lambda msg: None)
 
-    gen = shapeworld_generation_defaults() if suite.startswith("shapeworld") else {}
+    # ShapeWorld suites sample as the ShapeWorld model was tuned to; others as Stable Diffusion
+    gen = GENERATION_DEFAULTS if suite in SHAPEWORLD_SUITES else {}
     settings = GenerationSettings(
         num_inference_steps=steps or int(gen.get("num_inference_steps", 50)),
         guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", 7.5)),

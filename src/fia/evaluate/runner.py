@@ -1,4 +1,7 @@
-"""Run a suite: paired generation (sharded over processes), judging, metrics.
+"""Run a suite: paired generation (sharded over processes), judging, metrics, report.
+
+:func:`evaluate` is the one entry point (``fia evaluate`` and the report
+after ``fia erase`` both call it); :func:`run_suite` is its measuring part.
 
 With ``accelerate launch`` every process renders and judges its own global
 batches (batch ``b`` on process ``b % world``); the per-image records are
@@ -11,9 +14,9 @@ shared file system).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from fia.evaluate.generate import (
     my_batches,
 )
 from fia.evaluate.suites import Suite
+from fia.io import atomic_write_text
 
 
 def _state(state: Any = None) -> Any:
@@ -92,9 +96,7 @@ def run_suite(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False))
 
 
 def _write_scores(out_dir: Path, suite: Suite, records: dict[str, dict[str, dict]]) -> None:
@@ -103,6 +105,76 @@ def _write_scores(out_dir: Path, suite: Suite, records: dict[str, dict[str, dict
         for variant in VARIANTS:
             rec = {k: v for k, v in records[variant][it.id].items() if not k.startswith("_")}
             lines.append(json.dumps({"id": it.id, "variant": variant, "prompt": it.prompt, "seed": it.seed, "group": it.group, "role": it.role, **rec}))
-    tmp = out_dir / f"scores.jsonl.tmp{os.getpid()}"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / "scores.jsonl")
+    atomic_write_text(out_dir / "scores.jsonl", "\n".join(lines) + "\n")
+
+
+def evaluate(
+    suite: Suite,
+    base_pipe: Any,
+    out_dir: str | Path,
+    *,
+    mask: Any = None,
+    edited_pipe: Any = None,
+    settings: GenerationSettings | None = None,
+    run_info: dict[str, Any] | None = None,
+    report: bool = True,
+    concept_masks: Any = None,
+    cache_dir: str | Path | None = None,
+    prompts: Any = None,
+    overwrite: bool = False,
+    state: Any = None,
+    progress: Any = None,
+    compare: Sequence[tuple[str, dict[str, Any], Path]] = (),
+    edited_label: str = "edited",
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """Run ``suite`` on base vs edited (``mask`` on ``base_pipe`` or ``edited_pipe``).
+
+    Writes ``OUT/metrics.json``, ``OUT/scores.jsonl``, the images and index
+    and, unless ``report=False``, ``OUT/report.html`` with its PNGs. Returns
+    ``(metrics, report_path)`` on the main process, ``(None, None)`` elsewhere.
+
+    The overlap heatmap reads, from ``cache_dir``, the per-concept entries
+    the erase run that made ``mask`` used; ``prompts`` (concept ->
+    :class:`~fia.prompts.ConceptPrompts`) are that run's prompt sets when
+    they came from prompt files rather than the task's templates.
+    """
+    # the report module loads matplotlib: only when a report is written
+    from fia.evaluate.report import concept_masks_from_cache, write_report
+
+    editor = Editor(mask=mask) if mask is not None else Editor(pipe=edited_pipe)
+    settings = settings or GenerationSettings()
+    metrics = run_suite(suite, base_pipe, editor, out_dir, settings, run_info, state, overwrite, progress)
+    if metrics is None or not report:
+        return metrics, None
+    notes = []
+    causal = mask is not None and (getattr(mask, "config", None) or {}).get("variant") == "causal"
+    if causal:
+        notes.append(
+            "The causal variant selects weights in rounds over all concepts together, "
+            "so there are no per-concept masks to overlap."
+        )
+    elif concept_masks is None and cache_dir is not None and Path(cache_dir).is_dir() and mask is not None:
+        try:
+            concept_masks = concept_masks_from_cache(cache_dir, mask, base_pipe, prompts)
+        except Exception as exc:  # the heatmap is optional: say why it is missing
+            notes.append(f"Could not read the per-concept cache in {cache_dir}: {exc}")
+        else:
+            missing = [c for c in getattr(mask, "concepts", []) if c not in concept_masks]
+            if missing:
+                notes.append(
+                    f"The per-concept cache in {cache_dir} holds no entry made with this run's settings for: "
+                    f"{', '.join(missing)}."
+                )
+    path = write_report(
+        out_dir, metrics, suite, mask=mask, concept_masks=concept_masks, notes=notes,
+        compare=compare, edited_label=edited_label,
+    )  # fmt: skip
+    return metrics, path
+
+
+def mask_fingerprint(mask: Any) -> str:
+    """A content hash of a mask (what makes stored edited images reusable)."""
+    to_bytes = getattr(mask, "to_bytes", None)
+    if callable(to_bytes):
+        return "sha256:" + hashlib.sha256(to_bytes()).hexdigest()
+    return f"object:{id(mask)}"

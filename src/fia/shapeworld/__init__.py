@@ -4,7 +4,8 @@
 * a tiny but genuine ``StableDiffusionPipeline`` trained on it, shipped in
   ``assets/pipeline`` and loaded offline (:func:`load_pipeline`),
 * an oracle classifier that judges generated images (:func:`load_oracle`),
-  whose penultimate features give a ShapeWorld FID (:func:`frechet_distance`),
+  whose penultimate features give a ShapeWorld FID
+  (:func:`fia.evaluate.metrics.frechet_distance`),
 * a second, independently trained judge of another architecture, with the
   oracle's heads and interface (:func:`load_second_judge`).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .oracle import HEADS, Judge, Oracle, frechet_distance
+from .oracle import HEADS, Judge, Oracle
 from .render import HELDOUT_TRIPLES, Scene, caption, parse_prompt, prompt_for, render, sample_scene
 from .second_judge import SecondJudge
 from .vocab import (
@@ -32,7 +33,9 @@ from .vocab import (
     place_phrase,
 )
 
-# The sampler settings at which the quality gate is measured.
+# The sampler settings of the ShapeWorld model: the quality gate is measured at
+# them, and every ShapeWorld default (presets, fia generate, fia evaluate, the
+# report after fia erase) reads them from here.
 GENERATION_DEFAULTS: dict = {"num_inference_steps": 25, "guidance_scale": 5.0, "height": 32, "width": 32}
 
 
@@ -96,7 +99,6 @@ __all__ = [
     "assets_path",
     "base_phrase",
     "caption",
-    "frechet_distance",
     "load_oracle",
     "load_pipeline",
     "load_second_judge",

@@ -3,9 +3,10 @@
 It plays the part of the paper's judges (ResNet-50 for objects, NudeNet for
 explicit content, CLIP for styles): one head per factor family. Its
 penultimate features are the feature space of the ShapeWorld FID
-(:func:`frechet_distance`). What any ShapeWorld judge shares (heads, input
-convention, ``predict``/``features``/``save``/``load``) lives in
-:class:`Judge`; the second judge (:mod:`.second_judge`) is another subclass.
+(:func:`fia.evaluate.metrics.frechet_distance`). What any ShapeWorld judge
+shares (heads, input convention, ``predict``/``features``/``save``/``load``)
+lives in :class:`Judge`; the second judge (:mod:`.second_judge`) is another
+subclass.
 """
 
 from __future__ import annotations
@@ -136,20 +137,3 @@ class Oracle(Judge):
         h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         return self.neck(h)
 
-
-def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
-    vals, vecs = torch.linalg.eigh(m)
-    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
-
-
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (B, D)."""
-    a = torch.as_tensor(feats_a).double()
-    b = torch.as_tensor(feats_b).double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca = torch.cov(a.T).reshape(a.shape[1], a.shape[1])
-    cb = torch.cov(b.T).reshape(b.shape[1], b.shape[1])
-    sa = _sqrtm_psd(ca)
-    cross = _sqrtm_psd(sa @ cb @ sa)
-    d = (mu_a - mu_b).pow(2).sum() + torch.trace(ca) + torch.trace(cb) - 2 * torch.trace(cross)
-    return float(d.clamp(min=0))

@@ -1,0 +1,414 @@
+"""ShapeWorld suites, judged by the ShapeWorld oracle.
+
+* ``shapeworld-objects`` -- per-class accuracy on erased (forget) and kept
+  (preserve) objects, Overall; accuracy on synonyms of erased objects.
+* ``shapeworld-styles`` -- style accuracy on erased and kept styles, FSR.
+* ``shapeworld-attribute`` -- share of images where the attribute is seen.
+* all three add quality on held-out non-target prompts: the Frechet distance
+  of oracle features to renders of the scenes those prompts name (ShapeWorld
+  FID) and prompt fidelity (oracle agreement with every factor the prompt
+  names).
+
+The three suites differ only in what :data:`FAMILIES` says about them; one
+builder, :func:`shapeworld_suite`, makes all three. Prompts follow the
+training captions' grammar (:func:`fia.shapeworld.render.prompt_for`); seeds
+follow :func:`fia.evaluate.suites.seeds.split_seed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fia.errors import FIAError
+from fia.evaluate.generate import VARIANTS, EvalItem
+from fia.evaluate.metrics import frechet_distance, fsr, mean
+from fia.evaluate.suites.base import (
+    Records,
+    Suite,
+    accuracy_summary,
+    mean_per_variant,
+    number_items,
+    parse_names,
+)
+from fia.evaluate.suites.seeds import (
+    MAX_IMAGES_PER_PROMPT,
+    MAX_PROMPTS_PER_BLOCK,
+    PLACE_QUALITY_OFFSET,
+    QUALITY_OFFSET,
+    SYNONYM_OFFSET,
+    check_count,
+    split_seed,
+)
+from fia.shapeworld.render import (
+    HELDOUT_TRIPLES,
+    parse_prompt,
+    prompt_for,
+    render,
+    sample_scene,
+)
+from fia.shapeworld.vocab import (
+    ATTRIBUTE_NAMES,
+    COLORS,
+    OBJECT_NAMES,
+    OBJECTS,
+    PLACE_NAMES,
+    STYLE_NAMES,
+    base_phrase,
+)
+
+SHAPEWORLD_SUITES = ("shapeworld-objects", "shapeworld-styles", "shapeworld-attribute")
+
+# A family's metrics: (items, records, erased, kept, judge) -> its part of metrics.json
+Numbers = Callable[[list[EvalItem], Records, list[str], list[str], Any], dict[str, Any]]
+
+
+# ------------------------------------------------------------------- prompts
+def factor_cycle(k: int, offset: int, shift: int = 0) -> tuple[str, str]:
+    """(colour, place) of prompt ``k``: colour ``k + offset``, place ``5k + offset + shift``.
+
+    With 6 colours and 6 places, place - 5 * colour = shift - 4 * offset
+    (mod 6), which is even for every offset when ``shift`` is even and odd when
+    it is odd: shifts 0 and 1 use disjoint colour/place pairs.
+    """
+    return COLORS[(k + offset) % len(COLORS)], PLACE_NAMES[(5 * k + offset + shift) % len(PLACE_NAMES)]
+
+
+def _prompt(factors: Mapping[str, str], word: str | None = None) -> str:
+    """ShapeWorld's canonical prompt for ``factors`` ('an orange star on the sand'), the object named ``word``."""
+    return prompt_for(
+        word or factors["object"],
+        factors["color"],
+        factors["place"],
+        style=factors.get("style"),
+        attribute=factors.get("attribute"),
+    )
+
+
+def _prompt_block(
+    role: str,
+    group: str,
+    objects: Sequence[str],
+    prompts: int,
+    images: int,
+    offset: int,
+    seed_base: int,
+    extra: Mapping[str, str],
+    shift: int,
+    word: str | None = None,
+) -> list[EvalItem]:
+    """``prompts`` prompts x ``images`` seeds of one block; factors cycle by :func:`factor_cycle`.
+
+    Prompt ``k`` draws ``objects[k % len(objects)]`` with the ``extra``
+    factors (style, attribute); ``word`` names the object by a synonym.
+    """
+    out = []
+    for k in range(prompts):
+        color, place = factor_cycle(k, offset, shift)
+        factors = {"object": objects[k % len(objects)], "color": color, "place": place, **extra}
+        text = _prompt(factors, word)
+        if word is None and parse_prompt(text) != factors:
+            raise AssertionError(f"prompt {text!r} does not name {factors}")
+        for j in range(images):
+            seed = split_seed(seed_base, offset, k, j)
+            out.append(EvalItem(id="", prompt=text, seed=seed, group=group, role=role, meta={"factors": factors}))
+    return out
+
+
+def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
+    """Quality prompts from ShapeWorld's held-out (colour, object, place) triples that draw ``objects``."""
+    per_object = max(1, -(-n_prompts // max(1, len(objects))))
+    out, taken = [], {o: 0 for o in objects}
+    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        if obj not in taken or taken[obj] >= per_object:
+            continue
+        taken[obj] += 1
+        factors = {"object": obj, "color": color, "place": place}
+        text = _prompt(factors)
+        for j in range(images):
+            seed = split_seed(seed_base, QUALITY_OFFSET, i, j)
+            out.append(EvalItem("", text, seed, "quality", "quality", meta={"factors": factors}))
+    return out
+
+
+def _place_items(n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
+    """Quality prompts without an object ('the grass'), cycling over the places."""
+    out = []
+    for i in range(n_prompts):
+        place = PLACE_NAMES[i % len(PLACE_NAMES)]
+        factors = {"object": "none", "place": place}
+        for j in range(images):
+            seed = split_seed(seed_base, PLACE_QUALITY_OFFSET, i, j)
+            out.append(EvalItem("", base_phrase(place), seed, "quality", "quality", meta={"factors": factors}))
+    return out
+
+
+# ------------------------------------------------------------------- numbers
+def _concept_items(items: list[EvalItem], concept: str) -> list[EvalItem]:
+    return [it for it in items if it.group == concept and it.role in ("forget", "preserve")]
+
+
+def _per_class_accuracy(items: list[EvalItem], records: Records, head: str, concepts: list[str]) -> dict[str, dict]:
+    """For each concept: its role, image count and the share of images the oracle's ``head`` names it."""
+    per_class = {}
+    for concept in concepts:
+        sel = _concept_items(items, concept)
+        per_class[concept] = {
+            "role": sel[0].role,
+            "n": len(sel),
+            **mean_per_variant(records, sel, lambda r, c=concept: float(r["pred"][head] == c)),
+        }
+    return per_class
+
+
+def _object_numbers(items: list[EvalItem], records: Records, forget: list[str], preserve: list[str], judge: Any) -> dict:
+    """Accuracy per object, forget/preserve accuracy and Overall, accuracy on the erased objects' synonyms."""
+    per_class = _per_class_accuracy(items, records, "object", forget + preserve)
+    summary = accuracy_summary(per_class, forget, preserve)
+    synonyms = {}
+    for obj in forget:
+        sel = [it for it in items if it.role == "synonym" and it.group == obj]
+        accuracy = mean_per_variant(records, sel, lambda r, c=obj: float(r["pred"]["object"] == c))
+        synonyms[obj] = {"words": list(OBJECTS[obj]), "n": len(sel), **accuracy}
+    summary["synonym_accuracy"] = {v: mean(s[v] for s in synonyms.values() if s[v] is not None) for v in VARIANTS}
+    return {"per_class": per_class, "summary": summary, "synonyms": synonyms}
+
+
+def _style_numbers(items: list[EvalItem], records: Records, forget: list[str], preserve: list[str], judge: Any) -> dict:
+    """Accuracy per style, forget/preserve accuracy and Overall, and FSR on the style's probability."""
+    per_class = _per_class_accuracy(items, records, "style", forget + preserve)
+    summary = accuracy_summary(per_class, forget, preserve)
+    names = list(judge.heads["style"])
+    for style in forget + preserve:
+        sel = _concept_items(items, style)
+        k = names.index(style)
+        base = [records["base"][it.id]["prob"]["style"][k] for it in sel]
+        edited = [records["edited"][it.id]["prob"]["style"][k] for it in sel]
+        per_class[style]["fsr"] = fsr(base, edited)
+        per_class[style]["mean_prob"] = {"base": mean(base), "edited": mean(edited)}
+    summary["fsr"] = mean(per_class[s]["fsr"] for s in forget)
+    summary["fsr_preserve"] = mean(per_class[s]["fsr"] for s in preserve)
+    return {"per_class": per_class, "summary": summary}
+
+
+def _attribute_numbers(items: list[EvalItem], records: Records, forget: list[str], preserve: list[str], judge: Any) -> dict:
+    """How often the oracle sees an erased attribute: on its own prompts and on the quality prompts."""
+
+    def seen(record: dict) -> float:
+        return float(record["pred"]["attribute"] in forget)
+
+    sel = [it for it in items if it.role == "forget"]
+    detected = mean_per_variant(records, sel, seen)
+    quality = [it for it in items if it.role == "quality"]
+    return {
+        "summary": {
+            "detected_share": detected,
+            "detected_count": {v: int(round(detected[v] * len(sel))) for v in detected},
+            "n_images": len(sel),
+            "detected_share_non_target": mean_per_variant(records, quality, seen),
+        }
+    }
+
+
+def _fidelity(rec: dict, factors: dict[str, str]) -> float:
+    hits = [rec["pred"][head] == value for head, value in factors.items() if head in rec["pred"]]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | None) -> dict:
+    """Prompt fidelity on the quality prompts and, with ``reference``, their FID."""
+    q = [it for it in items if it.role == "quality"]
+    out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
+    out["prompt_fidelity"] = {v: mean(_fidelity(records[v][it.id], it.meta["factors"]) for it in q) for v in VARIANTS}
+    if reference is not None and len(q) >= 2:
+        out["fid"] = {}
+        for v in VARIANTS:
+            feats = torch.tensor([records[v][it.id]["_features"] for it in q], dtype=torch.float64)
+            out["fid"][v] = frechet_distance(feats, reference)
+        out["fid_reference"] = f"oracle features of {reference.shape[0]} renders of the scenes these prompts name"
+    return out
+
+
+def shapeworld_reference_features(
+    oracle: Any, factors: Sequence[dict[str, str]], per_prompt: int, seed: int, device: str = "cpu"
+) -> torch.Tensor:
+    """Oracle features of renders of the scenes the quality prompts name.
+
+    Each factor set (object, colour, place; no style, no attribute) is rendered
+    ``per_prompt`` times with random position, size and texture, so the
+    reference shows what the prompts ask for and the distance measures image
+    quality, not a difference in content.
+    """
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for f in factors:
+        for _ in range(per_prompt):
+            obj = None if f["object"] == "none" else f["object"]
+            scene = sample_scene(rng, object=obj, color=f.get("color"), place=f["place"], style=None, attribute=None)
+            imgs.append(render(scene))
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        return oracle.features(x.to(device)).detach().double().cpu()
+
+
+# ------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Family:
+    """What sets one ShapeWorld suite apart from the others.
+
+    ``concept_factor`` is the prompt factor that names the concept: ``None``
+    when the concept is the object itself, so its prompts draw that object;
+    otherwise concept ``i``'s prompts draw every object in turn, starting
+    at object ``i``.
+    """
+
+    kind: str  # the oracle head that judges the concept; also the word in messages
+    names: tuple[str, ...]  # the canonical concept names
+    spellings: Mapping[str, str]  # lower-case word a user may write -> canonical name
+    forget_example: str | None  # shown when --forget is missing; None: every concept is erased by default
+    has_kept_concepts: bool  # kept concepts (default: the family's others) are measured too
+    concept_factor: str | None
+    covers_every_object: bool  # at least one prompt per object (an attribute applies to any object)
+    tests_synonyms: bool  # erased objects are also prompted by their synonyms
+    numbers: Numbers  # the family's metrics from the judged records
+
+
+def _lower(names: Sequence[str]) -> dict[str, str]:
+    return {n.lower(): n for n in names}
+
+
+FAMILIES: dict[str, Family] = {
+    "shapeworld-objects": Family(
+        kind="object",
+        names=OBJECT_NAMES,
+        spellings=_lower(OBJECT_NAMES) | {s: name for name, syns in OBJECTS.items() for s in syns},
+        forget_example="circle, star",
+        has_kept_concepts=True,
+        concept_factor=None,
+        covers_every_object=False,
+        tests_synonyms=True,
+        numbers=_object_numbers,
+    ),
+    "shapeworld-styles": Family(
+        kind="style",
+        names=STYLE_NAMES,
+        spellings=_lower(STYLE_NAMES),
+        forget_example="Ovalli",
+        has_kept_concepts=True,
+        concept_factor="style",
+        covers_every_object=False,
+        tests_synonyms=False,
+        numbers=_style_numbers,
+    ),
+    "shapeworld-attribute": Family(
+        kind="attribute",
+        names=ATTRIBUTE_NAMES,
+        spellings=_lower(ATTRIBUTE_NAMES),
+        forget_example=None,
+        has_kept_concepts=False,
+        concept_factor="attribute",
+        covers_every_object=True,
+        tests_synonyms=False,
+        numbers=_attribute_numbers,
+    ),
+}
+
+
+def _canonical(family: Family, names: list[str]) -> list[str]:
+    """Canonical names of ``names`` in ``family`` (synonyms mapped, duplicates dropped)."""
+    out = []
+    for n in names:
+        if n.lower() not in family.spellings:
+            raise FIAError(f"unknown ShapeWorld {family.kind} {n!r}; use one of: {', '.join(family.names)}")
+        out.append(family.spellings[n.lower()])
+    return list(dict.fromkeys(out))
+
+
+def _concepts(name: str, family: Family, forget: Any, preserve: Any) -> tuple[list[str], list[str]]:
+    """The erased and the kept concepts of a suite, canonical, with the family's defaults."""
+    forget_l, preserve_l = parse_names(forget), parse_names(preserve)
+    if not forget_l:
+        if family.forget_example is not None:
+            raise FIAError(f"{name} needs the erased {family.kind}s; pass --forget {family.forget_example!r}")
+        forget_l = list(family.names)
+    forget_l = _canonical(family, forget_l)
+    if not family.has_kept_concepts:
+        return forget_l, []
+    if preserve_l:
+        return forget_l, _canonical(family, preserve_l)
+    return forget_l, [c for c in family.names if c not in forget_l]
+
+
+def shapeworld_suite(
+    name: str,
+    judge: Any,
+    forget: Sequence[str] | str | None,
+    preserve: Sequence[str] | str | None = None,
+    images_per_prompt: int = 2,
+    prompts_per_concept: int = 4,
+    quality_prompts: int = 16,
+    seed: int = 0,
+    reference: Callable[[list[dict[str, str]]], torch.Tensor] | torch.Tensor | None = None,
+    prompt_shift: int = 0,
+) -> Suite:
+    """Build a ShapeWorld suite.
+
+    ``reference`` gives the FID's reference features: a tensor, or a function
+    of the quality prompts' factor sets (one per image). ``prompt_shift`` 1
+    puts the concept prompts on colour/place pairs that shift 0 never uses;
+    with a ``seed`` at least 1,000,000 away it gives a split of prompts and
+    seeds disjoint from the default one (the benchmark tunes on one and
+    measures on the other; see :mod:`fia.evaluate.suites.seeds`).
+    """
+    if name not in FAMILIES:
+        raise FIAError(f"unknown ShapeWorld suite {name!r}; use one of: {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    check_count("images_per_prompt", images_per_prompt, MAX_IMAGES_PER_PROMPT)
+    check_count("prompts_per_concept", prompts_per_concept, MAX_PROMPTS_PER_BLOCK)
+    check_count("quality_prompts", quality_prompts, MAX_PROMPTS_PER_BLOCK)
+    forget_l, preserve_l = _concepts(name, family, forget, preserve)
+    ipp = images_per_prompt
+
+    items: list[EvalItem] = []
+    for i, concept in enumerate(forget_l + preserve_l):
+        role = "forget" if concept in forget_l else "preserve"
+        if family.concept_factor is None:
+            objects, extra = [concept], {}
+        else:
+            objects, extra = OBJECT_NAMES[i:] + OBJECT_NAMES[:i], {family.concept_factor: concept}
+        prompts = max(prompts_per_concept, len(OBJECT_NAMES)) if family.covers_every_object else prompts_per_concept
+        items += _prompt_block(role, concept, objects, prompts, ipp, i, seed, extra, prompt_shift)
+    grids = [(f"erased: {c}", f"forget:{c}") for c in forget_l]
+    if family.tests_synonyms:
+        for i, obj in enumerate(forget_l):
+            for syn in OBJECTS[obj]:
+                items += _prompt_block(
+                    "synonym", obj, [obj], prompts_per_concept, ipp, SYNONYM_OFFSET + i, seed, {}, prompt_shift, word=syn
+                )
+        grids += [(f"synonym of {o}: {OBJECTS[o][0]}", f"synonym:{o}") for o in forget_l]
+
+    # quality prompts never draw an erased object
+    quality_objects = preserve_l if family.concept_factor is None else list(OBJECT_NAMES)
+    if quality_objects:
+        items += _heldout_items(quality_objects, quality_prompts, ipp, seed)
+    else:
+        # every object is erased: quality is judged on what is left to draw, the places alone
+        items += _place_items(quality_prompts, ipp, seed)
+    grids.append(("held-out non-target prompts", "quality:quality"))
+    items = number_items(items)
+
+    def summarize(items: list[EvalItem], records: Records) -> dict[str, Any]:
+        quality_factors = [it.meta["factors"] for it in items if it.role == "quality"]
+        ref = reference
+        if callable(reference):
+            ref = reference(quality_factors) if len(quality_factors) >= 2 else None
+        out: dict[str, Any] = {"suite": name, "forget": forget_l, "preserve": preserve_l, "judge": judge.name}
+        out.update(family.numbers(items, records, forget_l, preserve_l, judge))
+        out["quality"] = _quality(items, records, ref)
+        return out
+
+    return Suite(name, items, judge, summarize, forget_l, preserve_l, grids)

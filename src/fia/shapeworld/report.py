@@ -1,0 +1,184 @@
+"""The report at the end of ``fia erase`` on ShapeWorld: base vs edited images, judged by the oracle.
+
+:func:`report_after_erase` groups the erased concepts by family (objects,
+styles, the attribute), runs each family's suite through
+:func:`fia.evaluate.evaluate` and writes ``OUT/report.html``. For a variant
+other than the paper's, the paper's FIA on the same concepts is measured
+beside it, on the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fia.errors import FIAError
+from fia.evaluate.build import build_suite
+from fia.evaluate.generate import GenerationSettings
+from fia.evaluate.runner import evaluate, mask_fingerprint
+from fia.io import atomic_write_text
+from fia.shapeworld import GENERATION_DEFAULTS
+from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECTS, STYLE_NAMES
+
+# The report after an erase draws its images from seeds >= this offset, so none
+# starts from the noise of a prompt the erase scored (those use seed + k for
+# k < a few thousand; see fia.prompts).
+REPORT_SEED_OFFSET = 100_000
+
+# Prompts per generation batch of the report (ShapeWorld images are 32x32).
+REPORT_BATCH_SIZE = 16
+
+
+def shapeworld_families(concepts: Sequence[str]) -> dict[str, list[str]]:
+    """Group concepts by ShapeWorld suite (objects, styles, attribute), in order."""
+    objects = set(OBJECTS) | {s for syns in OBJECTS.values() for s in syns}
+    styles = {s.lower() for s in STYLE_NAMES}
+    out: dict[str, list[str]] = {}
+    for c in concepts:
+        word = c.strip().lower()
+        if word in objects:
+            suite = "shapeworld-objects"
+        elif word in styles:
+            suite = "shapeworld-styles"
+        elif word in ATTRIBUTE_NAMES:
+            suite = "shapeworld-attribute"
+        else:
+            raise FIAError(
+                f"{c!r} is no ShapeWorld object, style or attribute, so the after-erase report cannot judge it; "
+                "pass --no-report"
+            )
+        out.setdefault(suite, []).append(c)
+    return out
+
+
+def report_settings() -> GenerationSettings:
+    """The sampler settings of the report: ShapeWorld's :data:`~fia.shapeworld.GENERATION_DEFAULTS`."""
+    return GenerationSettings(
+        num_inference_steps=GENERATION_DEFAULTS["num_inference_steps"],
+        guidance_scale=GENERATION_DEFAULTS["guidance_scale"],
+        height=GENERATION_DEFAULTS["height"],
+        width=GENERATION_DEFAULTS["width"],
+        batch_size=REPORT_BATCH_SIZE,
+    )
+
+
+def report_after_erase(
+    out_dir: str | Path,
+    pipe: Any,
+    mask: Any,
+    concepts: Sequence[str],
+    config: Any,
+    *,
+    mask_applied: bool,
+    images_per_prompt: int = 2,
+    prompts_per_concept: int = 4,
+    prompts: Any = None,
+    settings: GenerationSettings | None = None,
+) -> Path:
+    """Evaluate a fresh ShapeWorld erase run and write ``OUT/report.html``.
+
+    ``mask_applied`` says whether ``pipe`` comes with ``mask`` applied (as
+    after saving the edited pipeline) or with its original weights: base
+    images are made with the original weights, edited ones with the mask,
+    and ``pipe`` is left as it came. Concepts are judged by their family's
+    suite (objects, styles or the attribute), kept concepts being the
+    family's others. Images, index, scores, ``metrics.json`` and the PNG
+    figures go to ``OUT/report/`` (with several families,
+    ``OUT/report/<suite>/`` each, and ``OUT/report.html`` links their pages).
+    Per-concept masks for the overlap heatmap come from ``OUT/cache/``: the
+    entries this run used (``prompts``, the run's prompt sets per concept,
+    when they came from prompt files). ``settings`` default to
+    :func:`report_settings`. Returns the path of ``OUT/report.html``.
+    """
+    families = shapeworld_families(concepts)
+    device = str(getattr(pipe, "device", "cpu"))
+    seed = int(getattr(config, "seed", 0) or 0) + REPORT_SEED_OFFSET
+    settings = settings or report_settings()
+    out = Path(out_dir)
+    root = out / "report"
+    if mask_applied:
+        mask.restore_(pipe)
+    paths: dict[str, Path] = {}
+    variant = (getattr(mask, "config", None) or {}).get("variant", "paper")
+    try:
+        paper_mask = None
+        if variant != "paper":
+            # the paper's FIA on the same concepts, measured beside the variant
+            from fia.engine import erase
+
+            paper_cfg = config.replace(variant="paper")
+            paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
+        for suite_name, forget in families.items():
+            suite = build_suite(
+                suite_name,
+                forget=forget,
+                seed=seed,
+                device=device,
+                images_per_prompt=images_per_prompt,
+                prompts_per_concept=prompts_per_concept,
+            )
+            folder = root if len(families) == 1 else root / suite_name
+            compare = []
+            if paper_mask is not None:
+                paper_metrics, _ = evaluate(
+                    suite, pipe, folder / "paper-fia", mask=paper_mask, settings=settings,
+                    run_info={"model": "shapeworld", "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
+                              "variant": "paper", "pruned_share": paper_mask.pruned_share},
+                    report=False, overwrite=True,
+                )  # fmt: skip
+                compare.append(("paper FIA", paper_metrics, folder / "paper-fia"))
+            _, path = evaluate(
+                suite,
+                pipe,
+                folder,
+                mask=mask,
+                settings=settings,
+                run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts),
+                          "variant": variant, "pruned_share": mask.pruned_share},
+                cache_dir=out / "cache",
+                prompts=prompts,
+                overwrite=True,
+                compare=compare,
+                edited_label=f"{variant} FIA" if variant != "paper" else "edited",
+            )  # fmt: skip
+            if compare:
+                _add_comparison(folder / "metrics.json", compare)
+            assert path is not None
+            paths[suite_name] = path
+    finally:
+        if mask_applied:
+            mask.apply_(pipe)
+    page = out / "report.html"
+    if len(paths) == 1:
+        # the page is self-contained (images inline), so it can sit beside the mask
+        os.replace(next(iter(paths.values())), page)
+        return page
+    return _index_page(page, paths, families)
+
+
+def _add_comparison(metrics_path: Path, compare: Sequence[tuple[str, dict[str, Any], Path]]) -> None:
+    """Record the compared edits' figures in ``metrics.json`` under ``compare``."""
+    data = json.loads(metrics_path.read_text(encoding="utf-8"))
+    keep = ("run", "summary", "per_class", "per_style", "quality")
+    data["compare"] = {label: {k: m[k] for k in keep if k in m} for label, m, _ in compare}
+    atomic_write_text(metrics_path, json.dumps(data, indent=2) + "\n")
+
+
+def _index_page(page: Path, paths: dict[str, Path], families: dict[str, list[str]]) -> Path:
+    """A page linking each family's report (several families were erased)."""
+    rows = "".join(
+        f"<li><a href='{html.escape(p.relative_to(page.parent).as_posix())}'>{html.escape(name)}</a>: "
+        f"{html.escape(', '.join(families[name]))}</li>"
+        for name, p in paths.items()
+    )
+    atomic_write_text(
+        page,
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FIA evaluation</title></head>"
+        f"<body style='font-family:sans-serif'><h1>FIA evaluation</h1><p>One report per concept family:</p><ul>{rows}</ul>"
+        "</body></html>",
+    )
+    return page
