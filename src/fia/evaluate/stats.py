@@ -1,0 +1,80 @@
+"""Intervals for the figures we report: Wilson for a rate, a paired bootstrap for a difference of rates.
+
+A rate ``k / n`` (forgetting accuracy, attack success rate, ...) gets the
+Wilson score interval (Wilson 1927), which stays inside [0, 1] and behaves
+at ``k = 0`` and ``k = n``, unlike the normal approximation::
+
+    center = (p + z^2 / 2n) / (1 + z^2 / n)
+    half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+
+A difference between two methods judged on the same prompts and seeds gets
+a paired bootstrap: the items (prompt, seed) are resampled with
+replacement, the same draw for both methods, and the difference of the means
+is recomputed each time; the interval is the 2.5 and 97.5 percentiles. A
+difference whose interval excludes 0 is called significant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95 % interval."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
+    """The rate ``successes / trials`` with its Wilson score interval."""
+    if trials < 1:
+        raise ValueError(f"a rate needs at least one trial, got {trials}")
+    if not (0 <= successes <= trials):
+        raise ValueError(f"successes must lie in [0, {trials}], got {successes}")
+    p = successes / trials
+    z2 = z * z
+    denom = 1 + z2 / trials
+    center = (p + z2 / (2 * trials)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return Interval(p, max(0.0, center - half), min(1.0, center + half))
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Interval:
+    """``statistic(a, b)`` (default: mean(a) - mean(b)) over paired items, with a bootstrap 95 % interval.
+
+    ``a[i]`` and ``b[i]`` must come from the same item (prompt and seed);
+    every resample draws the same items for both.
+    """
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"paired samples must be two non-empty lists of the same length, got {x.shape} and {y.shape}")
+    stat = statistic or (lambda u, v: float(u.mean() - v.mean()))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(resamples, len(x)))
+    draws = np.array([stat(x[i], y[i]) for i in idx])
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Interval(float(stat(x, y)), float(low), float(high))
