@@ -39,15 +39,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fia.bench.harness import Bench, headline, tune
-from fia.bench.report import edited, fmt, markdown, merge, plot_f4
+from fia.bench.harness import JUDGES, Bench, headline, tune
+from fia.bench.intervals import intervals, outcomes, versus
+from fia.bench.report import edited as edited_value
+from fia.bench.report import fmt, markdown, merge, plot_f4
 from fia.bench.tasks import (
+    DEFAULT_FIA,
     HELDOUT_SEED,
     HELDOUT_SHIFT,
+    KNOWN_METHODS,
     METHOD_ORDER,
     QUICK,
     T2_FORGET,
     TUNING,
+    UPPER_BOUND,
     Sizes,
     Task,
     build_task_suite,
@@ -84,46 +89,95 @@ def git_commit() -> str:
 
 
 def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Tune, then measure every task for every method; returns the results as a JSON-ready dict."""
+    """Tune, then measure every task for every method with both judges; returns the results as a JSON-ready dict."""
     t_start = time.time()
-    order = [m for m in METHOD_ORDER if m in methods]
-    if "random" in order and "fia" not in order:
-        raise FIAError("the random control copies FIA's per-layer counts: keep 'fia' in --methods")
+    order = [m for m in KNOWN_METHODS if m in methods]
+    if "random" in order and DEFAULT_FIA not in order:
+        raise FIAError(f"the random control copies the per-layer counts of {DEFAULT_FIA}: keep it in --methods")
     bench = Bench(sizes, work, log)
     log(f"tuning ({sizes.candidates} candidates per method, T2 Overall on the tuning split)")
     chosen = tune(bench, order, log)
+    t_tuned = time.time()
     tasks = tasks_for(sizes)
     results: dict[str, dict[str, Any]] = {t.key: {} for t in tasks}
     costs: dict[str, dict[str, Any]] = {m: {} for m in order}
-    fia_masks: dict[str, Any] = {}
+    base: dict[str, Any] = {}
+    masks: dict[str, Any] = {}
+    task_seconds: dict[str, float] = {}
     for task in tasks:
-        suite = build_task_suite(task, bench.judge, bench.oracle, sizes.images_per_prompt, HELDOUT_SEED, HELDOUT_SHIFT)
-        log(f"{task.key}: forget {', '.join(task.forget)} ({len(suite.items)} prompts x seeds per model)")
-        bench.base_records((task.key,), suite)
+        t_task = time.time()
+        suites = bench.suites(task, HELDOUT_SEED, HELDOUT_SHIFT, sizes.images_per_prompt)
+        items = suites["oracle"].items
+        log(f"{task.key}: forget {', '.join(task.forget)} ({len(items)} images per model)")
+        base_records = bench.base_records((task.key,), items)
+        base[task.key] = {
+            judge: {"intervals": intervals(outcomes(suites[judge], base_records[judge]), sizes.bootstrap)} for judge in JUDGES
+        }
+        hits: dict[str, dict[str, Any]] = {}
         for method in order:
+            if method == UPPER_BOUND and not task.upper_bound:
+                continue
             setting = chosen.get(method, {}).get("value")
-            m, info = bench.judge_method(method, setting, task, suite, (task.key,), fia_masks)
-            results[task.key][method] = {"headline": headline(task, m), "metrics": _jsonable(m), "edit": info}
+            metrics, edited, info = bench.judge_method(method, setting, task, suites, (task.key,), masks)
+            hits[method] = {judge: outcomes(suites[judge], edited[judge]) for judge in JUDGES}
+            results[task.key][method] = {
+                "headline": headline(task, metrics["oracle"]),
+                "judges": {judge: {"headline": headline(task, metrics[judge])} for judge in JUDGES},
+                "intervals": {judge: intervals(hits[method][judge], sizes.bootstrap) for judge in JUDGES},
+                "metrics": _jsonable(metrics["oracle"]),
+                "edit": info,
+            }
             costs[method][task.key] = {"seconds": round(info["seconds"], 2), "peak_rss_growth_mb": round(info["peak_rss_growth_mb"], 1)}
             h = results[task.key][method]["headline"]
-            log(f"  {method:13s} " + "  ".join(f"{k} {fmt(edited(v))}" for k, v in h.items() if k != "per_class")
+            log(f"  {method:13s} " + "  ".join(f"{k} {fmt(edited_value(v))}" for k, v in h.items() if k != "per_class")
                 + f"  ({info['seconds']:.1f}s)")  # fmt: skip
+        if DEFAULT_FIA in hits:
+            for method, by_judge in hits.items():
+                if method != DEFAULT_FIA:
+                    results[task.key][method]["vs_default"] = {
+                        judge: versus(by_judge[judge], hits[DEFAULT_FIA][judge], sizes.bootstrap) for judge in JUDGES
+                    }
+        task_seconds[task.key] = round(time.time() - t_task, 1)
     import torch
+
+    from fia.shapeworld import assets_path
+    from fia.targets import denoiser
 
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
+        "model": model_hash(bench.pipe),
+        "model_path": str(assets_path() / "pipeline"),
         "quick": sizes == QUICK,
         "sizes": sizes.__dict__ | {"f4_sizes": list(sizes.f4_sizes)},
         "torch_threads": torch.get_num_threads(),
         "seconds_total": round(time.time() - t_start, 1),
+        "seconds_tuning": round(t_tuned - t_start, 1),
+        "seconds_per_task": task_seconds,
         "images_generated": bench.images_generated,
         "tuning": chosen,
+        "default_fia": DEFAULT_FIA,
+        "judges": list(JUDGES),
+        "base": base,
         "results": results,
         "costs": costs,
         "t2_forget": list(T2_FORGET),
         "methods": order,
+        "denoiser_parameters": sum(p.numel() for p in denoiser(bench.pipe).parameters()),
     }
+
+
+def model_hash(pipe: Any) -> str:
+    """sha256 (first 16 hex digits) over the denoiser's weights: which model the figures are of."""
+    import hashlib
+
+    from fia.targets import denoiser
+
+    h = hashlib.sha256()
+    for name, t in sorted(denoiser(pipe).state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
@@ -133,11 +187,11 @@ def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The benchmark's methods among ``methods``, or a clear error naming the unknown ones."""
     out = [m.strip() for m in methods if m.strip()]
-    unknown = [m for m in out if m not in METHOD_ORDER]
+    unknown = [m for m in out if m not in KNOWN_METHODS]
     if unknown:
-        raise FIAError(f"unknown methods {unknown}; use some of: {', '.join(METHOD_ORDER)}")
+        raise FIAError(f"unknown methods {unknown}; use some of: {', '.join(KNOWN_METHODS)}")
     if not out:
-        raise FIAError(f"no methods given; use some of: {', '.join(METHOD_ORDER)}")
+        raise FIAError(f"no methods given; use some of: {', '.join(KNOWN_METHODS)}")
     return out
 
 

@@ -1,9 +1,12 @@
-"""The benchmark harness: one pipeline, one judge, every registered method, base vs edited figures.
+"""The benchmark harness: one pipeline, two judges, every registered method, base vs edited figures.
 
 Every method comes from the registry (:func:`fia.methods.unlearn`) and
-returns an :class:`fia.edit.Edit`: the harness applies it, judges the edited
-model, and restores the pipeline with ``edit.restore_``, so every method
-starts from the same pristine weights without snapshots of the model.
+returns an :class:`fia.edit.Edit`: the harness applies it, has both judges
+read the edited model's images, and restores the pipeline with
+``edit.restore_``, so every method starts from the same pristine weights
+without snapshots of the model. The judge-guided upper bound is the causal
+variant with the oracle as its evidence (:func:`oracle_evidence`); it is
+measured like a method and labelled as a reference.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import torch
 from fia.bench.memory import PeakRSS
 from fia.bench.report import fmt
 from fia.bench.tasks import (
+    DEFAULT_FIA,
     TUNING,
     TUNING_SEED,
     TUNING_SHIFT,
     T2_FORGET,
+    UPPER_BOUND,
     Sizes,
     Task,
     build_task_suite,
@@ -34,20 +39,45 @@ from fia.evaluate.judges import ShapeWorldJudge
 from fia.evaluate.suites import Suite
 from fia.methods import get_method, unlearn
 from fia.prompts import resolve_config
-from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline
+from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline, load_second_judge
+from fia.shapeworld.render import parse_prompt
 
 # FIAConfig fields that make an FIA family member what it is (its registered preset)
-_FIA_PRESET_FIELDS = ("variant", "saliency", "selection", "fusion")
+_FIA_PRESET_FIELDS = ("saliency", "selection", "fusion")
+JUDGES = ("oracle", "judge2")
+
+
+def oracle_evidence(pipe: Any, oracle: Any) -> Callable:
+    """Evidence read by the oracle, for the causal variant's judge hook (the upper bound).
+
+    For a latent ``z`` made for prompt ``p`` with contrast prompts ``c``:
+    ``log p(object of p | image) - mean_c log p(object of c | image)`` on
+    the decoded image, summed over images (the same contrast the variant
+    computes with the model's own denoising errors).
+    """
+    heads = list(oracle.HEADS["object"])
+    for p in oracle.parameters():
+        p.requires_grad_(False)
+
+    def evidence(z, prompts, contrasts):
+        x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+        logp = oracle((x.clamp(-1, 1) + 1) / 2)["object"].log_softmax(-1)
+        own = torch.tensor([heads.index(parse_prompt(p)["object"]) for p in prompts])
+        alt = torch.tensor([[heads.index(parse_prompt(c)["object"]) for c in cs] for cs in contrasts])
+        return (logp.gather(1, own[:, None])[:, 0] - logp.gather(1, alt).mean(1)).sum()
+
+    return evidence
 
 
 class Bench:
-    """The pipeline, the judge and the cached base records."""
+    """The pipeline, the two judges and the cached base records."""
 
     def __init__(self, sizes: Sizes, work: Path, log: Callable[[str], None]):
         self.sizes, self.work, self.log = sizes, work, log
         self.pipe = load_pipeline()
         self.oracle = load_oracle()
-        self.judge = ShapeWorldJudge(self.oracle)
+        self.judges = {"oracle": ShapeWorldJudge(self.oracle), "judge2": ShapeWorldJudge(load_second_judge())}
+        self.judge = self.judges["oracle"]
         self.settings = GenerationSettings(
             num_inference_steps=sizes.sample_steps or GENERATION_DEFAULTS["num_inference_steps"],
             guidance_scale=GENERATION_DEFAULTS["guidance_scale"],
@@ -59,49 +89,70 @@ class Bench:
         self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
-        self._base: dict[tuple, dict[str, dict]] = {}
+        # the project's default on ShapeWorld: the shipped preset, as `fia erase` runs it
+        self.causal_cfg = resolve_config("shapeworld")
+        if sizes.causal:
+            self.causal_cfg = self.causal_cfg.replace(**sizes.causal)
+        self._base: dict[tuple, dict[str, dict[str, dict]]] = {}
         self.images_generated = 0
 
-    def records(self, items: list[EvalItem]) -> dict[str, dict]:
-        """The judge's record of each item's image, drawn by the pipeline as it is now."""
-        out: dict[str, dict] = {}
+    # ---------------------------------------------------------- judging
+    def suites(self, task: Task, seed: int, shift: int, ipp: int) -> dict[str, Suite]:
+        """The task's suite for each judge (same items; quality figures from the oracle's features only)."""
+        return {
+            name: build_task_suite(task, judge, self.oracle, ipp, seed, shift, renders=self.sizes.reference_renders,
+                                   quality=name == "oracle" and task.has_quality)
+            for name, judge in self.judges.items()
+        }  # fmt: skip
+
+    def records(self, items: list[EvalItem]) -> dict[str, dict[str, dict]]:
+        """Each judge's record of each item's image, drawn by the pipeline as it is now."""
+        out: dict[str, dict[str, dict]] = {name: {} for name in self.judges}
         bs = self.settings.batch_size
         for i in range(0, len(items), bs):
             batch = items[i : i + bs]
             images = np.stack([to_uint8(im) for im in run_pipe(self.pipe, batch, self.settings)])
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-            for it, rec in zip(batch, self.judge.score(x, batch)):
-                out[it.id] = rec
+            for name, judge in self.judges.items():
+                for it, rec in zip(batch, judge.score(x, batch)):
+                    if name != "oracle":
+                        rec.pop("_features", None)  # quality is read in the oracle's feature space only
+                    out[name][it.id] = rec
             self.images_generated += len(batch)
         return out
 
-    def base_records(self, key: tuple, suite: Suite) -> dict[str, dict]:
-        """The unedited model's records of ``suite`` (made once; call it while no edit is applied)."""
+    def base_records(self, key: tuple, items: list[EvalItem]) -> dict[str, dict[str, dict]]:
+        """The unedited model's records (made once; call it while no edit is applied)."""
         if key not in self._base:
-            self._base[key] = self.records(suite.items)
+            self._base[key] = self.records(items)
         return self._base[key]
 
-    def measure(self, suite: Suite, key: tuple) -> dict[str, Any]:
-        """Judge the current (edited) model against the base records made by :meth:`base_records`."""
+    def measure(self, suites: dict[str, Suite], key: tuple) -> tuple[dict[str, Any], dict[str, dict[str, dict]]]:
+        """Judge the current (edited) model: (per-judge metrics, edited records)."""
         if key not in self._base:
             raise RuntimeError(f"base records of {key} must be made before the edit is applied")
-        edited = self.records(suite.items)
-        return suite.summarize(suite.items, {"base": self._base[key], "edited": edited})
+        items = suites["oracle"].items
+        edited = self.records(items)
+        metrics = {
+            name: suite.summarize(suite.items, {"base": self._base[key][name], "edited": edited[name]})
+            for name, suite in suites.items()
+        }
+        return metrics, edited
 
     # ------------------------------------------------------------ editing
-    def method_config(self, method: str, setting: Any, task: Task, fia_masks: dict[str, Any]):
+    def method_config(self, method: str, setting: Any, task: Task, masks: dict[str, Any]):
         """``method``'s config for ``task``: its registered default scaled to ShapeWorld, with the tuned knob."""
         knob, _ = TUNING.get(method, (None, ()))
+        alpha = {"alpha": task.alpha} if task.alpha is not None else {}
+        if method in (DEFAULT_FIA, UPPER_BOUND):
+            return self.causal_cfg.replace(**alpha)
         cfg = get_method(method).default_config()
         if method.startswith("fia"):
             preset = {f: getattr(cfg, f) for f in _FIA_PRESET_FIELDS}
-            return self.fia_cfg.replace(
-                **preset,
-                **({"r2": setting} if knob == "r2" and setting is not None else {}),
-                **({"alpha": task.alpha} if task.alpha is not None else {}),
-            )
+            tuned = {"r2": setting} if knob == "r2" and setting is not None else {}
+            return self.fia_cfg.replace(**preset, **tuned, **alpha)
         if method == "random":
-            cfg.like = fia_masks[task.key]  # the control copies FIA's per-layer counts for this task
+            cfg.like = masks[task.key]  # the control copies the default FIA's per-layer counts for this task
             return cfg
         if method == "conceptprune":
             cfg = cfg.replace(
@@ -118,50 +169,65 @@ class Bench:
             )
         return cfg.replace(**{knob: setting}) if knob is not None and setting is not None else cfg
 
-    def edit(self, method: str, setting: Any, task: Task, fia_masks: dict[str, Any]):
+    def _upper_bound(self, task: Task, cfg) -> Any:
+        from fia.causal import causal_erase
+        from fia.targets import find_targets
+
+        found = find_targets(self.pipe.unet, "ffn2")
+        mask = causal_erase(self.pipe, list(task.forget), cfg, found, target_kind="ffn2",
+                            judge=oracle_evidence(self.pipe, self.oracle))  # fmt: skip
+        mask.method = UPPER_BOUND
+        return mask
+
+    def edit(self, method: str, setting: Any, task: Task, masks: dict[str, Any]):
         """Make ``method``'s edit for ``task`` and apply it; returns (edit, seconds/memory/notes).
 
         The caller judges the edited model, then undoes it with ``edit.restore_(bench.pipe)``.
         """
         info: dict[str, Any] = {}
-        cfg = self.method_config(method, setting, task, fia_masks)
-        prompts = concept_prompts(task.forget, task.family, self.fia_cfg)
+        cfg = self.method_config(method, setting, task, masks)
         keep = [c for c in family_names(task.family) if c not in task.forget]
         t0 = time.perf_counter()
         with PeakRSS() as mem:
-            edit = unlearn(
-                self.pipe, task.forget, method, cfg, preserve=keep, prompts=prompts,
-                cache_dir=self.work / "cache",  # shared: the keys keep methods and settings apart
-            )  # fmt: skip
+            if method == UPPER_BOUND:
+                edit = self._upper_bound(task, cfg)
+            else:
+                prompts = concept_prompts(task.forget, task.family, self.fia_cfg)
+                edit = unlearn(
+                    self.pipe, task.forget, method, cfg, preserve=keep, prompts=prompts,
+                    cache_dir=self.work / "cache",  # shared: the keys keep methods and settings apart
+                )  # fmt: skip
         info["seconds"] = time.perf_counter() - t0
         info["peak_rss_growth_mb"] = mem.growth_mb
-        if method == "fia":
-            fia_masks[task.key] = edit
+        if method == DEFAULT_FIA:
+            masks[task.key] = edit
         if hasattr(edit, "pruned_share"):
             info["pruned_share"] = edit.pruned_share
-        final_loss = (getattr(edit, "stats", None) or {}).get("final_loss")
-        if final_loss is not None:
-            info["final_loss"] = float(final_loss)
+        losses = (getattr(edit, "stats", None) or {}).get("losses")
+        if losses:
+            info["final_loss"] = float(losses[-1])
+            info["losses"] = [round(float(v), 6) for v in losses]
         edit.apply_(self.pipe)
         return edit, info
 
-    def judge_method(self, method: str, setting: Any, task: Task, suite: Suite, key: tuple, fia_masks: dict[str, Any]):
-        """Edit, judge, restore: (metrics, edit info). The pipeline is pristine again afterwards."""
-        edit, info = self.edit(method, setting, task, fia_masks)
+    def judge_method(self, method: str, setting: Any, task: Task, suites: dict[str, Suite], key: tuple, masks: dict[str, Any]):
+        """Edit, judge, restore: (per-judge metrics, edited records, edit info). The pipeline is pristine afterwards."""
+        edit, info = self.edit(method, setting, task, masks)
         try:
-            metrics = self.measure(suite, key)
+            metrics, edited = self.measure(suites, key)
         finally:
             edit.restore_(self.pipe)
-        return metrics, info
+        return metrics, edited, info
 
 
 def tune(bench: Bench, methods: list[str], log) -> dict[str, dict[str, Any]]:
-    """Each tunable method: its candidates scored by T2 Overall on the tuning split."""
+    """Each tunable method: its candidates scored by T2 Overall (oracle) on the tuning split."""
     sizes = bench.sizes
     task = Task("T2-tune", "shapeworld-objects", "objects", list(T2_FORGET), sizes.tune_prompts_per_concept,
-                sizes.tune_quality_prompts, keep_roles=("forget", "preserve", "quality"))  # fmt: skip
-    suite = build_task_suite(task, bench.judge, bench.oracle, 1, TUNING_SEED, TUNING_SHIFT)
-    bench.base_records(("tune",), suite)
+                keep_roles=("forget", "preserve"))  # fmt: skip
+    suites = {"oracle": build_task_suite(task, bench.judge, bench.oracle, sizes.tune_images_per_prompt, TUNING_SEED,
+                                         TUNING_SHIFT, quality=False)}  # fmt: skip
+    bench.base_records(("tune",), suites["oracle"].items)
     chosen: dict[str, dict[str, Any]] = {}
     for method in methods:
         if method not in TUNING:
@@ -169,8 +235,8 @@ def tune(bench: Bench, methods: list[str], log) -> dict[str, dict[str, Any]]:
         knob, candidates = TUNING[method]
         trials = []
         for value in candidates[: sizes.candidates]:
-            m, info = bench.judge_method(method, value, task, suite, ("tune",), {})
-            s = m["summary"]
+            metrics, _, info = bench.judge_method(method, value, task, suites, ("tune",), {})
+            s = metrics["oracle"]["summary"]
             trials.append({knob: value, "overall": s["overall"]["edited"], "F": s["forget_accuracy"]["edited"],
                            "P": s["preserve_accuracy"]["edited"], "seconds": round(info["seconds"], 2)})  # fmt: skip
             log(f"  tune {method:13s} {knob}={value:<8g} Overall {fmt(trials[-1]['overall'])} "
@@ -197,8 +263,9 @@ def headline(task: Task, m: dict[str, Any]) -> dict[str, Any]:
         out["FSR"] = {"edited": s.get("fsr")}
     else:
         out["detected"] = s.get("detected_share")
-    if "fid" in q:
-        out["FID"] = q["fid"]
+    for key in ("kid", "fid"):
+        if key in q:
+            out[key.upper()] = q[key]
     if q.get("prompt_fidelity"):
         out["fidelity"] = q["prompt_fidelity"]
     return out

@@ -24,10 +24,50 @@ def edited(v: Any) -> Any:
     return v.get("edited") if isinstance(v, dict) else v
 
 
+def ci(iv: dict[str, float] | None) -> str:
+    """``0.123 [0.100, 0.150]`` from an interval dict, or a dash."""
+    if not iv:
+        return "  -  "
+    return f"{iv['value']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+
+
+def diff(d: dict[str, Any] | None) -> str:
+    """A difference with its interval; bold when the interval excludes 0 (significant)."""
+    if not d:
+        return "  -  "
+    text = f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return f"**{text}**" if d.get("significant") else text
+
+
+def f4_points(r: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """The tasks on F4's curve and their x: the F4-x tasks, T2 (x = 5: the first five objects) and T1 (x = 10)."""
+    points = {int(k.split("-")[1]): k for k in r if k.startswith("F4-")}
+    if "T2" in r:
+        points.setdefault(5, "T2")
+    if "T1" in r:
+        points.setdefault(10, "T1")
+    xs = sorted(points)
+    return [points[x] for x in xs], xs
+
+
+def _label(m: str) -> str:
+    from fia.bench.tasks import DEFAULT_FIA, UPPER_BOUND
+
+    if m == UPPER_BOUND:
+        return "upper bound (uses the judge)"
+    if m == DEFAULT_FIA:
+        return f"{m} (default)"
+    return m
+
+
 def markdown(res: dict[str, Any]) -> str:
+    """Every table of a benchmark run (headline with intervals first)."""
     methods = res["methods"]
     r = res["results"]
-    lines = [f"Measured {res['date']} at commit `{res['commit']}`" + (" (--quick: harness smoke test, numbers meaningless)" if res["quick"] else "")
+    judges = res.get("judges", ["oracle"])
+    default = res.get("default_fia")
+    lines = [f"Measured {res['date']} at commit `{res['commit']}`, model `{res.get('model', '?')}`"
+             + (" (--quick: harness smoke test, numbers meaningless)" if res["quick"] else "")
              + f"; {res['images_generated']} images, {res['seconds_total'] / 60:.1f} min, {res['torch_threads']} threads.", ""]  # fmt: skip
     for r_ in res.get("remeasured", []):
         lines[-1:-1] = [f"Rows of {', '.join(r_['methods'])} re-measured {r_['date']} at commit `{r_['commit']}` ({r_['seconds'] / 60:.1f} min)."]
@@ -35,15 +75,18 @@ def markdown(res: dict[str, Any]) -> str:
     def row(cells):
         lines.append("| " + " | ".join(cells) + " |")
 
-    def table(title, cols, getter, base_getter=None):
+    def header(title, cols):
         lines.extend([f"**{title}**", ""])
         row(["method"] + cols)
         row(["---"] * (len(cols) + 1))
-        if base_getter is not None:
-            row(["(original model)"] + [fmt(x) for x in base_getter()])
-        for m in methods:
-            row([m] + [fmt(x) for x in getter(m)])
-        lines.append("")
+
+    def iv(task, m, key, judge="oracle"):
+        if m is None:
+            return (res.get("base", {}).get(task, {}).get(judge, {}).get("intervals", {}) or {}).get(key)
+        return (r[task].get(m, {}).get("intervals", {}).get(judge, {}) or {}).get(key)
+
+    def vs(task, m, key, judge="oracle"):
+        return (r[task].get(m, {}).get("vs_default", {}).get(judge, {}) or {}).get(key)
 
     def e(task, m, key):
         return edited(r[task][m]["headline"].get(key)) if m in r[task] else None
@@ -53,42 +96,86 @@ def markdown(res: dict[str, Any]) -> str:
         v = first["headline"].get(key)
         return v.get("base") if isinstance(v, dict) else None
 
-    t1 = "T1: erase all 10 objects (forgetting accuracy, lower is better; quality on object-less prompts)"
-    table(t1, ["F (mean)", "FID", "fidelity"], lambda m: [e("T1", m, "F"), e("T1", m, "FID"), e("T1", m, "fidelity")],
-          lambda: [b("T1", "F"), b("T1", "FID"), b("T1", "fidelity")])  # fmt: skip
-    # per-class T1
+    rows = [None] + list(methods)  # None: the original model
+
+    # ---- headline: T1 mean forgetting and T2 Overall, both judges, differences from the default
+    cols = []
+    for judge in judges:
+        cols += [f"T1 F ({judge})", f"vs default ({judge})"]
+    for judge in judges:
+        cols += [f"T2 Overall ({judge})", f"vs default ({judge})"]
+    cols += ["T1 KID", "T2 KID"]
+    header("Headline: held-out T1 forgetting accuracy (lower is better) and T2 Overall (higher is better), "
+           f"95 % intervals; differences from {default} are paired bootstraps, bold where the interval excludes 0", cols)  # fmt: skip
+    for m in rows:
+        cells = []
+        for judge in judges:
+            cells += [ci(iv("T1", m, "F", judge)), diff(vs("T1", m, "F", judge)) if m not in (None, default) else ""]
+        for judge in judges:
+            cells += [ci(iv("T2", m, "Overall", judge)), diff(vs("T2", m, "Overall", judge)) if m not in (None, default) else ""]
+        cells += [fmt(b("T1", "KID") if m is None else e("T1", m, "KID")), fmt(b("T2", "KID") if m is None else e("T2", m, "KID"))]
+        row([_label(m) if m else "(original model)"] + cells)
+    lines.append("")
+
+    def table(title, cols, getter):
+        header(title, cols)
+        for m in rows:
+            if m is not None and m not in r[title.split(":")[0]]:
+                continue
+            row([_label(m) if m else "(original model)"] + getter(m))
+        lines.append("")
+
+    def both(task, key):
+        return lambda m: [ci(iv(task, m, key, j)) for j in judges]
+
+    def quality(task):
+        return lambda m: [fmt(b(task, k) if m is None else e(task, m, k)) for k in ("KID", "FID", "fidelity")]
+
+    jcols = lambda name: [f"{name} ({j})" for j in judges]  # noqa: E731
+    table("T1: erase all 10 objects (forgetting accuracy, lower is better; quality on object-less prompts)",
+          jcols("F") + ["KID", "FID", "fidelity"], lambda m: both("T1", "F")(m) + quality("T1")(m))  # fmt: skip
     classes = list(OBJECT_NAMES)
-    lines.extend(["**T1 per class (forgetting accuracy)**", ""])
+    lines.extend(["**T1 per class (forgetting accuracy, oracle)**", ""])
     row(["method"] + classes)
     row(["---"] * (len(classes) + 1))
     first = next(iter(r["T1"].values()))
     row(["(original model)"] + [fmt(first["headline"]["per_class"][c]["base"]) for c in classes])
     for m in methods:
-        pc = r["T1"][m]["headline"]["per_class"]
-        row([m] + [fmt(pc[c]["edited"]) for c in classes])
+        if m in r["T1"]:
+            pc = r["T1"][m]["headline"]["per_class"]
+            row([_label(m)] + [fmt(pc[c]["edited"]) for c in classes])
     lines.append("")
-    t2 = f"T2: erase {', '.join(res['t2_forget'])}, keep the other 5"
-    table(t2, ["F", "P", "Overall", "synonym F", "FID", "fidelity"],
-          lambda m: [e("T2", m, k) for k in ("F", "P", "Overall", "synonym", "FID", "fidelity")],
-          lambda: [b("T2", k) for k in ("F", "P", "Overall", "synonym", "FID", "fidelity")])  # fmt: skip
-    table("T3: erase all 5 styles (style accuracy lower is better; FSR higher is better)", ["style acc.", "FSR", "FID", "fidelity"],
-          lambda m: [e("T3", m, k) for k in ("F", "FSR", "FID", "fidelity")],
-          lambda: [b("T3", "F"), None, b("T3", "FID"), b("T3", "fidelity")])  # fmt: skip
-    table("T4: erase the attribute 'burning' (share of images where it is detected)", ["detected", "FID", "fidelity"],
-          lambda m: [e("T4", m, k) for k in ("detected", "FID", "fidelity")],
-          lambda: [b("T4", k) for k in ("detected", "FID", "fidelity")])  # fmt: skip
-    f4 = [k for k in r if k.startswith("F4-")]
-    xs = [k.split("-")[1] for k in f4]
-    table("F4: forgetting accuracy F when forgetting the first x objects", [f"x={x}" for x in xs], lambda m: [e(k, m, "F") for k in f4])
-    table("F4: Overall (undefined at x=10: nothing is kept)", [f"x={x}" for x in xs], lambda m: [e(k, m, "Overall") for k in f4])
+    table(f"T2: erase {', '.join(res['t2_forget'])}, keep the other 5",
+          jcols("F") + jcols("P") + jcols("Overall") + jcols("synonym F") + ["KID", "FID", "fidelity"],
+          lambda m: both("T2", "F")(m) + both("T2", "P")(m) + both("T2", "Overall")(m) + both("T2", "synonym")(m) + quality("T2")(m))  # fmt: skip
+    table("T3: erase all 5 styles (style accuracy lower is better; FSR higher is better)",
+          jcols("style acc.") + jcols("vs default") + ["FSR", "KID", "FID", "fidelity"],
+          lambda m: both("T3", "F")(m) + [diff(vs("T3", m, "F", j)) if m not in (None, default) else "" for j in judges]
+          + [fmt(None if m is None else e("T3", m, "FSR"))] + quality("T3")(m))  # fmt: skip
+    table("T4: erase the attribute 'burning' (share of images where it is detected)",
+          jcols("detected") + jcols("vs default") + ["KID", "FID", "fidelity"],
+          lambda m: both("T4", "F")(m) + [diff(vs("T4", m, "F", j)) if m not in (None, default) else "" for j in judges]
+          + quality("T4")(m))  # fmt: skip
+    f4, xs = f4_points(r)
+    for j in judges:
+        header(f"F4: forgetting accuracy F when forgetting the first x objects ({j}; x = 5 is T2, x = 10 is T1)",
+               [f"x={x}" for x in xs])  # fmt: skip
+        for m in rows:
+            row([_label(m) if m else "(original model)"] + [ci(iv(k, m, "F", j)) if (m is None or m in r[k]) else "  -  " for k in f4])
+        lines.append("")
     tasks = [k for k in r]
     lines.extend(["**Cost of the edit: seconds (peak resident memory growth, MB)**", ""])
     row(["method"] + tasks)
     row(["---"] * (len(tasks) + 1))
     for m in methods:
         c = res["costs"][m]
-        row([m] + [f"{c[t]['seconds']:.1f} ({c[t]['peak_rss_growth_mb']:.0f})" if t in c else "-" for t in tasks])
+        row([_label(m)] + [f"{c[t]['seconds']:.1f} ({c[t]['peak_rss_growth_mb']:.0f})" if t in c else "-" for t in tasks])
     lines.append("")
+    if res.get("seconds_per_task"):
+        lines.append("Seconds per task (all methods, generation and judging included): "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds_per_task"].items())
+                     + f"; tuning {res.get('seconds_tuning', 0):.0f}.")  # fmt: skip
+        lines.append("")
     lines.extend(["**Tuning (T2 Overall on the tuning split; chosen value in bold)**", ""])
     for m, t in res["tuning"].items():
         parts = [(f"**{x[t['knob']]:g}**" if x[t["knob"]] == t["value"] else f"{x[t['knob']]:g}") + f": {fmt(x['overall'])}" for x in t["trials"]]
@@ -104,15 +191,16 @@ def plot_f4(res: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     r = res["results"]
-    keys = [k for k in r if k.startswith("F4-")]
-    xs = [int(k.split("-")[1]) for k in keys]
+    keys, xs = f4_points(r)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m in res["methods"]:
+        if not all(m in r[k] for k in keys):
+            continue
         f = [edited(r[k][m]["headline"].get("F")) for k in keys]
         o = [edited(r[k][m]["headline"].get("Overall")) for k in keys]
-        style = "-o" if m == "fia" else ("--" if m == "random" else "-")
-        axes[0].plot(xs, [np.nan if v is None else v for v in f], style, label=m)
-        axes[1].plot(xs, [np.nan if v is None else v for v in o], style, label=m)
+        style = "-o" if m == res.get("default_fia") else ("--" if m == "random" else "-")
+        axes[0].plot(xs, [np.nan if v is None else v for v in f], style, label=_label(m))
+        axes[1].plot(xs, [np.nan if v is None else v for v in o], style, label=_label(m))
     base_f = [r[k][res["methods"][0]]["headline"]["F"]["base"] for k in keys]
     axes[0].plot(xs, base_f, ":k", label="original model")
     axes[0].set(xlabel="objects forgotten (x of 10)", ylabel="forgetting accuracy F (lower is better)", ylim=(-0.02, 1.02))

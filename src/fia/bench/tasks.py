@@ -18,14 +18,25 @@ from fia.evaluate.suites import Suite, shapeworld_reference_features, shapeworld
 from fia.prompts import ConceptPrompts, build_prompts
 from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES, PLACE_NAMES, STYLE_NAMES, place_phrase
 
-METHOD_ORDER = ("fia", "fia-union", "fia-wanda", "fia-channel", "fia-layer", "random", "conceptprune", "uce", "esd-x")
-F4_SIZES = (1, 2, 4, 6, 8, 10)
+# The rows of the benchmark, in table order. The project's default FIA on
+# ShapeWorld is its causal variant; the random control copies its per-layer
+# counts; "upper-bound" is the judge-guided attribution (it uses the judge,
+# so it is a reference, not a method). The FIA ablations are registered
+# methods too and run when named with --methods.
+DEFAULT_FIA = "fia-causal"
+UPPER_BOUND = "upper-bound"
+METHOD_ORDER = ("fia", DEFAULT_FIA, "random", "conceptprune", "uce", "esd-x", UPPER_BOUND)
+ABLATIONS = ("fia-union", "fia-wanda", "fia-channel", "fia-layer")
+KNOWN_METHODS = METHOD_ORDER + ABLATIONS
 T2_FORGET = OBJECT_NAMES[:5]
 TUNING_SEED, HELDOUT_SEED = 1_000_000, 0
 TUNING_SHIFT, HELDOUT_SHIFT = 1, 0
 
 # The knob each method tunes and its candidates: the paper's value first,
 # then the same number of alternatives for every method (the tuning budget).
+# The causal variant's settings were fixed when it was made, on its own
+# prompts (odd colour/place pairs, seeds of its own), before this benchmark
+# existed; it is not tuned here, which can only put it at a disadvantage.
 TUNING: dict[str, tuple[str, tuple[Any, ...]]] = {
     "fia": ("r2", (0.01, 0.05, 0.2)),
     "fia-union": ("r2", (0.01, 0.05, 0.2)),
@@ -40,36 +51,52 @@ TUNING: dict[str, tuple[str, tuple[Any, ...]]] = {
 
 @dataclass
 class Sizes:
-    """How many prompts, seeds and steps each measurement uses."""
+    """How many prompts, seeds and steps each measurement uses.
 
-    prompts_per_concept: int = 2
-    images_per_prompt: int = 2
-    quality_prompts: int = 10
-    f4_prompts_per_concept: int = 1
-    tune_prompts_per_concept: int = 2
-    tune_quality_prompts: int = 6
-    esd_steps: int = 30
-    f4_sizes: tuple[int, ...] = F4_SIZES
+    Forgetting figures: ``prompts_per_concept`` x ``images_per_prompt``
+    images per class (T1, T2, F4; styles take one prompt per object, so at
+    least 10 x ``images_per_prompt``), ``t4_prompts`` x ``images_per_prompt``
+    for burning. Quality: ``quality_images`` per task and method (held-out
+    prompts, each drawn ``quality_images / prompts`` times).
+    """
+
+    prompts_per_concept: int = 8
+    images_per_prompt: int = 4
+    t4_prompts: int = 16
+    quality_images: int = 500
+    tune_prompts_per_concept: int = 4
+    tune_images_per_prompt: int = 4
+    esd_steps: int = 200
+    # F4's points besides x = 5 (T2 erases the first five objects) and x = 10 (T1)
+    f4_sizes: tuple[int, ...] = (1,)
     candidates: int = 3
-    batch_size: int = 40
+    batch_size: int = 125
+    reference_renders: int = 2  # renders per quality image for the KID/FID reference
+    bootstrap: int = 2000
     # None: the model's own sampler and FIA's preset; --quick shortens both
     sample_steps: int | None = None
     saliency_steps: int | None = None
+    causal: dict[str, Any] | None = None  # --quick: a shorter causal variant
 
 
 QUICK = Sizes(
     prompts_per_concept=1,
-    images_per_prompt=1,
-    quality_prompts=2,
-    f4_prompts_per_concept=1,
+    images_per_prompt=2,
+    t4_prompts=2,
+    quality_images=12,
     tune_prompts_per_concept=1,
-    tune_quality_prompts=2,
+    tune_images_per_prompt=1,
     esd_steps=2,
-    f4_sizes=(1, 10),
+    f4_sizes=(1,),
     candidates=2,
+    batch_size=64,
+    reference_renders=1,
+    bootstrap=200,
     sample_steps=4,
     saliency_steps=2,
-)
+    causal={"rounds": 1, "score_steps": 2, "concept_prompts_per_concept": 2, "anchor_prompts": 2,
+            "contrasts": 1, "evidence_timesteps": (0.5,)},
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------- prompts
@@ -111,35 +138,56 @@ class Task:
     family: str  # objects / styles / attribute
     forget: list[str]
     prompts_per_concept: int
-    quality_prompts: int
+    quality_prompts: int = 1
+    quality_images_per_prompt: int = 1
     keep_roles: tuple[str, ...] = ("forget", "preserve", "synonym", "quality")
     alpha: float | None = None
+    upper_bound: bool = False  # the judge-guided reference row is measured (object tasks it can guide)
+
+    @property
+    def has_quality(self) -> bool:
+        return "quality" in self.keep_roles
+
+
+def _quality_layout(images: int, prompts_available: int) -> tuple[int, int]:
+    """(prompts, images per prompt) giving at least ``images`` quality images from the prompts available."""
+    prompts = max(1, min(prompts_available, images))
+    return prompts, -(-images // prompts)
+
+
+# held-out (colour, object, place) triples: 4 per object (fia.evaluate.suites.shapeworld)
+_HELDOUT_PER_OBJECT = 4
 
 
 def tasks_for(sizes: Sizes) -> list[Task]:
-    ppc, q = sizes.prompts_per_concept, sizes.quality_prompts
+    ppc, q = sizes.prompts_per_concept, sizes.quality_images
+    kept_objects = len(OBJECT_NAMES) - len(T2_FORGET)
+    t1_q = _quality_layout(q, 100)  # object-less prompts ("the grass"), cycling over the places
+    t2_q = _quality_layout(q, _HELDOUT_PER_OBJECT * kept_objects)  # the kept objects' held-out triples
+    all_q = _quality_layout(q, _HELDOUT_PER_OBJECT * len(OBJECT_NAMES))
+    forget_only = ("forget", "preserve", "quality")
     out = [
-        Task("T1", "shapeworld-objects", "objects", list(OBJECT_NAMES), ppc, q),
-        Task("T2", "shapeworld-objects", "objects", list(T2_FORGET), ppc, q),
-        Task("T3", "shapeworld-styles", "styles", list(STYLE_NAMES), ppc, q, alpha=0.8),
-        Task("T4", "shapeworld-attribute", "attribute", list(ATTRIBUTE_NAMES), ppc, q),
+        Task("T1", "shapeworld-objects", "objects", list(OBJECT_NAMES), ppc, *t1_q, keep_roles=forget_only),
+        Task("T2", "shapeworld-objects", "objects", list(T2_FORGET), ppc, *t2_q, upper_bound=True),  # also F4 at x = 5
+        Task("T3", "shapeworld-styles", "styles", list(STYLE_NAMES), ppc, *all_q, alpha=0.8),
+        Task("T4", "shapeworld-attribute", "attribute", list(ATTRIBUTE_NAMES), sizes.t4_prompts, *all_q),
     ]
     for x in sizes.f4_sizes:
-        # F4 measures forgetting and keeping only: no synonym or quality images
-        out.append(
-            Task(f"F4-{x}", "shapeworld-objects", "objects", list(OBJECT_NAMES[:x]), sizes.f4_prompts_per_concept, 1,
-                 keep_roles=("forget", "preserve"))  # fmt: skip
-        )
+        # F4 measures forgetting and keeping only (x = 5 is T2, x = 10 is T1)
+        out.append(Task(f"F4-{x}", "shapeworld-objects", "objects", list(OBJECT_NAMES[:x]), ppc, keep_roles=("forget", "preserve")))
     return out
 
 
-def build_task_suite(task: Task, judge, oracle, ipp: int, seed: int, shift: int) -> Suite:
+def build_task_suite(task: Task, judge, oracle, ipp: int, seed: int, shift: int, *, renders: int = 2, quality: bool = True) -> Suite:
+    """The task's suite judged by ``judge``; with ``quality`` its KID/FID reference is ``renders`` oracle-featured renders per quality image."""
+
     def reference(factors):
-        return shapeworld_reference_features(oracle, factors, 4, seed + 12345)
+        return shapeworld_reference_features(oracle, factors, renders, seed + 12345)
 
     suite = shapeworld_suite(
         task.suite, judge, task.forget, None, ipp, task.prompts_per_concept, task.quality_prompts,
-        seed=seed, reference=reference, prompt_shift=shift,
+        seed=seed, reference=reference if quality else None, prompt_shift=shift,
+        quality_images_per_prompt=task.quality_images_per_prompt,
     )  # fmt: skip
     suite.items = [it for it in suite.items if it.role in task.keep_roles]
     return suite

@@ -58,23 +58,42 @@ def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
 def paired_bootstrap(
     a: Sequence[float],
     b: Sequence[float],
-    statistic: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    statistic: Callable[..., float] | None = None,
     *,
+    strata: Sequence[object] | None = None,
     resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
     """``statistic(a, b)`` (default: mean(a) - mean(b)) over paired items, with a bootstrap 95 % interval.
 
     ``a[i]`` and ``b[i]`` must come from the same item (prompt and seed);
-    every resample draws the same items for both.
+    every resample draws the same items for both. With ``strata`` (a label
+    per item, e.g. "forget" / "preserve") items are resampled within their
+    stratum, so every resample keeps the strata's sizes, and ``statistic`` is
+    called as ``statistic(a, b, strata)`` (e.g. Overall from F and P).
     """
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
         raise ValueError(f"paired samples must be two non-empty lists of the same length, got {x.shape} and {y.shape}")
-    stat = statistic or (lambda u, v: float(u.mean() - v.mean()))
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(resamples, len(x)))
-    draws = np.array([stat(x[i], y[i]) for i in idx])
+    if strata is None:
+        stat = statistic or (lambda u, v: float(u.mean() - v.mean()))
+        idx = rng.integers(0, len(x), size=(resamples, len(x)))
+        draws = np.array([stat(x[i], y[i]) for i in idx])
+        point = stat(x, y)
+    else:
+        labels = np.asarray(strata)
+        if labels.shape != x.shape:
+            raise ValueError(f"strata must give one label per item, got {labels.shape} for {x.shape}")
+        if statistic is None:
+            raise ValueError("a stratified bootstrap needs statistic(a, b, strata)")
+        groups = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
+        draws = []
+        for _ in range(resamples):
+            i = np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
+            draws.append(statistic(x[i], y[i], labels[i]))
+        draws = np.array(draws)
+        point = statistic(x, y, labels)
     low, high = np.percentile(draws, [2.5, 97.5])
-    return Interval(float(stat(x, y)), float(low), float(high))
+    return Interval(float(point), float(low), float(high))

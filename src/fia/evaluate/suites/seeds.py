@@ -20,7 +20,9 @@ measures on the one at 0.
 The blocks of a suite: concept ``i`` (erased first, then kept) at offset ``i``,
 the synonyms of erased object ``i`` at ``SYNONYM_OFFSET + i``, the held-out
 quality prompts at ``QUALITY_OFFSET`` and the place-only quality prompts at
-``PLACE_QUALITY_OFFSET``.
+``PLACE_QUALITY_OFFSET``; a quality prompt with more than ten images takes
+its images 10..19 from the next block, and so on, for at most
+``QUALITY_BLOCKS`` blocks (100 images per prompt).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ SPLIT_SEED_SPAN = 1000 * MAX_BLOCKS  # the width of one split's seed range
 SYNONYM_OFFSET = 20
 QUALITY_OFFSET = 50
 PLACE_QUALITY_OFFSET = 60
+# a quality prompt's images fill up to this many blocks of ten seeds, from its
+# block's offset on (QUALITY_OFFSET .. 59, PLACE_QUALITY_OFFSET .. 69), so no
+# quality image shares a block with another kind of prompt
+QUALITY_BLOCKS = 10
 
 
 def split_seed(seed_base: int, offset: int, prompt_index: int, image_index: int) -> int:

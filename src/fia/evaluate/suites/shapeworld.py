@@ -26,7 +26,7 @@ import torch
 
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
-from fia.evaluate.metrics import frechet_distance, fsr, mean
+from fia.evaluate.metrics import frechet_distance, fsr, kernel_distance, mean
 from fia.evaluate.suites.base import (
     Records,
     Suite,
@@ -39,6 +39,7 @@ from fia.evaluate.suites.seeds import (
     MAX_IMAGES_PER_PROMPT,
     MAX_PROMPTS_PER_BLOCK,
     PLACE_QUALITY_OFFSET,
+    QUALITY_BLOCKS,
     QUALITY_OFFSET,
     SYNONYM_OFFSET,
     check_count,
@@ -119,6 +120,12 @@ def _prompt_block(
     return out
 
 
+def _quality_seed(seed_base: int, first_offset: int, k: int, m: int) -> int:
+    # image m of quality prompt k: ten images per block, then the next block
+    # (QUALITY_OFFSET and PLACE_QUALITY_OFFSET are ten blocks apart)
+    return split_seed(seed_base, first_offset + m // MAX_IMAGES_PER_PROMPT, k, m % MAX_IMAGES_PER_PROMPT)
+
+
 def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
     """Quality prompts from ShapeWorld's held-out (colour, object, place) triples that draw ``objects``."""
     per_object = max(1, -(-n_prompts // max(1, len(objects))))
@@ -130,7 +137,7 @@ def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_bas
         factors = {"object": obj, "color": color, "place": place}
         text = _prompt(factors)
         for j in range(images):
-            seed = split_seed(seed_base, QUALITY_OFFSET, i, j)
+            seed = _quality_seed(seed_base, QUALITY_OFFSET, i, j)
             out.append(EvalItem("", text, seed, "quality", "quality", meta={"factors": factors}))
     return out
 
@@ -142,7 +149,7 @@ def _place_items(n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
         place = PLACE_NAMES[i % len(PLACE_NAMES)]
         factors = {"object": "none", "place": place}
         for j in range(images):
-            seed = split_seed(seed_base, PLACE_QUALITY_OFFSET, i, j)
+            seed = _quality_seed(seed_base, PLACE_QUALITY_OFFSET, i, j)
             out.append(EvalItem("", base_phrase(place), seed, "quality", "quality", meta={"factors": factors}))
     return out
 
@@ -220,15 +227,21 @@ def _fidelity(rec: dict, factors: dict[str, str]) -> float:
 
 
 def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | None) -> dict:
-    """Prompt fidelity on the quality prompts and, with ``reference``, their FID."""
+    """Prompt fidelity on the quality prompts and, with ``reference``, their KID and FID.
+
+    KID (unbiased; :func:`fia.evaluate.metrics.kernel_distance`) is the
+    headline: with a few hundred images the Frechet distance is dominated by
+    its bias, which grows as the sample shrinks.
+    """
     q = [it for it in items if it.role == "quality"]
     out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
     out["prompt_fidelity"] = {v: mean(_fidelity(records[v][it.id], it.meta["factors"]) for it in q) for v in VARIANTS}
     if reference is not None and len(q) >= 2:
-        out["fid"] = {}
+        out["fid"], out["kid"], out["kid_std"] = {}, {}, {}
         for v in VARIANTS:
             feats = torch.tensor([records[v][it.id]["_features"] for it in q], dtype=torch.float64)
             out["fid"][v] = frechet_distance(feats, reference)
+            out["kid"][v], out["kid_std"][v] = kernel_distance(feats, reference)
         out["fid_reference"] = f"oracle features of {reference.shape[0]} renders of the scenes these prompts name"
     return out
 
@@ -354,6 +367,7 @@ def shapeworld_suite(
     seed: int = 0,
     reference: Callable[[list[dict[str, str]]], torch.Tensor] | torch.Tensor | None = None,
     prompt_shift: int = 0,
+    quality_images_per_prompt: int | None = None,
 ) -> Suite:
     """Build a ShapeWorld suite.
 
@@ -363,6 +377,10 @@ def shapeworld_suite(
     with a ``seed`` at least 1,000,000 away it gives a split of prompts and
     seeds disjoint from the default one (the benchmark tunes on one and
     measures on the other; see :mod:`fia.evaluate.suites.seeds`).
+    ``quality_images_per_prompt`` (default ``images_per_prompt``, at most
+    100: ten seed blocks) sets how many images each quality prompt gets, so
+    quality can rest on hundreds of images while there are few held-out
+    prompts.
     """
     if name not in FAMILIES:
         raise FIAError(f"unknown ShapeWorld suite {name!r}; use one of: {', '.join(FAMILIES)}")
@@ -370,6 +388,8 @@ def shapeworld_suite(
     check_count("images_per_prompt", images_per_prompt, MAX_IMAGES_PER_PROMPT)
     check_count("prompts_per_concept", prompts_per_concept, MAX_PROMPTS_PER_BLOCK)
     check_count("quality_prompts", quality_prompts, MAX_PROMPTS_PER_BLOCK)
+    qipp = images_per_prompt if quality_images_per_prompt is None else quality_images_per_prompt
+    check_count("quality_images_per_prompt", qipp, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT)
     forget_l, preserve_l = _concepts(name, family, forget, preserve)
     ipp = images_per_prompt
 
@@ -394,10 +414,10 @@ def shapeworld_suite(
     # quality prompts never draw an erased object
     quality_objects = preserve_l if family.concept_factor is None else list(OBJECT_NAMES)
     if quality_objects:
-        items += _heldout_items(quality_objects, quality_prompts, ipp, seed)
+        items += _heldout_items(quality_objects, quality_prompts, qipp, seed)
     else:
         # every object is erased: quality is judged on what is left to draw, the places alone
-        items += _place_items(quality_prompts, ipp, seed)
+        items += _place_items(quality_prompts, qipp, seed)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = number_items(items)
 
