@@ -493,7 +493,8 @@ def attack(
         changes["images"] = images
     changes = {k: v for k, v in changes.items() if v is not None}
     config = AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
-    world = task or loaded.config.get("task") or ("shapeworld" if model is None else "object")
+    # the shipped model is ShapeWorld whatever task the edit's settings name; other models follow the edit
+    world = task or ("shapeworld" if model is None else loaded.config.get("task") or "object")
     if world == "shapeworld":
         judge, texts = ShapeWorldConceptJudge(), None
     elif world in MODEL_TASKS:

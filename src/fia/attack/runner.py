@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from fia.attack.config import AttackConfig
-from fia.attack.model import AttackModel, check_pipeline
+from fia.attack.model import AttackModel
 from fia.attack.probes import NEEDS_TARGETS, PROBES, ProbeContext
 from fia.attack.texts import ConceptTexts, check_paraphrases, shapeworld_texts
 from fia.errors import FIAError
@@ -320,7 +320,8 @@ def run_attack(
     """
     config = AttackConfig() if config is None else config
     plan = plan_attack(concepts, probes, config, edit=edit, judge=judge, texts=texts)
-    check_pipeline(pipe)
+    model = AttackModel(pipe, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                        batch_size=config.batch_size)  # fmt: skip
     if edit is not None:
         check_edit(pipe, edit)
     targets = [EDITED] if edit is not None else [UNEDITED]
@@ -330,8 +331,6 @@ def run_attack(
     out = Path(out_dir) if out_dir is not None else None
     finished = {r.key: r for r in (_load_finished(out, key) if out is not None else [])}
     result = AttackResult(key, [])
-    model = AttackModel(pipe, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                        batch_size=config.batch_size)  # fmt: skip
     total = len(plan.concepts) * len(targets) * len(plan.probes)
     done = 0
     for concept in plan.concepts:
