@@ -214,19 +214,17 @@ def _edit_hash(edit: Any) -> str:
     return hashlib.sha256(to_bytes()).hexdigest() if callable(to_bytes) else ""
 
 
-def _grid_png(images: Tensor, groups: list[list[int]], pad: int = 2) -> bytes:
-    """One row per setting, one column per attempt, white padding: PNG bytes."""
+def _grid_png(images: Tensor, groups: list[list[int]]) -> bytes:
+    """One row per setting, one column per attempt (:func:`fia.models.image_grid`): PNG bytes."""
     from PIL import Image
 
-    h, w = images.shape[-2:]
-    cols = max(len(g) for g in groups)
-    canvas = Image.new("RGB", (cols * w + (cols + 1) * pad, len(groups) * h + (len(groups) + 1) * pad), "white")
-    for r, group in enumerate(groups):
-        for c, j in enumerate(group):
-            arr = (images[j].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-            canvas.paste(Image.fromarray(arr), (pad + c * (w + pad), pad + r * (h + pad)))
+    from fia.models import image_grid
+
+    def pil(j: int) -> Image.Image:
+        return Image.fromarray((images[j].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
+
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
+    image_grid([[pil(j) for j in group] for group in groups]).save(buf, format="PNG")
     return buf.getvalue()
 
 
