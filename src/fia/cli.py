@@ -434,6 +434,100 @@ def generate(
     typer.echo(f"wrote {out}: {n} {what} image(s) of {prompt!r}, seeds {seeds[0]}..{seeds[-1]}")
 
 
+# ----------------------------------------------------------------------- attack
+@app.command()
+@_user_errors
+def attack(
+    edit: Path = typer.Option(..., "--edit", help="The edit to attack: mask.safetensors of fia erase or edit.safetensors of fia unlearn."),
+    concepts: str = typer.Option(..., "--concepts", "-c", help='Erased concepts to bring back, comma separated: "circle, star".'),
+    probe: str = typer.Option(
+        ..., "--probe", help="Probes, comma separated: paraphrase, prompt-attack, concept-vector, textual-inversion, completion."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: attack.json, report.md, images/."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The model the edit was made from (default: the shipped ShapeWorld model)."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="Each probe at its smallest budget (checks, not figures)."),
+    ceiling: bool = typer.Option(False, "--ceiling", help="Also run every probe against the unedited model."),
+    task: str | None = typer.Option(
+        None, "--task", help="Real models: object, style or explicit (default: the edit's task); picks prompts and judge."
+    ),
+    paraphrases: Path | None = typer.Option(
+        None, "--paraphrases", help="Real models: file of paraphrases, one prompt a line ({concept} is filled in)."
+    ),
+    classifier: Path | None = typer.Option(None, "--classifier", help="Task object: ImageNet ResNet-50 folder (the judge)."),
+    clip: Path | None = typer.Option(None, "--clip", help="Task style: CLIP folder (the judge)."),
+    images: int | None = typer.Option(None, "--images", help="Images per probe, concept and setting (the attempts)."),
+    steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default: the model's)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Base of every seed the attack draws."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
+) -> None:
+    """Try to bring the concepts an edit erased back with PROBE(s); write each probe's attack success rate to OUT.
+
+    ASR is the share of a probe's attempts that the judge reads as the
+    concept (Wilson 95 % interval). --ceiling adds the same probes on the
+    unedited model. Finished probes are written as they finish: re-run the
+    same command to resume an interrupted attack.
+    """
+    from fia.attack import AttackConfig, ShapeWorldConceptJudge, judge_for_task, model_texts, plan_attack, run_attack
+    from fia.attack.runner import check_concepts, check_edit, parse_probes
+    from fia.attack.texts import MODEL_TASKS
+    from fia.edit import load_edit
+    from fia.models import check_load_args, generation_defaults, load_pipeline
+    from fia.progress import rich_bar
+
+    # ---- check everything before loading the model and before writing anything
+    probes = parse_probes(probe)
+    loaded = load_edit(edit)
+    _check_out_dir(out)
+    check_load_args(model, device, dtype)
+    defaults = generation_defaults(model)
+    changes = {
+        "num_inference_steps": steps if steps is not None else (None if quick else defaults["num_inference_steps"]),
+        "guidance_scale": guidance if guidance is not None else defaults["guidance_scale"],
+        "seed": seed,
+    }
+    if images is not None:
+        changes["images"] = images
+    changes = {k: v for k, v in changes.items() if v is not None}
+    config = AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
+    # the shipped model is ShapeWorld whatever task the edit's settings name; other models follow the edit
+    world = task or ("shapeworld" if model is None else loaded.config.get("task") or "object")
+    if world == "shapeworld":
+        judge, texts = ShapeWorldConceptJudge(), None
+    elif world in MODEL_TASKS:
+        if paraphrases is not None and not paraphrases.is_file():
+            raise FIAError(f"--paraphrases {str(paraphrases)!r} does not exist; pass a text file with one prompt a line")
+        judge = judge_for_task(world, check_concepts(concepts, loaded), classifier=classifier, clip=clip, device=device)
+
+        def texts(concept: str):
+            return model_texts(concept, world, paraphrases)
+    else:
+        raise FIAError(f"unknown --task {world!r}; use one of: {', '.join(MODEL_TASKS)}")
+    plan = plan_attack(concepts, probes, config, edit=loaded, judge=judge, texts=texts)
+
+    console = _err_console()
+    with console.status("loading the model..."):
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    check_edit(pipe, loaded)  # an edit made for another model stops here, before anything is drawn or written
+    with rich_bar(f"attacking {len(plan.concepts)} concept(s), probes", console) as progress:
+        try:
+            result = run_attack(
+                pipe, loaded, plan.concepts, plan.probes, config, judge=judge, texts=texts, ceiling=ceiling,
+                out_dir=out, progress=progress,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            typer.echo(
+                f"interrupted; the finished probes are in {out / 'attack.json'}: run the same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(code=130) from None
+    typer.echo(result.markdown())
+    typer.echo(f"wrote {out / 'attack.json'} and {out / 'report.md'} (attempts' images in {out / 'images'})")
+
+
 # -------------------------------------------------------------------- evaluate
 from fia.evaluate.cli import evaluate as _evaluate_command  # noqa: E402
 
