@@ -95,6 +95,17 @@ def test_quick_run_writes_every_table(bench_module, tmp_path):
         # the control prunes exactly as many weights per layer as the default FIA: same share
         ref, rnd = res["results"][task][default]["edit"], res["results"][task]["random"]["edit"]
         assert rnd["pruned_share"] == pytest.approx(ref["pruned_share"], abs=0) and ref["pruned_share"] > 0
+    # T5: every probe against the unedited model (the ceiling) and every attacked method's edit
+    rob = res["robustness"]
+    assert rob["probes"] == ["paraphrase", "prompt-attack", "concept-vector", "textual-inversion", "completion"]
+    attacked = [m for m in bench_module.T5_METHODS if m in methods]
+    assert list(rob["rows"])[1:] == attacked and len(rob["rows"]) == len(attacked) + 1
+    for entry in rob["rows"].values():
+        for probe in rob["probes"]:
+            asr = entry["asr"][probe]
+            assert asr["attempts"] > 0 and asr["value"] == asr["successes"] / asr["attempts"]
+            assert asr["low"] <= asr["value"] <= asr["high"] and set(asr["per_concept"]) == set(rob["concepts"])
+    assert "T5:" in (out / "unlearning.md").read_text()
     t1 = res["results"]["T1"]["fia"]["headline"]
     assert set(t1["per_class"]) == set(res["results"]["T1"]["fia"]["metrics"]["forget"])
     for method, t in res["tuning"].items():

@@ -11,8 +11,11 @@ section 9 tables, rebuilt on ShapeWorld):
 - T2  erase 5 objects, keep 5: F, P, Overall = 2P(1-F)/(P+1-F);
 - T3  erase all 5 styles (FIA alpha 0.8): style accuracy, FSR, quality;
 - T4  erase the attribute ("burning"): detection share, quality;
-- F4  forget the first x of the 10 objects, x in 1, 2, 4, 6, 8, 10: F and
+- F4  forget the first x of the 10 objects (x = 1, 5: T2, 10: T1): F and
       Overall per method (PNG plot);
+- T5  erase circle, star and a style, then attack each method's edit with
+      the five probes of ``fia attack``: attack success rate per probe,
+      against the unedited model's (the ceiling);
 - seconds and peak memory (resident set growth) of each edit.
 
 Fair comparison: each method starts from its paper's settings scaled to
@@ -43,6 +46,7 @@ from fia.bench.harness import JUDGES, Bench, headline, tune
 from fia.bench.intervals import intervals, outcomes, versus
 from fia.bench.report import edited as edited_value
 from fia.bench.report import fmt, markdown, merge, plot_f4
+from fia.bench.robustness import run_t5
 from fia.bench.tasks import (
     DEFAULT_FIA,
     HELDOUT_SEED,
@@ -51,6 +55,8 @@ from fia.bench.tasks import (
     METHOD_ORDER,
     QUICK,
     T2_FORGET,
+    T5_FORGET,
+    T5_METHODS,
     TUNING,
     UPPER_BOUND,
     Sizes,
@@ -62,11 +68,15 @@ from fia.errors import FIAError
 from fia.io import atomic_write_text
 
 __all__ = [
+    "DEFAULT_FIA",
     "HELDOUT_SEED",
     "HELDOUT_SHIFT",
     "METHOD_ORDER",
     "QUICK",
+    "T5_FORGET",
+    "T5_METHODS",
     "TUNING",
+    "UPPER_BOUND",
     "Bench",
     "Sizes",
     "Task",
@@ -138,6 +148,8 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
                         judge: versus(by_judge[judge], hits[DEFAULT_FIA][judge], sizes.bootstrap) for judge in JUDGES
                     }
         task_seconds[task.key] = round(time.time() - t_task, 1)
+    robustness = run_t5(bench, order, chosen, log)
+    task_seconds["T5"] = robustness["seconds"]
     import torch
 
     from fia.shapeworld import assets_path
@@ -160,6 +172,7 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
         "judges": list(JUDGES),
         "base": base,
         "results": results,
+        "robustness": robustness,
         "costs": costs,
         "t2_forget": list(T2_FORGET),
         "methods": order,

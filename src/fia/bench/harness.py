@@ -184,6 +184,12 @@ class Bench:
 
         The caller judges the edited model, then undoes it with ``edit.restore_(bench.pipe)``.
         """
+        edit, info = self.make_edit(method, setting, task, masks)
+        edit.apply_(self.pipe)
+        return edit, info
+
+    def make_edit(self, method: str, setting: Any, task: Task, masks: dict[str, Any]):
+        """``method``'s edit for ``task``, not applied: (edit, seconds/memory/notes)."""
         info: dict[str, Any] = {}
         cfg = self.method_config(method, setting, task, masks)
         keep = [c for c in family_names(task.family) if c not in task.forget]
@@ -207,7 +213,6 @@ class Bench:
         if losses:
             info["final_loss"] = float(losses[-1])
             info["losses"] = [round(float(v), 6) for v in losses]
-        edit.apply_(self.pipe)
         return edit, info
 
     def judge_method(self, method: str, setting: Any, task: Task, suites: dict[str, Suite], key: tuple, masks: dict[str, Any]):

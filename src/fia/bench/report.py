@@ -163,6 +163,13 @@ def markdown(res: dict[str, Any]) -> str:
         for m in rows:
             row([_label(m) if m else "(original model)"] + [ci(iv(k, m, "F", j)) if (m is None or m in r[k]) else "  -  " for k in f4])
         lines.append("")
+    rob = res.get("robustness")
+    if rob:
+        header(f"T5: attack success rate of each probe after erasing {', '.join(rob['concepts'])} "
+               "(pooled over the concepts, 95 % Wilson intervals; lower is better)", rob["probes"])  # fmt: skip
+        for m, entry in rob["rows"].items():
+            row([_label(m)] + [ci(entry["asr"][p]) for p in rob["probes"]])
+        lines.append("")
     tasks = [k for k in r]
     lines.extend(["**Cost of the edit: seconds (peak resident memory growth, MB)**", ""])
     row(["method"] + tasks)
@@ -175,6 +182,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("Seconds per task (all methods, generation and judging included): "
                      + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds_per_task"].items())
                      + f"; tuning {res.get('seconds_tuning', 0):.0f}.")  # fmt: skip
+        lines.append("")
+    esd = [(k, r[k]["esd-x"]["edit"]["losses"]) for k in r if "esd-x" in r[k] and r[k]["esd-x"]["edit"].get("losses")]
+    if esd:
+        lines.append("ESD-x training loss, mean of the first and the last fifth of its steps: "
+                     + ", ".join(f"{k} {np.mean(v[: max(1, len(v) // 5)]):.4f} -> {np.mean(v[-max(1, len(v) // 5):]):.4f}" for k, v in esd)
+                     + " (every step's loss is in unlearning.json).")  # fmt: skip
         lines.append("")
     lines.extend(["**Tuning (T2 Overall on the tuning split; chosen value in bold)**", ""])
     for m, t in res["tuning"].items():

@@ -29,6 +29,9 @@ METHOD_ORDER = ("fia", DEFAULT_FIA, "random", "conceptprune", "uce", "esd-x", UP
 ABLATIONS = ("fia-union", "fia-wanda", "fia-channel", "fia-layer")
 KNOWN_METHODS = METHOD_ORDER + ABLATIONS
 T2_FORGET = OBJECT_NAMES[:5]
+# T5, the robustness audit: two objects and a style erased together, then attacked
+T5_FORGET = ("circle", "star", STYLE_NAMES[0])
+T5_METHODS = ("fia", DEFAULT_FIA, "conceptprune", "uce", "esd-x")
 TUNING_SEED, HELDOUT_SEED = 1_000_000, 0
 TUNING_SHIFT, HELDOUT_SHIFT = 1, 0
 
@@ -66,7 +69,7 @@ class Sizes:
     quality_images: int = 500
     tune_prompts_per_concept: int = 4
     tune_images_per_prompt: int = 4
-    esd_steps: int = 200
+    esd_steps: int = 60
     # F4's points besides x = 5 (T2 erases the first five objects) and x = 10 (T1)
     f4_sizes: tuple[int, ...] = (1,)
     candidates: int = 3
@@ -77,6 +80,8 @@ class Sizes:
     sample_steps: int | None = None
     saliency_steps: int | None = None
     causal: dict[str, Any] | None = None  # --quick: a shorter causal variant
+    attack: dict[str, Any] | None = None  # T5's AttackConfig fields (None: the audit's full budget)
+    attack_quick: bool = False  # T5 at each probe's smallest budget
 
 
 QUICK = Sizes(
@@ -96,6 +101,7 @@ QUICK = Sizes(
     saliency_steps=2,
     causal={"rounds": 1, "score_steps": 2, "concept_prompts_per_concept": 2, "anchor_prompts": 2,
             "contrasts": 1, "evidence_timesteps": (0.5,)},
+    attack_quick=True,
 )  # fmt: skip
 
 
@@ -122,12 +128,26 @@ def attribute_prompts(attribute: str, seed: int = 0) -> ConceptPrompts:
     return ConceptPrompts(attribute, tuple(concept), tuple(base), seeds, seeds)
 
 
+def concept_family(concept: str) -> str:
+    """``objects``, ``styles`` or ``attribute``: the ShapeWorld family a concept name belongs to."""
+    for family in ("objects", "styles", "attribute"):
+        if concept in family_names(family):
+            return family
+    raise ValueError(f"{concept!r} is not a ShapeWorld object, style or attribute")
+
+
 def concept_prompts(concepts: list[str], family: str, cfg) -> dict[str, ConceptPrompts]:
-    if family == "objects":
-        return {c: build_prompts(c, cfg) for c in concepts}
-    if family == "styles":
-        return {c: style_prompts(c, cfg.seed) for c in concepts}
-    return {c: attribute_prompts(c, cfg.seed) for c in concepts}
+    """Each concept's paired prompts for the prompt-based methods (``family`` "mixed": each concept's own)."""
+    out = {}
+    for c in concepts:
+        own = concept_family(c) if family == "mixed" else family
+        if own == "objects":
+            out[c] = build_prompts(c, cfg)
+        elif own == "styles":
+            out[c] = style_prompts(c, cfg.seed)
+        else:
+            out[c] = attribute_prompts(c, cfg.seed)
+    return out
 
 
 # ---------------------------------------------------------------- tasks
@@ -194,4 +214,7 @@ def build_task_suite(task: Task, judge, oracle, ipp: int, seed: int, shift: int,
 
 
 def family_names(family: str) -> tuple[str, ...]:
+    """The concept names of a family; ``mixed`` (T5): objects and styles."""
+    if family == "mixed":
+        return tuple(OBJECT_NAMES) + tuple(STYLE_NAMES)
     return {"objects": OBJECT_NAMES, "styles": STYLE_NAMES, "attribute": ATTRIBUTE_NAMES}[family]

@@ -52,7 +52,8 @@ def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
     denom = 1 + z2 / trials
     center = (p + z2 / (2 * trials)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
-    return Interval(p, max(0.0, center - half), min(1.0, center + half))
+    # the interval always holds p; at k = 0 or k = n rounding could put an end a hair inside it
+    return Interval(p, min(p, max(0.0, center - half)), max(p, min(1.0, center + half)))
 
 
 def paired_bootstrap(
