@@ -199,7 +199,7 @@ def _box(u, v, x0, x1, y0, y1):
 # glyph icons, filled like the shapes
 _ICONS = {
     "house": lambda u, v: _box(u, v, -0.62, 0.62, -0.05, 0.85) | _poly(u, v, [(-0.9, 0.0), (0.0, -0.88), (0.9, 0.0)]),
-    "tree": lambda u, v: _poly(u, v, [(0.0, -0.95), (0.72, 0.38), (-0.72, 0.38)]) | _box(u, v, -0.17, 0.17, 0.3, 0.95),
+    "tree": lambda u, v: _poly(u, v, [(0.0, -0.95), (0.88, 0.42), (-0.88, 0.42)]) | _box(u, v, -0.17, 0.17, 0.3, 0.95),
     "key": lambda u, v: (
         (_disc(u, v, -0.5, 0.0, 0.4) & ~_disc(u, v, -0.5, 0.0, 0.17))
         | _box(u, v, -0.15, 0.92, -0.12, 0.12)
