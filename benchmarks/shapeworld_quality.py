@@ -43,8 +43,21 @@ from pathlib import Path
 
 import torch
 
-from fia.shapeworld import GENERATION_DEFAULTS, assets_path, load_oracle, load_pipeline, load_second_judge, second_judge_path
-from fia.shapeworld.evaluate import agreement, clip_quality, gate_images, renders_of_prompts, second_judge_quality
+from fia.shapeworld import (
+    GENERATION_DEFAULTS,
+    assets_path,
+    load_oracle,
+    load_pipeline,
+    load_second_judge,
+    second_judge_path,
+)
+from fia.shapeworld.evaluate import (
+    agreement,
+    clip_quality,
+    gate_images,
+    renders_of_prompts,
+    second_judge_quality,
+)
 from fia.shapeworld.vocab import SHAPEWORLD
 
 TARGETS = {"object": 0.90, "style": 0.85, "attribute": 0.85, "place": 0.90}

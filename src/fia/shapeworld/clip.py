@@ -155,7 +155,7 @@ class ShapeWorldCLIP(nn.Module):
             self.tokenizer.save_pretrained(str(folder / "tokenizer"))
 
     @classmethod
-    def load(cls, folder: str | Path, device="cpu") -> "ShapeWorldCLIP":
+    def load(cls, folder: str | Path, device="cpu") -> ShapeWorldCLIP:
         from safetensors.torch import load_file
 
         from .tokenizer import load_tokenizer

@@ -13,13 +13,22 @@ every image is known exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .vocab import ATTRIBUTES, COLORS, PLACE_NAMES, SHAPEWORLD, STYLE_NAMES, World, place_phrase
+from .vocab import (
+    ATTRIBUTES,
+    COLORS,
+    PLACE_NAMES,
+    SHAPEWORLD,
+    STYLE_NAMES,
+    World,
+    place_phrase,
+)
 
 SIZE = 32  # image side in pixels
 _SS = 3  # supersampling factor for the object's coverage
@@ -163,7 +172,7 @@ def _strokes(u: np.ndarray, v: np.ndarray, parts: tuple) -> np.ndarray:
     out = np.zeros(u.shape, dtype=bool)
     for part in parts:
         if part[0] == "line":
-            for p, q in zip(part[1:], part[2:]):
+            for p, q in itertools.pairwise(part[1:]):
                 out |= _segment(u, v, p, q)
         else:
             out |= _arc(u, v, *part[1:])

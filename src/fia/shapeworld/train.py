@@ -158,7 +158,7 @@ class TrainConfig:
     reject_calibration_images: int = 1000
 
     @classmethod
-    def shapeworld2(cls, seed: int = 0) -> "TrainConfig":
+    def shapeworld2(cls, seed: int = 0) -> TrainConfig:
         """The second world's recipe (see the module docstring)."""
         return cls(
             seed=seed,
@@ -172,7 +172,7 @@ class TrainConfig:
         )
 
     @classmethod
-    def quick(cls, seed: int = 0, world: str = "shapeworld") -> "TrainConfig":
+    def quick(cls, seed: int = 0, world: str = "shapeworld") -> TrainConfig:
         """A few steps of every stage of ``world``'s recipe, to check it end to end."""
         if get_world(world) is not SHAPEWORLD:
             return cls.quick_shapeworld2(seed)
@@ -195,7 +195,7 @@ class TrainConfig:
         )
 
     @classmethod
-    def quick_shapeworld2(cls, seed: int = 0) -> "TrainConfig":
+    def quick_shapeworld2(cls, seed: int = 0) -> TrainConfig:
         full = cls.shapeworld2(seed)
         return cls(
             **{
@@ -236,6 +236,15 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
     return f
+
+
+def _clipped_step(opt, sched, loss: torch.Tensor, params) -> None:
+    """One optimiser and schedule step on ``loss``, gradients clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
 
 
 # ------------------------------------------------------------------ stages
@@ -305,11 +314,7 @@ def train_vae(cfg: TrainConfig, images: np.ndarray, log=None):
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         kl = post.kl().mean() / x[0].numel()
         loss = rec_loss + cfg.vae_kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(opt, sched, loss, vae.parameters())
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             _log(f"vae step {step}/{cfg.vae_steps} loss {rec_loss.item():.4f} ({time.time() - t0:.0f}s)", log)
     return vae.eval()
@@ -477,11 +482,7 @@ def train_clip(cfg: TrainConfig, scenes: list[Scene], images: np.ndarray, tok, l
         seen = torch.from_numpy(rng.random(len(idx)) < cfg.clip_augment)[:, None, None, None]
         x = torch.where(seen, judge_augment(x, cfg, rng), x)
         loss = infonce_loss(clip(x, clip.token_ids(caps)), caption_targets(caps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(opt, sched, loss, clip.parameters())
         if step % 100 == 0 or step == cfg.clip_steps - 1:
             _log(f"clip step {step}/{cfg.clip_steps} loss {loss.item():.4f} scale {clip.scale().item():.1f} ({time.time() - t0:.0f}s)", log)
     return clip.eval()
@@ -592,11 +593,7 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None, fro
         loss_each = sq.mean(dim=(1, 2, 3))  # plain MSE, for the log
         weighted = loss_each if pixel_weights is None else (sq * pixel_weights[idx]).mean(dim=(1, 2, 3))
         loss = (weighted * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(opt, sched, loss, params)
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         if not frozen:
@@ -699,7 +696,14 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     """Run every stage and write the shipped artifacts into ``out``."""
     from diffusers import AutoencoderKL
 
-    from .evaluate import agreement, clip_quality, clip_render_quality, gate_images, renders_of_prompts, second_judge_quality
+    from .evaluate import (
+        agreement,
+        clip_quality,
+        clip_render_quality,
+        gate_images,
+        renders_of_prompts,
+        second_judge_quality,
+    )
     from .tokenizer import make_tokenizer
 
     torch.set_num_threads(cfg.threads)
