@@ -564,6 +564,9 @@ def _mount_shapeworld() -> None:
         from fia.shapeworld.cli import app as shapeworld_app
     except Exception:  # ShapeWorld's command is optional; the rest works without it
         return
+    # its commands report a user's mistake like every other command
+    for command in shapeworld_app.registered_commands:
+        command.callback = _user_errors(command.callback)
     app.add_typer(shapeworld_app, name="shapeworld", help="The ShapeWorld toy world: train, render, judge.")
 
 

@@ -7,7 +7,10 @@
   whose penultimate features give a ShapeWorld FID
   (:func:`fia.evaluate.metrics.frechet_distance`),
 * a second, independently trained judge of another architecture, with the
-  oracle's heads and interface (:func:`load_second_judge`).
+  oracle's heads and interface (:func:`load_second_judge`),
+* a second world, ``shapeworld2`` (:data:`WORLDS`, :func:`get_world`): 32
+  kinds on a long tail, and a ShapeWorld CLIP (:func:`load_clip`) whose
+  frozen text encoder conditions its UNet (docs/shapeworld2.md).
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ from pathlib import Path
 
 import torch
 
+from .clip import load_clip
 from .oracle import HEADS, Judge, Oracle
-from .render import HELDOUT_TRIPLES, Scene, caption, parse_prompt, prompt_for, render, sample_scene
+from .render import (
+    HELDOUT_TRIPLES,
+    Scene,
+    caption,
+    parse_prompt,
+    prompt_for,
+    render,
+    sample_scene,
+)
 from .second_judge import SecondJudge
 from .vocab import (
     ATTRIBUTE_NAMES,
@@ -29,7 +41,10 @@ from .vocab import (
     PLACES,
     STYLE_NAMES,
     STYLES,
+    WORLDS,
+    World,
     base_phrase,
+    get_world,
     place_phrase,
 )
 
@@ -86,19 +101,23 @@ __all__ = [
     "GENERATION_DEFAULTS",
     "HEADS",
     "HELDOUT_TRIPLES",
-    "Judge",
     "OBJECTS",
     "OBJECT_NAMES",
-    "Oracle",
     "PLACES",
     "PLACE_NAMES",
     "STYLES",
     "STYLE_NAMES",
+    "WORLDS",
+    "Judge",
+    "Oracle",
     "Scene",
     "SecondJudge",
+    "World",
     "assets_path",
     "base_phrase",
     "caption",
+    "get_world",
+    "load_clip",
     "load_oracle",
     "load_pipeline",
     "load_second_judge",

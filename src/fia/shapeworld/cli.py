@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fia.errors import FIAError
+
 app = typer.Typer(help="ShapeWorld, the embedded default text-to-image world.", no_args_is_help=True)
 
 
@@ -17,19 +19,31 @@ def _main() -> None:
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt artifacts (pipeline/, oracle, judge2/, recipe, quality)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the rebuilt artifacts (pipeline/, oracle, judge2/, clip/ in shapeworld2, recipe, quality)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every stage."),
     quick: bool = typer.Option(False, "--quick", help="A few steps per stage, to check the recipe end to end."),
     unet_steps: int = typer.Option(None, "--unet-steps", help="Override the UNet steps of the recipe."),
+    world: str = typer.Option(
+        "shapeworld",
+        "--world",
+        help="shapeworld: the shipped world (10 shapes, text encoder trained with the UNet); "
+        "shapeworld2: 32 kinds on a long tail, a CLIP trained first whose frozen text encoder conditions the UNet.",
+    ),
 ) -> None:
-    """Train the VAE, the oracle, the second judge, then the UNet and text encoder; report quality."""
+    """Train the VAE, the oracle, the second judge, then the UNet and text encoder (shapeworld2: the CLIP first); report quality."""
     from rich.console import Console
 
     from .train import TrainConfig, train_all
+    from .vocab import SHAPEWORLD, get_world
 
     console = Console()
-    cfg = TrainConfig.quick(seed) if quick else TrainConfig(seed=seed)
+    if get_world(world) is SHAPEWORLD:
+        cfg = TrainConfig.quick(seed) if quick else TrainConfig(seed=seed)
+    else:
+        cfg = TrainConfig.quick_shapeworld2(seed) if quick else TrainConfig.shapeworld2(seed)
     if unet_steps is not None:
+        if unet_steps < 1:
+            raise FIAError(f"--unet-steps must be at least 1, got {unet_steps}")
         cfg.unet_steps = unet_steps
     res = train_all(out, cfg, log=lambda s: console.print(s, markup=False, highlight=False))
     gate = res["quality"]["gate"]
@@ -38,6 +52,9 @@ def train(
         if k in gate:
             console.print(f"  {k:17s} {gate[k]:.3f}")
     console.print("  object per class: " + json.dumps({k: round(v, 3) for k, v in gate["object_per_class"].items()}))
+    for key in ("oracle_reject", "clip_renders", "clip_gate"):
+        if key in res["quality"]:
+            console.print(f"{key}: " + json.dumps(res["quality"][key], default=str))
     console.print(f"shipped artifacts: {res['size_bytes'] / 1e6:.1f} MB in {out}")
 
 

@@ -14,23 +14,28 @@ import torch
 
 from fia import sampling
 
-from .oracle import HEADS
-from .render import HELDOUT_TRIPLES, parse_prompt, prompt_for
-from .vocab import OBJECT_NAMES, STYLE_NAMES
+from .render import parse_prompt, prompt_for, render, sample_scene
+from .vocab import SHAPEWORLD, STYLE_NAMES, World
 
 
-def gate_prompts(plain_seeds: int = 3, style_seeds: int = 2, attribute_seeds: int = 2) -> list[tuple[str, int]]:
-    """(prompt, seed) pairs of the quality gate; 280 with the defaults."""
+def gate_prompts(
+    plain_seeds: int = 3, style_seeds: int = 2, attribute_seeds: int = 2, world: World = SHAPEWORLD
+) -> list[tuple[str, int]]:
+    """(prompt, seed) pairs of the quality gate: 7 per held-out triple of
+    ``world`` (280 in the first world, 896 in the second). The seed blocks
+    are 1000 wide, so the second world's 128 triples start theirs at 10,000."""
+    triples = world.heldout_triples()
+    base = 1000 if len(triples) <= 100 else 10_000
     out: list[tuple[str, int]] = []
-    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+    for i, (color, obj, place) in enumerate(triples):
         p = prompt_for(obj, color, place)
-        out += [(p, 1000 + 10 * i + s) for s in range(plain_seeds)]
-    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        out += [(p, base + 10 * i + s) for s in range(plain_seeds)]
+    for i, (color, obj, place) in enumerate(triples):
         p = prompt_for(obj, color, place, style=STYLE_NAMES[i % len(STYLE_NAMES)])
-        out += [(p, 2000 + 10 * i + s) for s in range(style_seeds)]
-    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+        out += [(p, 2 * base + 10 * i + s) for s in range(style_seeds)]
+    for i, (color, obj, place) in enumerate(triples):
         p = prompt_for(obj, color, place, attribute="burning")
-        out += [(p, 3000 + 10 * i + s) for s in range(attribute_seeds)]
+        out += [(p, 3 * base + 10 * i + s) for s in range(attribute_seeds)]
     return out
 
 
@@ -51,13 +56,14 @@ def generate(pipe, prompts: list[str], seeds: list[int], batch_size: int = 40, *
 
 
 def agreement(oracle, images: torch.Tensor, prompts: list[str]) -> dict:
-    """How often the oracle's verdict matches what each prompt names."""
-    probs = oracle.predict(images)
-    pred = {k: [HEADS[k][j] for j in v.argmax(-1).tolist()] for k, v in probs.items()}
+    """How often the oracle's verdict (:meth:`Judge.labels`, its reject option
+    included) matches what each prompt names, in the oracle's world."""
+    world = getattr(oracle, "world", SHAPEWORLD)
+    pred = oracle.labels(oracle.predict(images))
     hits: dict[str, list[bool]] = defaultdict(list)
     per_obj: dict[str, list[bool]] = defaultdict(list)
     for n, p in enumerate(prompts):
-        f = parse_prompt(p)
+        f = parse_prompt(p, world)
         obj = f.get("object")
         if obj is not None:
             ok = pred["object"][n] == obj
@@ -76,7 +82,7 @@ def agreement(oracle, images: torch.Tensor, prompts: list[str]) -> dict:
         elif obj is not None:
             hits["attribute_absent"].append(pred["attribute"][n] == "absent")
     res: dict = {k: sum(v) / len(v) for k, v in hits.items() if v}
-    per_class = {o: sum(per_obj[o]) / len(per_obj[o]) for o in OBJECT_NAMES if per_obj[o]}
+    per_class = {o: sum(per_obj[o]) / len(per_obj[o]) for o in world.object_names if per_obj[o]}
     if per_class:
         # the object figure is averaged over classes
         res["object"] = sum(per_class.values()) / len(per_class)
@@ -85,10 +91,12 @@ def agreement(oracle, images: torch.Tensor, prompts: list[str]) -> dict:
     return res
 
 
-def gate_images(pipe, batch_size: int = 40, limit: int | None = None, **kwargs) -> tuple[torch.Tensor, list[str]]:
-    """The quality gate's generated images and their prompts (``limit``: an
-    evenly spaced subset of that many pairs)."""
-    pairs = gate_prompts()
+def gate_images(
+    pipe, batch_size: int = 40, limit: int | None = None, world: World = SHAPEWORLD, **kwargs
+) -> tuple[torch.Tensor, list[str]]:
+    """The quality gate's generated images and their prompts in ``world``
+    (``limit``: an evenly spaced subset of that many pairs)."""
+    pairs = gate_prompts(world=world)
     if limit:
         pairs = pairs[:: max(1, len(pairs) // limit)][:limit]
     prompts = [p for p, _ in pairs]
@@ -97,7 +105,8 @@ def gate_images(pipe, batch_size: int = 40, limit: int | None = None, **kwargs) 
 
 
 def run_gate(pipe, oracle, batch_size: int = 40, limit: int | None = None, **kwargs) -> dict:
-    images, prompts = gate_images(pipe, batch_size, limit, **kwargs)
+    world = getattr(oracle, "world", SHAPEWORLD)
+    images, prompts = gate_images(pipe, batch_size, limit, world=world, **kwargs)
     return agreement(oracle, images, prompts)
 
 
@@ -117,7 +126,7 @@ def render_accuracy(judge, images: np.ndarray, lab: dict[str, torch.Tensor]) -> 
 def judges_agreement(judge_a, judge_b, images: torch.Tensor) -> dict[str, float]:
     """Per head, the share of images on which two judges give the same label."""
     pa, pb = judge_a.predict(images), judge_b.predict(images)
-    return {k: float((pa[k].argmax(-1) == pb[k].argmax(-1)).float().mean()) for k in HEADS}
+    return {k: float((pa[k].argmax(-1) == pb[k].argmax(-1)).float().mean()) for k in judge_a.HEADS}
 
 
 def second_judge_quality(
@@ -144,4 +153,78 @@ def second_judge_quality(
         "gate": agreement(judge, images, prompts),
         "gate_oracle": agreement(oracle, images, prompts),
         "inter_judge_agreement": judges_agreement(judge, oracle, images),
+    }
+
+
+def renders_of_prompts(prompts: list[str], seed: int, world: World = SHAPEWORLD) -> torch.Tensor:
+    """One render (N, 3, 32, 32) in [0, 1] per prompt, of a random scene with
+    the factors the prompt names (position, size and texture drawn from
+    ``seed``; a colour it leaves out is drawn too, any other factor it leaves
+    out is absent)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for p in prompts:
+        f = parse_prompt(p, world)
+        scene = sample_scene(
+            rng,
+            object=f.get("object"),
+            color=f.get("color"),
+            place=f.get("place"),
+            style=f.get("style"),
+            attribute=f.get("attribute"),
+            world=world,
+        )
+        images.append(render(scene))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
+
+
+def clip_quality(clip, images: torch.Tensor, prompts: list[str], renders: torch.Tensor) -> dict:
+    """The CLIP's reading of generated images: their mean CLIP score with
+    their prompts beside the renders' own (same prompts), the ratio of the
+    two, and how often the zero-shot CLIP style judge names the style a
+    prompt asks for (``style``) or none when it asks for none (``style_none``)."""
+    from .clip import clip_score, clip_styles
+
+    generated = float(clip_score(clip, images, prompts).mean())
+    rendered = float(clip_score(clip, renders, prompts).mean())
+    styles = clip_styles(clip, images, prompts)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for label, p in zip(styles, prompts):
+        asked = parse_prompt(p, clip.world).get("style")
+        hits["style" if asked else "style_none"].append(label == (asked or "none"))
+    return {
+        "clip_score_generated": generated,
+        "clip_score_renders": rendered,
+        "clip_score_ratio": generated / rendered if rendered > 0 else 0.0,
+        **{k: sum(v) / len(v) for k, v in hits.items()},
+        "n_images": len(prompts),
+    }
+
+
+@torch.no_grad()
+def clip_render_quality(clip, scenes: list, images: np.ndarray) -> dict:
+    """The CLIP on renders it was not trained on: mean CLIP score with each
+    scene's canonical prompt, and zero-shot object accuracy (the best of the
+    captions naming each kind, and none, with the scene's colour and place)."""
+    from .clip import clip_score
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    prompts = [prompt_for(s.object, s.color, s.place, s.style, s.attribute) for s in scenes]
+    kinds = clip.world.object_names
+    img = torch.cat([clip.encode_image(x[i : i + 256]) for i in range(0, len(x), 256)])
+    cache: dict[tuple, torch.Tensor] = {}
+    hits = []
+    for k, s in enumerate(scenes):
+        if s.object is None:
+            continue
+        key = (s.color, s.place)
+        if key not in cache:
+            captions = [prompt_for(o, s.color, s.place) for o in kinds] + [prompt_for(None, place=s.place)]
+            cache[key] = clip.encode_text(clip.token_ids(captions))
+        best = int((cache[key] @ img[k]).argmax())
+        hits.append(best < len(kinds) and kinds[best] == s.object)
+    return {
+        "clip_score_renders": float(clip_score(clip, x, prompts).mean()),
+        "zero_shot_object_accuracy": sum(hits) / max(1, len(hits)),
+        "n_images": len(scenes),
     }

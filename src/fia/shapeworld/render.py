@@ -13,13 +13,22 @@ every image is known exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .vocab import ATTRIBUTES, COLORS, OBJECT_NAMES, OBJECTS, PLACE_NAMES, STYLE_NAMES, place_phrase
+from .vocab import (
+    ATTRIBUTES,
+    COLORS,
+    PLACE_NAMES,
+    SHAPEWORLD,
+    STYLE_NAMES,
+    World,
+    place_phrase,
+)
 
 SIZE = 32  # image side in pixels
 _SS = 3  # supersampling factor for the object's coverage
@@ -35,8 +44,8 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 }
 OUTLINE_RGB = (20, 20, 20)
 
-# minimum share of scenes without an object, with a style, burning
-P_NO_OBJECT = 0.15
+# share of scenes with a style, and of scenes with an object that burn (the
+# share without an object belongs to the world: World.scene_shares)
 P_STYLE = 0.35
 P_BURNING = 0.2
 
@@ -123,7 +132,105 @@ def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "arrow":
         shaft = (np.abs(v) <= 0.22) & (u >= -0.92) & (u <= 0.12)
         return shaft | _poly(u, v, [(0.1, -0.7), (0.95, 0.0), (0.1, 0.7)])
+    if name in _GLYPHS:
+        return _strokes(u, v, _GLYPHS[name])
+    if name in _ICONS:
+        return _ICONS[name](u, v)
     raise ValueError(f"unknown object {name!r}")
+
+
+# ------------------------------------------------- letters, digits and icons
+
+# Half-width of a glyph's strokes in unit coordinates: 0.17 of the object's
+# radius is 2.4-3.4 px wide strokes at the sampled sizes, wide enough that the
+# 1-px outline does not swallow them.
+_STROKE = 0.17
+
+
+def _segment(u: np.ndarray, v: np.ndarray, p: tuple[float, float], q: tuple[float, float]) -> np.ndarray:
+    """Points within the stroke half-width of the segment p-q (a capsule)."""
+    (x1, y1), (x2, y2) = p, q
+    dx, dy = x2 - x1, y2 - y1
+    t = np.clip(((u - x1) * dx + (v - y1) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return (u - x1 - t * dx) ** 2 + (v - y1 - t * dy) ** 2 <= _STROKE**2
+
+
+def _arc(u: np.ndarray, v: np.ndarray, centre: tuple[float, float], radius: float, start: float, stop: float) -> np.ndarray:
+    """Points within the stroke half-width of a circular arc, from angle
+    ``start`` to ``stop`` in degrees (0: to the right, 90: down, since v
+    points down), drawn counter-clockwise on the page (increasing angle)."""
+    cx, cy = centre
+    ang = np.degrees(np.arctan2(v - cy, u - cx))
+    inside = np.mod(ang - start, 360.0) <= np.mod(stop - start, 360.0)
+    ring = np.abs(np.sqrt((u - cx) ** 2 + (v - cy) ** 2) - radius) <= _STROKE
+    return ring & inside
+
+
+def _strokes(u: np.ndarray, v: np.ndarray, parts: tuple) -> np.ndarray:
+    """The union of a glyph's strokes: ("line", p0, p1, ...) is a polyline,
+    ("arc", centre, radius, start, stop) an arc."""
+    out = np.zeros(u.shape, dtype=bool)
+    for part in parts:
+        if part[0] == "line":
+            for p, q in itertools.pairwise(part[1:]):
+                out |= _segment(u, v, p, q)
+        else:
+            out |= _arc(u, v, *part[1:])
+    return out
+
+
+# letters and digits, drawn as strokes in the unit square (v points down)
+_GLYPHS: dict[str, tuple] = {
+    "aitch": (("line", (-0.6, -0.82), (-0.6, 0.82)), ("line", (0.6, -0.82), (0.6, 0.82)), ("line", (-0.6, 0.0), (0.6, 0.0))),
+    "kay": (("line", (-0.5, -0.85), (-0.5, 0.85)), ("line", (0.6, -0.85), (-0.45, 0.1)), ("line", (-0.2, -0.12), (0.65, 0.85))),
+    "tee": (("line", (-0.75, -0.75), (0.75, -0.75)), ("line", (0.0, -0.75), (0.0, 0.88))),
+    "ex": (("line", (-0.65, -0.8), (0.65, 0.8)), ("line", (0.65, -0.8), (-0.65, 0.8))),
+    "wye": (("line", (-0.68, -0.85), (0.0, 0.0), (0.68, -0.85)), ("line", (0.0, 0.0), (0.0, 0.88))),
+    "em": (("line", (-0.72, 0.85), (-0.72, -0.82), (0.0, 0.25), (0.72, -0.82), (0.72, 0.85)),),
+    "zed": (("line", (-0.62, -0.8), (0.62, -0.8), (-0.62, 0.8), (0.62, 0.8)),),
+    "two": (("arc", (0.0, -0.38), 0.44, 180.0, 30.0), ("line", (0.38, -0.16), (-0.58, 0.8), (0.62, 0.8))),
+    "three": (("arc", (0.0, -0.42), 0.4, 160.0, 90.0), ("arc", (0.0, 0.4), 0.44, 270.0, 200.0)),
+    "four": (("line", (0.32, 0.88), (0.32, -0.85), (-0.62, 0.35), (0.68, 0.35)),),
+    "five": (("line", (0.55, -0.8), (-0.42, -0.8), (-0.42, -0.08)), ("arc", (0.0, 0.32), 0.46, 230.0, 150.0)),
+    "seven": (("line", (-0.62, -0.8), (0.62, -0.8), (-0.12, 0.88)),),
+    "eight": (("arc", (0.0, -0.44), 0.36, 0.0, 359.9), ("arc", (0.0, 0.4), 0.44, 0.0, 359.9)),
+}
+
+
+def _disc(u, v, cx, cy, r):
+    return (u - cx) ** 2 + (v - cy) ** 2 <= r * r
+
+
+def _box(u, v, x0, x1, y0, y1):
+    return (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
+
+
+# glyph icons, filled like the shapes
+_ICONS = {
+    "house": lambda u, v: _box(u, v, -0.62, 0.62, -0.05, 0.85) | _poly(u, v, [(-0.9, 0.0), (0.0, -0.88), (0.9, 0.0)]),
+    "tree": lambda u, v: _poly(u, v, [(0.0, -0.95), (0.88, 0.42), (-0.88, 0.42)]) | _box(u, v, -0.17, 0.17, 0.3, 0.95),
+    "key": lambda u, v: (
+        (_disc(u, v, -0.5, 0.0, 0.4) & ~_disc(u, v, -0.5, 0.0, 0.17))
+        | _box(u, v, -0.15, 0.92, -0.12, 0.12)
+        | _box(u, v, 0.5, 0.66, 0.0, 0.4)
+        | _box(u, v, 0.76, 0.92, 0.0, 0.4)
+    ),
+    "fish": lambda u, v: (((u + 0.2) / 0.62) ** 2 + (v / 0.4) ** 2 <= 1.0) | _poly(u, v, [(0.25, 0.0), (0.92, -0.5), (0.92, 0.5)]),
+    "bell": lambda u, v: (
+        _poly(u, v, [(-0.5, -0.1), (-0.78, 0.55), (0.78, 0.55), (0.5, -0.1)])
+        | (((u / 0.5) ** 2 + ((v + 0.1) / 0.75) ** 2 <= 1.0) & (v <= 0.0))
+        | _disc(u, v, 0.0, 0.72, 0.17)
+    ),
+    "flag": lambda u, v: _box(u, v, -0.72, -0.52, -0.92, 0.92) | _box(u, v, -0.52, 0.78, -0.92, -0.05),
+    "bolt": lambda u, v: _poly(u, v, [(0.2, -0.95), (-0.58, 0.12), (-0.05, 0.12), (-0.22, 0.95), (0.58, -0.15), (0.06, -0.15)]),
+    "drop": lambda u, v: _disc(u, v, 0.0, 0.3, 0.56) | _poly(u, v, [(0.0, -0.95), (0.5, 0.06), (-0.5, 0.06)]),
+    "hourglass": lambda u, v: _poly(u, v, [(-0.66, -0.88), (0.66, -0.88), (0.1, 0.0), (0.66, 0.88), (-0.66, 0.88), (-0.1, 0.0)]),
+    "mushroom": lambda u, v: (_disc(u, v, 0.0, 0.08, 0.86) & (v <= 0.08)) | _box(u, v, -0.26, 0.26, 0.0, 0.82),
+    "cup": lambda u, v: (
+        _poly(u, v, [(-0.62, -0.62), (0.4, -0.62), (0.3, 0.72), (-0.52, 0.72)])
+        | (_disc(u, v, 0.42, -0.02, 0.38) & ~_disc(u, v, 0.42, -0.02, 0.2) & (u >= 0.35))
+    ),
+}
 
 
 # ------------------------------------------------------------------- textures
@@ -267,6 +374,21 @@ def _draw_flames(img: np.ndarray, body: np.ndarray, rng: np.random.Generator) ->
 # ------------------------------------------------------------ scene sampling
 
 
+def draw_object(rng: np.random.Generator, world: World = SHAPEWORLD) -> str | None:
+    """A random object kind of ``world`` (None: no object), at the world's
+    declared shares (:meth:`World.scene_shares`); one or two draws of ``rng``."""
+    if world.object_per_mille is None:
+        # the first world's draws, unchanged: its shipped data depend on them
+        if rng.random() < world.p_no_object:
+            return None
+        return world.object_names[int(rng.integers(len(world.object_names)))]
+    # one uniform draw placed on the cumulative per-mille table
+    kinds = world.object_names
+    edges = np.cumsum([world.object_per_mille[k] for k in kinds]) / 1000
+    k = int(np.searchsorted(edges, rng.random(), side="right"))
+    return kinds[k] if k < len(kinds) else None
+
+
 def sample_scene(
     rng: np.random.Generator,
     *,
@@ -275,11 +397,13 @@ def sample_scene(
     place: str | None = None,
     style: str | None | bool = True,
     attribute: str | None | bool = True,
+    world: World = SHAPEWORLD,
 ) -> Scene:
     """A random scene. Pass a value to fix a factor; ``True`` means random
-    (with the default shares of object-less, styled and burning scenes)."""
+    (with the default shares of styled and burning scenes, and the world's
+    shares of object kinds and object-less scenes)."""
     if object is True:
-        object = None if rng.random() < P_NO_OBJECT else OBJECT_NAMES[int(rng.integers(len(OBJECT_NAMES)))]
+        object = draw_object(rng, world)
     if color is None and object is not None:
         color = COLORS[int(rng.integers(len(COLORS)))]
     if object is None:
@@ -304,14 +428,19 @@ def sample_scene(
 
 # (color, object, place) triples never captioned together in training: the
 # held-out prompts of the quality gate (4 per object, every colour and place).
-HELDOUT_TRIPLES: tuple[tuple[str, str, str], ...] = tuple(
-    (COLORS[(3 * i + k) % len(COLORS)], obj, PLACE_NAMES[(i + 2 * k + (k // 2)) % len(PLACE_NAMES)])
-    for i, obj in enumerate(OBJECT_NAMES)
-    for k in range(4)
-)
+HELDOUT_TRIPLES: tuple[tuple[str, str, str], ...] = SHAPEWORLD.heldout_triples()
 
 _PREFIXES = ("a", "a", "a", "an image of a", "a photo of a", "a picture of a")
 _STYLE_SUFFIX = (" in the style of {s}", " in the style of {s}", " by {s}", ", {s} style")
+
+
+_HELDOUT_SETS: dict[str, frozenset] = {}
+
+
+def _heldout_set(world: World) -> frozenset:
+    if world.name not in _HELDOUT_SETS:
+        _HELDOUT_SETS[world.name] = frozenset(world.heldout_triples())
+    return _HELDOUT_SETS[world.name]
 
 
 def _article(prefix: str, nxt: str) -> str:
@@ -321,14 +450,14 @@ def _article(prefix: str, nxt: str) -> str:
     return prefix
 
 
-def caption(scene: Scene, rng: np.random.Generator, *, allow_heldout: bool = False) -> str:
+def caption(scene: Scene, rng: np.random.Generator, *, allow_heldout: bool = False, world: World = SHAPEWORLD) -> str:
     """A training caption of a scene from one of several templates.
 
     The object, style and attribute are always named when present; colour
     and place are each left out now and then (the model then picks them).
     Synonyms replace the object's name in a share of captions. Unless
     ``allow_heldout``, a held-out (colour, object, place) triple is never
-    named in full.
+    named in full (the held-out triples of ``world``).
     """
     style_txt = ""
     if scene.style is not None:
@@ -339,7 +468,7 @@ def caption(scene: Scene, rng: np.random.Generator, *, allow_heldout: bool = Fal
 
     name = scene.object
     if rng.random() < 0.2:
-        syns = OBJECTS[name]
+        syns = world.objects[name]
         name = syns[int(rng.integers(len(syns)))]
     say_color = rng.random() < 0.75
     say_place = rng.random() < 0.75
@@ -347,7 +476,7 @@ def caption(scene: Scene, rng: np.random.Generator, *, allow_heldout: bool = Fal
         not allow_heldout
         and say_color
         and say_place
-        and (scene.color, scene.object, scene.place) in HELDOUT_TRIPLES
+        and (scene.color, scene.object, scene.place) in _heldout_set(world)
     ):
         if rng.random() < 0.5:
             say_color = False
@@ -395,18 +524,18 @@ def prompt_for(
     return text
 
 
-_SYN = {syn: name for name, syns in OBJECTS.items() for syn in syns}
-
-
-def parse_prompt(prompt: str) -> dict:
+def parse_prompt(prompt: str, world: World = SHAPEWORLD) -> dict:
     """The factors a prompt names: keys object, color, place, style,
-    attribute (only those named). Synonyms map to the canonical object."""
+    attribute (only those named). Synonyms map to the canonical object of
+    ``world``; a run of digits is a word of its own ("2", a synonym of the
+    second world's "two")."""
     text = prompt.lower()
-    words = re.findall(r"[a-z]+", text)
+    words = re.findall(r"[a-z]+|[0-9]+", text)
+    synonyms = world.synonym_map()
     out: dict = {}
     for w in words:
-        if "object" not in out and (w in OBJECT_NAMES or w in _SYN):
-            out["object"] = _SYN.get(w, w)
+        if "object" not in out and (w in world.objects or w in synonyms):
+            out["object"] = synonyms.get(w, w)
         elif "color" not in out and w in COLORS:
             out["color"] = w
         elif "place" not in out and w in PLACE_NAMES:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .oracle import HEADS, Judge
+from .oracle import Judge
+from .vocab import SHAPEWORLD
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -53,10 +54,11 @@ class SecondJudge(Judge):
 
     name = "judge2"
 
-    def __init__(self, widths: tuple | list = (16, 32, 64, 80), feature_dim: int = 128):
+    def __init__(self, widths: tuple | list = (16, 32, 64, 80), feature_dim: int = 128, world: str = SHAPEWORLD.name):
         super().__init__()
         widths = [int(w) for w in widths]
         self.config = {"widths": widths, "feature_dim": feature_dim}
+        heads = self._init_world(world)
         self.stem = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         blocks = []
         cin = widths[0]
@@ -66,7 +68,7 @@ class SecondJudge(Judge):
         self.blocks = nn.Sequential(*blocks)
         self.out_norm = _norm(cin)
         self.neck = nn.Sequential(nn.Linear(cin, feature_dim), nn.GELU())
-        self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, len(v)) for k, v in HEADS.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, len(v)) for k, v in heads.items()})
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.stem(self._prep(images)))

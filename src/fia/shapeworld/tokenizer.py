@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .vocab import ATTRIBUTES, COLORS, OBJECTS, PLACE_NAMES, STYLE_NAMES
+from .vocab import ATTRIBUTES, COLORS, PLACE_NAMES, SHAPEWORLD, STYLE_NAMES, World
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MODEL_MAX_LENGTH = 20
@@ -45,9 +45,10 @@ def byte_symbols() -> dict[int, str]:
     return table
 
 
-def caption_words() -> list[str]:
+def caption_words(world: World = SHAPEWORLD) -> list[str]:
+    """Every word the captions of ``world`` use."""
     words = set(TEMPLATE_WORDS) | set(COLORS) | set(PLACE_NAMES) | {s.lower() for s in STYLE_NAMES}
-    for name, syns in OBJECTS.items():
+    for name, syns in world.objects.items():
         words.add(name)
         words.update(syns)
     for attr, phrases in ATTRIBUTES.items():
@@ -109,9 +110,9 @@ def write_bpe_files(folder: str | Path, merges: Sequence[tuple[str, str]] = ()) 
     return folder
 
 
-def build_tokenizer_files(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH) -> Path:
-    """Write ShapeWorld's vocab.json and merges.txt (merges learned over the caption words) into ``folder``."""
-    return write_bpe_files(folder, learn_merges(caption_words()))
+def build_tokenizer_files(folder: str | Path, world: World = SHAPEWORLD) -> Path:
+    """Write the vocab.json and merges.txt of a world's tokenizer (merges learned over its caption words) into ``folder``."""
+    return write_bpe_files(folder, learn_merges(caption_words(world)))
 
 
 def byte_level_tokenizer(model_max_length: int = 77):
@@ -127,9 +128,9 @@ def load_tokenizer(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH)
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=model_max_length)
 
 
-def make_tokenizer(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH):
-    """Build the tokenizer files into ``folder``, load and save it there."""
-    build_tokenizer_files(folder, model_max_length)
+def make_tokenizer(folder: str | Path, model_max_length: int = MODEL_MAX_LENGTH, world: World = SHAPEWORLD):
+    """Build a world's tokenizer files into ``folder``, load and save it there."""
+    build_tokenizer_files(folder, world)
     tok = load_tokenizer(folder, model_max_length)
     tok.save_pretrained(str(folder))
     return tok

@@ -19,6 +19,13 @@ Stages, each checked before the next:
 7. the quality gate on held-out prompts, read by both judges; the pipeline is
    saved with a DDIM scheduler (``clip_sample=False``).
 
+The second world (``world="shapeworld2"``, :meth:`TrainConfig.shapeworld2`)
+is trained the way Stable Diffusion was: a CLIP (:mod:`.clip`) is trained
+first, contrastively, on the renders and their captions; its text encoder is
+then frozen and conditions the UNet (stage 6 trains the UNet alone). The
+oracle gets a reject option calibrated on object-less renders, and the gate
+adds CLIP scores and the CLIP style judge. The CLIP ships in ``clip/``.
+
 The output folder holds exactly what ships: ``pipeline/``, the oracle,
 ``judge2/`` (the second judge and its quality report), the recipe and the
 quality report; ``.work/`` holds resumable intermediates.
@@ -39,10 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clip import ShapeWorldCLIP, caption_targets, infonce_loss, text_encoder_config
 from .evaluate import render_accuracy
-from .oracle import HEADS, Oracle
+from .oracle import HEADS, Oracle, heads_for
 from .render import SIZE, Scene, caption, object_coverage, render, sample_scene
 from .second_judge import SecondJudge
+from .vocab import SHAPEWORLD, UNKNOWN_KINDS, World, get_world
 
 # Stable Diffusion's scaled-linear betas, rescaled to a zero terminal SNR, with
 # v-prediction and "trailing" sampling that starts at t = 999. With the
@@ -131,9 +140,42 @@ class TrainConfig:
     gate_limit: int = 0  # 0: the whole gate; n: its first n images (quick runs only)
     threads: int = 2
     extra: dict = field(default_factory=dict)
+    # the world (fia.shapeworld.vocab.WORLDS) whose scenes, captions and heads are trained
+    world: str = "shapeworld"
+    # CLIP (fia.shapeworld.clip). 0 steps: no CLIP, the text encoder trains
+    # with the UNet; otherwise the CLIP trains first and its frozen text
+    # encoder (text_hidden, text_layers, text_heads) conditions the UNet.
+    clip_steps: int = 0
+    clip_batch: int = 128
+    clip_lr: float = 2e-3
+    clip_warmup: int = 100
+    clip_embed_dim: int = 64
+    clip_image_width: int = 32
+    clip_augment: float = 0.5  # share of a batch seen through judge_augment (the decoder's softness)
+    # the oracle's reject option: None: none; else the share of held-out
+    # object-less renders (and their reconstructions) allowed to get a kind
+    reject_false_accept_rate: float | None = None
+    reject_calibration_images: int = 1000
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "TrainConfig":
+    def shapeworld2(cls, seed: int = 0) -> TrainConfig:
+        """The second world's recipe (see the module docstring)."""
+        return cls(
+            seed=seed,
+            world="shapeworld2",
+            # 100,000 scenes: the rarest kinds (0.5 %) still get 500 distinct renders
+            n_images=100_000,
+            clip_steps=SHAPEWORLD2_STEPS["clip"],
+            oracle_steps=SHAPEWORLD2_STEPS["oracle"],
+            unet_steps=SHAPEWORLD2_STEPS["unet"],
+            reject_false_accept_rate=0.01,
+        )
+
+    @classmethod
+    def quick(cls, seed: int = 0, world: str = "shapeworld") -> TrainConfig:
+        """A few steps of every stage of ``world``'s recipe, to check it end to end."""
+        if get_world(world) is not SHAPEWORLD:
+            return cls.quick_shapeworld2(seed)
         return cls(
             seed=seed,
             n_images=400,
@@ -151,6 +193,29 @@ class TrainConfig:
             probe_prompts=4,
             gate_limit=8,
         )
+
+    @classmethod
+    def quick_shapeworld2(cls, seed: int = 0) -> TrainConfig:
+        full = cls.shapeworld2(seed)
+        return cls(
+            **{
+                **asdict(cls.quick(seed)),
+                "world": full.world,
+                "reject_false_accept_rate": full.reject_false_accept_rate,
+                "clip_steps": 4,
+                "clip_batch": 16,
+                "clip_warmup": 2,
+                "reject_calibration_images": 40,
+                "threads": 1,
+            }
+        )
+
+
+# The second world's step counts. Timed against the first world's stages
+# (whose 2-core seconds the shipped recipe.json records) under the same load,
+# they come to about 87 minutes on 2 idle cores, 66 of them the UNet's
+# (docs/shapeworld2.md has the table).
+SHAPEWORLD2_STEPS = {"clip": 3000, "oracle": 3000, "unet": 28000}
 
 
 def _log(msg: str, log: Callable[[str], None] | None) -> None:
@@ -173,24 +238,36 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
+def _clipped_step(opt, sched, loss: torch.Tensor, params) -> None:
+    """One optimiser and schedule step on ``loss``, gradients clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 # ------------------------------------------------------------------ stages
 
 
-def make_data(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
+def make_data(n: int, seed: int, world: World = SHAPEWORLD, **fixed) -> tuple[list[Scene], np.ndarray]:
+    """``n`` random scenes of ``world`` and their renders (``fixed``: factors
+    passed to :func:`sample_scene`, e.g. ``object=None``)."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
+    scenes = [sample_scene(rng, world=world, **fixed) for _ in range(n)]
     images = np.stack([render(s) for s in scenes])
     return scenes, images
 
 
-def labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
-    out = {k: [] for k in HEADS}
+def labels(scenes: list[Scene], heads: dict[str, tuple[str, ...]] = HEADS) -> dict[str, torch.Tensor]:
+    """Each scene's label index per head (-100: no label)."""
+    out = {k: [] for k in heads}
     for s in scenes:
-        out["object"].append(HEADS["object"].index(s.object or "none"))
-        out["color"].append(HEADS["color"].index(s.color) if s.color else -100)
-        out["place"].append(HEADS["place"].index(s.place))
-        out["style"].append(HEADS["style"].index(s.style or "none"))
-        out["attribute"].append(HEADS["attribute"].index(s.attribute or "absent"))
+        out["object"].append(heads["object"].index(s.object or "none"))
+        out["color"].append(heads["color"].index(s.color) if s.color else -100)
+        out["place"].append(heads["place"].index(s.place))
+        out["style"].append(heads["style"].index(s.style or "none"))
+        out["attribute"].append(heads["attribute"].index(s.attribute or "absent"))
     return {k: torch.tensor(v) for k, v in out.items()}
 
 
@@ -237,11 +314,7 @@ def train_vae(cfg: TrainConfig, images: np.ndarray, log=None):
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         kl = post.kl().mean() / x[0].numel()
         loss = rec_loss + cfg.vae_kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(opt, sched, loss, vae.parameters())
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             _log(f"vae step {step}/{cfg.vae_steps} loss {rec_loss.item():.4f} ({time.time() - t0:.0f}s)", log)
     return vae.eval()
@@ -270,7 +343,7 @@ def decode(vae, latents: torch.Tensor, batch: int = 500) -> np.ndarray:
 def _judge_step(model, opt, sched, x: torch.Tensor, lab: dict, idx: np.ndarray) -> torch.Tensor:
     """One optimiser step of a judge on images ``x`` with the labels of scenes ``idx`` (every head)."""
     out = model(x)
-    loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in HEADS)
+    loss = sum(F.cross_entropy(out[k], lab[k][idx], ignore_index=-100) for k in model.HEADS)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -280,7 +353,7 @@ def _judge_step(model, opt, sched, x: torch.Tensor, lab: dict, idx: np.ndarray) 
 
 def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: dict, log=None) -> Oracle:
     torch.manual_seed(cfg.seed + 2)
-    model = Oracle(width=cfg.oracle_width)
+    model = Oracle(width=cfg.oracle_width, world=cfg.world)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.oracle_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.oracle_steps, 0.02))
     rng = np.random.default_rng(cfg.seed + 2)
@@ -357,7 +430,7 @@ def train_second_judge(cfg: TrainConfig, images: np.ndarray, lab: dict, log=None
     """The second judge, trained on clean renders alone (augmented by
     :func:`judge_augment`) from its own seed."""
     torch.manual_seed(cfg.seed + 4)
-    model = SecondJudge(widths=tuple(cfg.judge2_widths), feature_dim=cfg.judge2_feature_dim)
+    model = SecondJudge(widths=tuple(cfg.judge2_widths), feature_dim=cfg.judge2_feature_dim, world=cfg.world)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.judge2_lr, weight_decay=cfg.judge2_weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.judge2_steps, 0.01))
     rng = np.random.default_rng(cfg.seed + 4)
@@ -375,19 +448,44 @@ def train_second_judge(cfg: TrainConfig, images: np.ndarray, lab: dict, log=None
 def make_text_encoder(cfg: TrainConfig, tok):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tc = CLIPTextConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.text_hidden,
-        intermediate_size=2 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.text_heads,
-        max_position_embeddings=tok.model_max_length,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        projection_dim=cfg.text_hidden,
+    return CLIPTextModel(CLIPTextConfig(**text_encoder_config(tok, cfg.text_hidden, cfg.text_layers, cfg.text_heads)))
+
+
+def train_clip(cfg: TrainConfig, scenes: list[Scene], images: np.ndarray, tok, log=None) -> ShapeWorldCLIP:
+    """The CLIP: symmetric InfoNCE (:func:`fia.shapeworld.clip.infonce_loss`)
+    between renders and captions drawn afresh at every step, repeated
+    captions in a batch sharing their targets; a ``clip_augment`` share of
+    the images is seen through :func:`judge_augment`, so that the image
+    encoder also reads decoded, softer images. AdamW with warm-up and cosine
+    decay; no weight decay on the logit scale."""
+    world = get_world(cfg.world)
+    torch.manual_seed(cfg.seed + 5)
+    clip = ShapeWorldCLIP(
+        text_encoder_config(tok, cfg.text_hidden, cfg.text_layers, cfg.text_heads),
+        embed_dim=cfg.clip_embed_dim,
+        image_width=cfg.clip_image_width,
+        world=world.name,
     )
-    return CLIPTextModel(tc)
+    clip.tokenizer = tok
+    decayed = [p for n, p in clip.named_parameters() if n != "logit_scale"]
+    opt = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.01}, {"params": [clip.logit_scale], "weight_decay": 0.0}], lr=cfg.clip_lr
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.clip_warmup, cfg.clip_steps, 0.05))
+    rng = np.random.default_rng(cfg.seed + 5)
+    clip.train()
+    t0 = time.time()
+    for step in range(cfg.clip_steps):
+        idx = rng.integers(len(images), size=cfg.clip_batch)
+        caps = [caption(scenes[i], rng, world=world) for i in idx]
+        x = _to_tensor(images[idx])
+        seen = torch.from_numpy(rng.random(len(idx)) < cfg.clip_augment)[:, None, None, None]
+        x = torch.where(seen, judge_augment(x, cfg, rng), x)
+        loss = infonce_loss(clip(x, clip.token_ids(caps)), caption_targets(caps))
+        _clipped_step(opt, sched, loss, clip.parameters())
+        if step % 100 == 0 or step == cfg.clip_steps - 1:
+            _log(f"clip step {step}/{cfg.clip_steps} loss {loss.item():.4f} scale {clip.scale().item():.1f} ({time.time() - t0:.0f}s)", log)
+    return clip.eval()
 
 
 def make_unet(cfg: TrainConfig):
@@ -423,22 +521,35 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def probe(pipe, oracle, n_prompts: int = 40) -> dict:
+    """Oracle agreement on the first ``n_prompts`` held-out triples of the oracle's world, one seed each."""
     from .evaluate import agreement, generate
-    from .render import HELDOUT_TRIPLES, prompt_for
+    from .render import prompt_for
 
-    prompts = [prompt_for(o, c, p) for c, o, p in HELDOUT_TRIPLES][:n_prompts]
+    triples = oracle.world.heldout_triples()
+    # every k-th triple, so that the probe spans the kinds (4 triples per kind)
+    prompts = [prompt_for(o, c, p) for c, o, p in triples[:: max(1, len(triples) // n_prompts)]][:n_prompts]
     seeds = list(range(len(prompts)))
     images = generate(pipe, prompts, seeds)
     return agreement(oracle, images, prompts)
 
 
-def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None):
+def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None, frozen_text_encoder=None):
+    """The UNet (EMA weights returned), with a text encoder trained beside it,
+    or conditioned on ``frozen_text_encoder`` (the CLIP's), which no step
+    changes; returns (text encoder, UNet, probe history)."""
     from diffusers import DDPMScheduler
 
+    world = get_world(cfg.world)
     torch.manual_seed(cfg.seed + 3)
-    text_encoder = make_text_encoder(cfg, tok)
-    unet = make_unet(cfg)
-    ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
+    frozen = frozen_text_encoder is not None
+    if frozen:
+        text_encoder = frozen_text_encoder.eval().requires_grad_(False)
+        unet = make_unet(cfg)
+        ema_te, ema_unet = text_encoder, copy.deepcopy(unet).eval()
+    else:
+        text_encoder = make_text_encoder(cfg, tok)
+        unet = make_unet(cfg)
+        ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     for p in list(ema_te.parameters()) + list(ema_unet.parameters()):
         p.requires_grad_(False)
     noise_sched = DDPMScheduler(**SCHEDULER_KW)
@@ -451,7 +562,7 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None):
         weights = (snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)).float()
     else:
         weights = torch.ones_like(snr, dtype=torch.float32)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + ([] if frozen else list(text_encoder.parameters()))
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_warmup, cfg.unet_steps, cfg.unet_min_lr_ratio))
     pixel_weights = None
@@ -466,29 +577,27 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None):
     avg = None
     for step in range(cfg.unet_steps):
         unet.train()
-        text_encoder.train()
+        text_encoder.train(not frozen)
         idx = rng.integers(len(latents), size=cfg.unet_batch)
-        caps = ["" if rng.random() < cfg.caption_dropout else caption(scenes[i], rng) for i in idx]
+        caps = ["" if rng.random() < cfg.caption_dropout else caption(scenes[i], rng, world=world) for i in idx]
         ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
         xt = noise_sched.add_noise(x0, noise, t)
-        enc = text_encoder(ids)[0]
+        with torch.set_grad_enabled(not frozen):
+            enc = text_encoder(ids)[0]
         pred = unet(xt, t, enc).sample
         target = noise_sched.get_velocity(x0, noise, t)
         sq = (pred - target).pow(2)
         loss_each = sq.mean(dim=(1, 2, 3))  # plain MSE, for the log
         weighted = loss_each if pixel_weights is None else (sq * pixel_weights[idx]).mean(dim=(1, 2, 3))
         loss = (weighted * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(opt, sched, loss, params)
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_te, text_encoder, decay)
+        if not frozen:
+            _ema_update(ema_te, text_encoder, decay)
         avg = loss_each.mean().item() if avg is None else 0.98 * avg + 0.02 * loss_each.mean().item()
         if step % 100 == 0 or step == cfg.unet_steps - 1:
             el = time.time() - t0
@@ -509,6 +618,31 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None):
 
 
 # -------------------------------------------------------------------- main
+
+
+def calibrate_oracle_reject(oracle: Oracle, vae, cfg: TrainConfig, test_scenes: list[Scene], test_images: np.ndarray) -> dict:
+    """Give the oracle its reject option and measure it.
+
+    The threshold comes from ``reject_calibration_images`` held-out
+    object-less renders and their VAE reconstructions (generated images are
+    decoded ones), at ``reject_false_accept_rate``. Then, on images it was not
+    calibrated on: the share of the fresh test renders that show a known kind
+    but are answered "none" (the price of the option), and the share of
+    renders of kinds no world names (:data:`UNKNOWN_KINDS`) answered "none"
+    (what it buys)."""
+    world = get_world(cfg.world)
+    n = cfg.reject_calibration_images
+    _, empty = make_data(n, cfg.seed + 20_000, world, object=None)
+    empty_recons = decode(vae, encode_means(vae, empty))
+    record = dict(oracle.calibrate_reject(torch.cat([_to_tensor(empty), _to_tensor(empty_recons)]), cfg.reject_false_accept_rate))
+    known = [k for k, s in enumerate(test_scenes) if s.object is not None]
+    verdicts = oracle.labels(oracle.predict(_to_tensor(test_images[known])))["object"]
+    record["known_kinds_answered_none"] = sum(v == "none" for v in verdicts) / max(1, len(verdicts))
+    rng = np.random.default_rng(cfg.seed + 21_000)
+    unknown = [sample_scene(rng, object=UNKNOWN_KINDS[k % len(UNKNOWN_KINDS)], world=world) for k in range(n)]
+    verdicts = oracle.labels(oracle.predict(_to_tensor(np.stack([render(s) for s in unknown]))))["object"]
+    record["unknown_kinds_answered_none"] = sum(v == "none" for v in verdicts) / len(verdicts)
+    return record
 
 
 def _strip_local_paths(folder: Path) -> None:
@@ -562,10 +696,19 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     """Run every stage and write the shipped artifacts into ``out``."""
     from diffusers import AutoencoderKL
 
-    from .evaluate import agreement, gate_images, second_judge_quality
+    from .evaluate import (
+        agreement,
+        clip_quality,
+        clip_render_quality,
+        gate_images,
+        renders_of_prompts,
+        second_judge_quality,
+    )
     from .tokenizer import make_tokenizer
 
     torch.set_num_threads(cfg.threads)
+    world = get_world(cfg.world)
+    heads = heads_for(world)
     out = Path(out)
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
@@ -573,17 +716,34 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     t_all = time.time()
 
     t = time.time()
-    _log(f"data: rendering {cfg.n_images} scenes", log)
-    scenes, images = make_data(cfg.n_images, cfg.seed)
-    lab = labels(scenes)
-    test_scenes, test_images = make_data(1000 if cfg.n_images > 1000 else 100, cfg.seed + 10_000)
-    test_lab = labels(test_scenes)
+    _log(f"data: rendering {cfg.n_images} scenes of {world.name}", log)
+    scenes, images = make_data(cfg.n_images, cfg.seed, world)
+    lab = labels(scenes, heads)
+    test_scenes, test_images = make_data(1000 if cfg.n_images > 1000 else 100, cfg.seed + 10_000, world)
+    test_lab = labels(test_scenes, heads)
     times["data"] = time.time() - t
 
     # seconds of stages trained by an earlier run whose intermediates are reused
     stage_file = work / "stage_seconds.json"
     earlier = json.loads(stage_file.read_text()) if stage_file.exists() else {}
     reused: dict[str, float | None] = {}
+
+    tok = make_tokenizer(work / "tokenizer", world=world)
+    clip = None
+    if cfg.clip_steps > 0:
+        t = time.time()
+        if (work / "clip" / "clip.safetensors").exists():
+            _log("clip: reusing .work/clip", log)
+            clip = ShapeWorldCLIP.load(work / "clip")
+            reused["clip"] = earlier.get("clip")
+        else:
+            clip = train_clip(cfg, scenes, images, tok, log)
+            clip.save(work / "clip")
+            earlier["clip"] = round(time.time() - t, 1)
+            stage_file.write_text(json.dumps(earlier))
+        clip.tokenizer = tok
+        _log(f"clip on fresh renders: {json.dumps(clip_render_quality(clip, test_scenes, test_images))}", log)
+        times["clip"] = time.time() - t
 
     t = time.time()
     if (work / "vae" / "config.json").exists():
@@ -621,6 +781,10 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     acc_rec = render_accuracy(oracle, test_recons, test_lab)
     _log(f"oracle accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc_clean.items()})}", log)
     _log(f"oracle accuracy on their VAE reconstructions: {json.dumps({k: round(v, 4) for k, v in acc_rec.items()})}", log)
+    reject = None
+    if cfg.reject_false_accept_rate is not None:
+        reject = calibrate_oracle_reject(oracle, vae, cfg, test_scenes, test_images)
+        _log(f"oracle reject option: {json.dumps(reject)}", log)
     times["oracle"] = time.time() - t
 
     t = time.time()
@@ -637,9 +801,9 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     _log(f"judge2 accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc2.items()})}", log)
     times["judge2"] = time.time() - t
 
-    tok = make_tokenizer(work / "tokenizer")
     t = time.time()
-    text_encoder, unet, history = train_unet(cfg, scenes, means * scale, vae, tok, oracle, work, log)
+    frozen = None if clip is None else clip.text_model
+    text_encoder, unet, history = train_unet(cfg, scenes, means * scale, vae, tok, oracle, work, log, frozen)
     times["unet"] = time.time() - t
 
     t = time.time()
@@ -651,9 +815,14 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         shutil.copy(work / "tokenizer" / name, out / "pipeline" / "tokenizer" / name)
     oracle.save(out)
     judge2.save(out / "judge2")
+    if clip is not None:
+        clip.save(out / "clip")
     _log("quality gate on held-out prompts ...", log)
-    gate_set = gate_images(pipe, limit=cfg.gate_limit or None)
+    gate_set = gate_images(pipe, limit=cfg.gate_limit or None, world=world)
     gate = agreement(oracle, *gate_set)
+    clip_gate = None
+    if clip is not None:
+        clip_gate = clip_quality(clip, *gate_set, renders_of_prompts(gate_set[1], cfg.seed + 30_000, world))
     judge2_quality = second_judge_quality(judge2, oracle, test_images, test_lab, test_recons, gate_set)
     judge2_quality["render_seed"] = cfg.seed + 10_000
     times["gate"] = time.time() - t
@@ -662,7 +831,9 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     recipe = {
         "config": asdict(cfg),
         "seed": cfg.seed,
-        "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "judge2": cfg.judge2_steps, "unet": cfg.unet_steps},
+        "world": world.name,
+        "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "judge2": cfg.judge2_steps, "unet": cfg.unet_steps}
+        | ({"clip": cfg.clip_steps} if clip is not None else {}),
         "vae_scaling_factor": scale,
         "torch": torch.__version__,
         "seconds": {k: round(v, 1) for k, v in times.items()},
@@ -677,6 +848,11 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         "vae_recon_mse": mse,
         "gate": gate,
     }
+    if reject is not None:
+        quality["oracle_reject"] = reject
+    if clip is not None:
+        quality["clip_renders"] = clip_render_quality(clip, test_scenes, test_images)
+        quality["clip_gate"] = clip_gate
     (out / "quality.json").write_text(json.dumps(quality, indent=2))
     (out / "judge2" / "quality.json").write_text(json.dumps(judge2_quality, indent=2))
     # the judge2 stage's training seconds (an earlier run's when reused)

@@ -1,0 +1,332 @@
+"""The second ShapeWorld: its kinds and long tail, the CLIP, the oracle's
+reject option, and the recipe end to end (quick)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fia.errors import FIAError
+from fia.shapeworld.clip import (
+    ShapeWorldCLIP,
+    caption_targets,
+    clip_score,
+    clip_styles,
+    infonce_loss,
+    load_clip,
+)
+from fia.shapeworld.oracle import (
+    Oracle,
+    fit_reject_threshold,
+    heads_for,
+    kind_confidence,
+)
+from fia.shapeworld.render import (
+    Scene,
+    caption,
+    draw_object,
+    object_coverage,
+    parse_prompt,
+    render,
+    sample_scene,
+)
+from fia.shapeworld.vocab import (
+    OBJECT_NAMES,
+    SHAPEWORLD,
+    SHAPEWORLD2,
+    SHAPEWORLD2_OBJECT_PER_MILLE,
+    STYLE_NAMES,
+    UNKNOWN_KINDS,
+    get_world,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- the world
+
+
+def test_the_second_world_has_a_long_tail_of_named_kinds():
+    kinds = SHAPEWORLD2.object_names
+    assert len(kinds) >= 30 and set(OBJECT_NAMES) < set(kinds)
+    assert all(len(SHAPEWORLD2.objects[k]) >= 1 for k in kinds)
+    # no word names two things: kinds, synonyms and the other factor words are all distinct
+    words = list(kinds) + [s for k in kinds for s in SHAPEWORLD2.objects[k]]
+    assert len(words) == len(set(words))
+    shares = SHAPEWORLD2.scene_shares()
+    assert shares[None] == pytest.approx(0.15)
+    assert max(shares[k] for k in kinds) == pytest.approx(0.10)
+    assert min(shares[k] for k in kinds) == pytest.approx(0.005)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # the table is a tail: sorted commonest first, it never rises
+    per_mille = list(SHAPEWORLD2_OBJECT_PER_MILLE.values())
+    assert per_mille == sorted(per_mille, reverse=True)
+    # the first world is still ten uniform shapes
+    assert SHAPEWORLD.object_names == OBJECT_NAMES
+    first = SHAPEWORLD.scene_shares()
+    assert first[None] == pytest.approx(0.15) and all(first[k] == pytest.approx(0.085) for k in OBJECT_NAMES)
+    with pytest.raises(FIAError, match="unknown ShapeWorld world"):
+        get_world("shapeworld3")
+
+
+def test_long_tail_sampling_matches_the_declared_table():
+    """200,000 draws: every kind's count (and the object-less count) lies
+    within 5 standard deviations of its declared share."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    counts: dict = {}
+    for _ in range(n):
+        k = draw_object(rng, SHAPEWORLD2)
+        counts[k] = counts.get(k, 0) + 1
+    for kind, p in SHAPEWORLD2.scene_shares().items():
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(counts.get(kind, 0) - n * p) <= 5 * sd, (kind, counts.get(kind, 0), n * p)
+    # sample_scene draws its object the same way
+    for seed in range(20):
+        assert sample_scene(np.random.default_rng(seed), world=SHAPEWORLD2).object == draw_object(np.random.default_rng(seed), SHAPEWORLD2)
+
+
+def test_every_kind_is_drawn_distinctly():
+    """At the smallest, middle and largest size and the extreme rotations,
+    every pair of kinds (the unknown ones included) differs on at least 12
+    pixels of the 32x32 object mask; each kind covers at least 25 pixels; and
+    a scene with the kind differs from the same scene without it."""
+    kinds = SHAPEWORLD2.object_names + UNKNOWN_KINDS
+    for size in (7.0, 8.5, 10.0):
+        for rotation in (-15.0, 0.0, 15.0):
+            masks = {k: object_coverage(Scene(k, "red", "grass", size=size, rotation=rotation)) >= 0.5 for k in kinds}
+            assert min(int(m.sum()) for m in masks.values()) >= 25
+            for i, a in enumerate(kinds):
+                for b in kinds[i + 1 :]:
+                    assert int((masks[a] ^ masks[b]).sum()) >= 12, (a, b, size, rotation)
+    empty = render(Scene(None, None, "sand", seed=4))
+    for k in kinds:
+        assert (render(Scene(k, "blue", "sand", seed=4)) != empty).any(axis=-1).sum() >= 25
+
+
+def test_prompts_and_captions_of_the_second_world():
+    assert parse_prompt("a red 2 on the grass", SHAPEWORLD2) == {"object": "two", "color": "red", "place": "grass"}
+    assert parse_prompt("an aitch in the style of Ovalli", SHAPEWORLD2) == {"object": "aitch", "style": "Ovalli"}
+    assert parse_prompt("a burning toadstool", SHAPEWORLD2) == {"object": "mushroom", "attribute": "burning"}
+    # the first world does not know the new kinds
+    assert parse_prompt("a red 2 on the grass") == {"color": "red", "place": "grass"}
+    assert "object" not in parse_prompt("a house")
+    # captions never name a held-out triple in full
+    heldout = set(SHAPEWORLD2.heldout_triples())
+    assert len(heldout) == 4 * len(SHAPEWORLD2.object_names)
+    rng = np.random.default_rng(1)
+    for color, obj, place in list(heldout)[:40]:
+        scene = Scene(obj, color, place)
+        for _ in range(10):
+            f = parse_prompt(caption(scene, rng, world=SHAPEWORLD2), SHAPEWORLD2)
+            assert f["object"] == obj and not ("color" in f and "place" in f)
+
+
+def test_every_word_of_the_second_world_is_one_token(tmp_path):
+    from fia.shapeworld.tokenizer import caption_words, make_tokenizer
+
+    tok = make_tokenizer(tmp_path, world=SHAPEWORLD2)
+    words = caption_words(SHAPEWORLD2)
+    assert {"aitch", "2", "hourglass", "toadstool"} <= set(words)
+    for w in words:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+
+
+# ------------------------------------------------------------------- CLIP
+
+
+def test_infonce_loss_by_hand():
+    # image->caption rows: [2, 0] (label 0), [1, 1] (label 1);
+    # caption->image rows (columns): [2, 1] (label 0), [0, 1] (label 1)
+    logits = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    rows = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    cols = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-1))) / 2
+    assert float(infonce_loss(logits)) == pytest.approx((rows + cols) / 2, abs=1e-6)
+    assert float(infonce_loss(logits)) == pytest.approx(0.361650, abs=1e-6)
+    # two images with the same caption share their targets: every row and
+    # column of [[1, 0], [0, 1]] then costs -(log sigma(1) + log sigma(-1)) / 2
+    targets = caption_targets(["a star", "a star"])
+    assert torch.equal(targets, torch.full((2, 2), 0.5))
+    same = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(1)))) / 2
+    assert float(infonce_loss(torch.eye(2), targets)) == pytest.approx(same, abs=1e-6)
+    assert torch.equal(caption_targets(["a", "b", "c"]), torch.eye(3))
+
+
+def _tiny_clip(tmp_path) -> ShapeWorldCLIP:
+    from fia.shapeworld.clip import text_encoder_config
+    from fia.shapeworld.tokenizer import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok", world=SHAPEWORLD2)
+    torch.manual_seed(0)
+    clip = ShapeWorldCLIP(text_encoder_config(tok, 32, 1, 2), embed_dim=8, image_width=8, world="shapeworld2")
+    clip.tokenizer = tok
+    return clip.eval()
+
+
+def test_clip_saves_and_loads_bit_for_bit(tmp_path):
+    clip = _tiny_clip(tmp_path)
+    clip.save(tmp_path / "clip")
+    back = load_clip(tmp_path / "clip")
+    assert back.config == clip.config and back.world is SHAPEWORLD2
+    a, b = clip.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    images, captions = torch.rand(3, 3, 32, 32), ["a red two", "the sand", "a blue hut on the snow"]
+    assert torch.equal(clip_score(clip, images, captions), clip_score(back, images, captions))
+    with pytest.raises(FIAError, match="holds no ShapeWorld CLIP"):
+        load_clip(tmp_path / "tok")
+
+
+def test_clip_score_is_a_hundred_times_the_clipped_cosine(tmp_path):
+    clip = _tiny_clip(tmp_path)
+    # stand-in encoders: image k -> a fixed unit vector, caption -> another
+    image_vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    text_vectors = {"x": torch.tensor([0.6, 0.8]), "y": torch.tensor([-1.0, 0.0])}
+    clip.encode_image = lambda images: image_vectors[images[:, 0, 0, 0].long()]
+    clip.token_ids = lambda captions: list(captions)
+    clip.encode_text = lambda caps: torch.stack([text_vectors[c] for c in caps])
+    images = torch.arange(3.0)[:, None, None, None].expand(3, 3, 2, 2)
+    scores = clip_score(clip, images, ["x", "y", "x"])
+    # cos 0.6 -> 60; cos -1 -> clipped to 0; cos 0.8 -> 80
+    assert scores.tolist() == pytest.approx([60.0, 0.0, 80.0])
+
+
+def test_clip_style_judge_picks_the_style_whose_caption_scores_highest(tmp_path):
+    clip = _tiny_clip(tmp_path)
+    labels = STYLE_NAMES + ("none",)
+
+    def style_of(text: str) -> str:
+        return parse_prompt(text, SHAPEWORLD2).get("style", "none")
+
+    # caption embedding: one-hot of the style it names; image k: one-hot of style k
+    clip.token_ids = lambda captions: list(captions)
+    clip.encode_text = lambda caps: torch.stack([torch.eye(len(labels))[labels.index(style_of(c))] for c in caps])
+    clip.encode_image = lambda images: torch.eye(len(labels))[images[:, 0, 0, 0].long()]
+    prompts = ["a red two on the grass in the style of Mondrio", "a blue hut", "the sand by Strelka"]
+    truth = [2, 5, 4]  # the images show other styles than their prompts ask for
+    images = torch.tensor(truth, dtype=torch.float32)[:, None, None, None].expand(3, 3, 2, 2)
+    assert clip_styles(clip, images, prompts) == [labels[k] for k in truth]
+
+
+# ------------------------------------------------------------ reject option
+
+
+def test_reject_threshold_by_hand():
+    scores = torch.tensor([0.3, 0.1, 1.0, 0.5, 0.9, 0.2, 0.8, 0.4, 0.7, 0.6])
+    # sorted from the top: 1.0, 0.9, 0.8, ...; a 20 % false-accept rate allows
+    # 2 of 10 above the threshold: tau = 0.8, and exactly 1.0 and 0.9 exceed it
+    tau = fit_reject_threshold(scores, 0.2)
+    assert tau == pytest.approx(0.8) and int((scores > tau).sum()) == 2
+    assert fit_reject_threshold(scores, 0.0) == pytest.approx(1.0)  # nothing accepted
+    assert fit_reject_threshold(scores, 0.05) == pytest.approx(1.0)  # floor(0.5) = 0 accepted
+    assert fit_reject_threshold(scores, 0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        fit_reject_threshold(scores, 1.0)
+    # the confidence leaves "none" out: p = (0.2, 0.3 | none 0.5) -> 0.3 / 0.5
+    assert float(kind_confidence(torch.tensor([[0.2, 0.3, 0.5]]))) == pytest.approx(0.6)
+
+
+def test_the_oracle_answers_none_below_the_threshold_and_keeps_it_on_disk(tmp_path):
+    torch.manual_seed(0)
+    oracle = Oracle(width=4, feature_dim=8, world="shapeworld2")
+    assert oracle.HEADS == heads_for(SHAPEWORLD2) and oracle.HEADS["object"][-1] == "none"
+    n = len(oracle.HEADS["object"])
+
+    def probs(kind_share: float) -> dict:
+        # 0.2 on "none", the rest split between circle (kind_share of it) and
+        # square: circle is the most probable label, at confidence kind_share
+        p = torch.zeros(1, n)
+        p[0, 0], p[0, 1], p[0, -1] = 0.8 * kind_share, 0.8 * (1 - kind_share), 0.2
+        return {"object": p}
+
+    oracle.reject = {"threshold": 0.6}
+    assert oracle.labels(probs(0.6))["object"] == ["none"]  # at the threshold: rejected
+    assert oracle.labels(probs(0.61))["object"] == ["circle"]
+    oracle.reject = None
+    assert oracle.labels(probs(0.6))["object"] == ["circle"]
+
+    # calibration on images: at most 1 % of them accepted; stored and reloaded
+    images = torch.rand(200, 3, 32, 32)
+    record = oracle.calibrate_reject(images, 0.01)
+    scores = kind_confidence(oracle.predict(images)["object"])
+    assert int((scores > record["threshold"]).sum()) <= 2 and record["n_calibration"] == 200
+    oracle.save(tmp_path)
+    saved = json.loads((tmp_path / "oracle_config.json").read_text())
+    assert saved["world"] == "shapeworld2" and saved["reject"] == record
+    back = Oracle.load(tmp_path)
+    assert back.reject == record and back.world is SHAPEWORLD2
+    assert back.labels(back.predict(images[:5])) == oracle.labels(oracle.predict(images[:5]))
+    # the first world's oracle saves as before: no world, no reject
+    Oracle(width=4, feature_dim=8).save(tmp_path / "first")
+    assert set(json.loads((tmp_path / "first" / "oracle_config.json").read_text())) == {"width", "feature_dim", "heads"}
+
+
+# ------------------------------------------------------- the recipe, quick
+
+
+@pytest.fixture(scope="module")
+def quick_world2(tmp_path_factory):
+    """``fia shapeworld train --world shapeworld2 --quick``: every stage, a few steps each."""
+    from fia.cli import app
+
+    out = tmp_path_factory.mktemp("sw2") / "out"
+    res = CliRunner().invoke(app, ["shapeworld", "train", "--world", "shapeworld2", "--quick", "--out", str(out), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_quick_recipe_writes_a_pipeline_conditioned_on_the_frozen_clip_text_encoder(quick_world2):
+    from safetensors.torch import load_file
+
+    from fia.shapeworld import load_oracle, load_pipeline
+    from fia.shapeworld.train import TrainConfig
+
+    out, output = quick_world2
+    assert "clip_gate" in output and "oracle_reject" in output
+    recipe = json.loads((out / "recipe.json").read_text())
+    quick = TrainConfig.quick_shapeworld2(1)
+    assert recipe["world"] == "shapeworld2" and recipe["steps"]["clip"] == quick.clip_steps
+    assert {"data", "clip", "vae", "oracle", "judge2", "unet", "gate", "total"} <= set(recipe["seconds"])
+
+    pipe = load_pipeline(path=out / "pipeline")
+    clip = load_clip(out / "clip")
+    # the pipeline's text encoder is the CLIP's, bit for bit: the UNet stage never changed it
+    text = load_file(str(out / "pipeline" / "text_encoder" / "model.safetensors"))
+    in_clip = {k[len("text_model.") :]: v for k, v in load_file(str(out / "clip" / "clip.safetensors")).items() if k.startswith("text_model.")}
+    assert text.keys() == in_clip.keys() and all(torch.equal(text[k], in_clip[k]) for k in text)
+    assert pipe.unet.config.cross_attention_dim == clip.text_model.config.hidden_size
+    # one tokenizer for both
+    assert pipe.tokenizer.get_vocab() == clip.tokenizer.get_vocab()
+
+    img = pipe(prompt=["a red hut on the grass"], num_inference_steps=2, height=32, width=32, output_type="pt").images
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    oracle = load_oracle(path=out)
+    assert oracle.world is SHAPEWORLD2 and oracle.reject["false_accept_rate"] == quick.reject_false_accept_rate
+    quality = json.loads((out / "quality.json").read_text())
+    assert 0.0 <= quality["oracle_reject"]["unknown_kinds_answered_none"] <= 1.0
+    assert quality["clip_gate"]["n_images"] == quality["gate"]["n_images"] == quick.gate_limit
+    assert quality["clip_gate"]["clip_score_renders"] >= 0.0
+
+
+def test_the_quality_benchmark_reads_the_second_world(quick_world2):
+    out, _ = quick_world2
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "shapeworld_quality.py"),
+        "--model", str(out / "pipeline"),
+        "--oracle", str(out),
+        "--limit", "6",
+        "--threads", "1",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["world"] == "shapeworld2" and line["n_images"] == 6
+    assert {"object", "color", "place", "object_per_class", "clip_score_ratio", "clip_style"} <= set(line)
+    assert set(line["object_per_class"]) <= set(SHAPEWORLD2.object_names)
