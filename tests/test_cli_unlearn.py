@@ -106,3 +106,19 @@ def test_inspect_refuses_damaged_edit_files(tiny_dir, tmp_path):  # noqa: F811
     trunc.write_bytes((out / "edit.safetensors").read_bytes()[:-7])
     _bad(["inspect", str(trunc)], tmp_path / "none", "truncated or not a FIA")
     _bad(["inspect", str(tmp_path / "missing.safetensors")], tmp_path / "none", "does not exist")
+
+
+def test_fia_family_on_shapeworld_starts_from_the_shapeworld_preset(tmp_path):
+    """Without --model the method runs on ShapeWorld with ShapeWorld's prompts and settings, as fia erase does."""
+    from fia.edit import load_edit
+    from fia.prompts import resolve_config
+
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["unlearn", "--method", "fia", "--concepts", "circle", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    mask = load_edit(out / "edit.safetensors")
+    preset = resolve_config("shapeworld", overrides={"variant": "paper"})
+    assert mask.method == "fia" and mask.config["task"] == "shapeworld"
+    assert {k: mask.config[k] for k in ("variant", "r2", "alpha", "saliency_steps")} == {
+        "variant": "paper", "r2": preset.r2, "alpha": preset.alpha, "saliency_steps": preset.saliency_steps
+    }

@@ -302,14 +302,25 @@ def inspect(
 
 
 # ---------------------------------------------------------------------- unlearn
-def _method_config(method: Any, path: Path | None) -> Any:
-    """``method``'s default config with the fields set in the YAML file ``path`` (validated later, by the plan)."""
+def _method_config(method: Any, path: Path | None, *, shapeworld: bool = False) -> Any:
+    """``method``'s default config with the fields set in the YAML file ``path`` (validated later, by the plan).
+
+    On ShapeWorld (``shapeworld``) an FIA-family config starts from the
+    ShapeWorld preset, keeping what makes the method what it is (variant,
+    saliency, selection, fusion), and a config with a prompt ``task`` uses
+    ShapeWorld's templates, as ``fia erase`` does.
+    """
     import dataclasses
 
-    from fia.config import check_known_fields
-    from fia.prompts import read_config_file
+    from fia.config import FIAConfig, check_known_fields
+    from fia.prompts import read_config_file, resolve_config
 
     config = method.default_config()
+    if shapeworld and isinstance(config, FIAConfig):
+        preset = {f: getattr(config, f) for f in ("variant", "saliency", "selection", "fusion")}
+        config = resolve_config("shapeworld", overrides=preset)
+    elif shapeworld and dataclasses.is_dataclass(config) and hasattr(config, "task"):
+        config = dataclasses.replace(config, task="shapeworld")
     if path is None:
         return config
     data = read_config_file(path)
@@ -346,7 +357,8 @@ def unlearn(
     from fia.progress import rich_bar
 
     # ---- check everything before loading the model and before writing anything
-    checked = plan(concepts, method, _method_config(get_method(method), config), preserve=preserve or ())
+    checked = plan(concepts, method, _method_config(get_method(method), config, shapeworld=model is None),
+                   preserve=preserve or ())  # fmt: skip
     _check_out_dir(out)
     parse_device(device)
     parse_dtype(dtype)

@@ -69,7 +69,7 @@ class Sizes:
     quality_images: int = 500
     tune_prompts_per_concept: int = 4
     tune_images_per_prompt: int = 4
-    esd_steps: int = 60
+    esd_steps: int = 200
     # F4's points besides x = 5 (T2 erases the first five objects) and x = 10 (T1)
     f4_sizes: tuple[int, ...] = (1,)
     candidates: int = 3
