@@ -35,6 +35,7 @@ import time
 import torch
 
 import fia
+from fia.bench.harness import oracle_evidence
 from fia.causal import causal_erase
 from fia.evaluate.suites import factor_cycle
 from fia.prompts import resolve_config
@@ -80,20 +81,6 @@ def accuracy(pipe, judges: dict, concept: str, images: int, others: int) -> dict
 def layer_shares(mask) -> dict[str, float]:
     total = max(1, mask.pruned)
     return {lm.name.replace(".transformer_blocks.0.ff.net.2", ""): round(lm.pruned / total, 2) for lm in mask.layers}
-
-
-def oracle_judge(pipe, oracle):
-    """Evidence read by the oracle: log p(prompt's shape) - mean log p(contrast shapes), decoded images."""
-    heads = list(oracle.HEADS["object"])
-
-    def judge(z, prompts, contrasts):
-        x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
-        logp = oracle((x.clamp(-1, 1) + 1) / 2)["object"].log_softmax(-1)
-        own = torch.tensor([heads.index(parse_prompt(p)["object"]) for p in prompts])
-        alt = torch.tensor([[heads.index(parse_prompt(c)["object"]) for c in cs] for cs in contrasts])
-        return (logp.gather(1, own[:, None])[:, 0] - logp.gather(1, alt).mean(1)).sum()
-
-    return judge
 
 
 def random_like(mask, weights: dict, seed: int):
@@ -154,7 +141,7 @@ def main() -> None:
         measure(f"paper FIA (r2 {r2})", pm)
         measure("random, paper's layer counts", random_like(pm, weights, seed=int(1e4 * s)))
         measure(f"causal (budget {s})", fia.erase(pipe, [args.concept], causal_cfg.replace(budget=s)))
-        judge = oracle_judge(pipe, oracle)
+        judge = oracle_evidence(pipe, oracle)
         for rounds in (1, 8):
             cfg = causal_cfg.replace(budget=s, rounds=rounds)
             m = causal_erase(pipe, [args.concept], cfg, found, target_kind="ffn2", judge=judge)

@@ -52,3 +52,4 @@ def test_paired_bootstrap_sees_a_paired_difference_an_unpaired_test_would_miss()
     assert d.low <= d.value <= d.high and d.excludes_zero
     with pytest.raises(ValueError):
         paired_bootstrap([1, 0], [1])
+

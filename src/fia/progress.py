@@ -26,21 +26,6 @@ def report(progress: Progress | None, done: int, total: int, message: str) -> No
         progress(int(done), int(total), message)
 
 
-def scaled(progress: Progress | None, offset: int, total: int) -> Progress | None:
-    """A :class:`Progress` for a sub-task that fills units ``offset .. offset + its total`` of ``total``.
-
-    A sub-task reports its own ``(done, sub_total)``; the parent sees
-    ``offset + done`` out of ``total`` (the sub-task's share of the units).
-    """
-    if progress is None:
-        return None
-
-    def inner(done: int, sub_total: int, message: str) -> None:
-        progress(offset + min(int(done), int(sub_total)), total, message)
-
-    return inner
-
-
 @contextmanager
 def rich_bar(description: str, console: Any = None, *, transient: bool = False) -> Iterator[Progress]:
     """A rich progress bar, as a :class:`Progress` (the CLI's display)."""
