@@ -119,7 +119,28 @@ def test_quick_run_writes_every_table(bench_module, tmp_path):
         assert f"| {m}" in md or "upper bound (uses the judge)" in md
     with Image.open(out / "f4_forgetting.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
+    _check_merge(bench_module, res)
     _check_wiring(bench_module, res, tmp_path)
+
+
+def _check_merge(bench_module, res):
+    """Re-measuring one method into a run recomputes its difference from the default from the stored outcomes."""
+    import copy
+
+    previous = copy.deepcopy(res)
+    for task in previous["results"]:
+        del previous["results"][task]["esd-x"]["vs_default"]
+    new = copy.deepcopy(res)
+    new["methods"] = ["esd-x"]
+    new["results"] = {t: {"esd-x": copy.deepcopy(by_method["esd-x"])} for t, by_method in res["results"].items()}
+    new["costs"] = {"esd-x": res["costs"]["esd-x"]}
+    new["tuning"] = {"esd-x": res["tuning"]["esd-x"]}
+    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == "esd-x"}
+    merged = bench_module.merge(previous, new)
+    for task, by_method in res["results"].items():
+        assert merged["results"][task]["esd-x"]["vs_default"] == by_method["esd-x"]["vs_default"], task
+    assert merged["robustness"]["rows"] == res["robustness"]["rows"]
+    assert merged["remeasured"][-1]["methods"] == ["esd-x"]
 
 
 def _check_wiring(bench_module, res, tmp_path):

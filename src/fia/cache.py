@@ -197,20 +197,13 @@ def _read(path: Path, header: str, expected: str) -> tuple[dict[str, Tensor], di
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            stored = meta.get(header)
-            if stored is None or _canonical(stored) != _canonical(expected):
+            # the header holds exactly the string written for this key (canonical JSON or the key hash)
+            if meta.get(header) != expected:
                 return None
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception:  # noqa: BLE001 - a damaged entry, whatever the damage, is recomputed
         return None
     return tensors, meta
-
-
-def _canonical(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def rounds_key(

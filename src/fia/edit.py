@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -120,7 +121,7 @@ def unpack(data: bytes, header_key: str, fmt: str, format_version: int) -> tuple
     return meta, tensors
 
 
-class EditFile:
+class EditFile(ABC):
     """Storage shared by the edit classes: one safetensors file, written atomically, compared by its bytes.
 
     A subclass names its header (``HEADER_KEY``, ``FORMAT``,
@@ -158,15 +159,18 @@ class EditFile:
             "fingerprint": self.fingerprint,
         }
 
+    @abstractmethod
     def _tensors(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The tensors the file stores, by name."""
 
+    @abstractmethod
     def metadata(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON header: :meth:`provenance` plus the class's own fields."""
 
     @classmethod
+    @abstractmethod
     def from_bytes(cls, data: bytes) -> Any:
-        raise NotImplementedError
+        """The edit stored in ``data`` (the bytes of :meth:`to_bytes`)."""
 
     @classmethod
     def unpack(cls, data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,8 +202,9 @@ class EditFile:
         except Exception as exc:
             raise FIAError(f"{cls.KIND} file {str(path)!r} is truncated or not a FIA {cls.KIND}; re-run {cls.COMMAND}") from exc
 
+    @abstractmethod
     def summary(self) -> str:
-        raise NotImplementedError
+        """Human-readable description: method, concepts, settings, size."""
 
     def __str__(self) -> str:
         return self.summary()

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from fia.bench.harness import JUDGES, Bench, headline, tune
-from fia.bench.intervals import intervals, outcomes, versus
+from fia.bench.intervals import intervals, outcomes, pack_hits, versus
 from fia.bench.report import edited as edited_value
 from fia.bench.report import fmt, markdown, merge, plot_f4
 from fia.bench.robustness import run_t5
@@ -134,6 +134,7 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
                 "headline": headline(task, metrics["oracle"]),
                 "judges": {judge: {"headline": headline(task, metrics[judge])} for judge in JUDGES},
                 "intervals": {judge: intervals(hits[method][judge], sizes.bootstrap) for judge in JUDGES},
+                "hits": {judge: pack_hits(hits[method][judge]) for judge in JUDGES},
                 "metrics": _jsonable(metrics["oracle"]),
                 "edit": info,
             }
@@ -181,7 +182,11 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
 
 
 def model_hash(pipe: Any) -> str:
-    """sha256 (first 16 hex digits) over the denoiser's weights: which model the figures are of."""
+    """sha256 (first 16 hex digits) over the denoiser's exact weights: which model the figures are of.
+
+    Not :func:`fia.mask.fingerprint_weights`, which rounds to float16 so that
+    a mask fits both precisions of a model; here every bit counts.
+    """
     import hashlib
 
     from fia.targets import denoiser

@@ -34,6 +34,16 @@ def outcomes(suite: Any, records: dict[str, dict]) -> dict[str, np.ndarray]:
     return {role: np.asarray(v) for role, v in out.items()}
 
 
+def pack_hits(hits: dict[str, np.ndarray]) -> dict[str, str]:
+    """Per role, the 0/1 outcomes as a string of digits (kept in the results so a later run can be compared)."""
+    return {role: "".join(str(int(v)) for v in x) for role, x in hits.items()}
+
+
+def unpack_hits(packed: dict[str, str]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`pack_hits`."""
+    return {role: np.array([float(c) for c in digits]) for role, digits in packed.items()}
+
+
 def overall(f: float, p: float) -> float:
     """Overall = 2 P (1 - F) / (P + 1 - F), 0 when both P and 1 - F are 0."""
     d = p + 1 - f

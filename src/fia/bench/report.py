@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from fia.bench.intervals import unpack_hits, versus
+from fia.bench.tasks import DEFAULT_FIA, UPPER_BOUND
 from fia.errors import FIAError
 from fia.io import atomic_write_bytes
 from fia.shapeworld.vocab import OBJECT_NAMES
@@ -51,8 +53,6 @@ def f4_points(r: dict[str, Any]) -> tuple[list[str], list[int]]:
 
 
 def _label(m: str) -> str:
-    from fia.bench.tasks import DEFAULT_FIA, UPPER_BOUND
-
     if m == UPPER_BOUND:
         return "upper bound (uses the judge)"
     if m == DEFAULT_FIA:
@@ -243,8 +243,20 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                     "the model, prompts or seeds changed since that run: rerun every method"
                 )
     out = json.loads(json.dumps(previous))
+    default, resamples = previous.get("default_fia"), previous.get("sizes", {}).get("bootstrap", 2000)
     for task, by_method in new["results"].items():
         out["results"][task].update(by_method)
+        # a re-measured method's difference from the default is computed against the default's stored outcomes
+        ref = out["results"][task].get(default, {}).get("hits")
+        for m, entry in by_method.items():
+            if m != default and ref and entry.get("hits"):
+                entry = out["results"][task][m]
+                entry["vs_default"] = {
+                    judge: versus(unpack_hits(entry["hits"][judge]), unpack_hits(ref[judge]), resamples) for judge in ref
+                }
+    if new.get("robustness") and previous.get("robustness"):
+        # the unedited model's row is the same in both runs (same model, prompts and seeds)
+        out["robustness"]["rows"].update({m: v for m, v in new["robustness"]["rows"].items() if m in new["methods"]})
     for m in new["methods"]:
         out["costs"][m] = new["costs"][m]
         if m in new["tuning"]:
