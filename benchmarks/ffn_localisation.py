@@ -1,8 +1,9 @@
-"""Where does the shipped ShapeWorld model keep an object, and which masks find it? A diagnostic.
+"""Where does a ShapeWorld model keep an object, and which masks find it? A diagnostic.
 
 FIA assumes that a concept lives in a few FFN2 weights. This script measures,
-for one object (circle by default), masks of the same sparsities (shares of
-all FFN2 weights) made five ways:
+for one object (circle by default) of the shipped world or of a world trained
+by ``fia shapeworld train`` (``--assets DIR``), masks of the same sparsities
+(shares of all FFN2 weights) made five ways:
 
 1. ``paper``: the paper's FIA (Eq. 1-8, the ShapeWorld preset with
    ``--variant paper``), at the r2 whose pruned share comes closest;
@@ -19,9 +20,12 @@ Plus two references: every FFN2 layer zeroed, every cross-attention output
 zeroed. Each mask is judged by the oracle and by the second judge on held-out
 prompts (the colour/place pairs of the evaluation split, never used to tune
 the variant) and seeds from 7,000; the table gives the concept's accuracy,
-the mean over the other nine shapes, and the mask's per-layer share.
+the mean over the world's other object kinds, and the mask's per-layer
+share. A judge with a reject option (the second world's) counts an image it
+answers "none" for as not showing the concept.
 
     python benchmarks/ffn_localisation.py [--concept circle] [--images 32] [--others 8]
+    python benchmarks/ffn_localisation.py --assets DIR --concept arrow --others 4 --out results/x.json
 
 Prints one table and ends with one JSON line of every figure.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,41 +44,39 @@ from fia.bench.harness import oracle_evidence
 from fia.causal import causal_erase
 from fia.evaluate.suites import factor_cycle
 from fia.prompts import resolve_config
-from fia.shapeworld import load_oracle, load_pipeline
+from fia.io import atomic_write_text
+from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import parse_prompt, prompt_for
-from fia.shapeworld.vocab import OBJECT_NAMES
 from fia.targets import find_targets
 
 SPARSITIES = (0.005, 0.01, 0.015)
 PAPER_R2 = (0.0025, 0.005, 0.01, 0.02, 0.03)
 
 
-def load_judges() -> dict:
-    judges = {"oracle": load_oracle()}
-    try:
-        from fia.shapeworld import load_second_judge
-
-        judges["judge2"] = load_second_judge()
-    except ImportError:
-        pass
-    return judges
+def load_judges(assets: Path | None) -> dict:
+    """The oracle and the second judge of the shipped world, or of a trained folder."""
+    if assets is None:
+        return {"oracle": load_oracle(), "judge2": load_second_judge()}
+    return {"oracle": load_oracle(path=assets), "judge2": load_second_judge(path=assets / "judge2")}
 
 
 def accuracy(pipe, judges: dict, concept: str, images: int, others: int) -> dict:
-    """Per judge: accuracy on the concept and the mean over the other shapes."""
+    """Per judge: accuracy on the concept and the mean over the other kinds."""
+    world = judges["oracle"].world
+    kinds = world.object_names
     prompts, seeds = [], []
-    for i, o in enumerate(OBJECT_NAMES):
+    for i, o in enumerate(kinds):
         n = images if o == concept else others
         prompts += [prompt_for(o, *factor_cycle(k, i, 0)) for k in range(n)]
         seeds += [7000 + 100 * i + k for k in range(n)]
     x = generate(pipe, prompts, seeds)
-    truth = [parse_prompt(p)["object"] for p in prompts]
+    truth = [parse_prompt(p, world)["object"] for p in prompts]
     out = {}
     for name, judge in judges.items():
-        pred = [judge.HEADS["object"][j] for j in judge.predict(x)["object"].argmax(-1).tolist()]
-        per = {o: sum(p == t for p, t in zip(pred, truth) if t == o) / truth.count(o) for o in OBJECT_NAMES}
-        kept = [per[o] for o in OBJECT_NAMES if o != concept]
+        pred = judge.labels(judge.predict(x))["object"]
+        per = {o: sum(p == t for p, t in zip(pred, truth) if t == o) / truth.count(o) for o in kinds}
+        kept = [per[o] for o in kinds if o != concept]
         out[name] = {"concept": round(per[concept], 3), "others": round(sum(kept) / len(kept), 3)}
     return out
 
@@ -101,17 +104,24 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32, help="images of the concept per mask")
     ap.add_argument("--others", type=int, default=8, help="images of each other shape per mask")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--assets", type=Path, default=None,
+                    help="a folder written by `fia shapeworld train` (pipeline/, oracle, judge2/); default: the shipped world")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON record here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    pipe, judges = load_pipeline(), load_judges()
+    pipe = load_pipeline(path=args.assets / "pipeline" if args.assets else None)
+    judges = load_judges(args.assets)
     oracle = judges["oracle"]
+    world = oracle.world
+    if args.concept not in world.object_names:
+        raise SystemExit(f"--concept {args.concept!r} is not an object kind of {world.name}: {', '.join(world.object_names)}")
     for p in oracle.parameters():
         p.requires_grad_(False)
     found = find_targets(pipe.unet, "ffn2")
     weights = {t.name: t.module.weight for t in found}
-    paper_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
-    causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal"})
+    paper_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": world.name})
+    causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": world.name})
     rows: list[dict] = []
 
     def measure(label: str, mask=None, zero: str | None = None) -> None:
@@ -133,7 +143,7 @@ def main() -> None:
         share = f"{100 * mask.pruned_share:5.2f} %" if mask is not None else "      "
         print(f"{label:34s} {share}  {figs}", flush=True)
 
-    print(f"{'mask':34s} {'pruned':7s}  judge: {args.concept} / other shapes")
+    print(f"{world.name}: {'mask':34s} {'pruned':7s}  judge: {args.concept} / other kinds")
     measure("unedited")
     paper = {r2: fia.erase(pipe, [args.concept], paper_cfg.replace(r2=r2)) for r2 in PAPER_R2}
     for s in SPARSITIES:
@@ -148,8 +158,13 @@ def main() -> None:
             measure(f"judge-guided, {rounds} round(s) (upper bound)", m)
     measure("every FFN2 layer zeroed", zero="ff.net.2")
     measure("every cross-attention out zeroed", zero="attn2.to_out.0")
-    print(json.dumps({"concept": args.concept, "images": args.images, "others_per_shape": args.others,
-                      "rows": rows, "seconds": round(time.time() - t0, 1)}))
+    record = {"world": world.name, "concept": args.concept, "images": args.images, "others_per_shape": args.others,
+              "rows": rows, "seconds": round(time.time() - t0, 1)}
+    if world.object_per_mille is not None:
+        record["concept_share_of_scenes"] = world.object_per_mille[args.concept] / 1000
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from torch import nn
 class StandInOracle(nn.Module):
     """Same interface as the ShapeWorld oracle, random weights, any image size."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, world: str = "shapeworld"):
         super().__init__()
-        from fia.shapeworld.vocab import COLORS, OBJECT_NAMES, PLACE_NAMES, STYLE_NAMES
+        from fia.shapeworld.vocab import COLORS, PLACE_NAMES, STYLE_NAMES, get_world
 
+        self.world = get_world(world)
         self.HEADS = {
-            "object": OBJECT_NAMES + ("none",),
+            "object": self.world.object_names + ("none",),
             "color": COLORS,
             "place": PLACE_NAMES,
             "style": STYLE_NAMES + ("none",),

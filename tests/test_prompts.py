@@ -161,3 +161,24 @@ def test_presets_ship_in_the_package_and_repo_configs_link_to_them():
 def test_overrides_match_case_insensitively():
     assert concept_value({"Van Gogh": 0.03}, "van gogh", 0.02) == 0.03
     assert concept_value({"Van Gogh": 0.03}, "Monet", 0.02) == 0.02
+
+
+def test_shapeworld_evidence_reads_the_configs_world():
+    """The causal variant's contrasts and anchors are the object kinds of the
+    model's world: a second-world kind (and its synonym) is a concept there,
+    and its contrasts are other second-world kinds."""
+    from fia.prompts import anchor_prompts, evidence_prompts, shapeworld_canonical
+
+    world2 = vocab.get_world("shapeworld2")
+    assert shapeworld_canonical(["toadstool", "disc", "zed"], "shapeworld2") == ["mushroom", "circle"]
+    assert shapeworld_canonical(["toadstool", "disc"]) == ["circle"]  # the first world has no mushroom
+    cfg = FIAConfig(task="shapeworld", world="shapeworld2", concept_prompts_per_concept=40, contrasts=3, anchor_prompts=64)
+    ev = evidence_prompts("toadstool", cfg)
+    named = {o for row in ev.contrasts for c in row for o in [c.split()[2]]}
+    assert named <= set(world2.object_names) - {"mushroom"}
+    assert named - set(vocab.OBJECT_NAMES)  # second-world kinds are among the contrasts
+    anchors = anchor_prompts(["mushroom"], cfg)
+    drawn = {p.split()[2] for p in anchors.prompts}
+    assert drawn == set(world2.object_names) - {"mushroom"}  # 64 prompts cycle through all 31 kept kinds
+    with pytest.raises(FIAError, match="unknown world"):
+        FIAConfig(task="shapeworld", world="shapeworld3").validate()

@@ -330,3 +330,94 @@ def test_the_quality_benchmark_reads_the_second_world(quick_world2):
     assert line["world"] == "shapeworld2" and line["n_images"] == 6
     assert {"object", "color", "place", "object_per_class", "clip_score_ratio", "clip_style"} <= set(line)
     assert set(line["object_per_class"]) <= set(SHAPEWORLD2.object_names)
+
+
+# ------------------------------------------------- suites in the second world
+
+
+def test_a_suite_in_the_second_world_with_the_clip_beside_the_judge(tmp_path):
+    """A judge of the second world builds the suites in that world (its kinds,
+    synonyms and held-out triples), and a CLIP beside it adds the CLIP score
+    and the CLIP style verdicts to every record and to the summary."""
+    from _eval_fixtures import StandInOracle
+
+    from fia.evaluate.judges import ShapeWorldJudge
+    from fia.evaluate.metrics import fsr
+    from fia.evaluate.suites import shapeworld_suite
+    from fia.shapeworld.clip import STYLE_LABELS, clip_style_probs
+
+    clip = _tiny_clip(tmp_path)
+    judge = ShapeWorldJudge(StandInOracle(world="shapeworld2"), clip=clip)
+    with pytest.raises(FIAError, match="trained on shapeworld2 but the judge on shapeworld"):
+        ShapeWorldJudge(StandInOracle(), clip=clip)
+
+    suite = shapeworld_suite("shapeworld-objects", judge, "toadstool", images_per_prompt=1, prompts_per_concept=2, quality_prompts=31)
+    assert suite.forget == ["mushroom"] and suite.preserve == [k for k in SHAPEWORLD2.object_names if k != "mushroom"]
+    assert {it.prompt.split()[2] for it in suite.items if it.role == "synonym"} == {"toadstool"}
+    quality = [it for it in suite.items if it.role == "quality"]
+    triples = set(SHAPEWORLD2.heldout_triples())
+    assert len(quality) == 31 and all(
+        (it.meta["factors"]["color"], it.meta["factors"]["object"], it.meta["factors"]["place"]) in triples for it in quality
+    )
+
+    # records from the judge itself, on random images; base and edited differ
+    g = torch.Generator().manual_seed(0)
+    records = {"base": {}, "edited": {}}
+    for variant in records:
+        images = torch.rand(len(suite.items), 3, 8, 8, generator=g)
+        for it, rec in zip(suite.items, judge.score(images, suite.items)):
+            records[variant][it.id] = rec
+        if variant == "edited":  # the CLIP score of one image, recomputed here by hand
+            k = 0
+            with torch.no_grad():
+                img = clip.encode_image(images[k : k + 1])
+                txt = clip.encode_text(clip.token_ids([suite.items[k].prompt]))
+            by_hand = 100 * max(float((img * txt).sum()), 0.0)
+            assert records["edited"][suite.items[k].id]["clip_score"] == pytest.approx(by_hand, abs=1e-3)
+    m = suite.summarize(suite.items, records)
+    for v in ("base", "edited"):
+        expect = sum(records[v][it.id]["clip_score"] for it in quality) / len(quality)
+        assert m["quality"]["clip_score"][v] == pytest.approx(expect)
+        own = [records[v][it.id]["clip_score"] for it in suite.items if it.group == "mushroom" and it.role == "forget"]
+        assert m["per_class"]["mushroom"]["clip_score"][v] == pytest.approx(sum(own) / len(own))
+
+    # the styles suite: CLIP accuracy and FSR on the CLIP's own probabilities
+    styles = shapeworld_suite("shapeworld-styles", judge, "Mondrio", images_per_prompt=1, prompts_per_concept=3, quality_prompts=2)
+    images = {v: torch.rand(len(styles.items), 3, 8, 8, generator=g) for v in ("base", "edited")}
+    recs = {v: dict(zip([it.id for it in styles.items], judge.score(images[v], styles.items))) for v in images}
+    sm = styles.summarize(styles.items, recs)
+    sel = [k for k, it in enumerate(styles.items) if it.group == "Mondrio" and it.role == "forget"]
+    prompts = [styles.items[k].prompt for k in sel]
+    j = STYLE_LABELS.index("Mondrio")
+    p = {v: clip_style_probs(clip, images[v][sel], prompts)[:, j].tolist() for v in images}
+    assert sm["per_class"]["Mondrio"]["clip_fsr"] == pytest.approx(fsr(p["base"], p["edited"]), abs=1e-5)
+    assert sm["summary"]["fsr_clip"] == sm["per_class"]["Mondrio"]["clip_fsr"]
+    verdicts = [STYLE_LABELS[int(r.argmax())] for r in clip_style_probs(clip, images["edited"][sel], prompts)]
+    assert sm["per_class"]["Mondrio"]["clip_accuracy"]["edited"] == pytest.approx(sum(x == "Mondrio" for x in verdicts) / len(sel))
+
+
+def test_second_world_suites_never_share_a_seed():
+    """Brute force: with 32 concept blocks, 32 synonym blocks and 128 held-out
+    triples of up to 100 images each, every image of a second-world suite has
+    its own seed, and the tuning split (seed 1,000,000, shift 1) shares none."""
+    from _eval_fixtures import StandInOracle
+
+    from fia.evaluate.judges import ShapeWorldJudge
+    from fia.evaluate.suites import shapeworld_suite
+    from fia.evaluate.suites.seeds import SPLIT_SEED_SPAN
+
+    judge = ShapeWorldJudge(StandInOracle(world="shapeworld2"))
+    every = list(SHAPEWORLD2.object_names)
+    kw = dict(images_per_prompt=10, prompts_per_concept=100, quality_prompts=100, quality_images_per_prompt=100)
+    a = shapeworld_suite("shapeworld-objects", judge, every[:16], every[16:], **kw)
+    b = shapeworld_suite("shapeworld-objects", judge, every[:16], every[16:], seed=SPLIT_SEED_SPAN, prompt_shift=1, **kw)
+    seeds_a = [it.seed for it in a.items]
+    quality = [it for it in a.items if it.role == "quality"]
+    # the kept kinds' 4 triples each, among them triples 100..127 (past one block's 100 prompts)
+    assert len(quality) == 16 * 4 * 100 and every[-1] in {it.meta["factors"]["object"] for it in quality}
+    assert len(set(seeds_a)) == len(seeds_a)
+    assert not set(seeds_a) & {it.seed for it in b.items}
+    places = shapeworld_suite("shapeworld-objects", judge, every, images_per_prompt=10, prompts_per_concept=100,
+                              quality_prompts=100, quality_images_per_prompt=100)  # fmt: skip
+    seeds_p = [it.seed for it in places.items]
+    assert len(set(seeds_p)) == len(seeds_p) and any(it.prompt == "the grass" for it in places.items)

@@ -79,6 +79,10 @@ class FIAConfig:
             schedule) at which the evidence compares denoising errors.
         anchors: causal: concepts that must stay; empty means the task's
             default (ShapeWorld: every shape not erased).
+        world: ShapeWorld only: the vocabulary of the model being edited
+            (``shapeworld`` or ``shapeworld2``, see
+            :mod:`fia.shapeworld.vocab`); its object kinds are the contrasts
+            and default anchors of the causal variant.
     """
 
     task: str = "object"
@@ -98,6 +102,7 @@ class FIAConfig:
     eps: float = 1e-8
     selection: Literal["both", "channel", "layer"] = "both"
     fusion: Literal["fia", "union"] = "fia"
+    world: str = "shapeworld"
     variant: Literal["paper", "causal"] = "paper"
     budget: float = 0.0075
     rounds: int = 8
@@ -155,6 +160,10 @@ class FIAConfig:
         """Raise :class:`FIAError` naming the first bad value and its fix."""
         if self.task not in TASKS:
             raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
+        from fia.shapeworld.vocab import WORLDS
+
+        if self.world not in WORLDS:
+            raise FIAError(f"unknown world {self.world!r}; use one of: {', '.join(WORLDS)}")
         for name in ("r1", "r2", "alpha"):
             check_fraction(name, getattr(self, name))
         for name in ("r1_overrides", "r2_overrides"):

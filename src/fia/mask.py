@@ -58,6 +58,7 @@ _SUMMARY_KEYS = (
 )
 _CAUSAL_SUMMARY_KEYS = (
     "task",
+    "world",
     "variant",
     "budget",
     "rounds",

@@ -327,9 +327,10 @@ def _sw_text(obj: str, color: str, place: str, style: str | None = None, attribu
     return prompt_for(obj, color, place, style=style, attribute=attribute)
 
 
-def shapeworld_canonical(names: Sequence[str]) -> list[str]:
-    """ShapeWorld object names with synonyms mapped to their shape ('disc' -> 'circle'); others dropped."""
-    canon = {n: n for n in vocab.OBJECT_NAMES} | {s: n for n, syns in vocab.OBJECTS.items() for s in syns}
+def shapeworld_canonical(names: Sequence[str], world: str | vocab.World = "shapeworld") -> list[str]:
+    """Object names of ``world`` with synonyms mapped to their kind ('disc' -> 'circle'); others dropped."""
+    w = vocab.get_world(world)
+    canon = {n: n for n in w.object_names} | w.synonym_map()
     return list(dict.fromkeys(canon[n.casefold()] for n in names if n.casefold() in canon))
 
 
@@ -349,9 +350,9 @@ def _shapeworld_evidence(concept: str, config: FIAConfig) -> EvidencePrompts:
     scene without it: the evidence is about the concept, not the scene.
     """
     n, m = config.concept_prompts_per_concept, config.contrasts
-    shapes = vocab.OBJECT_NAMES
+    shapes = vocab.get_world(config.world).object_names
     style, attribute = _sw_style(concept), _sw_attribute(concept)
-    own = shapeworld_canonical([concept])
+    own = shapeworld_canonical([concept], config.world)
     prompts, seeds, contrasts = [], [], []
     for k in range(n):
         color, place = _sw_scene(k)
@@ -375,9 +376,10 @@ def _shapeworld_evidence(concept: str, config: FIAConfig) -> EvidencePrompts:
 
 def _shapeworld_anchors(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts | None:
     """Kept shapes in plain scenes, plus kept styles when a style is erased (``config.anchors`` narrows the shapes)."""
-    gone = set(shapeworld_canonical(erased))
+    shapes = vocab.get_world(config.world).object_names
+    gone = set(shapeworld_canonical(erased, config.world))
     gone_styles = {s for s in map(_sw_style, erased) if s is not None}
-    kept = shapeworld_canonical(config.anchors) if config.anchors else list(vocab.OBJECT_NAMES)
+    kept = shapeworld_canonical(config.anchors, config.world) if config.anchors else list(shapes)
     kept = [o for o in kept if o not in gone]
     kept_styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles] if gone_styles else []
     specs = [(o, None) for o in kept] + [(None, s) for s in kept_styles]
@@ -389,11 +391,11 @@ def _shapeworld_anchors(erased: Sequence[str], config: FIAConfig) -> EvidencePro
         color, place = _sw_scene(k)
         obj, style = specs[k % len(specs)]
         if style is None:
-            rest = [o for o in vocab.OBJECT_NAMES if o != obj]
+            rest = [o for o in shapes if o != obj]
             prompts.append(_sw_text(obj, color, place))
             row = [_sw_text(rest[(k + j) % len(rest)], color, place) for j in range(m)]
         else:
-            shape = vocab.OBJECT_NAMES[k % len(vocab.OBJECT_NAMES)]
+            shape = shapes[k % len(shapes)]
             others = [None] + [s for s in vocab.STYLE_NAMES if s != style]
             prompts.append(_sw_text(shape, color, place, style=style))
             row = [_sw_text(shape, color, place, style=others[j % len(others)]) for j in range(m)]

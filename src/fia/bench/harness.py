@@ -41,6 +41,7 @@ from fia.methods import get_method, unlearn
 from fia.prompts import resolve_config
 from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline, load_second_judge
 from fia.shapeworld.render import parse_prompt
+from fia.shapeworld.vocab import SHAPEWORLD
 
 # FIAConfig fields that make an FIA family member what it is (its registered preset)
 _FIA_PRESET_FIELDS = ("saliency", "selection", "fusion")
@@ -62,8 +63,9 @@ def oracle_evidence(pipe: Any, oracle: Any) -> Callable:
     def evidence(z, prompts, contrasts):
         x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
         logp = oracle((x.clamp(-1, 1) + 1) / 2)["object"].log_softmax(-1)
-        own = torch.tensor([heads.index(parse_prompt(p)["object"]) for p in prompts])
-        alt = torch.tensor([[heads.index(parse_prompt(c)["object"]) for c in cs] for cs in contrasts])
+        world = getattr(oracle, "world", SHAPEWORLD)
+        own = torch.tensor([heads.index(parse_prompt(p, world)["object"]) for p in prompts])
+        alt = torch.tensor([[heads.index(parse_prompt(c, world)["object"]) for c in cs] for cs in contrasts])
         return (logp.gather(1, own[:, None])[:, 0] - logp.gather(1, alt).mean(1)).sum()
 
     return evidence

@@ -29,14 +29,29 @@ def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--r
     return torch.tensor(feats, dtype=torch.float64)
 
 
-def _load_oracle(device: str) -> Any:
+def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
+    if folder is not None and not (Path(folder) / "oracle_config.json").is_file():
+        raise FIAError(
+            f"--shapeworld {folder} holds no ShapeWorld oracle (oracle_config.json); pass the --out folder "
+            "of `fia shapeworld train`"
+        )
     try:
-        return shapeworld.load_oracle(device)
+        return shapeworld.load_oracle(device, path=folder)
     except OSError as exc:
         raise FIAError(
             f"the ShapeWorld oracle could not be loaded ({type(exc).__name__}: {exc}); "
             "reinstall forget-it-all with its ShapeWorld assets"
         ) from exc
+
+
+def _load_shapeworld_clip(device: str, folder: str | Path | None) -> Any:
+    """The ShapeWorld CLIP beside the oracle (``clip/``), or None when the world has none (the first world)."""
+    clip_dir = Path(folder) / "clip" if folder is not None else shapeworld.assets_path() / "clip"
+    if not (clip_dir / "clip_config.json").is_file():
+        return None
+    from fia.shapeworld.clip import load_clip
+
+    return load_clip(clip_dir, device=device)
 
 
 def build_suite(
@@ -55,8 +70,14 @@ def build_suite(
     reference: str | Path | None = None,
     device: str = "cpu",
     oracle: Any = None,
+    shapeworld_dir: str | Path | None = None,
 ) -> suites.Suite:
     """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``).
+
+    ShapeWorld suites are judged by the oracle of ``shapeworld_dir`` (a folder
+    written by ``fia shapeworld train``) or of the shipped world, in that
+    oracle's world; when the world has a CLIP (``clip/`` beside the oracle),
+    its CLIP score and style verdicts join the records.
 
     Real-model suites read ``prompts``, or the public prompt set shipped with
     the package when it is not given (see :func:`fia.evaluate.suites.prompt_files_for`).
@@ -64,8 +85,8 @@ def build_suite(
     if name not in suites.SUITES:
         raise FIAError(f"unknown suite {name!r}; use one of: {', '.join(suites.SUITES)}")
     if name in suites.SHAPEWORLD_SUITES:
-        oracle = oracle if oracle is not None else _load_oracle(device)
-        judge = judges.ShapeWorldJudge(oracle, device)
+        oracle = oracle if oracle is not None else _load_oracle(device, shapeworld_dir)
+        judge = judges.ShapeWorldJudge(oracle, device, clip=_load_shapeworld_clip(device, shapeworld_dir))
 
         def reference_features(factors):
             # 4 renders per quality image: a reference 4x larger than each generated set

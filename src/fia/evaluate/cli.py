@@ -50,6 +50,7 @@ def evaluate(
     prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),
     clip: Optional[Path] = typer.Option(None, "--clip", help="CLIP model folder (artists, coco)."),
+    shapeworld_dir: Optional[Path] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a folder written by `fia shapeworld train` whose oracle (and CLIP, if it has one) judge (default: the shipped world's)."),
     fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="TorchScript feature extractor for FID (coco; default CLIP image embeddings)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of real images for FID (coco)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (ShapeWorld default from the model, else 50)."),
@@ -72,7 +73,7 @@ def evaluate(
 
 def _evaluate(
     suite, out, mask, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
-    prompts_per_concept, classifier, clip, fid_features, reference, steps, guidance, height, width,
+    prompts_per_concept, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
     batch_size, device, dtype, overwrite, no_report,
 ) -> None:  # fmt: skip
     from accelerate import PartialState
@@ -93,6 +94,14 @@ def _evaluate(
     if suite in REAL_SUITES and model is None:
         raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
 
+    if shapeworld_dir is not None:
+        if suite not in SHAPEWORLD_SUITES:
+            raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
+        if not shapeworld_dir.is_dir():
+            raise FIAError(f"--shapeworld {shapeworld_dir} is not a folder; pass the --out folder of `fia shapeworld train`")
+        if model is None and (shapeworld_dir / "pipeline" / "model_index.json").is_file():
+            model = str(shapeworld_dir / "pipeline")  # the world's own model, unless --model says otherwise
+
     state = PartialState(cpu=_use_cpu(device))
     dev = device or str(state.device)
     say = (lambda msg: typer.echo(msg, err=True)) if state.is_main_process else (lambda msg: None)
@@ -110,6 +119,7 @@ def _evaluate(
         suite, forget=forget, preserve=preserve, images_per_prompt=images_per_prompt, seed=seed,
         prompts=prompts, max_prompts=max_prompts, prompts_per_concept=prompts_per_concept,
         classifier=classifier, clip=clip, fid_features=fid_features, reference=reference, device=dev,
+        shapeworld_dir=shapeworld_dir,
     )  # fmt: skip
     base_pipe = load_pipeline(model, dev, dtype)
     mask_obj, edited_pipe = None, None

@@ -103,15 +103,26 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 class ShapeWorldJudge:
     """A ShapeWorld judge (the oracle, or the second judge): class
-    probabilities of every head, and features."""
+    probabilities of every head, and features. With a ShapeWorld CLIP
+    (:mod:`fia.shapeworld.clip`) each record also carries the image's CLIP
+    score against its prompt and the CLIP style judge's verdict and
+    probabilities, read beside the judge's own."""
 
     name = "shapeworld-oracle"
 
-    def __init__(self, oracle: Any, device: str = "cpu"):
-        self.oracle, self.device = oracle, device
+    def __init__(self, oracle: Any, device: str = "cpu", clip: Any = None):
+        self.oracle, self.device, self.clip = oracle, device, clip
         # any ShapeWorld judge fits ("shapeworld-judge2" for the second one)
         self.name = f"shapeworld-{getattr(oracle, 'name', 'oracle')}"
         self.heads: dict[str, tuple[str, ...]] = {h: tuple(v) for h, v in oracle.HEADS.items()}
+        from fia.shapeworld.vocab import SHAPEWORLD
+
+        self.world = getattr(oracle, "world", SHAPEWORLD)
+        if clip is not None and clip.world is not self.world:
+            raise FIAError(
+                f"the CLIP was trained on {clip.world.name} but the judge on {self.world.name}; "
+                "pass the CLIP and the oracle of the same world"
+            )
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, items: Sequence[EvalItem], paths=None) -> list[dict]:
@@ -127,6 +138,16 @@ class ShapeWorldJudge:
                 rec["prob"][head] = [round(float(v), 6) for v in p]
             rec["_features"] = feats[k].tolist()
             records.append(rec)
+        if self.clip is not None:
+            from fia.shapeworld.clip import STYLE_LABELS, clip_style_probs
+            from fia.shapeworld.clip import clip_score as shapeworld_clip_score
+
+            prompts = [it.prompt for it in items]
+            scores = shapeworld_clip_score(self.clip, x, prompts)
+            style = clip_style_probs(self.clip, x, prompts).double()
+            for k, rec in enumerate(records):
+                rec["clip_score"] = round(float(scores[k]), 4)
+                rec["clip_style"] = {"pred": STYLE_LABELS[int(style[k].argmax())], "prob": [round(float(v), 6) for v in style[k]]}
         return records
 
 

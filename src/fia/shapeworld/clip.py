@@ -195,11 +195,14 @@ STYLE_LABELS: tuple[str, ...] = STYLE_NAMES + ("none",)
 
 
 @torch.no_grad()
-def clip_styles(clip: ShapeWorldCLIP, images: torch.Tensor, prompts: Sequence[str]) -> list[str]:
-    """The zero-shot CLIP style judge: for each image, the label in
-    :data:`STYLE_LABELS` whose caption scores highest. The candidate captions
-    name what the image's prompt names (object, colour, place, attribute)
-    with each style in turn, and without one ("none")."""
+def clip_style_probs(clip: ShapeWorldCLIP, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """The zero-shot CLIP style judge's probabilities (N, S + 1), labels in
+    :data:`STYLE_LABELS` order: a softmax at the CLIP's learned scale over the
+    cosines with candidate captions that name what the image's prompt names
+    (object, colour, place, attribute) with each style in turn, and without
+    one ("none")."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     candidates: dict[str, torch.Tensor] = {}  # prompt -> its candidates' embeddings (S + 1, D)
     for prompt in dict.fromkeys(prompts):
         f = parse_prompt(prompt, clip.world)
@@ -207,5 +210,15 @@ def clip_styles(clip: ShapeWorldCLIP, images: torch.Tensor, prompts: Sequence[st
         captions = [prompt_for(*named, style=style, attribute=f.get("attribute")) for style in STYLE_LABELS[:-1]]
         captions.append(prompt_for(*named, attribute=f.get("attribute")))
         candidates[prompt] = clip.encode_text(clip.token_ids(captions))
+    if not len(images):
+        return torch.zeros(0, len(STYLE_LABELS))
     img = torch.cat([clip.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)])
-    return [STYLE_LABELS[int((candidates[p] @ img[k]).argmax())] for k, p in enumerate(prompts)]
+    cos = torch.stack([candidates[p] @ img[k] for k, p in enumerate(prompts)])
+    return (clip.scale() * cos).softmax(-1).cpu()
+
+
+def clip_styles(clip: ShapeWorldCLIP, images: torch.Tensor, prompts: Sequence[str]) -> list[str]:
+    """The zero-shot CLIP style judge's verdicts: for each image, the label in
+    :data:`STYLE_LABELS` whose caption scores highest (see :func:`clip_style_probs`)."""
+    probs = clip_style_probs(clip, images, prompts)
+    return [STYLE_LABELS[int(k)] for k in probs.argmax(-1).tolist()]

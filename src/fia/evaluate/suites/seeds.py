@@ -27,6 +27,8 @@ its images 10..19 from the next block, and so on, for at most
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fia.errors import FIAError
 
 MAX_IMAGES_PER_PROMPT = 10  # j < 10: the last digit
@@ -43,6 +45,43 @@ PLACE_QUALITY_OFFSET = 60
 # block's offset on (QUALITY_OFFSET .. 59, PLACE_QUALITY_OFFSET .. 69), so no
 # quality image shares a block with another kind of prompt
 QUALITY_BLOCKS = 10
+
+
+@dataclass(frozen=True)
+class BlockOffsets:
+    """Where a suite's synonym and quality blocks start (concept ``i`` is block ``i``).
+
+    The first world's ten kinds use the offsets above. A world with more
+    kinds (the second world's 32) has up to 32 concept blocks, so its
+    synonyms start at 100, and its held-out triples (128: more than the 100
+    prompts of one block) take a second run of ``QUALITY_BLOCKS`` blocks for
+    triples 100 and up: quality at 200..219, places at 300..309.
+    """
+
+    synonym: int
+    quality: int
+    place_quality: int
+
+    def quality_block(self, first: int, prompt_index: int, image_index: int) -> tuple[int, int, int]:
+        """(offset, prompt index, image index) of a quality image: prompts
+        ``100 * r + k`` use run ``r`` of ``QUALITY_BLOCKS`` blocks from ``first``,
+        image ``m`` the ``m // 10``-th block of that run."""
+        run, k = divmod(prompt_index, MAX_PROMPTS_PER_BLOCK)
+        block, j = divmod(image_index, MAX_IMAGES_PER_PROMPT)
+        return first + QUALITY_BLOCKS * run + block, k, j
+
+
+FIRST_WORLD_OFFSETS = BlockOffsets(SYNONYM_OFFSET, QUALITY_OFFSET, PLACE_QUALITY_OFFSET)
+WIDE_WORLD_OFFSETS = BlockOffsets(100, 200, 300)
+
+
+def offsets_for(n_kinds: int) -> BlockOffsets:
+    """The block offsets of a world with ``n_kinds`` object kinds."""
+    if n_kinds <= 10:
+        return FIRST_WORLD_OFFSETS
+    if n_kinds <= 100:
+        return WIDE_WORLD_OFFSETS
+    raise FIAError(f"a ShapeWorld world with {n_kinds} kinds has more concept blocks than the seeding rule keeps apart")
 
 
 def split_seed(seed_base: int, offset: int, prompt_index: int, image_index: int) -> int:

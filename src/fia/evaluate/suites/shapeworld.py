@@ -8,6 +8,13 @@
   of oracle features to renders of the scenes those prompts name (ShapeWorld
   FID) and prompt fidelity (oracle agreement with every factor the prompt
   names).
+* with a ShapeWorld CLIP beside the judge (the second world ships one), the
+  CLIP score of every image against its prompt (per concept and on the
+  quality prompts), and in the styles suite a second style verdict, the
+  CLIP's zero-shot one, with its own accuracy and FSR.
+
+A suite is built in the world of its judge (``judge.world``): the first
+world's ten shapes, or the second world's 32 kinds.
 
 The three suites differ only in what :data:`FAMILIES` says about them; one
 builder, :func:`shapeworld_suite`, makes all three. Prompts follow the
@@ -40,25 +47,19 @@ from fia.evaluate.suites.seeds import (
     MAX_PROMPTS_PER_BLOCK,
     PLACE_QUALITY_OFFSET,
     QUALITY_BLOCKS,
-    QUALITY_OFFSET,
-    SYNONYM_OFFSET,
+    FIRST_WORLD_OFFSETS,
     check_count,
+    offsets_for,
     split_seed,
 )
-from fia.shapeworld.render import (
-    HELDOUT_TRIPLES,
-    parse_prompt,
-    prompt_for,
-    render,
-    sample_scene,
-)
+from fia.shapeworld.render import parse_prompt, prompt_for, render, sample_scene
 from fia.shapeworld.vocab import (
     ATTRIBUTE_NAMES,
     COLORS,
-    OBJECT_NAMES,
-    OBJECTS,
     PLACE_NAMES,
+    SHAPEWORLD,
     STYLE_NAMES,
+    World,
     base_phrase,
 )
 
@@ -101,6 +102,7 @@ def _prompt_block(
     extra: Mapping[str, str],
     shift: int,
     word: str | None = None,
+    world: World = SHAPEWORLD,
 ) -> list[EvalItem]:
     """``prompts`` prompts x ``images`` seeds of one block; factors cycle by :func:`factor_cycle`.
 
@@ -112,7 +114,7 @@ def _prompt_block(
         color, place = factor_cycle(k, offset, shift)
         factors = {"object": objects[k % len(objects)], "color": color, "place": place, **extra}
         text = _prompt(factors, word)
-        if word is None and parse_prompt(text) != factors:
+        if word is None and parse_prompt(text, world) != factors:
             raise AssertionError(f"prompt {text!r} does not name {factors}")
         for j in range(images):
             seed = split_seed(seed_base, offset, k, j)
@@ -121,35 +123,37 @@ def _prompt_block(
 
 
 def _quality_seed(seed_base: int, first_offset: int, k: int, m: int) -> int:
-    # image m of quality prompt k: ten images per block, then the next block
-    # (QUALITY_OFFSET and PLACE_QUALITY_OFFSET are ten blocks apart)
-    return split_seed(seed_base, first_offset + m // MAX_IMAGES_PER_PROMPT, k, m % MAX_IMAGES_PER_PROMPT)
+    # image m of quality prompt k: ten images per block, then the next block;
+    # prompts from 100 on take the next run of blocks (BlockOffsets.quality_block)
+    return split_seed(seed_base, *FIRST_WORLD_OFFSETS.quality_block(first_offset, k, m))
 
 
-def _heldout_items(objects: Sequence[str], n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
-    """Quality prompts from ShapeWorld's held-out (colour, object, place) triples that draw ``objects``."""
+def _heldout_items(
+    objects: Sequence[str], n_prompts: int, images: int, seed_base: int, world: World = SHAPEWORLD
+) -> list[EvalItem]:
+    """Quality prompts from the world's held-out (colour, object, place) triples that draw ``objects``."""
     per_object = max(1, -(-n_prompts // max(1, len(objects))))
     out, taken = [], {o: 0 for o in objects}
-    for i, (color, obj, place) in enumerate(HELDOUT_TRIPLES):
+    for i, (color, obj, place) in enumerate(world.heldout_triples()):
         if obj not in taken or taken[obj] >= per_object:
             continue
         taken[obj] += 1
         factors = {"object": obj, "color": color, "place": place}
         text = _prompt(factors)
         for j in range(images):
-            seed = _quality_seed(seed_base, QUALITY_OFFSET, i, j)
+            seed = _quality_seed(seed_base, offsets_for(len(world.objects)).quality, i, j)
             out.append(EvalItem("", text, seed, "quality", "quality", meta={"factors": factors}))
     return out
 
 
-def _place_items(n_prompts: int, images: int, seed_base: int) -> list[EvalItem]:
+def _place_items(n_prompts: int, images: int, seed_base: int, first_offset: int = PLACE_QUALITY_OFFSET) -> list[EvalItem]:
     """Quality prompts without an object ('the grass'), cycling over the places."""
     out = []
     for i in range(n_prompts):
         place = PLACE_NAMES[i % len(PLACE_NAMES)]
         factors = {"object": "none", "place": place}
         for j in range(images):
-            seed = _quality_seed(seed_base, PLACE_QUALITY_OFFSET, i, j)
+            seed = _quality_seed(seed_base, first_offset, i, j)
             out.append(EvalItem("", base_phrase(place), seed, "quality", "quality", meta={"factors": factors}))
     return out
 
@@ -159,8 +163,18 @@ def _concept_items(items: list[EvalItem], concept: str) -> list[EvalItem]:
     return [it for it in items if it.group == concept and it.role in ("forget", "preserve")]
 
 
+def _has_clip(records: Records) -> bool:
+    """Whether the records carry the CLIP's figures (a judge with a CLIP made them)."""
+    return any("clip_score" in rec for rec in records["base"].values())
+
+
+def _clip_score(records: Records, sel: list[EvalItem]) -> dict[str, float | None]:
+    return mean_per_variant(records, sel, lambda r: r["clip_score"])
+
+
 def _per_class_accuracy(items: list[EvalItem], records: Records, head: str, concepts: list[str]) -> dict[str, dict]:
-    """For each concept: its role, image count and the share of images the oracle's ``head`` names it."""
+    """For each concept: its role, image count and the share of images the oracle's ``head`` names it
+    (and, with a CLIP, the mean CLIP score of its images against their prompts)."""
     per_class = {}
     for concept in concepts:
         sel = _concept_items(items, concept)
@@ -169,6 +183,8 @@ def _per_class_accuracy(items: list[EvalItem], records: Records, head: str, conc
             "n": len(sel),
             **mean_per_variant(records, sel, lambda r, c=concept: float(r["pred"][head] == c)),
         }
+        if _has_clip(records):
+            per_class[concept]["clip_score"] = _clip_score(records, sel)
     return per_class
 
 
@@ -180,7 +196,7 @@ def _object_numbers(items: list[EvalItem], records: Records, forget: list[str], 
     for obj in forget:
         sel = [it for it in items if it.role == "synonym" and it.group == obj]
         accuracy = mean_per_variant(records, sel, lambda r, c=obj: float(r["pred"]["object"] == c))
-        synonyms[obj] = {"words": list(OBJECTS[obj]), "n": len(sel), **accuracy}
+        synonyms[obj] = {"words": list(getattr(judge, "world", SHAPEWORLD).objects[obj]), "n": len(sel), **accuracy}
     summary["synonym_accuracy"] = {v: mean(s[v] for s in synonyms.values() if s[v] is not None) for v in VARIANTS}
     return {"per_class": per_class, "summary": summary, "synonyms": synonyms}
 
@@ -199,6 +215,19 @@ def _style_numbers(items: list[EvalItem], records: Records, forget: list[str], p
         per_class[style]["mean_prob"] = {"base": mean(base), "edited": mean(edited)}
     summary["fsr"] = mean(per_class[s]["fsr"] for s in forget)
     summary["fsr_preserve"] = mean(per_class[s]["fsr"] for s in preserve)
+    if _has_clip(records):  # the CLIP's zero-shot style verdicts, a second judge of the same images
+        from fia.shapeworld.clip import STYLE_LABELS
+
+        for style in forget + preserve:
+            sel, k = _concept_items(items, style), STYLE_LABELS.index(style)
+            base = [records["base"][it.id]["clip_style"]["prob"][k] for it in sel]
+            edited = [records["edited"][it.id]["clip_style"]["prob"][k] for it in sel]
+            per_class[style]["clip_accuracy"] = mean_per_variant(
+                records, sel, lambda r, c=style: float(r["clip_style"]["pred"] == c)
+            )
+            per_class[style]["clip_fsr"] = fsr(base, edited)
+        summary["fsr_clip"] = mean(per_class[s]["clip_fsr"] for s in forget)
+        summary["fsr_clip_preserve"] = mean(per_class[s]["clip_fsr"] for s in preserve)
     return {"per_class": per_class, "summary": summary}
 
 
@@ -236,6 +265,8 @@ def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | 
     q = [it for it in items if it.role == "quality"]
     out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
     out["prompt_fidelity"] = {v: mean(_fidelity(records[v][it.id], it.meta["factors"]) for it in q) for v in VARIANTS}
+    if _has_clip(records):
+        out["clip_score"] = _clip_score(records, q)
     if reference is not None and len(q) >= 2:
         out["fid"], out["kid"], out["kid_std"] = {}, {}, {}
         for v in VARIANTS:
@@ -261,7 +292,10 @@ def shapeworld_reference_features(
     for f in factors:
         for _ in range(per_prompt):
             obj = None if f["object"] == "none" else f["object"]
-            scene = sample_scene(rng, object=obj, color=f.get("color"), place=f["place"], style=None, attribute=None)
+            scene = sample_scene(
+                rng, object=obj, color=f.get("color"), place=f["place"], style=None, attribute=None,
+                world=getattr(oracle, "world", SHAPEWORLD),
+            )  # fmt: skip
             imgs.append(render(scene))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
@@ -294,41 +328,47 @@ def _lower(names: Sequence[str]) -> dict[str, str]:
     return {n.lower(): n for n in names}
 
 
-FAMILIES: dict[str, Family] = {
-    "shapeworld-objects": Family(
-        kind="object",
-        names=OBJECT_NAMES,
-        spellings=_lower(OBJECT_NAMES) | {s: name for name, syns in OBJECTS.items() for s in syns},
-        forget_example="circle, star",
-        has_kept_concepts=True,
-        concept_factor=None,
-        covers_every_object=False,
-        tests_synonyms=True,
-        numbers=_object_numbers,
-    ),
-    "shapeworld-styles": Family(
-        kind="style",
-        names=STYLE_NAMES,
-        spellings=_lower(STYLE_NAMES),
-        forget_example="Ovalli",
-        has_kept_concepts=True,
-        concept_factor="style",
-        covers_every_object=False,
-        tests_synonyms=False,
-        numbers=_style_numbers,
-    ),
-    "shapeworld-attribute": Family(
-        kind="attribute",
-        names=ATTRIBUTE_NAMES,
-        spellings=_lower(ATTRIBUTE_NAMES),
-        forget_example=None,
-        has_kept_concepts=False,
-        concept_factor="attribute",
-        covers_every_object=True,
-        tests_synonyms=False,
-        numbers=_attribute_numbers,
-    ),
-}
+def families(world: World) -> dict[str, Family]:
+    """The three suites' table in ``world`` (only the objects family depends on it)."""
+    objects = world.object_names
+    return {
+        "shapeworld-objects": Family(
+            kind="object",
+            names=objects,
+            spellings=_lower(objects) | world.synonym_map(),
+            forget_example="circle, star",
+            has_kept_concepts=True,
+            concept_factor=None,
+            covers_every_object=False,
+            tests_synonyms=True,
+            numbers=_object_numbers,
+        ),
+        "shapeworld-styles": Family(
+            kind="style",
+            names=STYLE_NAMES,
+            spellings=_lower(STYLE_NAMES),
+            forget_example="Ovalli",
+            has_kept_concepts=True,
+            concept_factor="style",
+            covers_every_object=False,
+            tests_synonyms=False,
+            numbers=_style_numbers,
+        ),
+        "shapeworld-attribute": Family(
+            kind="attribute",
+            names=ATTRIBUTE_NAMES,
+            spellings=_lower(ATTRIBUTE_NAMES),
+            forget_example=None,
+            has_kept_concepts=False,
+            concept_factor="attribute",
+            covers_every_object=True,
+            tests_synonyms=False,
+            numbers=_attribute_numbers,
+        ),
+    }
+
+
+FAMILIES: dict[str, Family] = families(SHAPEWORLD)
 
 
 def _canonical(family: Family, names: list[str]) -> list[str]:
@@ -384,7 +424,10 @@ def shapeworld_suite(
     """
     if name not in FAMILIES:
         raise FIAError(f"unknown ShapeWorld suite {name!r}; use one of: {', '.join(FAMILIES)}")
-    family = FAMILIES[name]
+    world = getattr(judge, "world", SHAPEWORLD)
+    family = FAMILIES[name] if world is SHAPEWORLD else families(world)[name]
+    object_names = world.object_names
+    offsets = offsets_for(len(object_names))
     check_count("images_per_prompt", images_per_prompt, MAX_IMAGES_PER_PROMPT)
     check_count("prompts_per_concept", prompts_per_concept, MAX_PROMPTS_PER_BLOCK)
     check_count("quality_prompts", quality_prompts, MAX_PROMPTS_PER_BLOCK)
@@ -399,25 +442,26 @@ def shapeworld_suite(
         if family.concept_factor is None:
             objects, extra = [concept], {}
         else:
-            objects, extra = OBJECT_NAMES[i:] + OBJECT_NAMES[:i], {family.concept_factor: concept}
-        prompts = max(prompts_per_concept, len(OBJECT_NAMES)) if family.covers_every_object else prompts_per_concept
-        items += _prompt_block(role, concept, objects, prompts, ipp, i, seed, extra, prompt_shift)
+            objects, extra = object_names[i:] + object_names[:i], {family.concept_factor: concept}
+        prompts = max(prompts_per_concept, len(object_names)) if family.covers_every_object else prompts_per_concept
+        items += _prompt_block(role, concept, objects, prompts, ipp, i, seed, extra, prompt_shift, world=world)
     grids = [(f"erased: {c}", f"forget:{c}") for c in forget_l]
     if family.tests_synonyms:
         for i, obj in enumerate(forget_l):
-            for syn in OBJECTS[obj]:
+            for syn in world.objects[obj]:
                 items += _prompt_block(
-                    "synonym", obj, [obj], prompts_per_concept, ipp, SYNONYM_OFFSET + i, seed, {}, prompt_shift, word=syn
-                )
-        grids += [(f"synonym of {o}: {OBJECTS[o][0]}", f"synonym:{o}") for o in forget_l]
+                    "synonym", obj, [obj], prompts_per_concept, ipp, offsets.synonym + i, seed, {}, prompt_shift,
+                    word=syn, world=world,
+                )  # fmt: skip
+        grids += [(f"synonym of {o}: {world.objects[o][0]}", f"synonym:{o}") for o in forget_l]
 
     # quality prompts never draw an erased object
-    quality_objects = preserve_l if family.concept_factor is None else list(OBJECT_NAMES)
+    quality_objects = preserve_l if family.concept_factor is None else list(object_names)
     if quality_objects:
-        items += _heldout_items(quality_objects, quality_prompts, qipp, seed)
+        items += _heldout_items(quality_objects, quality_prompts, qipp, seed, world)
     else:
         # every object is erased: quality is judged on what is left to draw, the places alone
-        items += _place_items(quality_prompts, qipp, seed)
+        items += _place_items(quality_prompts, qipp, seed, offsets.place_quality)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = number_items(items)
 
