@@ -36,7 +36,7 @@ def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
             "of `fia shapeworld train`"
         )
     try:
-        return shapeworld.load_oracle(device, path=folder)
+        return shapeworld.load_oracle(device) if folder is None else shapeworld.load_oracle(device, path=folder)
     except OSError as exc:
         raise FIAError(
             f"the ShapeWorld oracle could not be loaded ({type(exc).__name__}: {exc}); "
