@@ -421,3 +421,43 @@ def test_second_world_suites_never_share_a_seed():
                               quality_prompts=100, quality_images_per_prompt=100)  # fmt: skip
     seeds_p = [it.seed for it in places.items]
     assert len(set(seeds_p)) == len(seeds_p) and any(it.prompt == "the grass" for it in places.items)
+
+
+def test_erase_and_evaluate_on_a_trained_world_folder(quick_world2, tmp_path):
+    """`fia erase --shapeworld DIR` erases DIR's model with DIR's kinds and
+    writes a report judged by DIR's oracle, with the CLIP's score beside it;
+    `fia evaluate --shapeworld DIR` reads the mask on the same world."""
+    from fia.cli import app
+    from fia.shapeworld import world_of, world_path
+
+    out, _ = quick_world2
+    assert world_path(out) == out and world_of(out) is SHAPEWORLD2
+    with pytest.raises(FIAError, match="not a ShapeWorld folder"):
+        world_path(out / "clip")
+    with pytest.raises(FIAError, match="neither a shipped world"):
+        world_path(tmp_path / "nowhere")
+
+    run = tmp_path / "erase"
+    args = ["erase", "--shapeworld", str(out), "--concepts", "toadstool", "--out", str(run), "--variant", "paper",
+            "--steps", "2", "--saliency-steps", "1", "--seed", "3"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["forget"] == ["mushroom"] and len(metrics["preserve"]) == 31  # the second world's other kinds
+    assert set(metrics["quality"]["clip_score"]) == {"base", "edited"}
+    assert metrics["per_class"]["mushroom"]["clip_score"]["base"] is not None
+
+    res = CliRunner().invoke(app, ["erase", "--shapeworld", str(out), "--model", str(out / "pipeline"),
+                                   "--concepts", "two", "--out", str(tmp_path / "both")])  # fmt: skip
+    assert res.exit_code == 2 and "not both" in res.output
+    res = CliRunner().invoke(app, ["erase", "--shapeworld", str(out), "--concepts", "zed", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "'zed' is no ShapeWorld object" in res.output
+
+    ev = tmp_path / "eval"
+    res = CliRunner().invoke(app, ["evaluate", "--suite", "shapeworld-objects", "--shapeworld", str(out), "--mask",
+                                   str(run / "mask.safetensors"), "--forget", "mushroom", "--preserve", "two, house",
+                                   "--images-per-prompt", "1", "--prompts-per-concept", "1", "--steps", "2",
+                                   "--out", str(ev), "--no-report"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["preserve"] == ["two", "house"] and m["quality"]["clip_score"]["edited"] is not None

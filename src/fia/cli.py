@@ -95,6 +95,12 @@ def erase(
     task: str | None = typer.Option(
         None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."
     ),
+    shapeworld: str | None = typer.Option(
+        None,
+        "--shapeworld",
+        help="A ShapeWorld world instead of --model: a shipped world's name (shapeworld, shapeworld2) or the "
+        "--out folder of `fia shapeworld train`; its model is erased and its judges write the report.",
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
     r1: float | None = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
     r2: float | None = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
@@ -156,7 +162,17 @@ def erase(
         "anchors": parse_concepts(anchors) if anchors else None,
         "score_steps": score_steps,
     }
-    cfg = resolve_config(task, config, overrides, default_task="shapeworld" if model is None else "object")
+    default_task = "shapeworld" if model is None else "object"
+    world_dir = None
+    if shapeworld is not None:
+        from fia.shapeworld import world_of, world_path
+
+        if model is not None:
+            raise FIAError("pass either --model or --shapeworld (a ShapeWorld world brings its own model), not both")
+        world_dir = world_path(shapeworld)
+        model = str(world_dir / "pipeline")
+        overrides["world"] = world_of(world_dir).name
+    cfg = resolve_config(task, config, overrides, default_task=default_task)
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)
@@ -164,12 +180,17 @@ def erase(
     if report:
         from fia.shapeworld.report import shapeworld_families
 
-        shapeworld_families(plan.concepts)  # a concept ShapeWorld cannot judge fails here, before any work
+        shapeworld_families(plan.concepts, cfg.world)  # a concept ShapeWorld cannot judge fails here, before any work
 
-    run_erase(model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report)
+    run_erase(
+        model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
+        world_dir=world_dir,
+    )  # fmt: skip
 
 
-def run_erase(*, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False) -> None:
+def run_erase(
+    *, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False, world_dir=None
+) -> None:
     """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report)."""
     from fia.engine import erase, write_stats
     from fia.mask import save_edited_pipeline
@@ -206,8 +227,9 @@ def run_erase(*, model, plan, out: Path, device: str, dtype: str, save_pipeline:
 
         with console.status("evaluating base vs edited images for the report..."):
             page = report_after_erase(
-                out, pipe, mask, plan.concepts, plan.config, mask_applied=save_pipeline, prompts=plan.prompts or None
-            )
+                out, pipe, mask, plan.concepts, plan.config, mask_applied=save_pipeline, prompts=plan.prompts or None,
+                world_dir=world_dir,
+            )  # fmt: skip
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 

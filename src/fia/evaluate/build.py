@@ -30,11 +30,8 @@ def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--r
 
 
 def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
-    if folder is not None and not (Path(folder) / "oracle_config.json").is_file():
-        raise FIAError(
-            f"--shapeworld {folder} holds no ShapeWorld oracle (oracle_config.json); pass the --out folder "
-            "of `fia shapeworld train`"
-        )
+    if folder is not None:
+        folder = shapeworld.world_path(folder)
     try:
         return shapeworld.load_oracle(device) if folder is None else shapeworld.load_oracle(device, path=folder)
     except OSError as exc:
@@ -46,7 +43,7 @@ def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
 
 def _load_shapeworld_clip(device: str, folder: str | Path | None) -> Any:
     """The ShapeWorld CLIP beside the oracle (``clip/``), or None when the world has none (the first world)."""
-    clip_dir = Path(folder) / "clip" if folder is not None else shapeworld.assets_path() / "clip"
+    clip_dir = shapeworld.world_path(folder) / "clip" if folder is not None else shapeworld.assets_path() / "clip"
     if not (clip_dir / "clip_config.json").is_file():
         return None
     from fia.shapeworld.clip import load_clip

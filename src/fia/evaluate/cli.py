@@ -50,7 +50,7 @@ def evaluate(
     prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),
     clip: Optional[Path] = typer.Option(None, "--clip", help="CLIP model folder (artists, coco)."),
-    shapeworld_dir: Optional[Path] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a folder written by `fia shapeworld train` whose oracle (and CLIP, if it has one) judge (default: the shipped world's)."),
+    shapeworld_dir: Optional[str] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a shipped world's name (shapeworld, shapeworld2) or the --out folder of `fia shapeworld train`; its model is the base (unless --model) and its oracle (and CLIP, if it has one) judge (default: the shipped first world)."),
     fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="TorchScript feature extractor for FID (coco; default CLIP image embeddings)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of real images for FID (coco)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (ShapeWorld default from the model, else 50)."),
@@ -95,11 +95,12 @@ def _evaluate(
         raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
 
     if shapeworld_dir is not None:
+        from fia.shapeworld import world_path
+
         if suite not in SHAPEWORLD_SUITES:
             raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
-        if not shapeworld_dir.is_dir():
-            raise FIAError(f"--shapeworld {shapeworld_dir} is not a folder; pass the --out folder of `fia shapeworld train`")
-        if model is None and (shapeworld_dir / "pipeline" / "model_index.json").is_file():
+        shapeworld_dir = world_path(shapeworld_dir)
+        if model is None:
             model = str(shapeworld_dir / "pipeline")  # the world's own model, unless --model says otherwise
 
     state = PartialState(cpu=_use_cpu(device))

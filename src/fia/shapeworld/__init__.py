@@ -55,7 +55,58 @@ GENERATION_DEFAULTS: dict = {"num_inference_steps": 25, "guidance_scale": 5.0, "
 
 
 def assets_path() -> Path:
+    """The shipped first world's folder (pipeline/, oracle, judge2/)."""
     return Path(__file__).resolve().parent / "assets"
+
+
+# A world folder holds pipeline/ (a StableDiffusionPipeline), the oracle
+# (oracle.safetensors, oracle_config.json), judge2/ and, in the second world,
+# clip/: the layout `fia shapeworld train --out DIR` writes. The package ships
+# one per world it carries; the first world's is assets/ itself.
+SHIPPED_WORLD_FOLDERS: dict[str, str] = {"shapeworld": ".", "shapeworld2": "shapeworld2"}
+
+
+def shipped_world_path(world: str) -> Path:
+    """The folder of a world shipped with the package; :class:`FIAError` if it is not shipped."""
+    from fia.errors import FIAError
+
+    if world not in SHIPPED_WORLD_FOLDERS:
+        raise FIAError(f"unknown ShapeWorld world {world!r}; use one of: {', '.join(SHIPPED_WORLD_FOLDERS)}")
+    folder = (assets_path() / SHIPPED_WORLD_FOLDERS[world]).resolve()
+    if not (folder / "oracle_config.json").is_file():
+        raise FIAError(f"the {world} world is not part of this installation; train it with `fia shapeworld train --world {world} --out DIR` and pass DIR")
+    return folder
+
+
+def world_path(world_or_dir: str | Path) -> Path:
+    """A world folder from a shipped world's name (``shapeworld``,
+    ``shapeworld2``) or a folder written by ``fia shapeworld train``;
+    :class:`FIAError` naming the fix otherwise."""
+    from fia.errors import FIAError
+
+    folder = Path(world_or_dir).expanduser()
+    if str(world_or_dir) in SHIPPED_WORLD_FOLDERS and not folder.is_dir():
+        return shipped_world_path(str(world_or_dir))
+    if not folder.is_dir():
+        raise FIAError(
+            f"ShapeWorld {str(world_or_dir)!r} is neither a shipped world ({', '.join(SHIPPED_WORLD_FOLDERS)}) "
+            "nor a folder; pass a world's name or the --out folder of `fia shapeworld train`"
+        )
+    missing = [name for name in ("pipeline/model_index.json", "oracle_config.json") if not (folder / name).is_file()]
+    if missing:
+        raise FIAError(
+            f"{folder} is not a ShapeWorld folder (no {', '.join(missing)}); pass the --out folder of "
+            "`fia shapeworld train` or a shipped world's name"
+        )
+    return folder
+
+
+def world_of(folder: str | Path) -> World:
+    """The world of a world folder, read from its oracle's config (no config key: the first world)."""
+    import json
+
+    cfg = json.loads((Path(folder) / "oracle_config.json").read_text())
+    return get_world(cfg.get("world", "shapeworld"))
 
 
 def pipeline_path() -> Path:
@@ -114,6 +165,9 @@ __all__ = [
     "SecondJudge",
     "World",
     "assets_path",
+    "shipped_world_path",
+    "world_of",
+    "world_path",
     "base_phrase",
     "caption",
     "get_world",

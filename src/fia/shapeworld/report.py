@@ -22,7 +22,7 @@ from fia.evaluate.generate import GenerationSettings
 from fia.evaluate.runner import evaluate, mask_fingerprint
 from fia.io import atomic_write_text
 from fia.shapeworld import GENERATION_DEFAULTS
-from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECTS, STYLE_NAMES
+from fia.shapeworld.vocab import ATTRIBUTE_NAMES, SHAPEWORLD, STYLE_NAMES, World, get_world
 
 # The report after an erase draws its images from seeds >= this offset, so none
 # starts from the noise of a prompt the erase scored (those use seed + k for
@@ -33,9 +33,10 @@ REPORT_SEED_OFFSET = 100_000
 REPORT_BATCH_SIZE = 16
 
 
-def shapeworld_families(concepts: Sequence[str]) -> dict[str, list[str]]:
-    """Group concepts by ShapeWorld suite (objects, styles, attribute), in order."""
-    objects = set(OBJECTS) | {s for syns in OBJECTS.values() for s in syns}
+def shapeworld_families(concepts: Sequence[str], world: str | World = SHAPEWORLD) -> dict[str, list[str]]:
+    """Group concepts by ShapeWorld suite (objects, styles, attribute) of ``world``, in order."""
+    w = get_world(world)
+    objects = set(w.objects) | set(w.synonym_map())
     styles = {s.lower() for s in STYLE_NAMES}
     out: dict[str, list[str]] = {}
     for c in concepts:
@@ -78,6 +79,7 @@ def report_after_erase(
     prompts_per_concept: int = 4,
     prompts: Any = None,
     settings: GenerationSettings | None = None,
+    world_dir: str | Path | None = None,
 ) -> Path:
     """Evaluate a fresh ShapeWorld erase run and write ``OUT/report.html``.
 
@@ -92,9 +94,11 @@ def report_after_erase(
     Per-concept masks for the overlap heatmap come from ``OUT/cache/``: the
     entries this run used (``prompts``, the run's prompt sets per concept,
     when they came from prompt files). ``settings`` default to
-    :func:`report_settings`. Returns the path of ``OUT/report.html``.
+    :func:`report_settings`. ``world_dir`` is the folder of the world whose
+    model ``pipe`` is (its oracle and CLIP judge; default: the shipped first
+    world). Returns the path of ``OUT/report.html``.
     """
-    families = shapeworld_families(concepts)
+    families = shapeworld_families(concepts, getattr(config, "world", SHAPEWORLD.name))
     device = str(getattr(pipe, "device", "cpu"))
     seed = int(getattr(config, "seed", 0) or 0) + REPORT_SEED_OFFSET
     settings = settings or report_settings()
@@ -120,13 +124,14 @@ def report_after_erase(
                 device=device,
                 images_per_prompt=images_per_prompt,
                 prompts_per_concept=prompts_per_concept,
+                shapeworld_dir=world_dir,
             )
             folder = root if len(families) == 1 else root / suite_name
             compare = []
             if paper_mask is not None:
                 paper_metrics, _ = evaluate(
                     suite, pipe, folder / "paper-fia", mask=paper_mask, settings=settings,
-                    run_info={"model": "shapeworld", "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
+                    run_info={"model": str(world_dir or "shapeworld"), "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
                               "variant": "paper", "pruned_share": paper_mask.pruned_share},
                     report=False, overwrite=True,
                 )  # fmt: skip
@@ -137,7 +142,7 @@ def report_after_erase(
                 folder,
                 mask=mask,
                 settings=settings,
-                run_info={"model": "shapeworld", "mask": mask_fingerprint(mask), "concepts": list(concepts),
+                run_info={"model": str(world_dir or "shapeworld"), "mask": mask_fingerprint(mask), "concepts": list(concepts),
                           "variant": variant, "pruned_share": mask.pruned_share},
                 cache_dir=out / "cache",
                 prompts=prompts,
