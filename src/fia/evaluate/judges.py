@@ -129,12 +129,15 @@ class ShapeWorldJudge:
         x = images.to(self.device)
         probs = self.oracle.predict(x)
         feats = self.oracle.features(x).detach().double().cpu()
+        # the judge's own verdicts: with a reject option (the second world's
+        # judges) an object it is unsure of is "none", not its best guess
+        verdicts = self.oracle.labels(probs) if hasattr(self.oracle, "labels") else None
         records = []
         for k in range(len(items)):
             rec: dict[str, Any] = {"pred": {}, "prob": {}}
             for head, names in self.heads.items():
                 p = probs[head][k].detach().double().cpu()
-                rec["pred"][head] = names[int(p.argmax())]
+                rec["pred"][head] = verdicts[head][k] if verdicts is not None else names[int(p.argmax())]
                 rec["prob"][head] = [round(float(v), 6) for v in p]
             rec["_features"] = feats[k].tolist()
             records.append(rec)
