@@ -1,6 +1,6 @@
 """The localisation diagnostic side by side: one column per (world, concept) record.
 
-    python benchmarks/ffn_localisation_table.py results/ffn_localisation_*.json [--out results/ffn_localisation.md]
+    python benchmarks/ffn_localisation_table.py results/ffn_localisation_*_*.json [--out results/ffn_localisation.md]
 
 Each record is the JSON that ``ffn_localisation.py --out`` writes. A cell is
 the concept's accuracy read by the oracle / the second judge, and in brackets
