@@ -29,9 +29,7 @@ def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--r
     return torch.tensor(feats, dtype=torch.float64)
 
 
-def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
-    if folder is not None:
-        folder = shapeworld.world_path(folder)
+def _load_oracle(device: str, folder: Path | None = None) -> Any:
     try:
         return shapeworld.load_oracle(device) if folder is None else shapeworld.load_oracle(device, path=folder)
     except OSError as exc:
@@ -41,9 +39,9 @@ def _load_oracle(device: str, folder: str | Path | None = None) -> Any:
         ) from exc
 
 
-def _load_shapeworld_clip(device: str, folder: str | Path | None) -> Any:
+def _load_shapeworld_clip(device: str, folder: Path | None) -> Any:
     """The ShapeWorld CLIP beside the oracle (``clip/``), or None when the world has none (the first world)."""
-    clip_dir = shapeworld.world_path(folder) / "clip" if folder is not None else shapeworld.assets_path() / "clip"
+    clip_dir = (folder if folder is not None else shapeworld.assets_path()) / "clip"
     if not (clip_dir / "clip_config.json").is_file():
         return None
     from fia.shapeworld.clip import load_clip
@@ -82,6 +80,7 @@ def build_suite(
     if name not in suites.SUITES:
         raise FIAError(f"unknown suite {name!r}; use one of: {', '.join(suites.SUITES)}")
     if name in suites.SHAPEWORLD_SUITES:
+        shapeworld_dir = shapeworld.world_path(shapeworld_dir) if shapeworld_dir is not None else None
         oracle = oracle if oracle is not None else _load_oracle(device, shapeworld_dir)
         judge = judges.ShapeWorldJudge(oracle, device, clip=_load_shapeworld_clip(device, shapeworld_dir))
 

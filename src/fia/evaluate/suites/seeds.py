@@ -62,13 +62,14 @@ class BlockOffsets:
     quality: int
     place_quality: int
 
-    def quality_block(self, first: int, prompt_index: int, image_index: int) -> tuple[int, int, int]:
-        """(offset, prompt index, image index) of a quality image: prompts
-        ``100 * r + k`` use run ``r`` of ``QUALITY_BLOCKS`` blocks from ``first``,
-        image ``m`` the ``m // 10``-th block of that run."""
-        run, k = divmod(prompt_index, MAX_PROMPTS_PER_BLOCK)
-        block, j = divmod(image_index, MAX_IMAGES_PER_PROMPT)
-        return first + QUALITY_BLOCKS * run + block, k, j
+
+def quality_block(first: int, prompt_index: int, image_index: int) -> tuple[int, int, int]:
+    """(offset, prompt index, image index) of a quality image: prompts
+    ``100 * r + k`` use run ``r`` of ``QUALITY_BLOCKS`` blocks from ``first``,
+    image ``m`` the ``m // 10``-th block of that run."""
+    run, k = divmod(prompt_index, MAX_PROMPTS_PER_BLOCK)
+    block, j = divmod(image_index, MAX_IMAGES_PER_PROMPT)
+    return first + QUALITY_BLOCKS * run + block, k, j
 
 
 FIRST_WORLD_OFFSETS = BlockOffsets(SYNONYM_OFFSET, QUALITY_OFFSET, PLACE_QUALITY_OFFSET)

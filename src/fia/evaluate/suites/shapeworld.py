@@ -47,9 +47,9 @@ from fia.evaluate.suites.seeds import (
     MAX_PROMPTS_PER_BLOCK,
     PLACE_QUALITY_OFFSET,
     QUALITY_BLOCKS,
-    FIRST_WORLD_OFFSETS,
     check_count,
     offsets_for,
+    quality_block,
     split_seed,
 )
 from fia.shapeworld.render import parse_prompt, prompt_for, render, sample_scene
@@ -124,8 +124,8 @@ def _prompt_block(
 
 def _quality_seed(seed_base: int, first_offset: int, k: int, m: int) -> int:
     # image m of quality prompt k: ten images per block, then the next block;
-    # prompts from 100 on take the next run of blocks (BlockOffsets.quality_block)
-    return split_seed(seed_base, *FIRST_WORLD_OFFSETS.quality_block(first_offset, k, m))
+    # prompts from 100 on take the next run of blocks (seeds.quality_block)
+    return split_seed(seed_base, *quality_block(first_offset, k, m))
 
 
 def _heldout_items(
