@@ -23,8 +23,10 @@ The second world (``world="shapeworld2"``, :meth:`TrainConfig.shapeworld2`)
 is trained the way Stable Diffusion was: a CLIP (:mod:`.clip`) is trained
 first, contrastively, on the renders and their captions; its text encoder is
 then frozen and conditions the UNet (stage 6 trains the UNet alone). The
-oracle gets a reject option calibrated on object-less renders, and the gate
-adds CLIP scores and the CLIP style judge. The CLIP ships in ``clip/``.
+oracle learns from its own kind-balanced renders (a judge's data need not
+follow the world's long tail: the rarest kinds would give it 0.5 % of its
+examples), gets a reject option calibrated on object-less renders, and the
+gate adds CLIP scores and the CLIP style judge. The CLIP ships in ``clip/``.
 
 The output folder holds exactly what ships: ``pipeline/``, the oracle,
 ``judge2/`` (the second judge and its quality report), the recipe and the
@@ -92,6 +94,11 @@ class TrainConfig:
     oracle_batch: int = 48
     oracle_recon_images: int = 6000  # reconstructions of the first N renders join the oracle's data
     oracle_lr: float = 2e-3
+    # 0: the oracle learns from the world's data (its kinds at the world's
+    # shares); n: from n scenes of its own, every kind and the object-less
+    # scene equally likely (its reconstructions are of the first
+    # oracle_recon_images of those)
+    oracle_balanced_images: int = 0
     # second judge (fia.shapeworld.second_judge): another architecture and
     # seed, trained on clean renders alone; the augmentations (blur up to
     # judge2_blur px sigma, a 16-px bottleneck for a judge2_soft share, pixel
@@ -167,6 +174,7 @@ class TrainConfig:
             n_images=100_000,
             clip_steps=SHAPEWORLD2_STEPS["clip"],
             oracle_steps=SHAPEWORLD2_STEPS["oracle"],
+            oracle_balanced_images=40_000,
             unet_steps=SHAPEWORLD2_STEPS["unet"],
             reject_false_accept_rate=0.01,
         )
@@ -206,6 +214,7 @@ class TrainConfig:
                 "clip_batch": 16,
                 "clip_warmup": 2,
                 "reject_calibration_images": 40,
+                "oracle_balanced_images": 200,
                 "threads": 1,
             }
         )
@@ -257,6 +266,16 @@ def make_data(n: int, seed: int, world: World = SHAPEWORLD, **fixed) -> tuple[li
     scenes = [sample_scene(rng, world=world, **fixed) for _ in range(n)]
     images = np.stack([render(s) for s in scenes])
     return scenes, images
+
+
+def make_balanced_data(n: int, seed: int, world: World) -> tuple[list[Scene], np.ndarray]:
+    """``n`` random scenes of ``world`` whose object is drawn uniformly from
+    its kinds and "none" (one draw each), every other factor as in
+    :func:`make_data`, and their renders."""
+    rng = np.random.default_rng(seed)
+    kinds: list[str | None] = [*world.object_names, None]
+    scenes = [sample_scene(rng, object=kinds[int(rng.integers(len(kinds)))], world=world) for _ in range(n)]
+    return scenes, np.stack([render(s) for s in scenes])
 
 
 def labels(scenes: list[Scene], heads: dict[str, tuple[str, ...]] = HEADS) -> dict[str, torch.Tensor]:
@@ -773,7 +792,13 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         oracle = Oracle.load(work)
         reused["oracle"] = earlier.get("oracle")
     else:
-        oracle = train_oracle(cfg, images, recons, lab, log)
+        if cfg.oracle_balanced_images:
+            o_scenes, o_images = make_balanced_data(cfg.oracle_balanced_images, cfg.seed + 40_000, world)
+            o_recons = decode(vae, encode_means(vae, o_images[: cfg.oracle_recon_images]))
+            oracle = train_oracle(cfg, o_images, o_recons, labels(o_scenes, heads), log)
+            del o_scenes, o_images, o_recons
+        else:
+            oracle = train_oracle(cfg, images, recons, lab, log)
         oracle.save(work)
         earlier["oracle"] = round(time.time() - t, 1)
         stage_file.write_text(json.dumps(earlier))
