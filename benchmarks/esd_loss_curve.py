@@ -32,7 +32,7 @@ from fia.bench.tasks import T2_FORGET, TUNING
 from fia.io import atomic_write_bytes, atomic_write_text
 from fia.methods import unlearn
 from fia.prompts import resolve_config
-from fia.shapeworld import load_pipeline
+from fia.shapeworld import FIRST_WORLD, load_pipeline
 from fia.shapeworld.vocab import OBJECT_NAMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = load_pipeline()
+    pipe = load_pipeline(world=FIRST_WORLD)
     fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
     runs = []
     # the learning rate the benchmark's tuning chose (its largest candidate), on 5 and on 10 concepts

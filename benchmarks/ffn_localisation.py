@@ -1,8 +1,9 @@
 """Where does a ShapeWorld model keep an object, and which masks find it? A diagnostic.
 
 FIA assumes that a concept lives in a few FFN2 weights. This script measures,
-for one object (circle by default) of the shipped world or of a world trained
-by ``fia shapeworld train`` (``--assets DIR``), masks of the same sparsities
+for one object (circle by default) of a shipped world (``--assets NAME``, the
+first world by default) or of a world trained by ``fia shapeworld train``
+(``--assets DIR``), masks of the same sparsities
 (shares of all FFN2 weights) made five ways:
 
 1. ``paper``: the paper's FIA (Eq. 1-8, the ShapeWorld preset with
@@ -25,7 +26,7 @@ share. A judge with a reject option (the second world's) counts an image it
 answers "none" for as not showing the concept.
 
     python benchmarks/ffn_localisation.py [--concept circle] [--images 32] [--others 8]
-    python benchmarks/ffn_localisation.py --assets DIR --concept arrow --others 4 --out results/x.json
+    python benchmarks/ffn_localisation.py --assets shapeworld2 --concept arrow --others 4 --out results/x.json
 
 Prints one table and ends with one JSON line of every figure.
 """
@@ -43,9 +44,15 @@ import fia
 from fia.bench.harness import oracle_evidence
 from fia.causal import causal_erase
 from fia.evaluate.suites import factor_cycle
-from fia.prompts import resolve_config
 from fia.io import atomic_write_text
-from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
+from fia.prompts import resolve_config
+from fia.shapeworld import (
+    FIRST_WORLD,
+    load_oracle,
+    load_pipeline,
+    load_second_judge,
+    world_path,
+)
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import parse_prompt, prompt_for
 from fia.targets import find_targets
@@ -54,10 +61,8 @@ SPARSITIES = (0.005, 0.01, 0.015)
 PAPER_R2 = (0.0025, 0.005, 0.01, 0.02, 0.03)
 
 
-def load_judges(assets: Path | None) -> dict:
-    """The oracle and the second judge of the shipped world, or of a trained folder."""
-    if assets is None:
-        return {"oracle": load_oracle(), "judge2": load_second_judge()}
+def load_judges(assets: Path) -> dict:
+    """The oracle and the second judge of a world folder."""
     return {"oracle": load_oracle(path=assets), "judge2": load_second_judge(path=assets / "judge2")}
 
 
@@ -104,14 +109,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32, help="images of the concept per mask")
     ap.add_argument("--others", type=int, default=8, help="images of each other shape per mask")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--assets", type=Path, default=None,
-                    help="a folder written by `fia shapeworld train` (pipeline/, oracle, judge2/); default: the shipped world")
+    ap.add_argument("--assets", default=FIRST_WORLD,
+                    help="a shipped world's name (shapeworld, shapeworld2) or a folder written by `fia shapeworld train` "
+                    "(pipeline/, oracle, judge2/); default: the first world")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON record here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    pipe = load_pipeline(path=args.assets / "pipeline" if args.assets else None)
-    judges = load_judges(args.assets)
+    assets = world_path(args.assets)
+    pipe = load_pipeline(path=assets / "pipeline")
+    judges = load_judges(assets)
     oracle = judges["oracle"]
     world = oracle.world
     if args.concept not in world.object_names:

@@ -38,7 +38,7 @@ import fia
 from fia.evaluate.suites import factor_cycle
 from fia.io import atomic_write_text
 from fia.prompts import resolve_config
-from fia.shapeworld import load_oracle, load_pipeline
+from fia.shapeworld import FIRST_WORLD, load_oracle, load_pipeline
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for
 from fia.shapeworld.vocab import OBJECT_NAMES, PLACE_NAMES
@@ -63,12 +63,12 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def load_judges() -> dict:
-    judges = {"oracle": load_oracle()}
+    judges = {"oracle": load_oracle(world=FIRST_WORLD)}
     try:
         from fia.shapeworld import load_second_judge
     except ImportError:
         return judges
-    judges["judge2"] = load_second_judge()
+    judges["judge2"] = load_second_judge(world=FIRST_WORLD)
     return judges
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_run = time.time()
-    pipe, judges = load_pipeline(), load_judges()
+    pipe, judges = load_pipeline(world=FIRST_WORLD), load_judges()
     held = HeldOut(args.images)
     rows = []
     base = held.judge(pipe, judges)

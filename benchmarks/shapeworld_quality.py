@@ -7,11 +7,14 @@ with a style (2 seeds) and burning (2 seeds) -- at the default sampler
 settings (``fia.shapeworld.GENERATION_DEFAULTS``), and reports how often the
 oracle agrees with what the prompt names.
 
+    python benchmarks/shapeworld_quality.py [--world shapeworld|shapeworld2] [--limit N]
     python benchmarks/shapeworld_quality.py [--model DIR] [--oracle DIR] [--clip DIR] [--limit N]
     python benchmarks/shapeworld_quality.py --judge judge2 [--judge2 DIR] [--write]
 
-The world is the oracle's (its ``oracle_config.json``). In the second world
-(``fia shapeworld train --world shapeworld2``) the gate has 896 images (128
+``--world`` names a shipped world (default: the default world,
+``shapeworld2``); ``--model``, ``--oracle`` and ``--judge2`` replace its
+parts. The world is the oracle's (its ``oracle_config.json``). The first
+world's gate is the 280 images above. In the second world the gate has 896 images (128
 held-out triples), the oracle answers with its reject option, and the
 CLIP beside the oracle (``--clip``, default ``ORACLE/clip``) adds the CLIP
 score of the generated images against the renders' own (renders of the same
@@ -44,12 +47,13 @@ from pathlib import Path
 import torch
 
 from fia.shapeworld import (
+    DEFAULT_WORLD,
     GENERATION_DEFAULTS,
-    assets_path,
     load_oracle,
     load_pipeline,
     load_second_judge,
     second_judge_path,
+    shipped_world_path,
 )
 from fia.shapeworld.evaluate import (
     agreement,
@@ -58,6 +62,7 @@ from fia.shapeworld.evaluate import (
     renders_of_prompts,
     second_judge_quality,
 )
+from fia.shapeworld.oracle import heads_for
 from fia.shapeworld.vocab import SHAPEWORLD
 
 TARGETS = {"object": 0.90, "style": 0.85, "attribute": 0.85, "place": 0.90}
@@ -102,20 +107,21 @@ def world2_report(pipe, oracle, gate, clip_dir: Path | None) -> dict:
 def judge2_report(pipe, oracle, judge2, gate, n_renders: int, render_seed: int) -> dict:
     from fia.shapeworld.train import decode, encode_means, labels, make_data
 
-    scenes, renders = make_data(n_renders, render_seed)
+    scenes, renders = make_data(n_renders, render_seed, oracle.world)
     with torch.no_grad():
         recons = decode(pipe.vae, encode_means(pipe.vae, renders))
-    res = second_judge_quality(judge2, oracle, renders, labels(scenes), recons, gate)
+    res = second_judge_quality(judge2, oracle, renders, labels(scenes, heads_for(oracle.world)), recons, gate)
     res["render_seed"] = render_seed
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="pipeline folder (default: the shipped one)")
-    ap.add_argument("--oracle", default=None, help="folder with oracle.safetensors (default: the shipped one)")
+    ap.add_argument("--world", default=DEFAULT_WORLD, help="the shipped world measured (shapeworld, shapeworld2)")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the world's)")
+    ap.add_argument("--oracle", default=None, help="folder with oracle.safetensors (default: the world's)")
     ap.add_argument("--judge", choices=("oracle", "judge2"), default="oracle", help="the judge whose report is printed")
-    ap.add_argument("--judge2", default=None, help="folder with judge2.safetensors (default: the shipped one)")
+    ap.add_argument("--judge2", default=None, help="folder with judge2.safetensors (default: the world's)")
     ap.add_argument("--renders", type=int, default=1000, help="fresh renders for the judges' accuracy (--judge judge2)")
     ap.add_argument("--render-seed", type=int, default=20_260, help="seed of those renders (none of the recipe's)")
     ap.add_argument("--write", action="store_true", help="save the second judge's report as quality.json beside it")
@@ -127,11 +133,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
-    pipe = load_pipeline(path=args.model)
-    oracle = load_oracle(path=args.oracle)
+    pipe = load_pipeline(path=args.model, world=args.world)
+    oracle = load_oracle(path=args.oracle, world=args.world)
     gate = gate_images(pipe, batch_size=args.batch_size, limit=args.limit or None, world=oracle.world)
     if oracle.world is not SHAPEWORLD and args.judge == "oracle":
-        clip_dir = Path(args.clip) if args.clip else Path(args.oracle or assets_path()) / "clip"
+        clip_dir = Path(args.clip) if args.clip else Path(args.oracle or shipped_world_path(args.world)) / "clip"
         res = world2_report(pipe, oracle, gate, clip_dir if args.clip or clip_dir.is_dir() else None)
         print(f"{res['world']} quality gate: {res['n_images']} images, settings {GENERATION_DEFAULTS}, {time.time() - t0:.0f}s")
         print_gate({"agreement": res}, floors={}, targets=WORLD2_TARGETS)
@@ -149,7 +155,7 @@ def main() -> None:
         print(json.dumps(line))
         return
 
-    judge2 = load_second_judge(path=args.judge2)
+    judge2 = load_second_judge(path=args.judge2, world=args.world)
     res = judge2_report(pipe, oracle, judge2, gate, args.renders, args.render_seed)
     print(f"ShapeWorld quality gate: {res['gate']['n_images']} images, settings {GENERATION_DEFAULTS}, {time.time() - t0:.0f}s")
     print(f"second judge: {res['judge']}, {res['parameters']:,} parameters")
@@ -160,7 +166,7 @@ def main() -> None:
         for name, key in (("judge2", f"accuracy_{what}"), ("oracle", f"oracle_accuracy_{what}")):
             print(f"  {name:7s} " + ", ".join(f"{k} {v:.3f}" for k, v in res[key].items()))
     if args.write:
-        path = Path(args.judge2 or second_judge_path()) / "quality.json"
+        path = Path(args.judge2 or second_judge_path(args.world)) / "quality.json"
         path.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {path}")
     print(json.dumps(res))

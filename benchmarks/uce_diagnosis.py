@@ -34,7 +34,7 @@ from fia.baselines.uce import UCEConfig, concept_embeddings, token_positions
 from fia.bench.tasks import T2_FORGET
 from fia.io import atomic_write_text
 from fia.methods import unlearn
-from fia.shapeworld import load_pipeline
+from fia.shapeworld import FIRST_WORLD, load_pipeline
 from fia.shapeworld.vocab import COLORS, OBJECT_NAMES, PLACE_NAMES, place_phrase
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +48,7 @@ def mean_pairwise_cosine(rows: torch.Tensor) -> float:
 
 def main() -> None:
     torch.set_num_threads(2)
-    pipe = load_pipeline()
+    pipe = load_pipeline(world=FIRST_WORLD)
     words, eos = [], []
     for obj in OBJECT_NAMES:
         pos = token_positions(pipe, obj, "concept_eos")

@@ -8,11 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from _erase_fixtures import cli_refuses, load_tiny, one_thread, other_dir, small_config, tiny_dir  # noqa: F401 - fixtures
+from _erase_fixtures import (  # noqa: F401 - fixtures
+    cli_refuses,
+    load_tiny,
+    one_thread,
+    other_dir,
+    small_config,
+    tiny_dir,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
-from fia.attack import PROBES, AttackConfig, ShapeWorldConceptJudge, completion_steps, run_attack, shapeworld_texts
+from fia.attack import (
+    PROBES,
+    AttackConfig,
+    ShapeWorldConceptJudge,
+    completion_steps,
+    run_attack,
+    shapeworld_texts,
+)
 from fia.attack.model import AttackModel
 from fia.attack.probes import nearest_tokens
 from fia.attack.runner import RESULT_FILE
@@ -50,9 +64,9 @@ def _state_hash(pipe) -> str:
 
 @pytest.fixture(scope="module")
 def shapeworld():
-    from fia.shapeworld import load_pipeline
+    from fia.shapeworld import FIRST_WORLD, load_pipeline
 
-    return load_pipeline()
+    return load_pipeline(world=FIRST_WORLD)
 
 
 @pytest.fixture(scope="module")

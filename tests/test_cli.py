@@ -168,7 +168,7 @@ def test_bad_mask_inputs(erased, tiny_dir, other_dir, tmp_path):  # noqa: F811
 
 
 def test_shapeworld_is_the_default_model(tmp_path):
-    """Without --model, erase works on the shipped ShapeWorld pipeline."""
+    """Without --model, erase works on the default world's shipped pipeline (the second world's)."""
     from fia.mask import ConceptMask, fingerprint_weights
     from fia.shapeworld import load_pipeline as load_shapeworld
     from fia.targets import find_targets
@@ -179,6 +179,7 @@ def test_shapeworld_is_the_default_model(tmp_path):
     assert res.exit_code == 0, res.output
     mask = ConceptMask.load(out / "mask.safetensors")
     assert mask.config["task"] == "shapeworld"  # the default task follows the default model
+    assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are the contrasts
     shipped = find_targets(load_shapeworld().unet, "ffn2")
     assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
 
@@ -186,12 +187,13 @@ def test_shapeworld_is_the_default_model(tmp_path):
 def test_a_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
     import fia.shapeworld
 
-    empty = tmp_path / "no-pipeline"
+    empty = tmp_path / "no-assets"
     empty.mkdir()
-    monkeypatch.setattr(fia.shapeworld, "pipeline_path", lambda: empty)
+    monkeypatch.setattr(fia.shapeworld, "assets_path", lambda: empty)
     out = tmp_path / "o"
-    _bad(["erase", "--concepts", "circle", "--out", str(out)], out, "the ShapeWorld pipeline is missing")
+    _bad(["erase", "--concepts", "circle", "--out", str(out)], out, "the shapeworld2 world is not part of this installation")
     _bad(["erase", "--concepts", "circle", "--out", str(out)], out, "pass --model")
+    _bad(["generate", "--prompt", "a circle", "--out", str(tmp_path / "g.png")], tmp_path / "g.png", "fia shapeworld train --world shapeworld2")
 
 
 def test_python_dash_m_fia():

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from _eval_fixtures import StandInOracle, random_mask, write_concept_cache
+
 from fia.evaluate import GenerationSettings, ImageStore, build_suite, evaluate
 from fia.evaluate.judges import ShapeWorldJudge
 from fia.evaluate.suites import shapeworld_suite
@@ -233,7 +233,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     from fia.config import FIAConfig
     from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
 
-    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     mask = random_mask(tiny, concepts=("circle", "square"))
     write_concept_cache(tmp_path / "cache", tiny, mask)
     mask.apply_(tiny)  # erase may hand over the pipe with the mask applied
@@ -261,7 +261,7 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     from fia.mask import ConceptMask
     from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
 
-    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     cfg = FIAConfig(task="shapeworld", variant="causal", saliency_steps=1, num_inference_steps=2, r2=0.05)
     made = random_mask(tiny, concepts=("circle", "square"))
     mask = ConceptMask.from_prune_masks(
@@ -295,7 +295,7 @@ def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
     from fia.errors import FIAError
     from fia.shapeworld.report import report_after_erase
 
-    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu": StandInOracle(), raising=False)
+    monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     mask = random_mask(tiny, concepts=("circle", "burning"))
     path = report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert path == tmp_path / "report.html"

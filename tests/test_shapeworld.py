@@ -146,10 +146,10 @@ def test_tokenizer_round_trip_and_byte_fallback(tmp_path):
 def test_shipped_tokenizer_matches_the_builder(tmp_path):
     import json
 
-    from fia.shapeworld import pipeline_path
+    from fia.shapeworld import FIRST_WORLD, pipeline_path
     from fia.shapeworld.tokenizer import build_tokenizer_files
 
-    shipped = pipeline_path() / "tokenizer"
+    shipped = pipeline_path(FIRST_WORLD) / "tokenizer"
     if not (shipped / "vocab.json").exists():
         pytest.skip("no shipped pipeline")
     build_tokenizer_files(tmp_path)

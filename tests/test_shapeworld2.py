@@ -483,3 +483,119 @@ def test_erase_and_evaluate_on_a_trained_world_folder(quick_world2, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((ev / "metrics.json").read_text())
     assert m["preserve"] == ["two", "house"] and m["quality"]["clip_score"]["edited"] is not None
+
+
+# ------------------------------------------------- the shipped second world
+
+
+def _second_world_shipped() -> bool:
+    from fia.shapeworld import SHIPPED_WORLD_FOLDERS, assets_path
+
+    return (assets_path() / SHIPPED_WORLD_FOLDERS["shapeworld2"] / "oracle_config.json").is_file()
+
+
+shipped_only = pytest.mark.skipif(not _second_world_shipped(), reason="the second world is not installed")
+
+
+@shipped_only
+def test_the_shipped_second_world_is_one_run_of_the_committed_recipe():
+    """The shipped folder is small, holds safe formats only, and records one
+    from-scratch run (no stage reused) of exactly TrainConfig.shapeworld2
+    within the 120-minute budget; its recorded gate meets every target."""
+    from dataclasses import asdict
+
+    from fia.shapeworld import DEFAULT_WORLD, shipped_world_path
+    from fia.shapeworld.train import TrainConfig
+
+    assert DEFAULT_WORLD == "shapeworld2"
+    root = shipped_world_path("shapeworld2")
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 1024 * 1024
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    assert not (root / ".work").exists()
+    recipe = json.loads((root / "recipe.json").read_text())
+    assert recipe["config"] == json.loads(json.dumps(asdict(TrainConfig.shapeworld2(seed=recipe["seed"]))))
+    assert recipe["reused_stages_seconds"] == {}
+    assert recipe["seconds"]["total"] <= 120 * 60
+    quality = json.loads((root / "quality.json").read_text())
+    gate = quality["gate"]
+    assert gate["n_images"] == 896
+    assert gate["object"] >= 0.85 and min(gate["object_per_class"].values()) >= 0.60
+    assert gate["place"] >= 0.90 and gate["color"] >= 0.90
+    assert gate["style"] >= 0.85 and gate["attribute"] >= 0.85
+    assert quality["clip_gate"]["clip_score_ratio"] >= 0.90
+    assert set(gate["object_per_class"]) == set(SHAPEWORLD2.object_names)
+
+
+@shipped_only
+def test_the_shipped_second_world_draws_what_it_is_asked():
+    """Half the quality gate, generated again here (448 held-out prompt/seed
+    pairs), read by the shipped oracle with its reject option: the gate's
+    targets hold on it, and the object figure is within 0.03 of the recorded
+    full-gate figure."""
+    from fia.shapeworld import load_oracle, load_pipeline, shipped_world_path
+    from fia.shapeworld.evaluate import agreement, gate_images
+
+    pipe, oracle = load_pipeline(), load_oracle()
+    assert oracle.world is SHAPEWORLD2 and oracle.reject is not None
+    res = agreement(oracle, *gate_images(pipe, limit=448, world=SHAPEWORLD2))
+    assert res["n_images"] == 448
+    assert res["object"] >= 0.85 and res["place"] >= 0.90 and res["color"] >= 0.90
+    assert res["style"] >= 0.85 and res["attribute"] >= 0.85
+    recorded = json.loads((shipped_world_path("shapeworld2") / "quality.json").read_text())["gate"]
+    assert abs(res["object"] - recorded["object"]) <= 0.03
+
+
+@shipped_only
+def test_commands_find_the_world_of_their_model(tmp_path):
+    """No model: the default world. A --model that is a world's pipeline/:
+    that world. Any other model: no world."""
+    from fia.shapeworld import (
+        FIRST_WORLD,
+        pipeline_path,
+        shipped_world_path,
+        world_folder_of,
+        world_of,
+    )
+
+    assert world_folder_of(None) == shipped_world_path("shapeworld2")
+    assert world_of(world_folder_of(None)) is SHAPEWORLD2
+    assert world_folder_of(str(pipeline_path(FIRST_WORLD))) == shipped_world_path(FIRST_WORLD)
+    assert world_of(world_folder_of(str(pipeline_path(FIRST_WORLD)))) is SHAPEWORLD
+    assert world_folder_of(None, "shapeworld") == shipped_world_path(FIRST_WORLD)
+    other = tmp_path / "model"
+    other.mkdir()
+    (other / "model_index.json").write_text("{}")
+    assert world_folder_of(str(other)) is None
+    assert world_folder_of("org/some-model") is None
+
+
+@shipped_only
+def test_an_erase_with_another_world_s_kinds_is_refused_before_any_work():
+    """A world's tokenizer knows its kind names whole, so the model's world
+    can be read from it; settings naming a smaller world are refused (its
+    kinds would be the only contrasts and anchors), the matching world passes
+    the check, and a tokenizer of no world (byte-level) is not checked."""
+    from transformers import CLIPTokenizer
+
+    import fia
+    from fia.config import FIAConfig
+    from fia.prompts import check_config_world, tokenizer_world
+    from fia.shapeworld import FIRST_WORLD, pipeline_path
+    from fia.shapeworld.tokenizer import byte_level_tokenizer
+
+    second = CLIPTokenizer.from_pretrained(str(pipeline_path("shapeworld2") / "tokenizer"))
+    first = CLIPTokenizer.from_pretrained(str(pipeline_path(FIRST_WORLD) / "tokenizer"))
+    assert tokenizer_world(second) is SHAPEWORLD2 and tokenizer_world(first) is SHAPEWORLD
+    assert tokenizer_world(byte_level_tokenizer()) is None
+
+    class Pipe:  # erase reads the tokenizer before anything else of the model
+        tokenizer = second
+
+    with pytest.raises(FIAError, match=r"FIAConfig\(world='shapeworld2'\)"):
+        fia.erase(Pipe(), ["arrow"], FIAConfig(task="shapeworld"))
+    check_config_world(Pipe(), "shapeworld2")
+    Pipe.tokenizer = first
+    check_config_world(Pipe(), "shapeworld")
+    Pipe.tokenizer = byte_level_tokenizer()
+    check_config_world(Pipe(), "shapeworld")

@@ -1,4 +1,5 @@
-"""The shipped ShapeWorld artifacts: pipeline, oracle, second judge, recipe."""
+"""The shipped first ShapeWorld world: pipeline, oracle, second judge, recipe
+(the second world's shipped artifacts: tests/test_shapeworld2.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from fia.shapeworld import (
+    FIRST_WORLD,
     GENERATION_DEFAULTS,
     HEADS,
     Oracle,
@@ -18,14 +20,14 @@ from fia.shapeworld import (
     load_pipeline,
     load_second_judge,
     parse_prompt,
-    pipeline_path,
     render,
     sample_scene,
     second_judge_path,
+    shipped_world_path,
 )
 
 pytestmark = pytest.mark.skipif(
-    not (pipeline_path() / "model_index.json").exists(), reason="ShapeWorld artifacts not shipped"
+    not (assets_path() / "pipeline" / "model_index.json").exists(), reason="ShapeWorld artifacts not shipped"
 )
 
 
@@ -35,24 +37,25 @@ def pipe():
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setenv("TRANSFORMERS_OFFLINE", "1")
     try:
-        yield load_pipeline()
+        yield load_pipeline(world=FIRST_WORLD)
     finally:
         mp.undo()
 
 
 @pytest.fixture(scope="module")
 def oracle():
-    return load_oracle()
+    return load_oracle(world=FIRST_WORLD)
 
 
 @pytest.fixture(scope="module")
 def judge2():
-    return load_second_judge()
+    return load_second_judge(world=FIRST_WORLD)
 
 
 def test_artifacts_are_small_and_safe():
-    root = assets_path()
-    files = [p for p in root.rglob("*") if p.is_file()]
+    root = shipped_world_path(FIRST_WORLD)
+    # the second world's folder sits inside the first's
+    files = [p for p in root.rglob("*") if p.is_file() and "shapeworld2" not in p.relative_to(root).parts]
     assert sum(p.stat().st_size for p in files) <= 30 * 1024 * 1024
     assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
     recipe = json.loads((root / "recipe.json").read_text())
@@ -117,7 +120,7 @@ def test_judges_are_accurate_on_fresh_renders(request, judge_name, n, floor):
 
 
 def test_second_judge_is_shipped_small_and_independent(judge2, oracle):
-    folder = second_judge_path()
+    folder = second_judge_path(FIRST_WORLD)
     weights = folder / "judge2.safetensors"
     assert weights.stat().st_size <= 1024 * 1024
     config = json.loads((folder / "judge2_config.json").read_text())

@@ -90,7 +90,7 @@ def erase(
     concepts: str = typer.Option(..., "--concepts", "-c", help='Concepts to erase, comma separated: "golf ball, church".'),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: mask.safetensors, fusion_stats.json, cache/."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld model)."
+        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld 2 model)."
     ),
     task: str | None = typer.Option(
         None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."
@@ -98,8 +98,9 @@ def erase(
     shapeworld: str | None = typer.Option(
         None,
         "--shapeworld",
-        help="A ShapeWorld world instead of --model: a shipped world's name (shapeworld, shapeworld2) or the "
-        "--out folder of `fia shapeworld train`; its model is erased and its judges write the report.",
+        help="A ShapeWorld world instead of --model: a shipped world's name (shapeworld2, the default; shapeworld, "
+        "the first world) or the --out folder of `fia shapeworld train`; its model is erased and its judges write "
+        "the report.",
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
     r1: float | None = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
@@ -162,14 +163,15 @@ def erase(
         "anchors": parse_concepts(anchors) if anchors else None,
         "score_steps": score_steps,
     }
-    default_task = "shapeworld" if model is None else "object"
-    world_dir = None
-    if shapeworld is not None:
-        from fia.shapeworld import world_of, world_path
+    if shapeworld is not None and model is not None:
+        raise FIAError("pass either --model or --shapeworld (a ShapeWorld world brings its own model), not both")
+    from fia.shapeworld import world_folder_of
 
-        if model is not None:
-            raise FIAError("pass either --model or --shapeworld (a ShapeWorld world brings its own model), not both")
-        world_dir = world_path(shapeworld)
+    world_dir = world_folder_of(model, shapeworld)
+    default_task = "shapeworld" if world_dir is not None else "object"
+    if world_dir is not None:
+        from fia.shapeworld import world_of
+
         model = str(world_dir / "pipeline")
         overrides["world"] = world_of(world_dir).name
     cfg = resolve_config(task, config, overrides, default_task=default_task)
@@ -186,6 +188,14 @@ def erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
         world_dir=world_dir,
     )  # fmt: skip
+
+
+def _first_world_pipeline() -> str:
+    """The first ShapeWorld world's pipeline folder: the default model of the
+    commands whose prompts and presets name its ten shapes (unlearn, attack)."""
+    from fia.shapeworld import FIRST_WORLD, pipeline_path
+
+    return str(pipeline_path(FIRST_WORLD))
 
 
 def run_erase(
@@ -363,7 +373,7 @@ def unlearn(
         None, "--preserve", help="Concepts to keep, comma separated (methods without a preservation term ignore it)."
     ),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld model)."
+        None, "--model", "-m", help="Diffusers folder or Hub id (default: the first ShapeWorld world's model)."
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of the method's settings (its config fields)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
@@ -381,6 +391,8 @@ def unlearn(
     # ---- check everything before loading the model and before writing anything
     checked = plan(concepts, method, _method_config(get_method(method), config, shapeworld=model is None),
                    preserve=preserve or ())  # fmt: skip
+    if model is None:  # the methods' ShapeWorld presets are written for the first world's shapes
+        model = _first_world_pipeline()
     _check_out_dir(out)
     parse_device(device)
     parse_dtype(dtype)
@@ -479,7 +491,7 @@ def attack(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: attack.json, report.md, images/."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="The model the edit was made from (default: the shipped ShapeWorld model)."
+        None, "--model", "-m", help="The model the edit was made from (default: the first ShapeWorld world's model)."
     ),
     quick: bool = typer.Option(False, "--quick", help="Each probe at its smallest budget (checks, not figures)."),
     ceiling: bool = typer.Option(False, "--ceiling", help="Also run every probe against the unedited model."),
@@ -505,7 +517,14 @@ def attack(
     unedited model. Finished probes are written as they finish: re-run the
     same command to resume an interrupted attack.
     """
-    from fia.attack import AttackConfig, ShapeWorldConceptJudge, judge_for_task, model_texts, plan_attack, run_attack
+    from fia.attack import (
+        AttackConfig,
+        ShapeWorldConceptJudge,
+        judge_for_task,
+        model_texts,
+        plan_attack,
+        run_attack,
+    )
     from fia.attack.runner import check_concepts, check_edit, parse_probes
     from fia.attack.texts import MODEL_TASKS
     from fia.edit import load_edit
@@ -529,6 +548,8 @@ def attack(
     config = AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
     # the shipped model is ShapeWorld whatever task the edit's settings name; other models follow the edit
     world = task or ("shapeworld" if model is None else loaded.config.get("task") or "object")
+    if model is None:  # the attack texts are written for the first world's shapes
+        model = _first_world_pipeline()
     if world == "shapeworld":
         judge, texts = ShapeWorldConceptJudge(), None
     elif world in MODEL_TASKS:

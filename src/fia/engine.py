@@ -42,7 +42,12 @@ from fia.io import atomic_write_text
 from fia.mask import ConceptMask, denoiser, fingerprint_weights
 from fia.methods import register
 from fia.progress import Progress, report
-from fia.prompts import ConceptPrompts, build_prompts, parse_concepts
+from fia.prompts import (
+    ConceptPrompts,
+    build_prompts,
+    check_config_world,
+    parse_concepts,
+)
 from fia.targets import find_targets
 
 # each concept is this many progress units, so a concept's sampler steps show inside its share
@@ -127,6 +132,8 @@ def erase(
         plan = concepts
     else:
         plan = plan_erase(concepts, config, concept_prompts=concept_prompts, base_prompts=base_prompts, prompts=prompts)
+    if plan.config.task == "shapeworld":
+        check_config_world(pipe, plan.config.world)  # before any work
     found = find_targets(denoiser(pipe), targets if targets is not None else plan.config.targets)
     target_kind = plan.config.targets if targets is None else "custom"
     cache = ConceptCache(cache_dir) if cache_dir is not None else None

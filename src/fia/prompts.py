@@ -455,3 +455,29 @@ def anchor_prompts(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts 
             contrasts.append(tuple(_fill(tpl.base[0], "", xs[(k + 1 + j) % len(xs)]) for j in range(m)))
         seeds.append(config.seed + ANCHOR_SEED_OFFSET + k)
     return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
+
+
+# ------------------------------------------------- the model's world
+
+
+def tokenizer_world(tokenizer) -> vocab.World | None:
+    """The world with the most kinds whose every kind name is one token of
+    ``tokenizer`` (a world's tokenizer learns its words whole), or None."""
+    fits = [w for w in vocab.WORLDS.values() if all(len(tokenizer.tokenize(k)) == 1 for k in w.object_names)]
+    return max(fits, key=lambda w: len(w.object_names), default=None)
+
+
+def check_config_world(pipe, world: str | vocab.World) -> None:
+    """:class:`FIAError` when ``pipe``'s tokenizer knows every kind of a
+    larger world than ``world``: erasing with the smaller world's kinds as
+    the only contrasts and anchors would leave the other kinds unprotected."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return
+    known, asked = tokenizer_world(tokenizer), vocab.get_world(world)
+    if known is not None and len(known.object_names) > len(asked.object_names):
+        raise FIAError(
+            f"this model's tokenizer knows every kind of {known.name} ({len(known.object_names)} kinds) but the "
+            f"settings name the world {asked.name} ({len(asked.object_names)} kinds), whose kinds would be the only "
+            f"contrasts and anchors; set FIAConfig(world={known.name!r}) (the CLI reads it from the world folder)"
+        )

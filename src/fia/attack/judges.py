@@ -36,9 +36,9 @@ class ShapeWorldConceptJudge:
 
     def __init__(self, oracle: Any = None):
         if oracle is None:
-            from fia.shapeworld import load_oracle
+            from fia.shapeworld import FIRST_WORLD, load_oracle
 
-            oracle = load_oracle()
+            oracle = load_oracle(world=FIRST_WORLD)  # the attack texts name the first world's shapes
         self.oracle = oracle
         self.name = f"shapeworld-{getattr(oracle, 'name', 'oracle')}"
 

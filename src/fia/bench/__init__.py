@@ -153,14 +153,14 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
     task_seconds["T5"] = robustness["seconds"]
     import torch
 
-    from fia.shapeworld import assets_path
+    from fia.shapeworld import FIRST_WORLD, pipeline_path
     from fia.targets import denoiser
 
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "model": model_hash(bench.pipe),
-        "model_path": str(assets_path() / "pipeline"),
+        "model_path": str(pipeline_path(FIRST_WORLD)),
         "quick": sizes == QUICK,
         "sizes": sizes.__dict__ | {"f4_sizes": list(sizes.f4_sizes)},
         "torch_threads": torch.get_num_threads(),

@@ -23,10 +23,10 @@ from fia.bench.memory import PeakRSS
 from fia.bench.report import fmt
 from fia.bench.tasks import (
     DEFAULT_FIA,
+    T2_FORGET,
     TUNING,
     TUNING_SEED,
     TUNING_SHIFT,
-    T2_FORGET,
     UPPER_BOUND,
     Sizes,
     Task,
@@ -39,7 +39,13 @@ from fia.evaluate.judges import ShapeWorldJudge
 from fia.evaluate.suites import Suite
 from fia.methods import get_method, unlearn
 from fia.prompts import resolve_config
-from fia.shapeworld import GENERATION_DEFAULTS, load_oracle, load_pipeline, load_second_judge
+from fia.shapeworld import (
+    FIRST_WORLD,
+    GENERATION_DEFAULTS,
+    load_oracle,
+    load_pipeline,
+    load_second_judge,
+)
 from fia.shapeworld.render import parse_prompt
 from fia.shapeworld.vocab import SHAPEWORLD
 
@@ -76,9 +82,13 @@ class Bench:
 
     def __init__(self, sizes: Sizes, work: Path, log: Callable[[str], None]):
         self.sizes, self.work, self.log = sizes, work, log
-        self.pipe = load_pipeline()
-        self.oracle = load_oracle()
-        self.judges = {"oracle": ShapeWorldJudge(self.oracle), "judge2": ShapeWorldJudge(load_second_judge())}
+        # the bench tasks name the first world's ten shapes
+        self.pipe = load_pipeline(world=FIRST_WORLD)
+        self.oracle = load_oracle(world=FIRST_WORLD)
+        self.judges = {
+            "oracle": ShapeWorldJudge(self.oracle),
+            "judge2": ShapeWorldJudge(load_second_judge(world=FIRST_WORLD)),
+        }
         self.judge = self.judges["oracle"]
         self.settings = GenerationSettings(
             num_inference_steps=sizes.sample_steps or GENERATION_DEFAULTS["num_inference_steps"],

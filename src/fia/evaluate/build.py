@@ -29,9 +29,9 @@ def _image_features_of_folder(folder: str | Path, judge: Any, option: str = "--r
     return torch.tensor(feats, dtype=torch.float64)
 
 
-def _load_oracle(device: str, folder: Path | None = None) -> Any:
+def _load_oracle(device: str, folder: Path) -> Any:
     try:
-        return shapeworld.load_oracle(device) if folder is None else shapeworld.load_oracle(device, path=folder)
+        return shapeworld.load_oracle(device, path=folder)
     except OSError as exc:
         raise FIAError(
             f"the ShapeWorld oracle could not be loaded ({type(exc).__name__}: {exc}); "
@@ -39,9 +39,9 @@ def _load_oracle(device: str, folder: Path | None = None) -> Any:
         ) from exc
 
 
-def _load_shapeworld_clip(device: str, folder: Path | None) -> Any:
+def _load_shapeworld_clip(device: str, folder: Path) -> Any:
     """The ShapeWorld CLIP beside the oracle (``clip/``), or None when the world has none (the first world)."""
-    clip_dir = (folder if folder is not None else shapeworld.assets_path()) / "clip"
+    clip_dir = folder / "clip"
     if not (clip_dir / "clip_config.json").is_file():
         return None
     from fia.shapeworld.clip import load_clip
@@ -69,10 +69,11 @@ def build_suite(
 ) -> suites.Suite:
     """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``).
 
-    ShapeWorld suites are judged by the oracle of ``shapeworld_dir`` (a folder
-    written by ``fia shapeworld train``) or of the shipped world, in that
-    oracle's world; when the world has a CLIP (``clip/`` beside the oracle),
-    its CLIP score and style verdicts join the records.
+    ShapeWorld suites are judged by the oracle of ``shapeworld_dir`` (a
+    shipped world's name or a folder written by ``fia shapeworld train``), by
+    the given ``oracle``, or by the default world's, in that oracle's world.
+    When the judge comes from a world folder with a CLIP (``clip/`` beside
+    the oracle), its CLIP score and style verdicts join the records.
 
     Real-model suites read ``prompts``, or the public prompt set shipped with
     the package when it is not given (see :func:`fia.evaluate.suites.prompt_files_for`).
@@ -80,9 +81,13 @@ def build_suite(
     if name not in suites.SUITES:
         raise FIAError(f"unknown suite {name!r}; use one of: {', '.join(suites.SUITES)}")
     if name in suites.SHAPEWORLD_SUITES:
-        shapeworld_dir = shapeworld.world_path(shapeworld_dir) if shapeworld_dir is not None else None
-        oracle = oracle if oracle is not None else _load_oracle(device, shapeworld_dir)
-        judge = judges.ShapeWorldJudge(oracle, device, clip=_load_shapeworld_clip(device, shapeworld_dir))
+        if shapeworld_dir is None and oracle is None:
+            shapeworld_dir = shapeworld.DEFAULT_WORLD
+        # a given oracle without a folder is judged alone (no CLIP of another world beside it)
+        folder = shapeworld.world_path(shapeworld_dir) if shapeworld_dir is not None else None
+        oracle = oracle if oracle is not None else _load_oracle(device, folder)
+        clip = _load_shapeworld_clip(device, folder) if folder is not None else None
+        judge = judges.ShapeWorldJudge(oracle, device, clip=clip)
 
         def reference_features(factors):
             # 4 renders per quality image: a reference 4x larger than each generated set

@@ -78,7 +78,8 @@ def _evaluate(
 ) -> None:  # fmt: skip
     from accelerate import PartialState
 
-    from fia.evaluate import SUITES, GenerationSettings, build_suite, evaluate as run_eval
+    from fia.evaluate import SUITES, GenerationSettings, build_suite
+    from fia.evaluate import evaluate as run_eval
     from fia.evaluate.suites import REAL_SUITES, SHAPEWORLD_SUITES
     from fia.models import load_pipeline
     from fia.shapeworld import GENERATION_DEFAULTS
@@ -94,14 +95,18 @@ def _evaluate(
     if suite in REAL_SUITES and model is None:
         raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
 
-    if shapeworld_dir is not None:
-        from fia.shapeworld import world_path
+    if shapeworld_dir is not None and suite not in SHAPEWORLD_SUITES:
+        raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
+    if suite in SHAPEWORLD_SUITES:
+        from fia.shapeworld import world_folder_of
 
-        if suite not in SHAPEWORLD_SUITES:
-            raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
-        shapeworld_dir = world_path(shapeworld_dir)
-        if model is None:
-            model = str(shapeworld_dir / "pipeline")  # the world's own model, unless --model says otherwise
+        # --shapeworld's world, the world around a --model that is a world's
+        # pipeline/, or the default world when neither is given
+        world_dir = world_folder_of(model, shapeworld_dir)
+        if world_dir is not None:
+            shapeworld_dir = world_dir
+            if model is None:
+                model = str(world_dir / "pipeline")  # the world's own model, unless --model says otherwise
 
     state = PartialState(cpu=_use_cpu(device))
     dev = device or str(state.device)
@@ -168,10 +173,10 @@ def _use_cpu(device: str | None) -> bool:
 
 
 def _print_summary(metrics: dict) -> None:
-    from fia.evaluate.report import _fmt, summary_rows
-
     from rich.console import Console
     from rich.table import Table
+
+    from fia.evaluate.report import _fmt, summary_rows
 
     table = Table(title=f"{metrics.get('suite')}")
     for col in ("metric", "base", "edited"):

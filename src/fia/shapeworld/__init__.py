@@ -1,16 +1,19 @@
-"""ShapeWorld: a small world we own completely, and the default model.
+"""ShapeWorld: small worlds we own completely, and the default model.
 
 * a procedural renderer with known ground truth (:mod:`.render`),
-* a tiny but genuine ``StableDiffusionPipeline`` trained on it, shipped in
-  ``assets/pipeline`` and loaded offline (:func:`load_pipeline`),
+* two worlds (:data:`WORLDS`, :func:`get_world`), each shipped as a world
+  folder: ``shapeworld`` (10 shapes at equal shares, text encoder trained
+  with the UNet; ``assets/``) and ``shapeworld2`` (32 kinds on a long tail,
+  the frozen text encoder of a ShapeWorld CLIP, :func:`load_clip`;
+  ``assets/shapeworld2/``, the default, :data:`DEFAULT_WORLD`;
+  docs/shapeworld2.md),
+* in each, a tiny but genuine ``StableDiffusionPipeline`` loaded offline
+  (:func:`load_pipeline`),
 * an oracle classifier that judges generated images (:func:`load_oracle`),
   whose penultimate features give a ShapeWorld FID
   (:func:`fia.evaluate.metrics.frechet_distance`),
 * a second, independently trained judge of another architecture, with the
-  oracle's heads and interface (:func:`load_second_judge`),
-* a second world, ``shapeworld2`` (:data:`WORLDS`, :func:`get_world`): 32
-  kinds on a long tail, and a ShapeWorld CLIP (:func:`load_clip`) whose
-  frozen text encoder conditions its UNet (docs/shapeworld2.md).
+  oracle's heads and interface (:func:`load_second_judge`).
 """
 
 from __future__ import annotations
@@ -55,8 +58,18 @@ GENERATION_DEFAULTS: dict = {"num_inference_steps": 25, "guidance_scale": 5.0, "
 
 
 def assets_path() -> Path:
-    """The shipped first world's folder (pipeline/, oracle, judge2/)."""
+    """The package's asset folder: the first world's folder (pipeline/,
+    oracle, judge2/), with the second world's in ``shapeworld2/`` inside it."""
     return Path(__file__).resolve().parent / "assets"
+
+
+# The world every command uses when no model is named: the second world, which
+# was trained the way Stable Diffusion was (frozen contrastive text encoder,
+# long tail of kinds) and meets the quality gate (docs/shapeworld2.md). The
+# first world stays shipped: the side-by-side benchmark (fia bench), fia
+# attack's texts and fia unlearn's presets are written for its ten shapes.
+DEFAULT_WORLD = "shapeworld2"
+FIRST_WORLD = "shapeworld"
 
 
 # A world folder holds pipeline/ (a StableDiffusionPipeline), the oracle
@@ -74,7 +87,11 @@ def shipped_world_path(world: str) -> Path:
         raise FIAError(f"unknown ShapeWorld world {world!r}; use one of: {', '.join(SHIPPED_WORLD_FOLDERS)}")
     folder = (assets_path() / SHIPPED_WORLD_FOLDERS[world]).resolve()
     if not (folder / "oracle_config.json").is_file():
-        raise FIAError(f"the {world} world is not part of this installation; train it with `fia shapeworld train --world {world} --out DIR` and pass DIR")
+        raise FIAError(
+            f"the {world} world is not part of this installation; train it with "
+            f"`fia shapeworld train --world {world} --out DIR` and pass --shapeworld DIR, "
+            "or pass --model with a local diffusers folder"
+        )
     return folder
 
 
@@ -101,6 +118,21 @@ def world_path(world_or_dir: str | Path) -> Path:
     return folder
 
 
+def world_folder_of(model: str | Path | None, shapeworld: str | Path | None = None) -> Path | None:
+    """The ShapeWorld world folder a command works in, or None for another
+    model: ``shapeworld``'s (a world's name or folder), the default world's
+    when no model is named, or the world folder around a ``model`` that is a
+    world's ``pipeline/`` (so that its own kinds, oracle and CLIP are used)."""
+    if shapeworld is not None:
+        return world_path(shapeworld)
+    if model is None:
+        return world_path(DEFAULT_WORLD)
+    folder = Path(model).expanduser()
+    if (folder / "model_index.json").is_file() and (folder.parent / "oracle_config.json").is_file():
+        return world_path(folder.parent)
+    return None
+
+
 def world_of(folder: str | Path) -> World:
     """The world of a world folder, read from its oracle's config (no config key: the first world)."""
     import json
@@ -109,17 +141,18 @@ def world_of(folder: str | Path) -> World:
     return get_world(cfg.get("world", "shapeworld"))
 
 
-def pipeline_path() -> Path:
-    """Folder of the shipped diffusers pipeline."""
-    return assets_path() / "pipeline"
+def pipeline_path(world: str = DEFAULT_WORLD) -> Path:
+    """Folder of a shipped world's diffusers pipeline (default: :data:`DEFAULT_WORLD`)."""
+    return shipped_world_path(world) / "pipeline"
 
 
-def load_pipeline(device="cpu", dtype=torch.float32, path: str | Path | None = None):
-    """The shipped ShapeWorld ``StableDiffusionPipeline``, loaded offline."""
+def load_pipeline(device="cpu", dtype=torch.float32, path: str | Path | None = None, world: str = DEFAULT_WORLD):
+    """A ShapeWorld ``StableDiffusionPipeline``, loaded offline: the one in
+    ``path``, else the shipped ``world``'s."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(path or pipeline_path()),
+        str(path or pipeline_path(world)),
         safety_checker=None,
         requires_safety_checker=False,
         local_files_only=True,
@@ -129,26 +162,29 @@ def load_pipeline(device="cpu", dtype=torch.float32, path: str | Path | None = N
     return pipe.to(device)
 
 
-def load_oracle(device="cpu", path: str | Path | None = None) -> Oracle:
-    """The shipped oracle (eval mode)."""
-    return Oracle.load(path or assets_path(), device=device)
+def load_oracle(device="cpu", path: str | Path | None = None, world: str = DEFAULT_WORLD) -> Oracle:
+    """The oracle (eval mode) in the world folder ``path``, else the shipped ``world``'s."""
+    return Oracle.load(path or shipped_world_path(world), device=device)
 
 
-def second_judge_path() -> Path:
-    """Folder of the shipped second judge (weights, config, quality report)."""
-    return assets_path() / SecondJudge.name
+def second_judge_path(world: str = DEFAULT_WORLD) -> Path:
+    """Folder of a shipped world's second judge (weights, config, quality report)."""
+    return shipped_world_path(world) / SecondJudge.name
 
 
-def load_second_judge(device="cpu", path: str | Path | None = None) -> SecondJudge:
-    """The shipped second judge (eval mode): another architecture and seed
-    than the oracle, trained on renders alone; same heads and interface."""
-    return SecondJudge.load(path or second_judge_path(), device=device)
+def load_second_judge(device="cpu", path: str | Path | None = None, world: str = DEFAULT_WORLD) -> SecondJudge:
+    """The second judge (eval mode) in the folder ``path``, else the shipped
+    ``world``'s: another architecture and seed than the oracle, trained on
+    renders alone; same heads and interface."""
+    return SecondJudge.load(path or second_judge_path(world), device=device)
 
 
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_NAMES",
     "COLORS",
+    "DEFAULT_WORLD",
+    "FIRST_WORLD",
     "GENERATION_DEFAULTS",
     "HEADS",
     "HELDOUT_TRIPLES",
@@ -165,9 +201,6 @@ __all__ = [
     "SecondJudge",
     "World",
     "assets_path",
-    "shipped_world_path",
-    "world_of",
-    "world_path",
     "base_phrase",
     "caption",
     "get_world",
@@ -182,4 +215,8 @@ __all__ = [
     "render",
     "sample_scene",
     "second_judge_path",
+    "shipped_world_path",
+    "world_folder_of",
+    "world_of",
+    "world_path",
 ]

@@ -22,7 +22,13 @@ from fia.evaluate.generate import GenerationSettings
 from fia.evaluate.runner import evaluate, mask_fingerprint
 from fia.io import atomic_write_text
 from fia.shapeworld import GENERATION_DEFAULTS
-from fia.shapeworld.vocab import ATTRIBUTE_NAMES, SHAPEWORLD, STYLE_NAMES, World, get_world
+from fia.shapeworld.vocab import (
+    ATTRIBUTE_NAMES,
+    SHAPEWORLD,
+    STYLE_NAMES,
+    World,
+    get_world,
+)
 
 # The report after an erase draws its images from seeds >= this offset, so none
 # starts from the noise of a prompt the erase scored (those use seed + k for
@@ -95,10 +101,12 @@ def report_after_erase(
     entries this run used (``prompts``, the run's prompt sets per concept,
     when they came from prompt files). ``settings`` default to
     :func:`report_settings`. ``world_dir`` is the folder of the world whose
-    model ``pipe`` is (its oracle and CLIP judge; default: the shipped first
-    world). Returns the path of ``OUT/report.html``.
+    model ``pipe`` is (its oracle and CLIP judge; default: the shipped world
+    that ``config.world`` names). Returns the path of ``OUT/report.html``.
     """
-    families = shapeworld_families(concepts, getattr(config, "world", SHAPEWORLD.name))
+    world = getattr(config, "world", SHAPEWORLD.name)
+    families = shapeworld_families(concepts, world)
+    world_dir = world_dir if world_dir is not None else world  # a shipped world's name
     device = str(getattr(pipe, "device", "cpu"))
     seed = int(getattr(config, "seed", 0) or 0) + REPORT_SEED_OFFSET
     settings = settings or report_settings()
@@ -131,7 +139,7 @@ def report_after_erase(
             if paper_mask is not None:
                 paper_metrics, _ = evaluate(
                     suite, pipe, folder / "paper-fia", mask=paper_mask, settings=settings,
-                    run_info={"model": str(world_dir or "shapeworld"), "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
+                    run_info={"model": str(world_dir), "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
                               "variant": "paper", "pruned_share": paper_mask.pruned_share},
                     report=False, overwrite=True,
                 )  # fmt: skip
@@ -142,7 +150,7 @@ def report_after_erase(
                 folder,
                 mask=mask,
                 settings=settings,
-                run_info={"model": str(world_dir or "shapeworld"), "mask": mask_fingerprint(mask), "concepts": list(concepts),
+                run_info={"model": str(world_dir), "mask": mask_fingerprint(mask), "concepts": list(concepts),
                           "variant": variant, "pruned_share": mask.pruned_share},
                 cache_dir=out / "cache",
                 prompts=prompts,
