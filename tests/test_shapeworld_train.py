@@ -98,7 +98,7 @@ def test_quick_recipe_writes_loadable_artifacts(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "sw"
-    res = CliRunner().invoke(app, ["shapeworld", "train", "--quick", "--out", str(out), "--seed", "3"])
+    res = CliRunner().invoke(app, ["shapeworld", "train", "--world", "shapeworld", "--quick", "--out", str(out), "--seed", "3"])
     assert res.exit_code == 0, res.output
     assert "quality report" in res.output
     recipe = json.loads((out / "recipe.json").read_text())

@@ -24,10 +24,10 @@ def train(
     quick: bool = typer.Option(False, "--quick", help="A few steps per stage, to check the recipe end to end."),
     unet_steps: int = typer.Option(None, "--unet-steps", help="Override the UNet steps of the recipe."),
     world: str = typer.Option(
-        "shapeworld",
+        "shapeworld2",
         "--world",
-        help="shapeworld: the shipped world (10 shapes, text encoder trained with the UNet); "
-        "shapeworld2: 32 kinds on a long tail, a CLIP trained first whose frozen text encoder conditions the UNet.",
+        help="shapeworld2 (the default world): 32 kinds on a long tail, a CLIP trained first whose frozen text "
+        "encoder conditions the UNet; shapeworld: the first world (10 shapes, text encoder trained with the UNet).",
     ),
 ) -> None:
     """Train the VAE, the oracle, the second judge, then the UNet and text encoder (shapeworld2: the CLIP first); report quality."""
