@@ -50,7 +50,7 @@ def evaluate(
     prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),
     clip: Optional[Path] = typer.Option(None, "--clip", help="CLIP model folder (artists, coco)."),
-    shapeworld_dir: Optional[str] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a shipped world's name (shapeworld, shapeworld2) or the --out folder of `fia shapeworld train`; its model is the base (unless --model) and its oracle (and CLIP, if it has one) judge (default: the shipped first world)."),
+    shapeworld_dir: Optional[str] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a shipped world's name (shapeworld, shapeworld2) or the --out folder of `fia shapeworld train`; its model is the base (unless --model) and its oracle (and CLIP, if it has one) judge (default: the default world, shapeworld2, or the world around a --model that is a world's pipeline/)."),
     fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="TorchScript feature extractor for FID (coco; default CLIP image embeddings)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Folder of real images for FID (coco)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (ShapeWorld default from the model, else 50)."),
