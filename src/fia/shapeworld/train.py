@@ -370,6 +370,19 @@ def _judge_step(model, opt, sched, x: torch.Tensor, lab: dict, idx: np.ndarray) 
     return loss
 
 
+def oracle_training_data(cfg: TrainConfig, vae, images: np.ndarray, means: torch.Tensor, lab: dict):
+    """The oracle's renders, the VAE reconstructions of their first
+    ``oracle_recon_images`` and their labels: the world's own data (``images``,
+    their latent ``means`` and labels ``lab``) or, with
+    ``oracle_balanced_images``, a kind-balanced set of its own."""
+    if cfg.oracle_balanced_images:
+        world = get_world(cfg.world)
+        scenes, images = make_balanced_data(cfg.oracle_balanced_images, cfg.seed + 40_000, world)
+        lab = labels(scenes, heads_for(world))
+        means = encode_means(vae, images[: cfg.oracle_recon_images])
+    return images, decode(vae, means[: cfg.oracle_recon_images]), lab
+
+
 def train_oracle(cfg: TrainConfig, images: np.ndarray, recons: np.ndarray, lab: dict, log=None) -> Oracle:
     torch.manual_seed(cfg.seed + 2)
     model = Oracle(width=cfg.oracle_width, world=cfg.world)
@@ -780,7 +793,6 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     means = encode_means(vae, images)
     scale = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
-    recons = decode(vae, means[: cfg.oracle_recon_images])
     test_recons = decode(vae, encode_means(vae, test_images))
     mse = float(np.mean((test_recons.astype(np.float32) - test_images.astype(np.float32)) ** 2) / 255**2)
     _log(f"latents: {tuple(means.shape)}, std {means.std():.3f} -> scaling_factor {scale:.4f}; test recon mse {mse:.5f}", log)
@@ -792,13 +804,7 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
         oracle = Oracle.load(work)
         reused["oracle"] = earlier.get("oracle")
     else:
-        if cfg.oracle_balanced_images:
-            o_scenes, o_images = make_balanced_data(cfg.oracle_balanced_images, cfg.seed + 40_000, world)
-            o_recons = decode(vae, encode_means(vae, o_images[: cfg.oracle_recon_images]))
-            oracle = train_oracle(cfg, o_images, o_recons, labels(o_scenes, heads), log)
-            del o_scenes, o_images, o_recons
-        else:
-            oracle = train_oracle(cfg, images, recons, lab, log)
+        oracle = train_oracle(cfg, *oracle_training_data(cfg, vae, images, means, lab), log)
         oracle.save(work)
         earlier["oracle"] = round(time.time() - t, 1)
         stage_file.write_text(json.dumps(earlier))
