@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from fia.config import FIAConfig
@@ -127,10 +128,23 @@ class _Model:
         g = self.config.guidance_scale
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-            out = self.unet(inp, t, encoder_hidden_states=emb).sample
+            out = self._denoise(inp, t, emb)
             u, c = out.chunk(2)
             lat = sched.step(u + g * (c - u), t, lat).prev_sample
         return lat
+
+    def _denoise(self, inp: Tensor, t: Tensor, emb: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        """One denoiser call; under autograd its activations are recomputed in the backward pass
+        (gradient checkpointing), so memory holds one call's activations, not the whole sampler's."""
+
+        def run(x: Tensor, e: Tensor) -> Tensor:
+            if weights is None:
+                return self.unet(x, t, encoder_hidden_states=e).sample
+            return torch.func.functional_call(self.unet, weights, (x, t), {"encoder_hidden_states": e}).sample
+
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(run, inp, emb, use_reentrant=False)
+        return run(inp, emb)
 
     def evidence(self, z: Tensor, prompts: Sequence[str], contrasts: Sequence[Sequence[str]], seeds: Sequence[int]) -> Tensor:
         """Sum over images of E(z) (module docstring), judged by the unedited model or ``self.judge``."""
@@ -153,10 +167,7 @@ class _Model:
 
             # the prompt and its m contrasts in one batched call of the judge
             texts = list(prompts) + [c[j] for j in range(m) for c in contrasts]
-            pred = torch.func.functional_call(
-                self.unet, self.pristine, (zt.repeat(m + 1, 1, 1, 1), tt.repeat(m + 1)),
-                {"encoder_hidden_states": self.embed(texts)},
-            ).sample
+            pred = self._denoise(zt.repeat(m + 1, 1, 1, 1), tt.repeat(m + 1), self.embed(texts), self.pristine)
             wide = torch.promote_types(pred.dtype, torch.float32)  # half models: square in float32
             err = (pred.to(wide) - target.to(wide).repeat(m + 1, 1, 1, 1)).pow(2).flatten(1).mean(1)
             err = err.reshape(m + 1, len(prompts))
@@ -189,6 +200,17 @@ class _Model:
         with torch.no_grad():
             for t in self.targets:
                 t.module.weight[prune[t.name].to(self.device)] = 0
+
+    def write_rows_(self, repairs: dict[str, Any]) -> None:
+        """Put the closed-form repair's rows into the model (over the zeroed weights)."""
+        with torch.no_grad():
+            for t in self.targets:
+                if t.name in repairs:
+                    r = repairs[t.name]
+                    t.module.weight[r.rows.to(self.device)] = r.values.to(self.device, self.dtype)
+
+    def unedited(self) -> dict[str, Tensor]:
+        return {t.name: self.pristine[f"{t.name}.weight"] for t in self.targets}
 
     def restore_(self) -> None:
         with torch.no_grad():
@@ -229,6 +251,14 @@ def causal_erase(
     # progress units: per round, one for the anchors (if any) and one per concept
     per_round_units = len(names) + (1 if anchors is not None else 0)
     total_units = per_round_units * len(sizes)
+    grams, repairs = None, {}
+    if config.repair is not None:  # Gram matrices of the unedited model, before any weight goes
+        from fia.repair import fit_repair_for, repair_grams
+
+        t_rep = time.perf_counter()
+        report(progress, 0, total_units, "repair: reading the kept and concept prompts' layer inputs")
+        grams = repair_grams(pipe, found, names, config)
+        repair_seconds = time.perf_counter() - t_rep
 
     pruned = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
     selected = {n: {c: 0 for c in names} for n in shapes}
@@ -277,6 +307,11 @@ def causal_erase(
             for n in shapes:
                 pruned[n] |= done[n]
             model.zero_(pruned)
+            if grams is not None and (config.repair.every_round or r == len(sizes) - 1):
+                t_rep = time.perf_counter()
+                repairs = fit_repair_for(model.unedited(), pruned, grams, config)
+                model.write_rows_(repairs)
+                repair_seconds += time.perf_counter() - t_rep
             per_round.append({"round": r, "pruned": int(sum(int(p.sum()) for p in done.values())),
                               "cached": loaded is not None, "seconds": round(time.perf_counter() - t_round, 3)})
         report(progress, total_units, total_units, f"{len(sizes)} rounds done")
@@ -294,8 +329,11 @@ def causal_erase(
         selected=selected,
         fingerprint=fingerprint,
     )
+    if grams is not None:
+        mask = mask.with_repair(weights, repairs)
     per_layer = {
         n: {"shape": list(s), "selected": selected[n], "pruned": int(pruned[n].sum()), "agnostic": agnostic[n], "tau_ca": tau}
+        | ({"repaired_rows": int(repairs[n].rows.numel()) if n in repairs else 0} if grams is not None else {})
         for n, s in shapes.items()
     }
     mask.stats = {
@@ -309,4 +347,9 @@ def causal_erase(
         "totals": {"pruned": mask.pruned, "agnostic": mask.agnostic, "weights": mask.total_weights, "pruned_share": mask.pruned_share},
         "seconds": {"total": round(time.perf_counter() - t_start, 3)},
     }
+    if grams is not None:
+        mask.stats["repair"] = {
+            "keep_prompts": grams.keep_prompts, "concept_prompts": grams.concept_prompts,
+            "rows": {n: int(rp.rows.numel()) for n, rp in repairs.items()}, "seconds": round(repair_seconds, 3),
+        }
     return mask

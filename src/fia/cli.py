@@ -124,6 +124,14 @@ def erase(
     anchor_weight: float | None = typer.Option(None, "--anchor-weight", help="causal: penalty on weights the anchors need."),
     anchors: str | None = typer.Option(None, "--anchors", help='causal: concepts that must stay, comma separated.'),
     score_steps: int | None = typer.Option(None, "--score-steps", help="causal: sampler steps of the scored images."),
+    repair: bool | None = typer.Option(
+        None, "--repair/--no-repair",
+        help="causal: after pruning, rewrite the pruned rows in closed form so kept prompts keep their outputs "
+        "(ShapeWorld's default: on).",
+    ),
+    repair_weight: float | None = typer.Option(
+        None, "--repair-weight", help="causal: lambda of the repair, how firmly the concept's prompts stay erased."
+    ),
     concept_prompts: Path | None = typer.Option(
         None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
     ),
@@ -174,7 +182,7 @@ def erase(
 
         model = str(world_dir / "pipeline")
         overrides["world"] = world_of(world_dir).name
-    cfg = resolve_config(task, config, overrides, default_task=default_task)
+    cfg = with_repair_options(resolve_config(task, config, overrides, default_task=default_task), repair, repair_weight)
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)
@@ -188,6 +196,24 @@ def erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
         world_dir=world_dir,
     )  # fmt: skip
+
+
+def with_repair_options(cfg, repair: bool | None, repair_weight: float | None):
+    """``cfg`` with ``--repair/--no-repair`` and ``--repair-weight`` applied (a weight turns the repair on)."""
+    import dataclasses
+
+    from fia.config import RepairConfig
+
+    if repair is False:
+        if repair_weight is not None:
+            raise FIAError("--repair-weight sets the repair that --no-repair turns off; drop one of them")
+        return cfg.replace(repair=None)
+    if repair or repair_weight is not None:
+        rc = cfg.repair or RepairConfig()
+        if repair_weight is not None:
+            rc = dataclasses.replace(rc, concept_weight=repair_weight)
+        return cfg.replace(repair=rc)
+    return cfg
 
 
 def _first_world_pipeline() -> str:
@@ -287,6 +313,12 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
         console.print(
             f"{len(rounds)} rounds, {stats.get('anchors', {}).get('prompts', 0)} anchor prompts, "
             f"{stats.get('seconds', {}).get('total', 0):.1f} s in all"
+        )
+    rep = stats.get("repair")
+    if rep:
+        console.print(
+            f"closed-form repair: {sum(rep['rows'].values())} rows rewritten, fitted on {rep['keep_prompts']} kept "
+            f"and {rep['concept_prompts']} concept prompts in {rep['seconds']:.1f} s"
         )
     console.print(f"wrote {out / 'mask.safetensors'} and {out / 'fusion_stats.json'}")
     if save_pipeline:

@@ -25,6 +25,58 @@ SELECTIONS = ("both", "channel", "layer")
 FUSIONS = ("fia", "union")
 
 
+@dataclass(frozen=True)
+class RepairConfig:
+    """Settings of the closed-form repair after pruning (:mod:`fia.core.repair`, :mod:`fia.repair`).
+
+    Attributes:
+        concept_weight: ``lambda``: how strongly the concept's prompts are held
+            at their masked outputs while the kept prompts' outputs are restored.
+        damping: ``delta``, a share of the mean diagonal of the system.
+        keep_prompts_per_concept: ShapeWorld: prompts per kept kind (other
+            tasks: the anchor prompts); object-less, styled and burning
+            scenes are added.
+        concept_prompts_per_concept: prompts per erased concept: its name,
+            synonyms, bare word and compositional prompts.
+        every_round: refit the repair after every round of pruning, so the
+            next round scores the repaired model (else once, after the last).
+    """
+
+    concept_weight: float = 1.0
+    damping: float = 0.01
+    keep_prompts_per_concept: int = 4
+    concept_prompts_per_concept: int = 12
+    every_round: bool = True
+
+    def validate(self) -> "RepairConfig":
+        for name in ("concept_weight", "damping"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and math.isfinite(value)):
+                raise FIAError(f"repair.{name} must be a finite number >= 0, got {value!r}")
+        if not self.damping > 0:
+            raise FIAError(f"repair.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.01")
+        for name in ("keep_prompts_per_concept", "concept_prompts_per_concept"):
+            check_positive_int(f"repair.{name}", getattr(self, name))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_value(cls, value: Any) -> "RepairConfig | None":
+        """``None``/``False`` (no repair), ``True`` (defaults), a mapping of fields, or a RepairConfig."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            check_known_fields(cls, value)
+            return cls(**value)
+        raise FIAError(f"repair must be true, false or a mapping of its settings, got {value!r}")
+
+
 @dataclass
 class FIAConfig:
     """Hyperparameters of Forget-It-All.
@@ -79,6 +131,9 @@ class FIAConfig:
             schedule) at which the evidence compares denoising errors.
         anchors: causal: concepts that must stay; empty means the task's
             default (ShapeWorld: every shape not erased).
+        repair: causal: the closed-form repair of the pruned rows
+            (:class:`RepairConfig`), or ``None`` for pruning alone. Recorded
+            in a mask only when set, so masks without it keep their bytes.
         world: ShapeWorld only: the vocabulary of the model being edited
             (``shapeworld`` or ``shapeworld2``, see
             :mod:`fia.shapeworld.vocab`); its object kinds are the contrasts
@@ -113,6 +168,7 @@ class FIAConfig:
     anchor_prompts: int = 48
     evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
     anchors: list[str] = field(default_factory=list)
+    repair: RepairConfig | None = None
 
     # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:
@@ -133,6 +189,8 @@ class FIAConfig:
         """The settings as JSON-ready values (tuples as lists), as a saved mask records them."""
         data = dataclasses.asdict(self)
         data["evidence_timesteps"] = list(data["evidence_timesteps"])
+        if data["repair"] is None:
+            del data["repair"]  # a run without the repair records what it always did
         return data
 
     @classmethod
@@ -212,6 +270,11 @@ class FIAConfig:
         self.evidence_timesteps = tuple(float(t) for t in ts)
         if any(not isinstance(a, str) or not a.strip() for a in self.anchors):
             raise FIAError(f"anchors must be concept names, got {self.anchors!r}")
+        self.repair = RepairConfig.from_value(self.repair)
+        if self.repair is not None:
+            self.repair.validate()
+            if self.variant != "causal":
+                raise FIAError("the repair follows the causal variant's mask; drop repair or use --variant causal")
         return self
 
 

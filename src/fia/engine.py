@@ -86,6 +86,13 @@ def plan_erase(
                 "prompt files apply to --variant paper; the causal variant builds its own evidence "
                 "prompts (name concepts to keep with --anchors)"
             )
+        if config.repair is not None:
+            both = sorted({c.casefold() for c in names} & {a.casefold() for a in config.anchors})
+            if both:
+                raise FIAError(
+                    f"{', '.join(both)} is both erased and an anchor; the repair cannot restore and erase "
+                    "the same concept: drop it from --anchors"
+                )
         return ErasePlan(names, config, {})
     given = dict(prompts or {})
     built = {c: given.get(c) or build_prompts(c, config, concept_prompts, base_prompts) for c in names}

@@ -5,6 +5,11 @@ A mask file (``mask.safetensors``) holds, per edited layer,
 * ``indices/<layer>``: the flat indices (row-major, int32) of the pruned weights;
 * ``values/<layer>``: their original values (float32), so the edit can be
   undone without the base model;
+* with a closed-form repair (:mod:`fia.core.repair`), also ``rows/<layer>``
+  (int32 indices of the rows the repair rewrote), ``row_values/<layer>``
+  (those rows after the edit, float32, pruned entries 0) and
+  ``row_originals/<layer>`` (the same rows before it), so the whole edit,
+  pruning and update, is applied and undone from the file alone;
 
 and one JSON string under the header key ``fia`` with the concepts, every
 hyperparameter (:meth:`FIAConfig.to_dict`), per-layer and total counts,
@@ -15,13 +20,21 @@ fingerprints of the base model's target weights:
   rounded to float16 (a float32 and a float16 copy of the same model match);
 * ``edit_fingerprint``: the same with the pruned entries set to zero, which is
   what :meth:`ConceptMask.apply_` checks, so it accepts both the base model
-  and a model already edited by this mask, and refuses any other.
+  and a model already edited by this mask, and refuses any other;
+* ``applied_fingerprint`` (repaired masks only): the same over the weights
+  as the edit leaves them (pruned and rewritten), so a repaired model is
+  recognised too.
+
+A mask without a repair is written exactly as before (format version 1); a
+repaired one has format version 2, which older packages refuse with a
+request to upgrade.
 
 The file holds no timestamps or paths: the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,7 +53,7 @@ from fia.io import replace_dir, temporary_sibling_dir
 from fia.targets import denoiser
 
 FORMAT = "fia-mask"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this package writes: 1 = pruning only, 2 = pruning + repaired rows
 _HEADER_KEY = "fia"
 _SUMMARY_KEYS = (
     "task",
@@ -124,6 +137,10 @@ class LayerMask:
     agnostic: int = 0  # entries selected by >= tau_ca concepts (kept)
     tau_ca: int = 2
     selected: dict[str, int] = field(default_factory=dict)  # concept -> |Q_c|
+    # the closed-form repair (None: pruning only): rewritten rows, their new and their original values
+    rows: Tensor | None = None  # int64 sorted row indices
+    row_values: Tensor | None = None  # float32 (len(rows), in): after the edit, pruned entries 0
+    row_originals: Tensor | None = None  # float32 (len(rows), in): before it
 
     @property
     def numel(self) -> int:
@@ -132,6 +149,10 @@ class LayerMask:
     @property
     def pruned(self) -> int:
         return int(self.indices.numel())
+
+    @property
+    def repaired_rows(self) -> int:
+        return 0 if self.rows is None else int(self.rows.numel())
 
 
 @dataclass(eq=False)  # compared by file bytes (EditFile.__eq__)
@@ -152,6 +173,7 @@ class ConceptMask(EditFile):
     dtype: str = "float32"
     version: str = ""
     method: str = "fia"  # the registered method that made it (fia.methods); files without one are FIA's
+    applied_fingerprint: str = ""  # repaired masks: fingerprint of the weights as the edit leaves them
     stats: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # erase's run statistics, not saved
 
     HEADER_KEY = _HEADER_KEY
@@ -211,6 +233,51 @@ class ConceptMask(EditFile):
             method=method,
         )
 
+    def with_repair(self, weights: Mapping[str, Tensor], repairs: Mapping[str, Any]) -> ConceptMask:
+        """This mask plus the closed-form repair's rewritten rows (``layer -> LayerRepair``, :mod:`fia.core.repair`).
+
+        ``weights`` are the unedited weights of the masked layers (the rows'
+        original values are read from them). A rewritten row must keep every
+        pruned entry of its row at exactly 0.
+        """
+        layers, edited = [], {}
+        for lm in self.layers:
+            w = weights[lm.name].detach()
+            rep = repairs.get(lm.name)
+            if rep is None or rep.rows.numel() == 0:
+                layers.append(dataclasses.replace(lm, rows=None, row_values=None, row_originals=None))
+                edited[lm.name] = self._masked_copy(lm, w)
+                continue
+            rows = rep.rows.to(torch.int64).cpu()
+            values = rep.values.to(torch.float32).cpu().contiguous()
+            if values.shape != (rows.numel(), lm.shape[1]):
+                raise ValueError(f"repair of {lm.name}: {tuple(values.shape)} values for {rows.numel()} rows of width {lm.shape[1]}")
+            pruned_here = self.to_dense(lm.name)[rows]
+            if bool((values[pruned_here] != 0).any()):
+                raise ValueError(f"repair of {lm.name} sets a pruned weight to a non-zero value")
+            originals = w.cpu()[rows].to(torch.float32).clone()
+            layers.append(dataclasses.replace(lm, rows=rows, row_values=values, row_originals=originals))
+            out = self._masked_copy(lm, w)
+            out[rows] = values.to(out.dtype)
+            edited[lm.name] = out
+        return dataclasses.replace(self, layers=layers, applied_fingerprint=fingerprint_weights(edited), stats=self.stats)
+
+    @staticmethod
+    def _masked_copy(lm: LayerMask, w: Tensor) -> Tensor:
+        out = w.detach().cpu().clone()
+        flat = out.reshape(-1)
+        flat[lm.indices.long()] = 0
+        return out
+
+    @property
+    def repaired(self) -> bool:
+        """Whether the mask carries a closed-form repair (rewritten rows)."""
+        return any(lm.rows is not None for lm in self.layers)
+
+    @property
+    def repaired_rows(self) -> int:
+        return sum(lm.repaired_rows for lm in self.layers)
+
     # --------------------------------------------------------------- counting
     @property
     def layer_names(self) -> list[str]:
@@ -258,7 +325,7 @@ class ConceptMask(EditFile):
                     "it was made from"
                 )
         got = fingerprint_weights(weights, {lm.name: lm.indices for lm in self.layers})
-        if got != self.edit_fingerprint:
+        if got != self.edit_fingerprint and not (self.repaired and got == self.applied_fingerprint):
             raise FIAError(
                 f"this mask was made for a different model (fingerprint {self.edit_fingerprint[:12]}, "
                 f"model {got[:12]}); apply it to the model it was made from"
@@ -267,22 +334,26 @@ class ConceptMask(EditFile):
 
     @torch.no_grad()
     def apply_(self, target: Any) -> Any:
-        """Zero the pruned weights of ``target`` (pipeline or denoiser) in place; returns it."""
+        """Zero the pruned weights of ``target`` (pipeline or denoiser) in place, write the repaired rows; returns it."""
         weights = self.check(target)
         for lm in self.layers:
+            w = weights[lm.name]
             if lm.pruned:
-                w = weights[lm.name]
                 idx = lm.indices.to(w.device).long()
                 w[idx // lm.shape[1], idx % lm.shape[1]] = 0
+            if lm.rows is not None:
+                w[lm.rows.to(w.device)] = lm.row_values.to(device=w.device, dtype=w.dtype)
         return target
 
     @torch.no_grad()
     def restore_(self, target: Any) -> Any:
-        """Put the stored original values back (undo :meth:`apply_`); returns ``target``."""
+        """Put the stored original values back (undo :meth:`apply_`, bit for bit); returns ``target``."""
         weights = self.check(target)
         for lm in self.layers:
+            w = weights[lm.name]
+            if lm.rows is not None:
+                w[lm.rows.to(w.device)] = lm.row_originals.to(device=w.device, dtype=w.dtype)
             if lm.pruned:
-                w = weights[lm.name]
                 idx = lm.indices.to(w.device).long()
                 w[idx // lm.shape[1], idx % lm.shape[1]] = lm.values.to(device=w.device, dtype=w.dtype)
         return target
@@ -320,11 +391,23 @@ class ConceptMask(EditFile):
             f"total: {self.pruned} of {self.total_weights} weights pruned ({100 * self.pruned_share:.3f} %), "
             f"{self.agnostic} concept-agnostic kept, {len(self.layers)} layers"
         )
+        if self.repaired:
+            rep = cfg.get("repair") or {}
+            lines.append(
+                f"closed-form repair: {self.repaired_rows} rows rewritten ("
+                + ", ".join(f"{lm.name.rsplit('.', 3)[0]}: {lm.repaired_rows}" for lm in self.layers if lm.repaired_rows)
+                + ")" + (", settings: " + ", ".join(f"{k}={v}" for k, v in sorted(rep.items())) if rep else "")
+            )
         return "\n".join(lines)
 
     # --------------------------------------------------------------- storage
+    def provenance(self) -> dict[str, Any]:
+        # a mask without a repair keeps format version 1, so its file is byte-identical to older ones
+        return super().provenance() | {"format_version": 2 if self.repaired else 1}
+
     def metadata(self) -> dict[str, Any]:
-        return self.provenance() | {
+        repair = {"applied_fingerprint": self.applied_fingerprint} if self.repaired else {}
+        return self.provenance() | repair | {
             "target_kind": self.target_kind,
             "edit_fingerprint": self.edit_fingerprint,
             "layers": [
@@ -336,6 +419,7 @@ class ConceptMask(EditFile):
                     "tau_ca": lm.tau_ca,
                     "selected": lm.selected,
                 }
+                | ({"repaired_rows": lm.repaired_rows} if lm.rows is not None else {})
                 for lm in self.layers
             ],
             "totals": {
@@ -351,6 +435,10 @@ class ConceptMask(EditFile):
         for lm in self.layers:
             tensors[f"indices/{lm.name}"] = lm.indices.to(torch.int32).contiguous()
             tensors[f"values/{lm.name}"] = lm.values.to(torch.float32).contiguous()
+            if lm.rows is not None:
+                tensors[f"rows/{lm.name}"] = lm.rows.to(torch.int32).contiguous()
+                tensors[f"row_values/{lm.name}"] = lm.row_values.to(torch.float32).contiguous()
+                tensors[f"row_originals/{lm.name}"] = lm.row_originals.to(torch.float32).contiguous()
         return tensors
 
     @classmethod
@@ -366,6 +454,15 @@ class ConceptMask(EditFile):
                 raise ValueError(f"layer {name} is inconsistent")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shape[0] * shape[1]):
                 raise ValueError(f"layer {name} has indices out of range")
+            rows = row_values = row_originals = None
+            if "repaired_rows" in info:
+                rows = tensors[f"rows/{name}"].to(torch.int64)
+                row_values, row_originals = tensors[f"row_values/{name}"], tensors[f"row_originals/{name}"]
+                n_rows = int(info["repaired_rows"])
+                if rows.numel() != n_rows or row_values.shape != (n_rows, shape[1]) or row_originals.shape != (n_rows, shape[1]):
+                    raise ValueError(f"layer {name}'s repaired rows are inconsistent")
+                if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= shape[0]):
+                    raise ValueError(f"layer {name} has repaired rows out of range")
             layers.append(
                 LayerMask(
                     name=name,
@@ -375,6 +472,9 @@ class ConceptMask(EditFile):
                     agnostic=int(info["agnostic"]),
                     tau_ca=int(info["tau_ca"]),
                     selected={c: int(v) for c, v in info.get("selected", {}).items()},
+                    rows=rows,
+                    row_values=row_values,
+                    row_originals=row_originals,
                 )
             )
         return cls(
@@ -387,6 +487,7 @@ class ConceptMask(EditFile):
             dtype=meta.get("dtype", ""),
             version=meta.get("fia_version", ""),
             method=meta.get("method", "fia"),
+            applied_fingerprint=meta.get("applied_fingerprint", ""),
         )
 
 

@@ -457,6 +457,98 @@ def anchor_prompts(erased: Sequence[str], config: FIAConfig) -> EvidencePrompts 
     return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(contrasts))
 
 
+@dataclass(frozen=True)
+class RepairPrompts:
+    """The prompt sets the closed-form repair is fitted on (:mod:`fia.repair`); prompt ``k`` from ``seeds[k]``."""
+
+    keep: tuple[str, ...]
+    keep_seeds: tuple[int, ...]
+    concept: tuple[str, ...]
+    concept_seeds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep": list(self.keep), "keep_seeds": list(self.keep_seeds),
+                "concept": list(self.concept), "concept_seeds": list(self.concept_seeds)}
+
+
+# repair prompts draw their noise from seeds no evidence or anchor prompt uses
+REPAIR_KEEP_SEED_OFFSET = 5000
+REPAIR_CONCEPT_SEED_OFFSET = 6000
+
+
+def _shapeworld_repair(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
+    """What must stay (every kind not erased, object-less scenes, styles, burning) and the erased concepts' phrasings.
+
+    A shape is held erased in the canonical prompt, under each synonym, as a
+    bare word and in compositional prompts (burning, in a style), so the
+    repair cannot rebuild it under a wording it did not see.
+    """
+    rc = config.repair
+    assert rc is not None
+    world = vocab.get_world(config.world)
+    gone = shapeworld_canonical(erased, config.world)
+    gone_styles = [s for s in map(_sw_style, erased) if s is not None]
+    gone_attr = [a for a in map(_sw_attribute, erased) if a is not None]
+    kept_kinds = [o for o in world.object_names if o not in gone]
+    styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles]
+    keep: list[str] = []
+    for i, obj in enumerate(kept_kinds):
+        for k in range(rc.keep_prompts_per_concept):
+            keep.append(_sw_text(obj, *_sw_scene(rc.keep_prompts_per_concept * i + k)))
+    extra = max(6, len(keep) // 12)
+    keep += [vocab.base_phrase(vocab.PLACE_NAMES[k % len(vocab.PLACE_NAMES)]) for k in range(2 * extra)]
+    if styles and kept_kinds:
+        keep += [_sw_text(kept_kinds[(3 * k) % len(kept_kinds)], *_sw_scene(k), style=styles[k % len(styles)]) for k in range(extra)]
+    if not gone_attr and kept_kinds:
+        keep += [_sw_text(kept_kinds[(5 * k + 1) % len(kept_kinds)], *_sw_scene(k + 3), attribute="burning") for k in range(extra // 2)]
+    concept: list[str] = []
+    n = rc.concept_prompts_per_concept
+    for name in erased:
+        obj = next(iter(shapeworld_canonical([name], config.world)), None)
+        for k in range(n):
+            color, place = _sw_scene(k)
+            shape = kept_kinds[k % len(kept_kinds)] if kept_kinds else world.object_names[0]
+            if obj is None:  # a style or the attribute: it on other shapes, plain and compositional
+                style, attr = _sw_style(name), _sw_attribute(name)
+                concept.append(_sw_text(shape, color, place, style=style, attribute=attr))
+                continue
+            words = [obj, *world.objects[obj]]
+            word = words[k % len(words)]
+            if k % 6 == 5:
+                concept.append(word)  # the bare word
+            elif k % 6 == 4:
+                concept.append(_sw_text(word, color, place, style=vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)], attribute="burning"))
+            else:
+                concept.append(_sw_text(word, color, place))
+    base = config.seed
+    return RepairPrompts(
+        tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
+        tuple(concept), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+    )
+
+
+def repair_prompts(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
+    """The repair's kept and concept prompts (``config.repair`` must be set).
+
+    ShapeWorld: :func:`_shapeworld_repair`. Other tasks: the anchor prompts
+    (the named anchors in the task's templates, or the base prompts) are
+    kept; the concept's evidence prompts are held erased.
+    """
+    if config.repair is None:
+        raise FIAError("repair_prompts needs config.repair; set FIAConfig(repair=RepairConfig())")
+    if config.task == "shapeworld":
+        return _shapeworld_repair(erased, config)
+    rc = config.repair
+    anchors = anchor_prompts(erased, config.replace(anchor_prompts=max(1, rc.keep_prompts_per_concept * max(1, len(config.anchors)) + 8)))
+    keep = anchors.prompts if anchors is not None else ()
+    concept = [p for c in erased for p in evidence_prompts(c, config.replace(concept_prompts_per_concept=rc.concept_prompts_per_concept)).prompts]
+    base = config.seed
+    return RepairPrompts(
+        tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
+        tuple(concept), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+    )
+
+
 # ------------------------------------------------- the model's world
 
 

@@ -1,0 +1,306 @@
+"""Erase what was asked and keep everything else: the default eraser on the default world, measured.
+
+Tasks on ShapeWorld 2 (32 kinds on a long tail):
+
+* ``star+arrow``: a common and a rare kind (the README's main command);
+* ``circle+star``: the two commonest kinds the first world shares;
+* ``ten``: five common kinds (circle, house, square, two, tree) and five rare
+  ones (drop, five, arrow, em, mushroom) at once.
+
+Methods: ``paper`` (the paper's FIA), ``mask`` (the causal variant's
+pruning alone, no repair: the previous default) and ``default`` (the ShapeWorld default: pruning
+with the closed-form repair), each erased in the same process, so their
+seconds compare.
+
+Every edited model and the unedited one are judged on one split:
+
+* ``heldout`` (the figures): colour/place pairs the erasers never see
+  (``factor_cycle`` shift 0) and seeds from 200,000;
+* ``tune`` (where settings are chosen): the other colour/place pairs (shift 1)
+  and seeds from 300,000. No setting is chosen on ``heldout``.
+
+Per task and method, read by the oracle (with its reject option) and the
+second, independently trained judge: forget F (erased kinds, canonical
+prompts), kept P (mean over the other kinds) with Wilson 95 % intervals,
+each kept kind's change, and F on each erased kind's synonyms, bare word
+("star") and compositional prompts ("a burning red star near the road in
+the style of Ovalli"). Quality on ``--quality`` images (a fifth object-less
+scenes, the rest kept kinds): KID (torchmetrics) and FID in the oracle's
+feature space against renders of the scenes the prompts name, prompt
+fidelity (share of the named factors the oracle reads) and CLIP score with
+the world's CLIP. Cost: seconds per concept and the erase's peak RSS,
+measured in a fresh process per method (``--cost``).
+
+    python benchmarks/selective_forgetting.py [--split heldout] [--images 32] [--quality 500]
+        [--tasks star+arrow,circle+star,ten] [--methods paper,mask,default] [--cost]
+
+Writes benchmarks/results/selective_forgetting_<split>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fia
+from fia.evaluate.metrics import frechet_distance, kernel_distance
+from fia.evaluate.stats import wilson
+from fia.evaluate.suites.shapeworld import factor_cycle, shapeworld_reference_features
+from fia.io import atomic_write_text
+from fia.prompts import resolve_config
+from fia.shapeworld import load_oracle, load_pipeline, load_second_judge, world_path
+from fia.shapeworld.clip import clip_score, load_clip
+from fia.shapeworld.evaluate import generate
+from fia.shapeworld.render import parse_prompt, prompt_for
+from fia.shapeworld.vocab import PLACE_NAMES, SHAPEWORLD2, STYLE_NAMES
+
+WORLD = SHAPEWORLD2
+KINDS = list(WORLD.object_names)
+TASKS = {
+    "star+arrow": ["star", "arrow"],
+    "circle+star": ["circle", "star"],
+    "ten": ["circle", "house", "square", "two", "tree", "drop", "five", "arrow", "em", "mushroom"],
+}
+SPLITS = {"heldout": (0, 200_000), "tune": (1, 300_000)}  # (factor_cycle shift, seed base)
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_for(method: str):
+    """The erase settings of a method: the ShapeWorld preset (the default), without its repair, or the paper's FIA."""
+    cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
+    if method == "paper":
+        return cfg.replace(variant="paper", repair=None)
+    if method == "mask":
+        return cfg.replace(repair=None)
+    return cfg
+
+
+# ----------------------------------------------------------------- the images
+class Split:
+    """The images one split judges: per kind, canonical prompts; per erased kind, its other phrasings; quality."""
+
+    def __init__(self, split: str, images: int, quality: int):
+        self.shift, self.seed_base = SPLITS[split]
+        self.images, self.quality = images, quality
+
+    def kinds(self) -> tuple[list[str], list[int], list[str]]:
+        prompts, seeds, truth = [], [], []
+        for i, o in enumerate(KINDS):
+            for k in range(self.images):
+                prompts.append(prompt_for(o, *factor_cycle(k, i, self.shift)))
+                seeds.append(self.seed_base + 1000 * i + k)
+                truth.append(o)
+        return prompts, seeds, truth
+
+    def phrasings(self, erased: list[str]) -> dict[str, tuple[list[str], list[int], list[str]]]:
+        """Per phrasing, prompts of the erased kinds: a synonym, the bare word, a compositional prompt."""
+        out = {"synonym": ([], [], []), "bare word": ([], [], []), "compositional": ([], [], [])}
+        for o in erased:
+            i = KINDS.index(o)
+            syn = WORLD.objects[o][0]
+            for k in range(self.images):
+                color, place = factor_cycle(k, i, self.shift)
+                seed = self.seed_base + 40_000 + 1000 * i + k
+                texts = {
+                    "synonym": prompt_for(syn, color, place),
+                    "bare word": o,
+                    "compositional": prompt_for(o, color, place, style=STYLE_NAMES[k % len(STYLE_NAMES)], attribute="burning"),
+                }
+                for name, text in texts.items():
+                    out[name][0].append(text)
+                    out[name][1].append(seed + 100_000 * list(texts).index(name))
+                    out[name][2].append(o)
+        return out
+
+    def quality_set(self, erased: list[str]) -> tuple[list[str], list[int], list[dict]]:
+        """``quality`` prompts: a fifth object-less scenes, the rest the kept kinds in turn."""
+        kept = [o for o in KINDS if o not in erased]
+        prompts, seeds, factors = [], [], []
+        n_empty = self.quality // 5
+        for k in range(self.quality):
+            if k < n_empty:
+                place = PLACE_NAMES[k % len(PLACE_NAMES)]
+                prompts.append(f"the {place}")
+                factors.append({"object": "none", "place": place})
+            else:
+                j = k - n_empty
+                obj = kept[j % len(kept)]
+                color, place = factor_cycle(j // len(kept), KINDS.index(obj), self.shift)
+                prompts.append(prompt_for(obj, color, place))
+                factors.append({"object": obj, "color": color, "place": place})
+            seeds.append(self.seed_base + 80_000 + k)
+        return prompts, seeds, factors
+
+
+def judged(pipe, judges: dict, prompts: list[str], seeds: list[int]) -> tuple[dict[str, dict[str, list[str]]], torch.Tensor]:
+    x = generate(pipe, prompts, seeds)
+    return {name: j.labels(j.predict(x)) for name, j in judges.items()}, x
+
+
+def rate(hits: int, n: int) -> dict:
+    ci = wilson(hits, n)
+    return {"rate": round(hits / n, 4) if n else None, "low": round(ci.low, 4), "high": round(ci.high, 4), "hits": hits, "n": n}
+
+
+# ---------------------------------------------------------------- measuring
+def measure(pipe, judges, clip, split: Split, erased: list[str], reference: torch.Tensor) -> dict:
+    prompts, seeds, truth = split.kinds()
+    labels, _ = judged(pipe, judges, prompts, seeds)
+    out: dict = {"per_kind": {}, "forget": {}, "kept": {}, "phrasings": {}}
+    kept = [o for o in KINDS if o not in erased]
+    for name, lab in labels.items():
+        hits = {o: sum(p == t for p, t in zip(lab["object"], truth) if t == o) for o in KINDS}
+        out["per_kind"][name] = {o: round(h / split.images, 4) for o, h in hits.items()}
+        out["forget"][name] = rate(sum(hits[o] for o in erased), split.images * len(erased))
+        out["kept"][name] = rate(sum(hits[o] for o in kept), split.images * len(kept))
+    for phrasing, (p, s, t) in split.phrasings(erased).items():
+        lab, _ = judged(pipe, judges, p, s)
+        out["phrasings"][phrasing] = {
+            name: rate(sum(a == b for a, b in zip(v["object"], t)), len(t)) for name, v in lab.items()
+        }
+    q_prompts, q_seeds, q_factors = split.quality_set(erased)
+    lab, x = judged(pipe, judges, q_prompts, q_seeds)
+    oracle = judges["oracle"]
+    fidelity = [
+        np.mean([lab["oracle"][head][i] == value for head, value in f.items() if head in lab["oracle"]])
+        for i, f in enumerate(q_factors)
+    ]
+    with torch.no_grad():
+        feats = oracle.features(x).double()
+    kid, kid_std = kernel_distance(feats, reference)
+    out["quality"] = {
+        "n_images": len(q_prompts),
+        "kid_x1000": round(1000 * kid, 3),
+        "kid_std_x1000": round(1000 * kid_std, 3),
+        "fid": round(frechet_distance(feats, reference), 3),
+        "prompt_fidelity": round(float(np.mean(fidelity)), 4),
+        "clip_score": round(float(clip_score(clip, x, q_prompts).mean()), 3),
+    }
+    return out
+
+
+def cost(method: str, erased: list[str]) -> dict:
+    """Seconds per concept and peak RSS of the erase alone, in a fresh process."""
+    code = (
+        "import json, resource, sys, time, torch; sys.path.insert(0, %r)\n"
+        "from selective_forgetting import config_for, WORLD\n"
+        "import fia\nfrom fia.shapeworld import load_pipeline\n"
+        "pipe = load_pipeline(world=WORLD.name)\nbase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.perf_counter(); fia.erase(pipe, %r, config_for(%r)); s = time.perf_counter() - t\n"
+        "print(json.dumps({'seconds': s, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,"
+        " 'rss_before_erase_gb': base / 1e6}))\n"
+    ) % (str(Path(__file__).resolve().parent), erased, method)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "seconds_per_concept": round(data["seconds"] / len(erased), 2),
+        "seconds": round(data["seconds"], 1),
+        "peak_rss_gb": round(data["peak_rss_gb"], 2),
+        "rss_before_erase_gb": round(data["rss_before_erase_gb"], 2),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# -------------------------------------------------------------------- report
+def fmt(r: dict) -> str:
+    return f"{r['rate']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"Split: {results['split']}, {results['images']} images per kind and per erased phrasing, "
+        f"{results['quality_images']} quality images; oracle / second judge.",
+        "",
+        "| task | method | pruned | F oracle | F judge2 | kept oracle | kept judge2 | largest kept drop (oracle) | "
+        "KID x1000 | FID | fidelity | CLIP | s / concept | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, rows in results["tasks"].items():
+        base = rows["unedited"]
+        for method, r in rows.items():
+            m = r["measure"]
+            drops = ""
+            if method != "unedited":
+                d = sorted((m["per_kind"]["oracle"][o] - base["measure"]["per_kind"]["oracle"][o], o) for o in m["per_kind"]["oracle"] if o not in TASKS[task])
+                drops = f"{d[0][1]} {d[0][0]:+.2f}"
+            c = r.get("cost") or {}
+            q = m["quality"]
+            lines.append(
+                f"| {task} | {method} | {r.get('pruned_share', 0) * 100:.2f} % | {fmt(m['forget']['oracle'])} | "
+                f"{fmt(m['forget']['judge2'])} | {fmt(m['kept']['oracle'])} | {fmt(m['kept']['judge2'])} | {drops} | "
+                f"{q['kid_x1000']:.1f} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
+                f"{c.get('seconds_per_concept', '')} | {c.get('peak_rss_gb', '')} |"
+            )
+    lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
+              "| task | method | synonym | bare word | compositional |", "|---|---|---|---|---|"]
+    for task, rows in results["tasks"].items():
+        for method, r in rows.items():
+            ph = r["measure"]["phrasings"]
+            lines.append(
+                f"| {task} | {method} | " + " | ".join(
+                    f"{ph[k]['oracle']['rate']:.2f} / {ph[k]['judge2']['rate']:.2f}" for k in ("synonym", "bare word", "compositional")
+                ) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", choices=list(SPLITS), default="heldout")
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--quality", type=int, default=500)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", default="paper,mask,default")
+    ap.add_argument("--cost", action="store_true", help="also measure each erase alone in a fresh process (seconds, peak RSS)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    out = args.out or RESULTS / f"selective_forgetting_{args.split}.json"
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    pipe = load_pipeline(world=WORLD.name)
+    judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
+    clip = load_clip(world_path(WORLD.name) / "clip")
+    split = Split(args.split, args.images, args.quality)
+    results = {
+        "split": args.split, "images": args.images, "quality_images": args.quality, "world": WORLD.name,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "tasks": {},
+    }
+    for task in args.tasks.split(","):
+        erased = TASKS[task]
+        _, _, q_factors = split.quality_set(erased)
+        reference = shapeworld_reference_features(judges["oracle"], q_factors, 1, seed=7)
+        rows = {"unedited": {"measure": measure(pipe, judges, clip, split, erased, reference)}}
+        print(task, "unedited", rows["unedited"]["measure"]["forget"], rows["unedited"]["measure"]["kept"], flush=True)
+        for method in args.methods.split(","):
+            t0 = time.perf_counter()
+            mask = fia.erase(pipe, erased, config_for(method))
+            seconds = time.perf_counter() - t0
+            mask.apply_(pipe)
+            try:
+                m = measure(pipe, judges, clip, split, erased, reference)
+            finally:
+                mask.restore_(pipe)
+            rows[method] = {"measure": m, "pruned_share": mask.pruned_share, "repaired_rows": mask.repaired_rows,
+                            "seconds_in_run": round(seconds, 1)}
+            if args.cost:
+                rows[method]["cost"] = cost(method, erased)
+            print(task, method, m["forget"], m["kept"], m["quality"], rows[method].get("cost"), flush=True)
+        results["tasks"][task] = rows
+        results["minutes"] = round((time.perf_counter() - t_start) / 60, 1)
+        atomic_write_text(out, json.dumps(results, indent=1, sort_keys=True))
+        atomic_write_text(out.with_suffix(".md"), markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

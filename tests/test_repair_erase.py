@@ -1,0 +1,80 @@
+"""The causal variant with the closed-form repair on a tiny random SD pipeline: one edit, deterministic, reversible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _erase_fixtures import load_tiny, one_thread, tiny_dir  # noqa: F401 - fixtures
+from test_causal import tiny_causal_config
+
+import fia
+from fia.config import RepairConfig
+from fia.errors import FIAError
+from fia.prompts import repair_prompts
+from fia.repair import collect_grams
+from fia.targets import find_targets
+
+REPAIR = RepairConfig(keep_prompts_per_concept=2, concept_prompts_per_concept=2)
+
+
+def _ffn2(pipe):
+    return {t.name: t.module.weight.detach().clone() for t in find_targets(pipe.unet, "ffn2")}
+
+
+def test_repaired_erase_is_one_reversible_deterministic_edit(tiny_dir, tmp_path):  # noqa: F811
+    pipe = load_tiny(tiny_dir)
+    before = _ffn2(pipe)
+    cfg = tiny_causal_config(repair=REPAIR)
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())  # erase leaves the model as it was
+    assert mask.repaired and mask.pruned > 0
+    assert mask.config["repair"]["concept_weight"] == REPAIR.concept_weight
+    # every rewritten row is a row with a pruned entry, and its pruned entries stay exactly zero
+    for lm in mask.layers:
+        dense = mask.to_dense(lm.name)
+        if lm.rows is not None:
+            assert dense[lm.rows].any(1).all()
+            assert (lm.row_values[dense[lm.rows]] == 0).all()
+            assert set(torch.nonzero(dense.any(1)).reshape(-1).tolist()) == set(lm.rows.tolist())
+    # the same inputs give the same bytes
+    assert fia.erase(pipe, ["golf ball"], cfg).to_bytes() == mask.to_bytes()
+    path = mask.save(tmp_path / "mask.safetensors")
+    mask.apply_(pipe)
+    edited = _ffn2(pipe)
+    assert any(not torch.equal(edited[n], before[n]) for n in before)
+    fia.load_edit(path).restore_(pipe)  # a copy read from the file restores bit for bit
+    assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
+
+
+def test_repair_restores_kept_outputs_on_the_prompts_it_was_fitted_on(tiny_dir):  # noqa: F811
+    """With lambda = 0 the repair is least squares on the kept inputs: their layer outputs move back towards the unedited ones."""
+    pipe = load_tiny(tiny_dir)
+    cfg = tiny_causal_config(repair=RepairConfig(concept_weight=0.0, damping=1e-6, keep_prompts_per_concept=2, concept_prompts_per_concept=2))
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = repair_prompts(["golf ball"], cfg)
+    gram = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=cfg.num_inference_steps,
+                         guidance_scale=cfg.guidance_scale)
+    before = _ffn2(pipe)
+    for lm in mask.layers:
+        if lm.rows is None:
+            continue
+        w = before[lm.name].double()
+        masked = w.clone()
+        masked[mask.to_dense(lm.name)] = 0
+        repaired = masked.clone()
+        repaired[lm.rows] = lm.row_values.double()
+        g = gram[lm.name]
+        err = lambda m: float(torch.einsum("ij,jk,ik->", m - w, g, m - w))  # noqa: E731 - mean squared output error
+        assert err(repaired) <= err(masked) + 1e-12
+
+
+def test_bad_repair_inputs_stop_before_any_work(tiny_dir):  # noqa: F811
+    with pytest.raises(FIAError, match="both erased and an anchor"):
+        fia.plan_erase(["golf ball"], tiny_causal_config(repair=REPAIR, anchors=["Golf Ball", "church"]))
+    with pytest.raises(FIAError, match="repair follows the causal variant"):
+        tiny_causal_config(variant="paper", repair=REPAIR)
+    with pytest.raises(FIAError, match="damping must be > 0"):
+        tiny_causal_config(repair={"damping": 0.0})
+    with pytest.raises(FIAError, match="unknown|not a field|repair"):
+        tiny_causal_config(repair={"lambda": 1.0})
