@@ -42,9 +42,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fia.config import TASKS, FIAConfig
+from fia.config import TASKS, FIAConfig, sampler_defaults
 from fia.errors import FIAError
-from fia.shapeworld import GENERATION_DEFAULTS, vocab
+from fia.shapeworld import vocab
 
 PLACES: tuple[str, ...] = (
     "road", "tree", "forest", "lawn", "clubhouse", "courtyard", "backyard", "cityscape",
@@ -248,16 +248,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_preset(task: str) -> dict[str, Any]:
     """The preset settings of ``task`` as a dict of FIAConfig fields.
 
-    The ShapeWorld preset takes its schedule (steps, guidance) from
-    ``fia.shapeworld.GENERATION_DEFAULTS`` and keeps ``saliency_steps``
+    The schedule (steps, guidance) is the task's
+    (:func:`fia.config.sampler_defaults`, the source a bare
+    :class:`FIAConfig` reads too) unless the preset file names one; on
+    ShapeWorld it is always the world's, and ``saliency_steps`` is kept
     within it.
     """
     data = read_config_file(preset_path(task))
     data["task"] = task
+    defaults = sampler_defaults(task)
     if task == "shapeworld":
-        data["num_inference_steps"] = int(GENERATION_DEFAULTS["num_inference_steps"])
-        data["guidance_scale"] = float(GENERATION_DEFAULTS["guidance_scale"])
+        data.update(defaults)
         data["saliency_steps"] = min(int(data.get("saliency_steps", 10)), data["num_inference_steps"])
+    for key, value in defaults.items():
+        data.setdefault(key, value)
     return data
 
 
