@@ -49,6 +49,27 @@ def sampler_defaults(task: str) -> dict[str, Any]:
     return dict(PAPER_SAMPLER)
 
 
+# What the public reference code (github.com/kaiyuan02415/Forget-It-All,
+# commit 4904518) does, as FIAConfig settings; the named preset "reference"
+# (FIAConfig.reference, fia erase --preset reference) lays them over the task's
+# preset together with the task's schedule and guidance (sampler_defaults).
+# The code scores Eq. 1 as |W_ij| * ||X_j|| after scaling every token's row of
+# X to unit length ("wanda"), over every row of the guided batch, both the
+# unconditional and the conditional half ("both"), on the first 10 steps; it
+# has no per-concept r1 (r1_overrides empty). Method page, section 10.
+REFERENCE_SETTINGS: dict[str, Any] = {
+    "variant": "paper",
+    "saliency": "wanda",
+    "cfg_rows": "both",
+    "targets": "ffn2",
+    "selection": "both",
+    "fusion": "fia",
+    "saliency_steps": 10,
+    "r1_overrides": {},
+}
+PRESETS = ("reference",)
+
+
 @dataclass
 class FIAConfig:
     """Hyperparameters of Forget-It-All.
@@ -150,6 +171,21 @@ class FIAConfig:
                 self.num_inference_steps = defaults["num_inference_steps"]
             if self.guidance_scale is None:
                 self.guidance_scale = defaults["guidance_scale"]
+
+    @classmethod
+    def reference(cls, task: str = "object", **changes: Any) -> "FIAConfig":
+        """The public reference code's settings for ``task``: the way to reproduce its masks.
+
+        The task's preset (``configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
+        (the paper variant, the Wanda reduction with unit-length token rows,
+        both rows of the guided batch, 10 scored steps) and the task's
+        schedule and guidance (:func:`sampler_defaults`); ``changes`` (e.g.
+        ``world="shapeworld"``) come last. The same settings as
+        ``fia erase --preset reference --task TASK``.
+        """
+        from fia.prompts import resolve_config
+
+        return resolve_config(task, overrides=changes, preset="reference")
 
     # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:

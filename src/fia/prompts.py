@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fia.config import TASKS, FIAConfig, sampler_defaults
+from fia.config import PRESETS, REFERENCE_SETTINGS, TASKS, FIAConfig, sampler_defaults
 from fia.errors import FIAError
 from fia.shapeworld import vocab
 
@@ -265,22 +265,40 @@ def load_preset(task: str) -> dict[str, Any]:
     return data
 
 
+def named_preset(name: str, task: str) -> dict[str, Any]:
+    """The settings a named preset lays over ``task``'s preset.
+
+    ``reference``: the public reference code's (:data:`fia.config.REFERENCE_SETTINGS`)
+    at the task's schedule and guidance (:func:`fia.config.sampler_defaults`).
+    """
+    if name not in PRESETS:
+        raise FIAError(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}")
+    data = dict(REFERENCE_SETTINGS) | sampler_defaults(task)
+    data["saliency_steps"] = min(data["saliency_steps"], data["num_inference_steps"])
+    return data
+
+
 def resolve_config(
     task: str | None = None,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
     default_task: str = "object",
+    preset: str | None = None,
 ) -> FIAConfig:
-    """Preset of the task < YAML file < explicit overrides (``None`` values skipped).
+    """Preset of the task < named preset < YAML file < explicit overrides (``None`` values skipped).
 
     The task is, in order: ``task``, the file's ``task``, ``default_task``.
+    ``preset`` names a preset of :data:`fia.config.PRESETS` (``reference``:
+    the public reference code's settings, see :func:`named_preset`).
     """
     file_data = read_config_file(config_file) if config_file is not None else {}
     chosen = task or file_data.get("task") or default_task
     if chosen not in TASKS:
         raise FIAError(f"unknown task {chosen!r}; use one of: {', '.join(TASKS)}")
     data = load_preset(chosen)
+    if preset is not None:
+        data.update(named_preset(preset, chosen))
     data.update(file_data)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     data["task"] = chosen
