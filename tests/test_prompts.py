@@ -131,6 +131,25 @@ def test_shapeworld_preset_schedule():
     assert 1 <= cfg.saliency_steps <= cfg.num_inference_steps
 
 
+def test_a_bare_config_samples_at_its_tasks_schedule():
+    """FIAConfig(task=...) and the CLI's preset read one source for the schedule and guidance."""
+    from fia.config import sampler_defaults
+
+    for task in ("object", "style", "explicit", "shapeworld"):
+        bare, preset = FIAConfig(task=task), resolve_config(task)
+        want = sampler_defaults(task)
+        assert (bare.num_inference_steps, bare.guidance_scale) == (want["num_inference_steps"], want["guidance_scale"])
+        assert (preset.num_inference_steps, preset.guidance_scale) == (bare.num_inference_steps, bare.guidance_scale)
+    assert (FIAConfig().num_inference_steps, FIAConfig().guidance_scale) == (50, 7.5)  # unchanged
+    # on ShapeWorld the paper variant's settings are the CLI's, field for field
+    bare = FIAConfig(task="shapeworld", world="shapeworld", variant="paper")
+    cli = resolve_config("shapeworld", overrides={"variant": "paper", "world": "shapeworld"})
+    assert bare.to_dict() == cli.to_dict()
+    # given values win; a config rebuilt from a run keeps its recorded schedule
+    assert FIAConfig(task="shapeworld", num_inference_steps=50, guidance_scale=7.5).num_inference_steps == 50
+    assert FIAConfig.from_run(FIAConfig().to_dict() | {"task": "shapeworld"}).guidance_scale == 7.5
+
+
 def test_precedence_preset_file_flags(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("task: style\nr2: 0.05\nalpha: 0.7\n")

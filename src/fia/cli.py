@@ -103,6 +103,12 @@ def erase(
         "the report.",
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="reference: the public reference code's settings (paper variant, --saliency wanda, --cfg-rows both, "
+        "the task's schedule and guidance), which reproduce its masks; --config and flags still override.",
+    ),
     r1: float | None = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
     r2: float | None = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
     alpha: float | None = typer.Option(None, "--alpha", help="Concept-agnostic share (Eq. 7), e.g. 0.6."),
@@ -182,7 +188,8 @@ def erase(
 
         model = str(world_dir / "pipeline")
         overrides["world"] = world_of(world_dir).name
-    cfg = with_repair_options(resolve_config(task, config, overrides, default_task=default_task), repair, repair_weight)
+    cfg = resolve_config(task, config, overrides, default_task=default_task, preset=preset)
+    cfg = with_repair_options(cfg, repair, repair_weight)
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)

@@ -24,6 +24,51 @@ VARIANTS = ("paper", "causal")
 SELECTIONS = ("both", "channel", "layer")
 FUSIONS = ("fia", "union")
 
+# The schedule and guidance FIA samples at on a real model: the paper's (the
+# first ``saliency_steps`` of 50 steps at guidance 7.5, method page section 3).
+PAPER_SAMPLER = {"num_inference_steps": 50, "guidance_scale": 7.5}
+
+
+def sampler_defaults(task: str) -> dict[str, Any]:
+    """The schedule and guidance of ``task``: ``{"num_inference_steps", "guidance_scale"}``.
+
+    The one source of these defaults for the Python API and the CLI: a
+    :class:`FIAConfig` that leaves them out and the task presets of
+    :func:`fia.prompts.load_preset` both read it. ShapeWorld samples at its
+    model's own settings (:data:`fia.shapeworld.GENERATION_DEFAULTS`, the
+    settings its quality gate is measured at); every other task at the
+    paper's (:data:`PAPER_SAMPLER`).
+    """
+    if task == "shapeworld":
+        from fia.shapeworld import GENERATION_DEFAULTS
+
+        return {
+            "num_inference_steps": int(GENERATION_DEFAULTS["num_inference_steps"]),
+            "guidance_scale": float(GENERATION_DEFAULTS["guidance_scale"]),
+        }
+    return dict(PAPER_SAMPLER)
+
+
+# What the public reference code (github.com/kaiyuan02415/Forget-It-All,
+# commit 4904518) does, as FIAConfig settings; the named preset "reference"
+# (FIAConfig.reference, fia erase --preset reference) lays them over the task's
+# preset together with the task's schedule and guidance (sampler_defaults).
+# The code scores Eq. 1 as |W_ij| * ||X_j|| after scaling every token's row of
+# X to unit length ("wanda"), over every row of the guided batch, both the
+# unconditional and the conditional half ("both"), on the first 10 steps; it
+# has no per-concept r1 (r1_overrides empty). Method page, section 10.
+REFERENCE_SETTINGS: dict[str, Any] = {
+    "variant": "paper",
+    "saliency": "wanda",
+    "cfg_rows": "both",
+    "targets": "ffn2",
+    "selection": "both",
+    "fusion": "fia",
+    "saliency_steps": 10,
+    "r1_overrides": {},
+}
+PRESETS = ("reference",)
+
 
 @dataclass(frozen=True)
 class RepairConfig:
@@ -91,8 +136,11 @@ class FIAConfig:
         r1_overrides / r2_overrides: per-concept values that replace r1 / r2.
         saliency_steps: denoising steps whose activations feed the saliency;
             the sampler stops after them.
-        num_inference_steps: length of the schedule those steps belong to.
-        guidance_scale: classifier-free guidance used while collecting.
+        num_inference_steps: length of the schedule those steps belong to;
+            left out (``None``), the task's (:func:`sampler_defaults`: 50,
+            on ShapeWorld the world's 25), as the CLI's presets resolve it.
+        guidance_scale: classifier-free guidance used while collecting; left
+            out, the task's (7.5, on ShapeWorld the world's 5.0).
         seed: base seed; paired concept/base prompts share ``seed + k``.
         batch_size: prompts per sampler batch; ``None`` puts all prompts of a
             concept in one batch (bounded memory, see the README).
@@ -147,8 +195,8 @@ class FIAConfig:
     r1_overrides: dict[str, float] = field(default_factory=dict)
     r2_overrides: dict[str, float] = field(default_factory=dict)
     saliency_steps: int = 10
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int | None = None  # None: the task's, filled in on construction
+    guidance_scale: float | None = None  # None: the task's, filled in on construction
     seed: int = 0
     batch_size: int | None = None
     saliency: Literal["energy", "wanda"] = "energy"
@@ -169,6 +217,31 @@ class FIAConfig:
     evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
     anchors: list[str] = field(default_factory=list)
     repair: RepairConfig | None = None
+
+    def __post_init__(self) -> None:
+        # the task's schedule and guidance where they are left out: the same
+        # values the CLI's preset gives for the task (fia.prompts.load_preset)
+        if self.num_inference_steps is None or self.guidance_scale is None:
+            defaults = sampler_defaults(self.task)
+            if self.num_inference_steps is None:
+                self.num_inference_steps = defaults["num_inference_steps"]
+            if self.guidance_scale is None:
+                self.guidance_scale = defaults["guidance_scale"]
+
+    @classmethod
+    def reference(cls, task: str = "object", **changes: Any) -> "FIAConfig":
+        """The public reference code's settings for ``task``: the way to reproduce its masks.
+
+        The task's preset (``configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
+        (the paper variant, the Wanda reduction with unit-length token rows,
+        both rows of the guided batch, 10 scored steps) and the task's
+        schedule and guidance (:func:`sampler_defaults`); ``changes`` (e.g.
+        ``world="shapeworld"``) come last. The same settings as
+        ``fia erase --preset reference --task TASK``.
+        """
+        from fia.prompts import resolve_config
+
+        return resolve_config(task, overrides=changes, preset="reference")
 
     # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:

@@ -42,9 +42,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fia.config import TASKS, FIAConfig
+from fia.config import PRESETS, REFERENCE_SETTINGS, TASKS, FIAConfig, sampler_defaults
 from fia.errors import FIAError
-from fia.shapeworld import GENERATION_DEFAULTS, vocab
+from fia.shapeworld import vocab
 
 PLACES: tuple[str, ...] = (
     "road", "tree", "forest", "lawn", "clubhouse", "courtyard", "backyard", "cityscape",
@@ -248,16 +248,33 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_preset(task: str) -> dict[str, Any]:
     """The preset settings of ``task`` as a dict of FIAConfig fields.
 
-    The ShapeWorld preset takes its schedule (steps, guidance) from
-    ``fia.shapeworld.GENERATION_DEFAULTS`` and keeps ``saliency_steps``
+    The schedule (steps, guidance) is the task's
+    (:func:`fia.config.sampler_defaults`, the source a bare
+    :class:`FIAConfig` reads too) unless the preset file names one; on
+    ShapeWorld it is always the world's, and ``saliency_steps`` is kept
     within it.
     """
     data = read_config_file(preset_path(task))
     data["task"] = task
+    defaults = sampler_defaults(task)
     if task == "shapeworld":
-        data["num_inference_steps"] = int(GENERATION_DEFAULTS["num_inference_steps"])
-        data["guidance_scale"] = float(GENERATION_DEFAULTS["guidance_scale"])
+        data.update(defaults)
         data["saliency_steps"] = min(int(data.get("saliency_steps", 10)), data["num_inference_steps"])
+    for key, value in defaults.items():
+        data.setdefault(key, value)
+    return data
+
+
+def named_preset(name: str, task: str) -> dict[str, Any]:
+    """The settings a named preset lays over ``task``'s preset.
+
+    ``reference``: the public reference code's (:data:`fia.config.REFERENCE_SETTINGS`)
+    at the task's schedule and guidance (:func:`fia.config.sampler_defaults`).
+    """
+    if name not in PRESETS:
+        raise FIAError(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}")
+    data = dict(REFERENCE_SETTINGS) | sampler_defaults(task)
+    data["saliency_steps"] = min(data["saliency_steps"], data["num_inference_steps"])
     return data
 
 
@@ -267,19 +284,26 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     default_task: str = "object",
+    preset: str | None = None,
 ) -> FIAConfig:
-    """Preset of the task < YAML file < explicit overrides (``None`` values skipped).
+    """Preset of the task < named preset < YAML file < explicit overrides (``None`` values skipped).
 
     The task is, in order: ``task``, the file's ``task``, ``default_task``.
+    ``preset`` names a preset of :data:`fia.config.PRESETS` (``reference``:
+    the public reference code's settings, see :func:`named_preset`).
     """
     file_data = read_config_file(config_file) if config_file is not None else {}
     chosen = task or file_data.get("task") or default_task
     if chosen not in TASKS:
         raise FIAError(f"unknown task {chosen!r}; use one of: {', '.join(TASKS)}")
     data = load_preset(chosen)
-    data.update(file_data)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if preset is not None:
+        data.update(named_preset(preset, chosen))
+    explicit = dict(file_data) | {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(explicit)
     data["task"] = chosen
+    if data.get("variant", "paper") != "causal" and "repair" not in explicit:
+        data.pop("repair", None)  # the task preset's repair follows its causal variant, not another one
     try:
         return FIAConfig.from_dict(data)
     except TypeError as exc:  # wrong value types in YAML
