@@ -144,7 +144,7 @@ def layers_figure(mask: Any, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names) + 2), 3.8))
     ax.bar(range(len(names)), shares, color="#c0392b")
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([_short(n) for n in names], rotation=70, ha="right", fontsize=6)
+    ax.set_xticklabels([_short(n) for n in names], rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("pruned weights (%)")
     ax.set_title(f"pruned share per layer (total {100 * mask.pruned_share:.3f} %)", fontsize=9)
     fig.tight_layout()
@@ -294,9 +294,9 @@ def _rate_cell(value: Any, iv: Mapping[str, float] | None) -> str:
 def largest_losses(metrics: Mapping[str, Any], k: int = KEPT_GRIDS) -> list[tuple[str, float, float]]:
     """The ``k`` kept concepts whose accuracy fell most, as (concept, base, edited), largest loss first.
 
-    Ties keep the suite's order. Concepts whose accuracy rose come last, so
-    with fewer than ``k`` losses the list is filled with those that changed
-    least; empty without per-concept accuracies of kept concepts.
+    Ties keep the suite's order. With fewer than ``k`` losses the list goes
+    on with the kept concepts that did not change, then those that gained;
+    it is empty without per-concept accuracies of kept concepts.
     """
     per = metrics.get("per_class") or {}
     kept = [
