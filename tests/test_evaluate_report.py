@@ -345,3 +345,15 @@ def test_report_shows_kid_and_fid_from_500_quality_images(tmp_path):
     rows = {r[0]["text"] for r in page.tables["metrics"][1:]}
     assert {"quality: kid", "quality: fid"} <= rows
     assert "--quality-images" not in path.read_text()
+
+
+def test_quality_images_is_for_shapeworld_suites(tmp_path):
+    from typer.testing import CliRunner
+
+    from fia.cli import app
+
+    mask = tmp_path / "mask.safetensors"
+    mask.write_bytes(b"")
+    res = CliRunner().invoke(app, ["evaluate", "--suite", "coco", "--model", str(tmp_path), "--mask", str(mask),
+                                   "--quality-images", "500", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 2 and "--quality-images" in res.output

@@ -529,6 +529,8 @@ def write_report(
     for mname, b, e in rows:
         ivb, ive = _row_interval(intervals, mname, "base"), _row_interval(intervals, mname, "edited")
         n = (ive or ivb or {}).get("n")
+        if n is None and mname.startswith("quality: ") and mname not in ("quality: n_prompts", "quality: n_images"):
+            n = (metrics.get("quality") or {}).get("n_images")  # CLIP score, KID, FID: no rates, but the same images
         cells = "".join(_rate_cell(o.get(mname), _row_interval(oiv, mname, "edited")) for _, o, oiv in others)
         parts.append(
             f"<tr><td>{html.escape(mname)}</td><td>{'' if n is None else int(n)}</td>"
