@@ -53,3 +53,43 @@ def test_paired_bootstrap_sees_a_paired_difference_an_unpaired_test_would_miss()
     with pytest.raises(ValueError):
         paired_bootstrap([1, 0], [1])
 
+
+
+def test_metric_intervals_of_a_suite():
+    """Every rate of a suite's metrics gets its interval, pooled over its concepts' images."""
+    from fia.evaluate.stats import metric_intervals
+
+    metrics = {
+        "per_class": {
+            "circle": {"role": "forget", "n": 8, "base": 1.0, "edited": 0.125},
+            "square": {"role": "forget", "n": 8, "base": 1.0, "edited": 0.0},
+            "star": {"role": "preserve", "n": 8, "base": 1.0, "edited": 0.75, "clip_score": {"base": 80.0, "edited": 70.0}},
+        },
+        "summary": {
+            "forget_accuracy": {"base": 1.0, "edited": 0.0625},
+            "preserve_accuracy": {"base": 1.0, "edited": 0.75},
+            "overall": {"base": 0.0, "edited": 0.8276},
+            "synonym_accuracy": {"base": 1.0, "edited": 0.5},
+        },
+        "synonyms": {"circle": {"n": 4, "base": 1.0, "edited": 0.5}, "square": {"n": 4, "base": 1.0, "edited": 0.5}},
+        "quality": {"n_images": 10, "prompt_fidelity": {"base": 1.0, "edited": 0.9}, "clip_score": {"base": 80.0, "edited": 79.0}},
+    }
+    iv = metric_intervals(metrics, resamples=500)
+    f = iv["summary"]["forget_accuracy"]["edited"]
+    assert (f["n"], f["low"], f["high"]) == (16, wilson(1, 16).low, wilson(1, 16).high)
+    assert iv["summary"]["synonym_accuracy"]["edited"]["n"] == 8
+    assert iv["per_concept"]["star"]["accuracy"]["edited"]["low"] == wilson(6, 8).low
+    o = iv["summary"]["overall"]["edited"]
+    assert o["low"] <= o["value"] <= o["high"] and o["high"] - o["low"] > 0.05
+    fid = iv["quality"]["prompt_fidelity"]["edited"]
+    assert fid["n"] == 10 and fid["low"] == pytest.approx(wilson(9, 10).low)  # a mean score: its sum as successes
+    assert "clip_score" not in iv["quality"] and set(iv["per_concept"]["star"]) == {"accuracy"}  # no rates, no intervals
+    # a summary that is no pooled rate of its concepts gets no interval rather than a wrong one
+    metrics["summary"]["forget_accuracy"]["edited"] = 0.5
+    assert "edited" not in _summary_interval(metrics, "forget_accuracy")
+
+
+def _summary_interval(metrics, key):
+    from fia.evaluate.stats import metric_intervals
+
+    return metric_intervals(metrics, resamples=10)["summary"].get(key, {})

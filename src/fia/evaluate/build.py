@@ -66,6 +66,7 @@ def build_suite(
     device: str = "cpu",
     oracle: Any = None,
     shapeworld_dir: str | Path | None = None,
+    quality_images: int | None = None,
 ) -> suites.Suite:
     """The suite ``name`` with its judge loaded from local paths (or the given ``oracle``).
 
@@ -74,6 +75,9 @@ def build_suite(
     the given ``oracle``, or by the default world's, in that oracle's world.
     When the judge comes from a world folder with a CLIP (``clip/`` beside
     the oracle), its CLIP score and style verdicts join the records.
+    ``quality_images`` asks a ShapeWorld suite for at least that many
+    images of its quality prompts in all (default: ``images_per_prompt``
+    each).
 
     Real-model suites read ``prompts``, or the public prompt set shipped with
     the package when it is not given (see :func:`fia.evaluate.suites.prompt_files_for`).
@@ -95,7 +99,7 @@ def build_suite(
 
         return suites.shapeworld_suite(
             name, judge, forget, preserve, images_per_prompt or 2, prompts_per_concept, seed=seed,
-            reference=reference_features,
+            reference=reference_features, quality_images=quality_images,
         )  # fmt: skip
     prompt_files = suites.prompt_files_for(name, prompts)
     first = prompt_files[0] if prompt_files else None

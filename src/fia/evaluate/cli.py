@@ -48,6 +48,7 @@ def evaluate(
     prompts: Optional[list[Path]] = typer.Option(None, "--prompts", help="Prompt file(s) of a real-model suite (repeat for several artists; default: the public set shipped with fia)."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", min=1, help="Use only the first N prompts (per class for imagenette)."),
     prompts_per_concept: int = typer.Option(4, "--prompts-per-concept", min=1, help="ShapeWorld prompts per concept."),
+    quality_images: Optional[int] = typer.Option(None, "--quality-images", min=1, help="ShapeWorld suites: at least this many images of the held-out quality prompts in all (default: --images-per-prompt each); KID and FID are reported from 500 on."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="ImageNet ResNet-50: transformers folder or torchvision .pth (imagenette)."),
     clip: Optional[Path] = typer.Option(None, "--clip", help="CLIP model folder (artists, coco)."),
     shapeworld_dir: Optional[str] = typer.Option(None, "--shapeworld", help="ShapeWorld suites: a shipped world's name (shapeworld, shapeworld2) or the --out folder of `fia shapeworld train`; its model is the base (unless --model) and its oracle (and CLIP, if it has one) judge (default: the default world, shapeworld2, or the world around a --model that is a world's pipeline/)."),
@@ -73,7 +74,7 @@ def evaluate(
 
 def _evaluate(
     suite, out, mask, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
-    prompts_per_concept, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
+    prompts_per_concept, quality_images, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
     batch_size, device, dtype, overwrite, no_report,
 ) -> None:  # fmt: skip
     from accelerate import PartialState
@@ -95,6 +96,8 @@ def _evaluate(
     if suite in REAL_SUITES and model is None:
         raise FIAError(f"the {suite} suite runs on a real model; pass the base model with --model")
 
+    if quality_images is not None and suite not in SHAPEWORLD_SUITES:
+        raise FIAError(f"--quality-images sizes the ShapeWorld suites' quality prompts; drop it for the {suite} suite")
     if shapeworld_dir is not None and suite not in SHAPEWORLD_SUITES:
         raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
     if suite in SHAPEWORLD_SUITES:
@@ -125,7 +128,7 @@ def _evaluate(
         suite, forget=forget, preserve=preserve, images_per_prompt=images_per_prompt, seed=seed,
         prompts=prompts, max_prompts=max_prompts, prompts_per_concept=prompts_per_concept,
         classifier=classifier, clip=clip, fid_features=fid_features, reference=reference, device=dev,
-        shapeworld_dir=shapeworld_dir,
+        shapeworld_dir=shapeworld_dir, quality_images=quality_images,
     )  # fmt: skip
     base_pipe = load_pipeline(model, dev, dtype)
     mask_obj, edited_pipe = None, None

@@ -29,6 +29,7 @@ from fia.evaluate.generate import (
     generate_paired,
     my_batches,
 )
+from fia.evaluate.stats import metric_intervals
 from fia.evaluate.suites import Suite
 from fia.io import atomic_write_text
 
@@ -87,6 +88,7 @@ def run_suite(
         by_variant[variant][item_id] = rec
     metrics = suite.summarize(suite.items, by_variant)
     metrics["n_items"] = len(suite.items)
+    metrics["intervals"] = metric_intervals(metrics)
     metrics["generation"] = settings.to_dict()
     metrics["run"] = {k: v for k, v in (run_info or {}).items()}
     _write_scores(Path(out_dir), suite, by_variant)

@@ -176,7 +176,7 @@ def report_after_erase(
 def _add_comparison(metrics_path: Path, compare: Sequence[tuple[str, dict[str, Any], Path]]) -> None:
     """Record the compared edits' figures in ``metrics.json`` under ``compare``."""
     data = json.loads(metrics_path.read_text(encoding="utf-8"))
-    keep = ("run", "summary", "per_class", "per_style", "quality")
+    keep = ("run", "summary", "per_class", "per_style", "quality", "intervals")
     data["compare"] = {label: {k: m[k] for k in keep if k in m} for label, m, _ in compare}
     atomic_write_text(metrics_path, json.dumps(data, indent=2) + "\n")
 

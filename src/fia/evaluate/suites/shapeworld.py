@@ -408,6 +408,7 @@ def shapeworld_suite(
     reference: Callable[[list[dict[str, str]]], torch.Tensor] | torch.Tensor | None = None,
     prompt_shift: int = 0,
     quality_images_per_prompt: int | None = None,
+    quality_images: int | None = None,
 ) -> Suite:
     """Build a ShapeWorld suite.
 
@@ -420,7 +421,10 @@ def shapeworld_suite(
     ``quality_images_per_prompt`` (default ``images_per_prompt``, at most
     100: ten seed blocks) sets how many images each quality prompt gets, so
     quality can rest on hundreds of images while there are few held-out
-    prompts.
+    prompts. ``quality_images`` (instead of ``quality_images_per_prompt``)
+    asks for at least that many quality images in all: each quality prompt
+    gets the share it takes (KID and FID need about 500, see
+    :data:`fia.evaluate.report.MIN_QUALITY_IMAGES`).
     """
     if name not in FAMILIES:
         raise FIAError(f"unknown ShapeWorld suite {name!r}; use one of: {', '.join(FAMILIES)}")
@@ -457,11 +461,20 @@ def shapeworld_suite(
 
     # quality prompts never draw an erased object
     quality_objects = preserve_l if family.concept_factor is None else list(object_names)
-    if quality_objects:
-        items += _heldout_items(quality_objects, quality_prompts, qipp, seed, world)
-    else:
+
+    def quality_items(per_prompt: int) -> list[EvalItem]:
+        if quality_objects:
+            return _heldout_items(quality_objects, quality_prompts, per_prompt, seed, world)
         # every object is erased: quality is judged on what is left to draw, the places alone
-        items += _place_items(quality_prompts, qipp, seed, offsets.place_quality)
+        return _place_items(quality_prompts, per_prompt, seed, offsets.place_quality)
+
+    if quality_images is not None:
+        if quality_images_per_prompt is not None:
+            raise FIAError("give the quality images in all or per prompt, not both")
+        check_count("quality_images", quality_images, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT * MAX_PROMPTS_PER_BLOCK)
+        qipp = -(-quality_images // len(quality_items(1)))
+        check_count("quality images per prompt", qipp, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT)
+    items += quality_items(qipp)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = number_items(items)
 
