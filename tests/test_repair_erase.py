@@ -78,3 +78,22 @@ def test_bad_repair_inputs_stop_before_any_work(tiny_dir):  # noqa: F811
         tiny_causal_config(repair={"damping": 0.0})
     with pytest.raises(FIAError, match="unknown|not a field|repair"):
         tiny_causal_config(repair={"lambda": 1.0})
+
+
+def test_adaptive_budget_stops_a_concept_whose_evidence_is_gone(tiny_dir):  # noqa: F811
+    """A concept stops taking weights in the first round whose evidence is at most stop_evidence of its first round's."""
+    pipe = load_tiny(tiny_dir)
+    base = tiny_causal_config(rounds=4, budget=0.04)
+    full = fia.erase(pipe, ["golf ball"], base)
+    first = full.stats["evidence_per_round"][0]["golf ball"]
+    later = [e["golf ball"] for e in full.stats["evidence_per_round"][1:]]
+    assert full.stats["stopped"] == [] and len(later) == 3
+    # a threshold just above the second round's evidence share stops it there: no weights from that round on
+    share = min(1.0, later[0] / first + 1e-6) if first > 0 else 1.0
+    if first <= 0 or later[0] > first:
+        pytest.skip("this random model's evidence did not fall after one round")
+    stopped = fia.erase(pipe, ["golf ball"], base.replace(stop_evidence=share))
+    assert stopped.stats["stopped"] == ["golf ball"]
+    assert [list(e) for e in stopped.stats["evidence_per_round"]] == [["golf ball"], ["golf ball"], [], []]
+    assert stopped.pruned == full.stats["rounds"][0]["pruned"] < full.pruned
+    assert stopped.config["stop_evidence"] == share and "stop_evidence" not in full.config

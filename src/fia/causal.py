@@ -63,6 +63,9 @@ from fia.sampling import generators
 from fia.targets import TargetLinear, denoiser
 
 
+# prompts per backward pass when config.batch_size is not set (the gradient is summed over micro-batches)
+MICRO_BATCH = 16
+
 # judge(latents, prompts, contrasts) -> summed evidence that each latent shows its
 # prompt rather than its contrasts; differentiable in the latents. The default
 # judge is the unedited diffusion model itself (no classifier); an external one
@@ -175,13 +178,16 @@ class _Model:
         return total
 
     def evidence_gradient(self, ep: EvidencePrompts) -> dict[str, Tensor]:
-        """``g(w) = w * dE/dw`` for every target weight, E summed over ``ep``'s prompts."""
+        """``g(w) = w * dE/dw`` for every target weight, E summed over ``ep``'s prompts
+        (E itself, a float, is kept in ``self.last_evidence``)."""
         weights = [t.module.weight for t in self.targets]
         flags = {p: p.requires_grad for p in self.unet.parameters()}
         for p in self.unet.parameters():
             p.requires_grad_(False)
         grads = [torch.zeros_like(w, dtype=torch.promote_types(w.dtype, torch.float32)) for w in weights]
-        size = self.config.batch_size or len(ep.prompts)
+        # micro-batches: with checkpointing, memory follows the batch, not the prompts or steps
+        size = self.config.batch_size or min(len(ep.prompts), MICRO_BATCH)
+        self.last_evidence = 0.0
         try:
             for w in weights:
                 w.requires_grad_(True)
@@ -189,6 +195,7 @@ class _Model:
                 sl = slice(s, s + size)
                 z = self.sample(ep.prompts[sl], ep.seeds[sl])
                 e = self.evidence(z, ep.prompts[sl], ep.contrasts[sl], ep.seeds[sl])
+                self.last_evidence += float(e.detach())
                 for acc, gw in zip(grads, torch.autograd.grad(e, weights)):
                     acc += gw.to(acc.dtype)
         finally:
@@ -219,6 +226,11 @@ class _Model:
 
 
 # ------------------------------------------------------------------------- erase
+def _evidence_gone(config: FIAConfig, first: float, now: float) -> bool:
+    """The adaptive budget's test: the concept's mean evidence is down to ``stop_evidence`` of its first round's."""
+    return config.stop_evidence is not None and first > 0 and now <= config.stop_evidence * first
+
+
 def causal_erase(
     pipe: Any,
     names: list[str],
@@ -261,6 +273,10 @@ def causal_erase(
         repair_seconds = time.perf_counter() - t_rep
 
     pruned = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
+    # the adaptive budget: a concept whose evidence fell to config.stop_evidence of its first round's stops
+    first_evidence: dict[str, float] = {}
+    stopped: set[str] = set()
+    evidence_per_round: list[dict[str, float]] = []
     selected = {n: {c: 0 for c in names} for n in shapes}
     agnostic = {n: 0 for n in shapes}
     tau = 0
@@ -278,17 +294,25 @@ def causal_erase(
                     g_anchor = {n: g / len(anchors.prompts) for n, g in model.evidence_gradient(anchors).items()}
                     unit += 1
                     report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: anchors scored")
-                chosen = []
+                chosen, evidence = [], {}
                 for c in names:
                     t0 = time.perf_counter()
+                    if c in stopped:  # its evidence is gone: it takes no more weights
+                        chosen.append({n: torch.zeros(s_, dtype=torch.bool) for n, s_ in shapes.items()})
+                        unit += 1
+                        continue
                     # per-prompt means, so anchor_weight does not depend on how many prompts each side has
                     g_c = {n: g / len(plans[c].prompts) for n, g in model.evidence_gradient(plans[c]).items()}
-                    scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
-                    chosen.append(global_top_k(scores, k, exclude=pruned))
+                    evidence[c] = model.last_evidence / len(plans[c].prompts)
+                    if _evidence_gone(config, first_evidence.get(c, evidence[c]), evidence[c]):
+                        chosen.append({n: torch.zeros(s_, dtype=torch.bool) for n, s_ in shapes.items()})
+                    else:
+                        scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
+                        chosen.append(global_top_k(scores, k, exclude=pruned))
                     seconds[c] += time.perf_counter() - t0
                     unit += 1
                     report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: {c} scored")
-                done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0}
+                done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0, "evidence": evidence}
                 for n in shapes:
                     fused = fuse_masks([q[n] for q in chosen], config.alpha)
                     done[n] = fused.prune
@@ -300,6 +324,11 @@ def causal_erase(
             else:
                 done, counts = loaded
             tau = counts["tau_ca"]
+            for c, e in counts.get("evidence", {}).items():
+                first_evidence.setdefault(c, e)
+                if _evidence_gone(config, first_evidence[c], e):
+                    stopped.add(c)
+            evidence_per_round.append(counts.get("evidence", {}))
             for n in shapes:
                 agnostic[n] += counts["agnostic"][n]
                 for c in names:
@@ -339,6 +368,8 @@ def causal_erase(
     mask.stats = {
         "concepts": names,
         "variant": "causal",
+        "evidence_per_round": evidence_per_round,
+        "stopped": sorted(stopped),
         "tau_ca": tau,
         "per_concept": {c: {"seconds": round(seconds[c], 3), "prompts": len(plans[c].prompts)} for c in names},
         "anchors": {"prompts": len(anchors.prompts) if anchors else 0},

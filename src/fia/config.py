@@ -84,14 +84,15 @@ class RepairConfig:
         concept_prompts_per_concept: prompts per erased concept: its name,
             synonyms, bare word and compositional prompts.
         every_round: refit the repair after every round of pruning, so the
-            next round scores the repaired model (else once, after the last).
+            next round scores the repaired model (default: once, after the
+            last; every round without anchors kept less on the tuning split).
     """
 
     concept_weight: float = 1.0
     damping: float = 0.01
     keep_prompts_per_concept: int = 4
     concept_prompts_per_concept: int = 12
-    every_round: bool = True
+    every_round: bool = False
 
     def validate(self) -> "RepairConfig":
         for name in ("concept_weight", "damping"):
@@ -179,6 +180,10 @@ class FIAConfig:
             schedule) at which the evidence compares denoising errors.
         anchors: causal: concepts that must stay; empty means the task's
             default (ShapeWorld: every shape not erased).
+        stop_evidence: causal: the adaptive budget. A concept stops taking
+            weights once its evidence (mean over its prompts, on the edited
+            model) falls to this share of its first round's; ``None`` spends
+            every round's budget.
         repair: causal: the closed-form repair of the pruned rows
             (:class:`RepairConfig`), or ``None`` for pruning alone. Recorded
             in a mask only when set, so masks without it keep their bytes.
@@ -217,6 +222,7 @@ class FIAConfig:
     evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
     anchors: list[str] = field(default_factory=list)
     repair: RepairConfig | None = None
+    stop_evidence: float | None = None
 
     def __post_init__(self) -> None:
         # the task's schedule and guidance where they are left out: the same
@@ -262,8 +268,9 @@ class FIAConfig:
         """The settings as JSON-ready values (tuples as lists), as a saved mask records them."""
         data = dataclasses.asdict(self)
         data["evidence_timesteps"] = list(data["evidence_timesteps"])
-        if data["repair"] is None:
-            del data["repair"]  # a run without the repair records what it always did
+        for key in ("repair", "stop_evidence"):
+            if data[key] is None:
+                del data[key]  # a run without them records what it always did
         return data
 
     @classmethod
@@ -343,6 +350,8 @@ class FIAConfig:
         self.evidence_timesteps = tuple(float(t) for t in ts)
         if any(not isinstance(a, str) or not a.strip() for a in self.anchors):
             raise FIAError(f"anchors must be concept names, got {self.anchors!r}")
+        if self.stop_evidence is not None:
+            check_fraction("stop_evidence", self.stop_evidence)
         self.repair = RepairConfig.from_value(self.repair)
         if self.repair is not None:
             self.repair.validate()

@@ -302,8 +302,10 @@ def resolve_config(
     explicit = dict(file_data) | {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(explicit)
     data["task"] = chosen
-    if data.get("variant", "paper") != "causal" and "repair" not in explicit:
-        data.pop("repair", None)  # the task preset's repair follows its causal variant, not another one
+    if data.get("variant", "paper") != "causal":
+        for key in ("repair", "stop_evidence"):  # the task preset's follow its causal variant, not another one
+            if key not in explicit:
+                data.pop(key, None)
     try:
         return FIAConfig.from_dict(data)
     except TypeError as exc:  # wrong value types in YAML
