@@ -30,8 +30,8 @@ feature space against renders of the scenes the prompts name, prompt
 fidelity (share of the named factors the oracle reads) and CLIP score with
 the world's CLIP. Cost: seconds per concept and the erase's peak RSS,
 measured in a fresh process per method (``--cost-tasks``, default the
-README's task). The paper's FIA runs on star+arrow only unless
-``--paper-everywhere`` (it erases nothing on this world).
+README's task). The paper's FIA and the pruning alone run on star+arrow
+only unless ``--every-method-everywhere``.
 
     python benchmarks/selective_forgetting.py [--split heldout] [--images 32] [--quality 500]
         [--tasks star+arrow,circle+star,ten] [--methods paper,default,mask] [--cost-tasks star+arrow]
@@ -90,9 +90,10 @@ def config_for(method: str):
 class Split:
     """The images one split judges: per kind, canonical prompts; per erased kind, its other phrasings; quality."""
 
-    def __init__(self, split: str, images: int, quality: int):
+    def __init__(self, split: str, images: int, quality: int, phrasing_images: int | None = None):
         self.shift, self.seed_base = SPLITS[split]
         self.images, self.quality = images, quality
+        self.phrasing_images = phrasing_images or images
 
     def kinds(self) -> tuple[list[str], list[int], list[str]]:
         prompts, seeds, truth = [], [], []
@@ -109,7 +110,7 @@ class Split:
         for o in erased:
             i = KINDS.index(o)
             syn = WORLD.objects[o][0]
-            for k in range(self.images):
+            for k in range(self.phrasing_images):
                 color, place = factor_cycle(k, i, self.shift)
                 seed = self.seed_base + 40_000 + 1000 * i + k
                 texts = {
@@ -238,7 +239,8 @@ def fmt(r: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Split: {results['split']}, {results['images']} images per kind and per erased phrasing, "
+        f"Split: {results['split']}, {results['images']} images per kind, {results.get('phrasing_images')} per erased "
+        "kind and phrasing, "
         f"{results['quality_images']} quality images; oracle / second judge.",
         "",
         "| task | method | pruned | F oracle | F judge2 | kept oracle | kept judge2 | largest kept drop (oracle) | "
@@ -281,7 +283,9 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=500)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default="paper,default,mask")
-    ap.add_argument("--paper-everywhere", action="store_true", help="the paper's FIA on every task (default: star+arrow only)")
+    ap.add_argument("--every-method-everywhere", action="store_true",
+                    help="the paper's FIA and the pruning alone on every task (default: star+arrow only)")
+    ap.add_argument("--phrasing-images", type=int, default=16, help="images per erased kind and phrasing")
     ap.add_argument("--cost-tasks", default="star+arrow",
                     help="tasks whose erases are also measured alone in a fresh process (seconds, peak RSS); '' for none")
     ap.add_argument("--out", type=Path)
@@ -292,9 +296,10 @@ def main() -> None:
     pipe = load_pipeline(world=WORLD.name)
     judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
     clip = load_clip(world_path(WORLD.name) / "clip")
-    split = Split(args.split, args.images, args.quality)
+    split = Split(args.split, args.images, args.quality, args.phrasing_images)
     results = {
         "split": args.split, "images": args.images, "quality_images": args.quality, "world": WORLD.name,
+        "phrasing_images": args.phrasing_images,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
         "tasks": {},
     }
@@ -308,8 +313,9 @@ def main() -> None:
         rows = {"unedited": {"measure": measure(pipe, judges, clip, split, erased, reference, base_kinds, base_quality)}}
         print(task, "unedited", rows["unedited"]["measure"]["forget"], rows["unedited"]["measure"]["kept"], flush=True)
         methods = args.methods.split(",")
-        if task != "star+arrow" and not args.paper_everywhere:
-            methods = [m for m in methods if m != "paper"]  # the paper's FIA erases nothing here; once is enough
+        if task != "star+arrow" and not args.every_method_everywhere:
+            # the paper's FIA erases nothing here and the pruning alone is the tuning split's story: once is enough
+            methods = [m for m in methods if m not in ("paper", "mask")]
         for method in methods:
             t0 = time.perf_counter()
             mask = fia.erase(pipe, erased, config_for(method))
