@@ -128,7 +128,10 @@ def main() -> None:
     found = find_targets(pipe.unet, "ffn2")
     weights = {t.name: t.module.weight for t in found}
     paper_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": world.name})
-    causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": world.name})
+    # pruning alone, as when these figures were measured: no adaptive stop, no repair
+    causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": world.name}).replace(
+        repair=None, stop_evidence=None
+    )
     rows: list[dict] = []
 
     def measure(label: str, mask=None, zero: str | None = None) -> None:

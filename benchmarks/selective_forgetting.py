@@ -78,9 +78,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def config_for(method: str):
     """The erase settings of a method: the ShapeWorld preset (the default), without its repair, or the paper's FIA."""
-    cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
     if method == "paper":
-        return cfg.replace(variant="paper", repair=None)
+        return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "paper"})
+    cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
     if method == "mask":
         return cfg.replace(repair=None)
     return cfg

@@ -97,3 +97,21 @@ def test_adaptive_budget_stops_a_concept_whose_evidence_is_gone(tiny_dir):  # no
     assert [list(e) for e in stopped.stats["evidence_per_round"]] == [["golf ball"], ["golf ball"], [], []]
     assert stopped.pruned == full.stats["rounds"][0]["pruned"] < full.pruned
     assert stopped.config["stop_evidence"] == share and "stop_evidence" not in full.config
+
+
+def test_shapeworld_preset_repairs_its_causal_variant_only():
+    from fia.cli import with_repair_options
+    from fia.prompts import resolve_config
+
+    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
+    assert causal.variant == "causal" and causal.repair is not None and causal.stop_evidence == 0.2
+    paper = resolve_config("shapeworld", overrides={"variant": "paper"})
+    # the preset's causal-only settings do not follow another variant into its mask header
+    assert paper.repair is None and "repair" not in paper.to_dict() and "stop_evidence" not in paper.to_dict()
+    assert with_repair_options(causal, False, None).repair is None
+    assert with_repair_options(causal, None, 3.0).repair.concept_weight == 3.0
+    assert with_repair_options(causal.replace(repair=None), True, None).repair == RepairConfig()
+    with pytest.raises(FIAError, match="--no-repair"):
+        with_repair_options(causal, False, 2.0)
+    with pytest.raises(FIAError, match="repair follows the causal variant"):
+        with_repair_options(paper, True, None)

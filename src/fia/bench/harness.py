@@ -186,6 +186,8 @@ class Bench:
         from fia.targets import find_targets
 
         found = find_targets(self.pipe.unet, "ffn2")
+        # the upper bound of pruning alone: no adaptive stop (its evidence is the model's), no repair
+        cfg = cfg.replace(repair=None, stop_evidence=None)
         mask = causal_erase(self.pipe, list(task.forget), cfg, found, target_kind="ffn2",
                             judge=oracle_evidence(self.pipe, self.oracle))  # fmt: skip
         mask.method = UPPER_BOUND
