@@ -237,36 +237,45 @@ def fmt(r: dict) -> str:
     return f"{r['rate']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
 
 
+def _ordered(rows: dict) -> list:
+    order = ["unedited", "paper", "mask", "default"]
+    return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"Split: {results['split']}, {results['images']} images per kind, {results.get('phrasing_images')} per erased "
         "kind and phrasing, "
         f"{results['quality_images']} quality images; oracle / second judge.",
         "",
-        "| task | method | pruned | F oracle | F judge2 | kept oracle | kept judge2 | largest kept drop (oracle) | "
-        "KID x1000 | FID | fidelity | CLIP | s / concept | peak RSS GB |",
+        "| task | method | pruned | F oracle | F judge2 | kept oracle | kept judge2 | largest kept drop (oracle / judge2) | "
+        "KID | FID | fidelity | CLIP | s / concept | peak RSS GB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, rows in results["tasks"].items():
         base = rows["unedited"]
-        for method, r in rows.items():
+        for method, r in _ordered(rows):
             m = r["measure"]
             drops = ""
             if method != "unedited":
-                d = sorted((m["per_kind"]["oracle"][o] - base["measure"]["per_kind"]["oracle"][o], o) for o in m["per_kind"]["oracle"] if o not in TASKS[task])
-                drops = f"{d[0][1]} {d[0][0]:+.2f}"
+                worst = []
+                for judge in ("oracle", "judge2"):
+                    pk, bk = m["per_kind"][judge], base["measure"]["per_kind"][judge]
+                    d = min((pk[o] - bk[o], o) for o in pk if o not in TASKS[task])
+                    worst.append(f"{d[1]} {d[0]:+.2f}")
+                drops = " / ".join(worst)
             c = r.get("cost") or {}
             q = m["quality"]
             lines.append(
                 f"| {task} | {method} | {r.get('pruned_share', 0) * 100:.2f} % | {fmt(m['forget']['oracle'])} | "
                 f"{fmt(m['forget']['judge2'])} | {fmt(m['kept']['oracle'])} | {fmt(m['kept']['judge2'])} | {drops} | "
-                f"{q['kid_x1000']:.1f} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
+                f"{q['kid_x1000'] / 1000:.2f} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
                 f"{c.get('seconds_per_concept', '')} | {c.get('peak_rss_gb', '')} |"
             )
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
               "| task | method | synonym | bare word | compositional |", "|---|---|---|---|---|"]
     for task, rows in results["tasks"].items():
-        for method, r in rows.items():
+        for method, r in _ordered(rows):
             ph = r["measure"]["phrasings"]
             lines.append(
                 f"| {task} | {method} | " + " | ".join(
@@ -274,6 +283,11 @@ def markdown(results: dict) -> str:
                 ) + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def rerender(path: Path) -> None:
+    """Write the markdown of a finished run's JSON again (``--markdown-only``)."""
+    atomic_write_text(path.with_suffix(".md"), markdown(json.loads(path.read_text())))
 
 
 def main() -> None:
@@ -289,8 +303,12 @@ def main() -> None:
     ap.add_argument("--cost-tasks", default="star+arrow",
                     help="tasks whose erases are also measured alone in a fresh process (seconds, peak RSS); '' for none")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md of an existing result file")
     args = ap.parse_args()
     out = args.out or RESULTS / f"selective_forgetting_{args.split}.json"
+    if args.markdown_only:
+        rerender(out)
+        return
     t_start = time.perf_counter()
     torch.manual_seed(0)
     pipe = load_pipeline(world=WORLD.name)
