@@ -237,6 +237,10 @@ def fmt(r: dict) -> str:
     return f"{r['rate']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
 
 
+def _tasks(results: dict) -> list:
+    return sorted(results["tasks"].items(), key=lambda kv: list(TASKS).index(kv[0]) if kv[0] in TASKS else len(TASKS))
+
+
 def _ordered(rows: dict) -> list:
     order = ["unedited", "paper", "mask", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
@@ -252,7 +256,7 @@ def markdown(results: dict) -> str:
         "KID | FID | fidelity | CLIP | s / concept | peak RSS GB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for task, rows in results["tasks"].items():
+    for task, rows in _tasks(results):
         base = rows["unedited"]
         for method, r in _ordered(rows):
             m = r["measure"]
@@ -274,7 +278,7 @@ def markdown(results: dict) -> str:
             )
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
               "| task | method | synonym | bare word | compositional |", "|---|---|---|---|---|"]
-    for task, rows in results["tasks"].items():
+    for task, rows in _tasks(results):
         for method, r in _ordered(rows):
             ph = r["measure"]["phrasings"]
             lines.append(
