@@ -321,6 +321,13 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
             f"{len(rounds)} rounds, {stats.get('anchors', {}).get('prompts', 0)} anchor prompts, "
             f"{stats.get('seconds', {}).get('total', 0):.1f} s in all"
         )
+    if stats.get("stopped"):
+        rounds_of = {c: sum(c in e for e in stats.get("evidence_per_round", [])) for c in stats["stopped"]}
+        console.print(
+            "adaptive budget: "
+            + ", ".join(f"{c} took weights in {n - 1} of {len(stats.get('rounds', []))} rounds" for c, n in rounds_of.items())
+            + f" (evidence down to {mask.config.get('stop_evidence')} of its first round's)"
+        )
     rep = stats.get("repair")
     if rep:
         console.print(
