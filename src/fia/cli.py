@@ -362,7 +362,8 @@ def apply(
     m.check(pipe)  # refuses a different model before anything is written
     save_edited_pipeline(pipe, m, out)
     typer.echo(
-        f"applied {mask} ({', '.join(m.concepts)}; {m.pruned} weights zeroed, {100 * m.pruned_share:.3f} %) "
+        f"applied {mask} ({', '.join(m.concepts)}; {m.pruned} weights zeroed, {100 * m.pruned_share:.3f} %"
+        + (f", {m.repaired_rows} rows rewritten by the repair" if m.repaired else "") + ") "
         f"and saved the pipeline to {out}"
     )
 

@@ -84,6 +84,7 @@ _CAUSAL_SUMMARY_KEYS = (
     "concept_prompts_per_concept",
     "anchor_prompts",
     "evidence_timesteps",
+    "stop_evidence",
     "seed",
 )
 
