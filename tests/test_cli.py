@@ -175,13 +175,14 @@ def test_shapeworld_is_the_default_model(tmp_path):
 
     out = tmp_path / "o"
     res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(out), "--saliency-steps", "1", "--steps", "2",
-                              "--no-report"])  # fmt: skip
+                              "--rounds", "1", "--score-steps", "2", "--no-report"])  # fmt: skip
     assert res.exit_code == 0, res.output
     mask = ConceptMask.load(out / "mask.safetensors")
     assert mask.config["task"] == "shapeworld"  # the default task follows the default model
     assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are the contrasts
     shipped = find_targets(load_shapeworld().unet, "ffn2")
     assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
+    assert mask.config["variant"] == "causal" and mask.repaired  # ShapeWorld's default: pruning, then the repair
 
 
 def test_a_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):

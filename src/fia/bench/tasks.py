@@ -100,7 +100,8 @@ QUICK = Sizes(
     sample_steps=4,
     saliency_steps=2,
     causal={"rounds": 1, "score_steps": 2, "concept_prompts_per_concept": 2, "anchor_prompts": 2,
-            "contrasts": 1, "evidence_timesteps": (0.5,)},
+            "contrasts": 1, "evidence_timesteps": (0.5,),
+            "repair": {"keep_prompts_per_concept": 1, "concept_prompts_per_concept": 2}},
     attack_quick=True,
 )  # fmt: skip
 
