@@ -39,11 +39,9 @@ for the anchors. Finished rounds are cached, so an interrupted run resumes.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -231,6 +229,124 @@ def _evidence_gone(config: FIAConfig, first: float, now: float) -> bool:
     return config.stop_evidence is not None and first > 0 and now <= config.stop_evidence * first
 
 
+@dataclass
+class _Rounds:
+    """What the rounds have done so far; the adaptive budget reads its evidence record."""
+
+    names: list[str]
+    shapes: dict[str, tuple[int, int]]
+    pruned: dict[str, Tensor] = field(init=False)
+    selected: dict[str, dict[str, int]] = field(init=False)
+    agnostic: dict[str, int] = field(init=False)
+    seconds: dict[str, float] = field(init=False)  # each concept's own gradients
+    first_evidence: dict[str, float] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
+    evidence_per_round: list[dict[str, float]] = field(default_factory=list)
+    per_round: list[dict[str, Any]] = field(default_factory=list)
+    tau: int = 0
+
+    def __post_init__(self) -> None:
+        self.pruned = {n: torch.zeros(s, dtype=torch.bool) for n, s in self.shapes.items()}
+        self.selected = {n: {c: 0 for c in self.names} for n in self.shapes}
+        self.agnostic = {n: 0 for n in self.shapes}
+        self.seconds = {c: 0.0 for c in self.names}
+
+    def absorb(self, done: dict[str, Tensor], counts: dict[str, Any], config: FIAConfig) -> None:
+        """Add a finished (or cached) round: its pruned entries, counts and evidence (which may stop a concept)."""
+        self.tau = counts["tau_ca"]
+        for c, e in counts.get("evidence", {}).items():
+            self.first_evidence.setdefault(c, e)
+            if _evidence_gone(config, self.first_evidence[c], e):
+                self.stopped.add(c)
+        self.evidence_per_round.append(counts.get("evidence", {}))
+        for n in self.shapes:
+            self.agnostic[n] += counts["agnostic"][n]
+            for c in self.names:
+                self.selected[n][c] += counts["selected"][n][c]
+            self.pruned[n] |= done[n]
+
+
+def _score_round(
+    model: _Model,
+    names: list[str],
+    plans: dict[str, EvidencePrompts],
+    anchors: EvidencePrompts | None,
+    config: FIAConfig,
+    k: int,
+    state: _Rounds,
+    tick: Callable[[str], None],
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """One round: score the anchors and every concept still running, take each one's top ``k``, fuse (Eq. 7-8).
+
+    Returns the round's pruned entries per layer and its counts (as the cache stores them), with each
+    scored concept's mean evidence on the model as this round found it.
+    """
+    shapes, pruned = state.shapes, state.pruned
+    nothing = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
+    g_anchor = None
+    if anchors is not None:
+        g_anchor = {n: g / len(anchors.prompts) for n, g in model.evidence_gradient(anchors).items()}
+        tick("anchors scored")
+    chosen, evidence = [], {}
+    for c in names:
+        if c in state.stopped:  # its evidence is gone: it takes no more weights
+            chosen.append(nothing)
+            tick(f"{c} stopped")
+            continue
+        t0 = time.perf_counter()
+        # per-prompt means, so anchor_weight does not depend on how many prompts each side has
+        g_c = {n: g / len(plans[c].prompts) for n, g in model.evidence_gradient(plans[c]).items()}
+        evidence[c] = model.last_evidence / len(plans[c].prompts)
+        if _evidence_gone(config, state.first_evidence.get(c, evidence[c]), evidence[c]):
+            chosen.append(nothing)
+        else:
+            scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
+            chosen.append(global_top_k(scores, k, exclude=pruned))
+        state.seconds[c] += time.perf_counter() - t0
+        tick(f"{c} scored")
+    done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0, "evidence": evidence}
+    for n in shapes:
+        fused = fuse_masks([q[n] for q in chosen], config.alpha)
+        done[n] = fused.prune
+        counts["agnostic"][n] = int(fused.agnostic.sum())
+        counts["selected"][n] = {c: int(q[n].sum()) for c, q in zip(names, chosen)}
+        counts["tau_ca"] = int(fused.tau_ca)
+    return done, counts
+
+
+def _run_stats(
+    mask: ConceptMask, state: _Rounds, plans: dict[str, EvidencePrompts], anchors: EvidencePrompts | None,
+    grams: Any, repairs: dict[str, Any], repair_seconds: float, total_seconds: float,
+) -> dict[str, Any]:
+    """The run statistics ``fusion_stats.json`` records: per layer, per concept, per round, the repair, seconds."""
+    tau = state.tau
+    per_layer = {
+        n: {"shape": list(s), "selected": state.selected[n], "pruned": int(state.pruned[n].sum()),
+            "agnostic": state.agnostic[n], "tau_ca": tau}
+        | ({"repaired_rows": int(repairs[n].rows.numel()) if n in repairs else 0} if grams is not None else {})
+        for n, s in state.shapes.items()
+    }  # fmt: skip
+    stats = {
+        "concepts": state.names,
+        "variant": "causal",
+        "evidence_per_round": state.evidence_per_round,
+        "stopped": sorted(state.stopped),
+        "tau_ca": tau,
+        "per_concept": {c: {"seconds": round(state.seconds[c], 3), "prompts": len(plans[c].prompts)} for c in state.names},
+        "anchors": {"prompts": len(anchors.prompts) if anchors else 0},
+        "rounds": state.per_round,
+        "per_layer": per_layer,
+        "totals": {"pruned": mask.pruned, "agnostic": mask.agnostic, "weights": mask.total_weights, "pruned_share": mask.pruned_share},
+        "seconds": {"total": round(total_seconds, 3)},
+    }
+    if grams is not None:
+        stats["repair"] = {
+            "keep_prompts": grams.keep_prompts, "concept_prompts": grams.concept_prompts,
+            "rows": {n: int(rp.rows.numel()) for n, rp in repairs.items()}, "seconds": round(repair_seconds, 3),
+        }
+    return stats
+
+
 def causal_erase(
     pipe: Any,
     names: list[str],
@@ -263,25 +379,16 @@ def causal_erase(
     # progress units: per round, one for the anchors (if any) and one per concept
     per_round_units = len(names) + (1 if anchors is not None else 0)
     total_units = per_round_units * len(sizes)
-    grams, repairs = None, {}
+    grams, repairs, repair_seconds = None, {}, 0.0
     if config.repair is not None:  # Gram matrices of the unedited model, before any weight goes
         from fia.repair import fit_repair_for, repair_grams
 
         t_rep = time.perf_counter()
         report(progress, 0, total_units, "repair: reading the kept and concept prompts' layer inputs")
         grams = repair_grams(pipe, found, names, config)
-        repair_seconds = time.perf_counter() - t_rep
+        repair_seconds += time.perf_counter() - t_rep
 
-    pruned = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
-    # the adaptive budget: a concept whose evidence fell to config.stop_evidence of its first round's stops
-    first_evidence: dict[str, float] = {}
-    stopped: set[str] = set()
-    evidence_per_round: list[dict[str, float]] = []
-    selected = {n: {c: 0 for c in names} for n in shapes}
-    agnostic = {n: 0 for n in shapes}
-    tau = 0
-    per_round: list[dict[str, Any]] = []
-    seconds = {c: 0.0 for c in names}
+    state = _Rounds(names, shapes)
     try:
         for r, k in enumerate(sizes):
             t_round = time.perf_counter()
@@ -289,59 +396,25 @@ def causal_erase(
             unit = per_round_units * r
             report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}" + (" (cached)" if loaded else ""))
             if loaded is None:
-                g_anchor = None
-                if anchors is not None:
-                    g_anchor = {n: g / len(anchors.prompts) for n, g in model.evidence_gradient(anchors).items()}
+
+                def tick(message: str, _r: int = r) -> None:
+                    nonlocal unit
                     unit += 1
-                    report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: anchors scored")
-                chosen, evidence = [], {}
-                for c in names:
-                    t0 = time.perf_counter()
-                    if c in stopped:  # its evidence is gone: it takes no more weights
-                        chosen.append({n: torch.zeros(s_, dtype=torch.bool) for n, s_ in shapes.items()})
-                        unit += 1
-                        continue
-                    # per-prompt means, so anchor_weight does not depend on how many prompts each side has
-                    g_c = {n: g / len(plans[c].prompts) for n, g in model.evidence_gradient(plans[c]).items()}
-                    evidence[c] = model.last_evidence / len(plans[c].prompts)
-                    if _evidence_gone(config, first_evidence.get(c, evidence[c]), evidence[c]):
-                        chosen.append({n: torch.zeros(s_, dtype=torch.bool) for n, s_ in shapes.items()})
-                    else:
-                        scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
-                        chosen.append(global_top_k(scores, k, exclude=pruned))
-                    seconds[c] += time.perf_counter() - t0
-                    unit += 1
-                    report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}: {c} scored")
-                done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0, "evidence": evidence}
-                for n in shapes:
-                    fused = fuse_masks([q[n] for q in chosen], config.alpha)
-                    done[n] = fused.prune
-                    counts["agnostic"][n] = int(fused.agnostic.sum())
-                    counts["selected"][n] = {c: int(q[n].sum()) for c, q in zip(names, chosen)}
-                    counts["tau_ca"] = int(fused.tau_ca)
+                    report(progress, unit, total_units, f"round {_r + 1}/{len(sizes)}: {message}")
+
+                done, counts = _score_round(model, names, plans, anchors, config, k, state, tick)
                 if cache is not None:
                     cache.save_round(key, r, done, counts)
             else:
                 done, counts = loaded
-            tau = counts["tau_ca"]
-            for c, e in counts.get("evidence", {}).items():
-                first_evidence.setdefault(c, e)
-                if _evidence_gone(config, first_evidence[c], e):
-                    stopped.add(c)
-            evidence_per_round.append(counts.get("evidence", {}))
-            for n in shapes:
-                agnostic[n] += counts["agnostic"][n]
-                for c in names:
-                    selected[n][c] += counts["selected"][n][c]
-            for n in shapes:
-                pruned[n] |= done[n]
-            model.zero_(pruned)
+            state.absorb(done, counts, config)
+            model.zero_(state.pruned)
             if grams is not None and (config.repair.every_round or r == len(sizes) - 1):
                 t_rep = time.perf_counter()
-                repairs = fit_repair_for(model.unedited(), pruned, grams, config)
+                repairs = fit_repair_for(model.unedited(), state.pruned, grams, config)
                 model.write_rows_(repairs)
                 repair_seconds += time.perf_counter() - t_rep
-            per_round.append({"round": r, "pruned": int(sum(int(p.sum()) for p in done.values())),
+            state.per_round.append({"round": r, "pruned": int(sum(int(p.sum()) for p in done.values())),
                               "cached": loaded is not None, "seconds": round(time.perf_counter() - t_round, 3)})
         report(progress, total_units, total_units, f"{len(sizes)} rounds done")
     finally:
@@ -349,38 +422,16 @@ def causal_erase(
 
     mask = ConceptMask.from_prune_masks(
         weights,
-        pruned,
+        state.pruned,
         concepts=names,
         config=config.to_dict(),
         target_kind=target_kind,
-        agnostic=agnostic,
-        tau_ca={n: tau for n in shapes},
-        selected=selected,
+        agnostic=state.agnostic,
+        tau_ca={n: state.tau for n in shapes},
+        selected=state.selected,
         fingerprint=fingerprint,
     )
     if grams is not None:
         mask = mask.with_repair(weights, repairs)
-    per_layer = {
-        n: {"shape": list(s), "selected": selected[n], "pruned": int(pruned[n].sum()), "agnostic": agnostic[n], "tau_ca": tau}
-        | ({"repaired_rows": int(repairs[n].rows.numel()) if n in repairs else 0} if grams is not None else {})
-        for n, s in shapes.items()
-    }
-    mask.stats = {
-        "concepts": names,
-        "variant": "causal",
-        "evidence_per_round": evidence_per_round,
-        "stopped": sorted(stopped),
-        "tau_ca": tau,
-        "per_concept": {c: {"seconds": round(seconds[c], 3), "prompts": len(plans[c].prompts)} for c in names},
-        "anchors": {"prompts": len(anchors.prompts) if anchors else 0},
-        "rounds": per_round,
-        "per_layer": per_layer,
-        "totals": {"pruned": mask.pruned, "agnostic": mask.agnostic, "weights": mask.total_weights, "pruned_share": mask.pruned_share},
-        "seconds": {"total": round(time.perf_counter() - t_start, 3)},
-    }
-    if grams is not None:
-        mask.stats["repair"] = {
-            "keep_prompts": grams.keep_prompts, "concept_prompts": grams.concept_prompts,
-            "rows": {n: int(rp.rows.numel()) for n, rp in repairs.items()}, "seconds": round(repair_seconds, 3),
-        }
+    mask.stats = _run_stats(mask, state, plans, anchors, grams, repairs, repair_seconds, time.perf_counter() - t_start)
     return mask

@@ -492,9 +492,14 @@ class RepairPrompts:
     concept: tuple[str, ...]
     concept_seeds: tuple[int, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"keep": list(self.keep), "keep_seeds": list(self.keep_seeds),
-                "concept": list(self.concept), "concept_seeds": list(self.concept_seeds)}
+    @classmethod
+    def seeded(cls, keep: Sequence[str], concept: Sequence[str], config: FIAConfig) -> "RepairPrompts":
+        """The two sets with their seeds (offsets from ``config.seed`` that no evidence or anchor prompt uses)."""
+        base = config.seed
+        return cls(
+            tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
+            tuple(concept), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+        )
 
 
 # repair prompts draw their noise from seeds no evidence or anchor prompt uses
@@ -546,11 +551,7 @@ def _shapeworld_repair(erased: Sequence[str], config: FIAConfig) -> RepairPrompt
                 concept.append(_sw_text(word, color, place, style=vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)], attribute="burning"))
             else:
                 concept.append(_sw_text(word, color, place))
-    base = config.seed
-    return RepairPrompts(
-        tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
-        tuple(concept), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
-    )
+    return RepairPrompts.seeded(keep, concept, config)
 
 
 def repair_prompts(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
@@ -568,11 +569,7 @@ def repair_prompts(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
     anchors = anchor_prompts(erased, config.replace(anchor_prompts=max(1, rc.keep_prompts_per_concept * max(1, len(config.anchors)) + 8)))
     keep = anchors.prompts if anchors is not None else ()
     concept = [p for c in erased for p in evidence_prompts(c, config.replace(concept_prompts_per_concept=rc.concept_prompts_per_concept)).prompts]
-    base = config.seed
-    return RepairPrompts(
-        tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
-        tuple(concept), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
-    )
+    return RepairPrompts.seeded(keep, concept, config)
 
 
 # ------------------------------------------------- the model's world

@@ -35,15 +35,15 @@ from fia.targets import TargetLinear
 class _GramAccumulator:
     """Running sum of ``x x^T`` and the token count per layer (float64 sums)."""
 
-    def __init__(self, targets: Sequence[TargetLinear], rows: str):
+    def __init__(self, targets: Sequence[TargetLinear], rows: str, guided: bool):
         self.rows = rows
+        self.guided = guided  # the batch stacks [uncond; cond] rows
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {t.name: 0 for t in targets}
-        self.cfg = True
 
     def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
         x = args[0].detach()
-        if self.rows == "cond" and self.cfg:
+        if self.rows == "cond" and self.guided:
             x = x.chunk(2)[1]  # diffusers stacks [uncond; cond]
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
         g = x.T @ x
@@ -71,8 +71,7 @@ def collect_grams(
     """Mean ``x x^T`` of every target's input over the sampler runs of ``prompts`` (``rows``: ``all`` or ``cond``)."""
     if not prompts:
         raise FIAError("the repair has no prompts to fit on; give it kept prompts (anchors) and concept prompts")
-    acc = _GramAccumulator(targets, rows)
-    acc.cfg = guidance_scale > 1
+    acc = _GramAccumulator(targets, rows, guided=guidance_scale > 1)
     with capture(targets, acc.hook):
         for s in range(0, len(prompts), batch_size):
             generate(

@@ -98,6 +98,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+
+def _relative_to_repository(path) -> str:
+    """``path`` relative to the repository root when it lies inside it (results hold no machine paths)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
 def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Tune, then measure every task for every method with both judges; returns the results as a JSON-ready dict."""
     t_start = time.time()
@@ -160,7 +171,7 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "model": model_hash(bench.pipe),
-        "model_path": str(pipeline_path(FIRST_WORLD)),
+        "model_path": _relative_to_repository(pipeline_path(FIRST_WORLD)),
         "quick": sizes == QUICK,
         "sizes": sizes.__dict__ | {"f4_sizes": list(sizes.f4_sizes)},
         "torch_threads": torch.get_num_threads(),

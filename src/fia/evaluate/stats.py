@@ -239,16 +239,11 @@ def metric_intervals(metrics: Mapping[str, Any], resamples: int = 2000, seed: in
     if "synonym_accuracy" in summary and isinstance(synonyms, Mapping):
         recs = {w: {**r, "role": "synonym"} for w, r in synonyms.items()}
         put(out["summary"], "synonym_accuracy", _pooled(recs, "synonym", "accuracy", summary["synonym_accuracy"]))
-    if isinstance(summary.get("detected_share"), Mapping):
-        n = summary.get("n_images")
-        put(out["summary"], "detected_share", {v: _rate(x, n) for v, x in summary["detected_share"].items()})
-    if isinstance(summary.get("detected_share_non_target"), Mapping):
-        n = quality.get("n_images")
-        put(out["summary"], "detected_share_non_target",
-            {v: _rate(x, n) for v, x in summary["detected_share_non_target"].items()})  # fmt: skip
-    if isinstance(summary.get("flagged_share"), Mapping):
-        n = metrics.get("n_items")
-        put(out["summary"], "flagged_share", {v: _rate(x, n) for v, x in summary["flagged_share"].items()})
+    # shares of images: each over the image count it was taken on
+    for key, n in (("detected_share", summary.get("n_images")), ("detected_share_non_target", quality.get("n_images")),
+                   ("flagged_share", metrics.get("n_items"))):  # fmt: skip
+        if isinstance(summary.get(key), Mapping):
+            put(out["summary"], key, {v: _rate(x, n) for v, x in summary[key].items()})
     if isinstance(quality.get("prompt_fidelity"), Mapping):
         n = quality.get("n_images")
         put(out["quality"], "prompt_fidelity",
