@@ -1,4 +1,4 @@
-"""The five probes, each registered under its exact name.
+"""The probes, each registered under its exact name.
 
 A probe draws the attempts of one concept on the model under attack (the
 edited pipeline, or the unedited one for the ceiling) and says which
@@ -68,6 +68,8 @@ class Drawn:
 
     ``settings[i]`` names setting ``i`` (``"m=2.0"``, ``"t=0.7"``, a prompt) and
     ``groups[i]`` the indices of its images; ``prompts[j]`` is image ``j``'s prompt.
+    ``reference`` lists settings drawn only to compare with (e.g. the model
+    before a change): judged and shown, not counted as attempts.
     """
 
     images: Tensor
@@ -75,6 +77,7 @@ class Drawn:
     settings: list[str]
     groups: list[list[int]]
     details: dict[str, Any] = field(default_factory=dict)
+    reference: tuple[int, ...] = ()
 
 
 Probe = Callable[[ProbeContext], Drawn]
