@@ -134,7 +134,9 @@ def test_cli_refuses_bad_input_before_writing(circle_edit, tiny_dir, other_dir, 
     tiny_edit = unlearn(load_tiny(tiny_dir), ["circle"], "fia", small_config())
     tiny_path = tiny_edit.save(tmp_path / "tiny.safetensors")
     cli_refuses(args("--model", str(other_dir), edit=tiny_path), out, "made for a different model")
-    cli_refuses(args("--task", "object", edit=tiny_path, concepts="circle"), out, "unknown imagenette class")
+    cli_refuses(args(edit=tiny_path), out, "pass --model")  # no shipped world made it: the model must be named
+    cli_refuses(args("--model", str(tiny_dir), "--task", "object", edit=tiny_path, concepts="circle"), out,
+                "unknown imagenette class")  # fmt: skip
     cli_refuses(args("--model", str(other_dir), "--task", "style", "--clip", str(tmp_path / "no-clip"), edit=tiny_path),
                 out, "--clip")  # fmt: skip
 
@@ -283,5 +285,10 @@ def test_shapeworld_judge_reads_renders_of_each_family():
     assert judge(images, "disc") == [True, False]
     assert judge(images, "Ovalli") == [False, True]
     assert judge(images, "burning") == [False, True]
-    with pytest.raises(FIAError, match="no ShapeWorld object"):
+    with pytest.raises(FIAError, match="no object, style or attribute of ShapeWorld world shapeworld2"):
         judge.check("golf ball")
+    # the default world's judge reads its own kinds; the first world's does not know them
+    assert judge(images, "star") == [False, True]
+    judge.check("house")
+    with pytest.raises(FIAError, match="world shapeworld,"):
+        ShapeWorldConceptJudge(world="shapeworld").check("house")
