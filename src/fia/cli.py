@@ -539,12 +539,16 @@ def attack(
     edit: Path = typer.Option(..., "--edit", help="The edit to attack: mask.safetensors of fia erase or edit.safetensors of fia unlearn."),
     concepts: str = typer.Option(..., "--concepts", "-c", help='Erased concepts to bring back, comma separated: "circle, star".'),
     probe: str = typer.Option(
-        ..., "--probe", help="Probes, comma separated: paraphrase, prompt-attack, concept-vector, textual-inversion, completion."
+        ..., "--probe",
+        help="Probes, comma separated: paraphrase, prompt-attack, concept-vector, textual-inversion, completion, revival.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: attack.json, report.md, images/."),
     model: str | None = typer.Option(
         None, "--model", "-m",
         help="The model the edit was made from (default: the shipped ShapeWorld world its provenance names).",
+    ),
+    refill: str | None = typer.Option(
+        None, "--refill", help="revival: how the pruned zeros are refilled, lowrank (default) or rowcol."
     ),
     quick: bool = typer.Option(False, "--quick", help="Each probe at its smallest budget (checks, not figures)."),
     ceiling: bool = typer.Option(False, "--ceiling", help="Also run every probe against the unedited model."),
@@ -588,6 +592,7 @@ def attack(
         "num_inference_steps": steps if steps is not None else (None if quick else defaults["num_inference_steps"]),
         "guidance_scale": guidance if guidance is not None else defaults["guidance_scale"],
         "seed": seed,
+        "refill": refill,
     }
     if images is not None:
         changes["images"] = images
