@@ -103,10 +103,12 @@ def test_cli_runs_every_probe_on_a_shapeworld_edit(circle_edit, shapeworld, tmp_
         "concept-vector": len(quick.multipliers) * quick.images,
         "textual-inversion": quick.images,
         "completion": len(quick.noise_levels) * quick.images,
+        "revival": quick.images,
     }
     for (target, name), r in rows.items():
-        assert r["attempts"] == expected[name] == sum(s["attempts"] for s in r["settings"])
-        assert r["successes"] == sum(s["successes"] for s in r["settings"])
+        counted = [s for s in r["settings"] if s.get("counted", True)]
+        assert r["attempts"] == expected[name] == sum(s["attempts"] for s in counted)
+        assert r["successes"] == sum(s["successes"] for s in counted)
         assert r["asr"] == wilson(r["successes"], r["attempts"]).to_dict()
         grid = Image.open(out / r["grid"])
         n_rows, n_cols = len(r["settings"]), max(s["attempts"] for s in r["settings"])
@@ -134,7 +136,10 @@ def test_cli_refuses_bad_input_before_writing(circle_edit, tiny_dir, other_dir, 
     tiny_edit = unlearn(load_tiny(tiny_dir), ["circle"], "fia", small_config())
     tiny_path = tiny_edit.save(tmp_path / "tiny.safetensors")
     cli_refuses(args("--model", str(other_dir), edit=tiny_path), out, "made for a different model")
-    cli_refuses(args("--task", "object", edit=tiny_path, concepts="circle"), out, "unknown imagenette class")
+    cli_refuses(args(edit=tiny_path), out, "pass --model")  # no shipped world made it: the model must be named
+    cli_refuses(args("--model", str(tiny_dir), "--task", "object", edit=tiny_path, concepts="circle"), out,
+                "unknown imagenette class")  # fmt: skip
+    cli_refuses(args("--refill", "mean"), out, "refill must be one of")
     cli_refuses(args("--model", str(other_dir), "--task", "style", "--clip", str(tmp_path / "no-clip"), edit=tiny_path),
                 out, "--clip")  # fmt: skip
 
@@ -157,11 +162,12 @@ def test_every_probe_on_a_tiny_pipeline_counts_attempts_and_an_always_yes_judge_
     before = _state_hash(tiny)
     result = run_attack(tiny, None, ["circle"], list(PROBES), config, judge=judge)
     counts = {r.probe: r.attempts for r in result.results}
-    assert counts == {"paraphrase": 6, "prompt-attack": 2, "concept-vector": 4, "textual-inversion": 2, "completion": 6}
-    assert judge.seen == sum(counts.values())
+    assert counts == {"paraphrase": 6, "prompt-attack": 2, "concept-vector": 4, "textual-inversion": 2, "completion": 6,
+                      "revival": 2}  # fmt: skip
+    assert judge.seen == sum(counts.values()) + 2  # revival's reference images are judged, not counted
     for r in result.results:
         assert r.target == "unedited" and r.successes == r.attempts and r.asr.value == 1.0
-        assert sum(s["attempts"] for s in r.settings) == r.attempts == len(r.prompts)
+        assert sum(s["attempts"] for s in r.settings if s.get("counted", True)) == r.attempts == len(r.prompts)
     assert [s["setting"] for s in result.get("concept-vector", "circle", "unedited").settings] == ["m=1", "m=4"]
     never = run_attack(tiny, None, ["circle"], ["concept-vector"], config, judge=Always(False))
     r = never.get("concept-vector", "circle", "unedited")
@@ -283,5 +289,10 @@ def test_shapeworld_judge_reads_renders_of_each_family():
     assert judge(images, "disc") == [True, False]
     assert judge(images, "Ovalli") == [False, True]
     assert judge(images, "burning") == [False, True]
-    with pytest.raises(FIAError, match="no ShapeWorld object"):
+    with pytest.raises(FIAError, match="no object, style or attribute of ShapeWorld world shapeworld2"):
         judge.check("golf ball")
+    # the default world's judge reads its own kinds; the first world's does not know them
+    assert judge(images, "star") == [False, True]
+    judge.check("house")
+    with pytest.raises(FIAError, match="world shapeworld,"):
+        ShapeWorldConceptJudge(world="shapeworld").check("house")

@@ -109,9 +109,10 @@ def test_inspect_refuses_damaged_edit_files(tiny_dir, tmp_path):  # noqa: F811
 
 
 def test_fia_family_on_shapeworld_starts_from_the_shapeworld_preset(tmp_path):
-    """Without --model the method runs on ShapeWorld with ShapeWorld's prompts and settings, as fia erase does."""
+    """Without --model the method runs on the default world with ShapeWorld's prompts and settings, as fia erase does."""
     from fia.edit import load_edit
     from fia.prompts import resolve_config
+    from fia.shapeworld import shipped_world_of_edit
 
     out = tmp_path / "out"
     res = runner.invoke(app, ["unlearn", "--method", "fia", "--concepts", "circle", "--out", str(out)])
@@ -119,6 +120,7 @@ def test_fia_family_on_shapeworld_starts_from_the_shapeworld_preset(tmp_path):
     mask = load_edit(out / "edit.safetensors")
     preset = resolve_config("shapeworld", overrides={"variant": "paper"})
     assert mask.method == "fia" and mask.config["task"] == "shapeworld"
+    assert shipped_world_of_edit(mask) == "shapeworld2"  # the default world, as every command's
     assert {k: mask.config[k] for k in ("variant", "r2", "alpha", "saliency_steps")} == {
         "variant": "paper", "r2": preset.r2, "alpha": preset.alpha, "saliency_steps": preset.saliency_steps
     }

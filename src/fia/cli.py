@@ -223,14 +223,6 @@ def with_repair_options(cfg, repair: bool | None, repair_weight: float | None):
     return cfg
 
 
-def _first_world_pipeline() -> str:
-    """The first ShapeWorld world's pipeline folder: the default model of the
-    commands whose prompts and presets name its ten shapes (unlearn, attack)."""
-    from fia.shapeworld import FIRST_WORLD, pipeline_path
-
-    return str(pipeline_path(FIRST_WORLD))
-
-
 def run_erase(
     *, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False, world_dir=None
 ) -> None:
@@ -344,7 +336,9 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
 @_user_errors
 def apply(
     mask: Path = typer.Option(..., "--mask", help="mask.safetensors written by fia erase."),
-    model: str | None = typer.Option(None, "--model", "-m", help="The model the mask was made from."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The model the mask was made from (default: the shipped world its provenance names)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the edited diffusers pipeline."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
@@ -352,11 +346,13 @@ def apply(
     """Apply a mask to a model and save the edited pipeline (an ordinary diffusers folder)."""
     from fia.mask import ConceptMask, save_edited_pipeline
     from fia.models import load_pipeline, parse_device, parse_dtype, resolve_model
+    from fia.shapeworld import model_of_edit
 
     m = ConceptMask.load(mask)
     _check_out_dir(out)
     parse_device(device)
     parse_dtype(dtype)
+    model, _ = model_of_edit(m, model)
     resolve_model(model)
     pipe = load_pipeline(model, device=device, dtype=dtype)
     m.check(pipe)  # refuses a different model before anything is written
@@ -381,13 +377,13 @@ def inspect(
 
 
 # ---------------------------------------------------------------------- unlearn
-def _method_config(method: Any, path: Path | None, *, shapeworld: bool = False) -> Any:
+def _method_config(method: Any, path: Path | None, *, world: str | None = None) -> Any:
     """``method``'s default config with the fields set in the YAML file ``path`` (validated later, by the plan).
 
-    On ShapeWorld (``shapeworld``) an FIA-family config starts from the
-    ShapeWorld preset, keeping what makes the method what it is (variant,
-    saliency, selection, fusion), and a config with a prompt ``task`` uses
-    ShapeWorld's templates, as ``fia erase`` does.
+    On a ShapeWorld ``world`` an FIA-family config starts from the
+    ShapeWorld preset in that world's vocabulary, keeping what makes the
+    method what it is (variant, saliency, selection, fusion), and a config
+    with a prompt ``task`` uses ShapeWorld's templates, as ``fia erase`` does.
     """
     import dataclasses
 
@@ -395,10 +391,10 @@ def _method_config(method: Any, path: Path | None, *, shapeworld: bool = False) 
     from fia.prompts import read_config_file, resolve_config
 
     config = method.default_config()
-    if shapeworld and isinstance(config, FIAConfig):
+    if world is not None and isinstance(config, FIAConfig):
         preset = {f: getattr(config, f) for f in ("variant", "saliency", "selection", "fusion")}
-        config = resolve_config("shapeworld", overrides=preset)
-    elif shapeworld and dataclasses.is_dataclass(config) and hasattr(config, "task"):
+        config = resolve_config("shapeworld", overrides=preset | {"world": world})
+    elif world is not None and dataclasses.is_dataclass(config) and hasattr(config, "task"):
         config = dataclasses.replace(config, task="shapeworld")
     if path is None:
         return config
@@ -420,7 +416,7 @@ def unlearn(
         None, "--preserve", help="Concepts to keep, comma separated (methods without a preservation term ignore it)."
     ),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Diffusers folder or Hub id (default: the first ShapeWorld world's model)."
+        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld 2 model)."
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of the method's settings (its config fields)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
@@ -434,12 +430,14 @@ def unlearn(
     from fia.methods import get_method, plan
     from fia.models import load_pipeline, parse_device, parse_dtype, resolve_model
     from fia.progress import rich_bar
+    from fia.shapeworld import DEFAULT_WORLD, pipeline_path
 
     # ---- check everything before loading the model and before writing anything
-    checked = plan(concepts, method, _method_config(get_method(method), config, shapeworld=model is None),
+    world = DEFAULT_WORLD if model is None else None
+    checked = plan(concepts, method, _method_config(get_method(method), config, world=world),
                    preserve=preserve or ())  # fmt: skip
-    if model is None:  # the methods' ShapeWorld presets are written for the first world's shapes
-        model = _first_world_pipeline()
+    if world is not None:
+        model = str(pipeline_path(world))
     _check_out_dir(out)
     parse_device(device)
     parse_dtype(dtype)
@@ -461,7 +459,10 @@ def unlearn(
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt."),
     out: Path = typer.Option(..., "--out", "-o", help="Grid image to write (PNG)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Diffusers folder or Hub id (default ShapeWorld)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m",
+        help="Diffusers folder or Hub id (default: the shipped world a --mask was made on, else ShapeWorld 2).",
+    ),
     mask: Path | None = typer.Option(None, "--mask", help="Apply this mask before drawing."),
     n: int = typer.Option(8, "-n", "--num-images", help="Images to draw (seeds seed .. seed+n-1)."),
     seed: int = typer.Option(0, "--seed"),
@@ -500,8 +501,12 @@ def generate(
     parse_device(device)
     parse_dtype(dtype)
     m = ConceptMask.load(mask) if mask is not None else None
+    defaults = generation_defaults(model)  # the user's --model: none is a ShapeWorld world's
+    if m is not None:
+        from fia.shapeworld import model_of_edit
+
+        model, _ = model_of_edit(m, model)
     resolve_model(model)
-    defaults = generation_defaults(model)
     kwargs = {
         "num_inference_steps": steps or defaults.get("num_inference_steps", 50),
         "guidance_scale": guidance if guidance is not None else defaults.get("guidance_scale", 7.5),
@@ -534,11 +539,16 @@ def attack(
     edit: Path = typer.Option(..., "--edit", help="The edit to attack: mask.safetensors of fia erase or edit.safetensors of fia unlearn."),
     concepts: str = typer.Option(..., "--concepts", "-c", help='Erased concepts to bring back, comma separated: "circle, star".'),
     probe: str = typer.Option(
-        ..., "--probe", help="Probes, comma separated: paraphrase, prompt-attack, concept-vector, textual-inversion, completion."
+        ..., "--probe",
+        help="Probes, comma separated: paraphrase, prompt-attack, concept-vector, textual-inversion, completion, revival.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: attack.json, report.md, images/."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="The model the edit was made from (default: the first ShapeWorld world's model)."
+        None, "--model", "-m",
+        help="The model the edit was made from (default: the shipped ShapeWorld world its provenance names).",
+    ),
+    refill: str | None = typer.Option(
+        None, "--refill", help="revival: how the pruned zeros are refilled, lowrank (default) or rowcol."
     ),
     quick: bool = typer.Option(False, "--quick", help="Each probe at its smallest budget (checks, not figures)."),
     ceiling: bool = typer.Option(False, "--ceiling", help="Also run every probe against the unedited model."),
@@ -564,50 +574,34 @@ def attack(
     unedited model. Finished probes are written as they finish: re-run the
     same command to resume an interrupted attack.
     """
-    from fia.attack import (
-        AttackConfig,
-        ShapeWorldConceptJudge,
-        judge_for_task,
-        model_texts,
-        plan_attack,
-        run_attack,
-    )
+    from fia.attack import AttackConfig, plan_attack, run_attack
     from fia.attack.runner import check_concepts, check_edit, parse_probes
-    from fia.attack.texts import MODEL_TASKS
     from fia.edit import load_edit
     from fia.models import check_load_args, generation_defaults, load_pipeline
     from fia.progress import rich_bar
+    from fia.shapeworld import model_of_edit
 
     # ---- check everything before loading the model and before writing anything
     probes = parse_probes(probe)
     loaded = load_edit(edit)
     _check_out_dir(out)
+    defaults = generation_defaults(model)  # the user's --model: none is a ShapeWorld world's
+    model, world_dir = model_of_edit(loaded, model)  # without --model, the shipped world the edit was made on
     check_load_args(model, device, dtype)
-    defaults = generation_defaults(model)
     changes = {
         "num_inference_steps": steps if steps is not None else (None if quick else defaults["num_inference_steps"]),
         "guidance_scale": guidance if guidance is not None else defaults["guidance_scale"],
         "seed": seed,
+        "refill": refill,
     }
     if images is not None:
         changes["images"] = images
     changes = {k: v for k, v in changes.items() if v is not None}
     config = AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
-    # the shipped model is ShapeWorld whatever task the edit's settings name; other models follow the edit
-    world = task or ("shapeworld" if model is None else loaded.config.get("task") or "object")
-    if model is None:  # the attack texts are written for the first world's shapes
-        model = _first_world_pipeline()
-    if world == "shapeworld":
-        judge, texts = ShapeWorldConceptJudge(), None
-    elif world in MODEL_TASKS:
-        if paraphrases is not None and not paraphrases.is_file():
-            raise FIAError(f"--paraphrases {str(paraphrases)!r} does not exist; pass a text file with one prompt a line")
-        judge = judge_for_task(world, check_concepts(concepts, loaded), classifier=classifier, clip=clip, device=device)
-
-        def texts(concept: str):
-            return model_texts(concept, world, paraphrases)
-    else:
-        raise FIAError(f"unknown --task {world!r}; use one of: {', '.join(MODEL_TASKS)}")
+    # a ShapeWorld world's model is judged by that world's judges whatever task the edit names
+    world = task or ("shapeworld" if world_dir is not None else loaded.config.get("task") or "object")
+    judge, texts = _attack_judge(world, world_dir, check_concepts(concepts, loaded), paraphrases,
+                                 classifier=classifier, clip=clip, device=device)  # fmt: skip
     plan = plan_attack(concepts, probes, config, edit=loaded, judge=judge, texts=texts)
 
     console = _err_console()
@@ -628,6 +622,30 @@ def attack(
             raise typer.Exit(code=130) from None
     typer.echo(result.markdown())
     typer.echo(f"wrote {out / 'attack.json'} and {out / 'report.md'} (attempts' images in {out / 'images'})")
+
+
+def _attack_judge(world: str, world_dir: Path | None, concepts: list[str], paraphrases: Path | None, **judge_args: Any):
+    """``(judge, texts)`` of the attack: a ShapeWorld world's two judges and prompts, or a real-model task's.
+
+    ShapeWorld's prompts on a model that is no world (a test pipeline) are
+    read by the default world's judges.
+    """
+    from fia.attack import ShapeWorldConceptJudge, judge_for_task, model_texts
+    from fia.attack.texts import MODEL_TASKS
+    from fia.shapeworld import world_folder_of
+
+    if world == "shapeworld":
+        return ShapeWorldConceptJudge.of_world(world_dir or world_folder_of(None)), None
+    if world not in MODEL_TASKS:
+        raise FIAError(f"unknown --task {world!r}; use one of: {', '.join(MODEL_TASKS)}")
+    if paraphrases is not None and not paraphrases.is_file():
+        raise FIAError(f"--paraphrases {str(paraphrases)!r} does not exist; pass a text file with one prompt a line")
+    judge = judge_for_task(world, concepts, **judge_args)
+
+    def texts(concept: str):
+        return model_texts(concept, world, paraphrases)
+
+    return judge, texts
 
 
 # -------------------------------------------------------------------- evaluate

@@ -26,7 +26,7 @@ def _positive(name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The budgets of the five probes (defaults: the audit's full budget; :meth:`quick`: the smallest).
+    """The budgets of the probes (defaults: the audit's full budget; :meth:`quick`: the smallest).
 
     Attributes:
         target_seeds: S, the seeds of the unedited model's concept images that
@@ -43,6 +43,9 @@ class AttackConfig:
         inversion_lr: its Adam step, in units of the token embeddings' standard deviation.
         noise_levels: completion's starting noise, as shares of the sampling schedule.
         paraphrases: how many paraphrases of each concept are drawn (at most).
+        refill: how revival refills the model's exact zeros: ``lowrank``
+            (matrix completion) or ``rowcol`` (row and column means); see
+            :mod:`fia.attack.revival`.
         num_inference_steps: sampler steps (``None``: the model's default).
         guidance_scale: classifier-free guidance (``None``: the model's default).
         seed: base of every seed the audit draws.
@@ -60,6 +63,7 @@ class AttackConfig:
     inversion_lr: float = 0.5
     noise_levels: tuple[float, ...] = (0.5, 0.7, 0.9)
     paraphrases: int = 8
+    refill: str = "lowrank"
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
@@ -95,6 +99,10 @@ class AttackConfig:
         _whole("paraphrases", self.paraphrases, 1)
         _whole("batch_size", self.batch_size, 1)
         _whole("seed", self.seed, 0)
+        from fia.attack.revival import REFILLS
+
+        if self.refill not in REFILLS:
+            raise FIAError(f"attack setting refill must be one of {', '.join(REFILLS)}, got {self.refill!r}")
         _positive("attack_lr", self.attack_lr)
         _positive("inversion_lr", self.inversion_lr)
         if self.num_inference_steps is not None:

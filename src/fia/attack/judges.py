@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from fia.attack.texts import shapeworld_family
+from fia.attack.texts import canonical_object, shapeworld_family
 from fia.errors import FIAError
 from fia.shapeworld import vocab
 
@@ -32,25 +32,42 @@ class ConceptJudge(Protocol):
 
 
 class ShapeWorldConceptJudge:
-    """The ShapeWorld oracle (or the second judge): the head of the concept's family names it."""
+    """A ShapeWorld world's oracle (or second judge): the head of the concept's family names it.
 
-    def __init__(self, oracle: Any = None):
+    ``second``, another of the world's judges, gives every probe a second
+    opinion (:func:`fia.attack.runner.run_attack` records both), so an ASR
+    does not rest on one classifier's blind spots.
+    """
+
+    def __init__(self, oracle: Any = None, *, world: str | None = None, second: Any = None):
         if oracle is None:
-            from fia.shapeworld import FIRST_WORLD, load_oracle
+            from fia.shapeworld import DEFAULT_WORLD, load_oracle
 
-            oracle = load_oracle(world=FIRST_WORLD)  # the attack texts name the first world's shapes
+            oracle = load_oracle(world=world or DEFAULT_WORLD)
         self.oracle = oracle
+        self.world = vocab.get_world(getattr(oracle, "world", None) or vocab.SHAPEWORLD)
         self.name = f"shapeworld-{getattr(oracle, 'name', 'oracle')}"
+        self.second = None if second is None else ShapeWorldConceptJudge(second)
+
+    @classmethod
+    def of_world(cls, folder: str | Path) -> ShapeWorldConceptJudge:
+        """A world folder's oracle, with its second judge (when the folder has one) as the second opinion."""
+        from fia.shapeworld import SecondJudge, load_oracle, load_second_judge
+
+        folder = Path(folder)
+        judge2 = folder / SecondJudge.name
+        second = load_second_judge(path=judge2) if (judge2 / f"{SecondJudge.name}_config.json").is_file() else None
+        return cls(load_oracle(path=folder), second=second)
 
     def check(self, concept: str) -> None:
-        shapeworld_family(concept)
+        shapeworld_family(concept, self.world)
 
     def read(self, concept: str) -> tuple[str, str]:
         """(head, label) whose prediction means "this image shows the concept"."""
-        family = shapeworld_family(concept)
+        family = shapeworld_family(concept, self.world)
         word = concept.strip().casefold()
         if family == "object":
-            return "object", next(n for n, syns in vocab.OBJECTS.items() if word == n or word in syns)
+            return "object", canonical_object(word, self.world)
         if family == "style":
             return "style", next(s for s in vocab.STYLE_NAMES if s.casefold() == word)
         return "attribute", next(a for a, words in vocab.ATTRIBUTES.items() if word == a or word in words)

@@ -1,4 +1,4 @@
-"""The five probes, each registered under its exact name.
+"""The probes, each registered under its exact name.
 
 A probe draws the attempts of one concept on the model under attack (the
 edited pipeline, or the unedited one for the ceiling) and says which
@@ -21,6 +21,11 @@ the images. Every probe is a function ``probe(ctx) -> Drawn``:
   300 steps), then drawn in the concept's prompts in place of its name.
 * ``completion``: the unedited model's concept images noised to each level
   of the schedule, then finished by the attacked model's sampler.
+* ``revival`` (data-free, after "Roots Beneath the Cut"): the exact zeros
+  pruning left in the attacked model refilled from their rows' and columns'
+  unpruned weights (:mod:`fia.attack.revival`), then the concept's own
+  prompts drawn; the same prompts and seeds before the refill are drawn as
+  a reference that is not counted.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Drawn:
 
     ``settings[i]`` names setting ``i`` (``"m=2.0"``, ``"t=0.7"``, a prompt) and
     ``groups[i]`` the indices of its images; ``prompts[j]`` is image ``j``'s prompt.
+    ``reference`` lists settings drawn only to compare with (revival's model
+    before the refill): judged and shown, not counted as attempts.
     """
 
     images: Tensor
@@ -75,6 +82,7 @@ class Drawn:
     settings: list[str]
     groups: list[list[int]]
     details: dict[str, Any] = field(default_factory=dict)
+    reference: tuple[int, ...] = ()
 
 
 Probe = Callable[[ProbeContext], Drawn]
@@ -250,6 +258,33 @@ def completion(ctx: ProbeContext) -> Drawn:
         images.append(model.decode(model.complete(z0, cond, float(level), ctx.attempt_seeds(n))))
         all_prompts += [f"{p} (from target image {s}, noised to t={float(level):g})" for p, s in zip(prompts, sources)]
     return Drawn(torch.cat(images), all_prompts, settings, _one_group_per_setting(settings, n))
+
+
+# --------------------------------------------------------------------- revival
+@probe("revival")
+def revival(ctx: ProbeContext) -> Drawn:
+    """The concept's own prompts on the model as given, then with its exact zeros refilled: ``images`` each.
+
+    Only the refilled images count as attempts; the first row is the
+    reference that shows what the refill changed. The refill reads nothing
+    but the model under attack (:mod:`fia.attack.revival`), and the zeros
+    are back when the probe returns.
+    """
+    from fia.attack.revival import refilled
+
+    model, n = ctx.model, ctx.config.images
+    prompts = ctx.cycle(ctx.texts.prompts, n)
+    seeds = ctx.attempt_seeds(n)
+    cond = model.encode(prompts)
+    before = model.draw(cond, seeds)
+    with refilled(model.unet, ctx.config.refill) as found:
+        after = model.draw(cond, seeds)
+    settings = [
+        "the model as given (zeros kept)",
+        f"zeros refilled ({found['refill']}): {found['refilled']} weights in {found['layers']} layers",
+    ]
+    groups = [list(range(n)), list(range(n, 2 * n))]
+    return Drawn(torch.cat([before, after]), prompts * 2, settings, groups, found, reference=(0,))
 
 
 def probe_names() -> list[str]:

@@ -17,6 +17,7 @@ it finished, and a re-run with the same settings skips it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -60,6 +61,8 @@ class ProbeResult:
     details: dict[str, Any]
     seconds: float
     grid: str | None = None
+    # the judge's second opinion (another classifier of the same world), when it has one
+    second: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +77,7 @@ class ProbeResult:
             "details": self.details,
             "seconds": round(self.seconds, 3),
             "grid": self.grid,
-        }
+        } | ({"second": self.second} if self.second is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
@@ -117,7 +120,10 @@ class AttackResult:
                 except KeyError:
                     cells.append("")
                     continue
-                cells.append(f"{r.asr.value:.2f} [{r.asr.low:.2f}, {r.asr.high:.2f}] ({r.successes}/{r.attempts})")
+                cell = f"{r.asr.value:.2f} [{r.asr.low:.2f}, {r.asr.high:.2f}] ({r.successes}/{r.attempts})"
+                if r.second is not None:
+                    cell += f"; {r.second['judge']} {r.second['asr']['value']:.2f} ({r.second['successes']}/{r.second['attempts']})"
+                cells.append(cell)
             lines.append(f"| {probe} | {concept} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -179,7 +185,7 @@ def plan_attack(
     config.validate()
     names = parse_probes(probes)
     chosen = check_concepts(concepts, edit)
-    source = texts or shapeworld_texts
+    source = texts or functools.partial(shapeworld_texts, world=getattr(judge, "world", None))
     built = {}
     for c in chosen:
         judge.check(c)
@@ -197,6 +203,7 @@ def _run_key(plan: AttackPlan, edit: Any, targets: list[str], judge: Any) -> dic
         "targets": targets,
         "config": plan.config.to_dict(),
         "judge": getattr(judge, "name", type(judge).__name__),
+        **({"judge2": second.name} if (second := getattr(judge, "second", None)) is not None else {}),
         "edit": None if edit is None else {
             "method": edit.method,
             "concepts": list(edit.concepts),
@@ -247,7 +254,8 @@ def _report_md(result: AttackResult) -> str:
         lines.append(f"## {r.probe} / {r.concept} / {r.target}: {r.successes} of {r.attempts}")
         lines.append("")
         for s in r.settings:
-            lines.append(f"- {s['setting']}: {s['successes']} of {s['attempts']}")
+            aside = " (reference, not counted in the ASR)" if s.get("counted") is False else ""
+            lines.append(f"- {s['setting']}: {s['successes']} of {s['attempts']}{aside}")
         if r.grid:
             lines += ["", f"![{r.probe} {r.concept} {r.target}]({r.grid})"]
         lines.append("")
@@ -356,9 +364,7 @@ def run_attack(
                     ctx = ProbeContext(model, config, texts_c, target_latents, target_prompts)
                     t0 = time.perf_counter()
                     drawn = PROBES[name](ctx)
-                    verdicts = [bool(v) for v in judge(drawn.images, concept)]
-                    seconds = time.perf_counter() - t0
-                    res = _result(name, concept, target, drawn, verdicts, seconds)
+                    res = _judged(judge, name, concept, target, drawn, t0)
                     if out is not None:
                         res.grid = f"images/{target}/{name}/{_slug(concept)}.png"
                         atomic_write_bytes(out / res.grid, _grid_png(drawn.images, drawn.groups))
@@ -379,11 +385,47 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.strip().lower()) or "concept"
 
 
-def _result(name: str, concept: str, target: str, drawn: Any, verdicts: list[bool], seconds: float) -> ProbeResult:
+def _verdicts(judge: Any, drawn: Any, concept: str) -> list[bool]:
+    """One verdict per image of ``drawn``; a judge that returns another number of them is refused."""
+    verdicts = [bool(v) for v in judge(drawn.images, concept)]
     if len(verdicts) != len(drawn.images):
         raise FIAError(f"the judge returned {len(verdicts)} verdicts for {len(drawn.images)} images; it must return one per image")
-    settings = [
-        {"setting": s, "attempts": len(g), "successes": sum(verdicts[j] for j in g)} for s, g in zip(drawn.settings, drawn.groups)
-    ]
-    k, n = sum(verdicts), len(verdicts)
-    return ProbeResult(name, concept, target, n, k, wilson(k, n), settings, list(drawn.prompts), drawn.details, seconds)
+    return verdicts
+
+
+def _settings(drawn: Any, verdicts: list[bool]) -> tuple[list[dict[str, Any]], int, int]:
+    """Per-setting counts, and ``(k, n)`` over the counted settings (a reference setting is shown, not counted)."""
+    settings, k, n = [], 0, 0
+    for i, (s, g) in enumerate(zip(drawn.settings, drawn.groups)):
+        hits = sum(verdicts[j] for j in g)
+        row = {"setting": s, "attempts": len(g), "successes": hits}
+        if i in drawn.reference:
+            row["counted"] = False
+        else:
+            k, n = k + hits, n + len(g)
+        settings.append(row)
+    return settings, k, n
+
+
+def _judged(judge: Any, name: str, concept: str, target: str, drawn: Any, t0: float) -> ProbeResult:
+    """A probe's attempts read by the judge and, when it has one, by its second judge (``judge.second``)."""
+    verdicts = _verdicts(judge, drawn, concept)
+    second = getattr(judge, "second", None)
+    verdicts2 = _verdicts(second, drawn, concept) if second is not None else None
+    res = _result(name, concept, target, drawn, verdicts, time.perf_counter() - t0)
+    if verdicts2 is not None:
+        res.second = _second_opinion(second, drawn, verdicts2)
+    return res
+
+
+def _result(name: str, concept: str, target: str, drawn: Any, verdicts: list[bool], seconds: float) -> ProbeResult:
+    settings, k, n = _settings(drawn, verdicts)
+    counted = [j for i, g in enumerate(drawn.groups) if i not in drawn.reference for j in g]
+    prompts = [drawn.prompts[j] for j in counted] if drawn.reference else list(drawn.prompts)
+    return ProbeResult(name, concept, target, n, k, wilson(k, n), settings, prompts, drawn.details, seconds)
+
+
+def _second_opinion(judge: Any, drawn: Any, verdicts: list[bool]) -> dict[str, Any]:
+    """The second judge's reading of the same attempts, counted as the first judge's."""
+    settings, k, n = _settings(drawn, verdicts)
+    return {"judge": judge.name, "attempts": n, "successes": k, "asr": wilson(k, n).to_dict(), "settings": settings}

@@ -49,18 +49,26 @@ class ConceptTexts:
     paraphrases: tuple[str, ...]
 
 
-def shapeworld_family(concept: str) -> str:
-    """``object``, ``style`` or ``attribute``; :class:`FIAError` for a word ShapeWorld cannot draw."""
+def _world(world: str | vocab.World | None) -> vocab.World:
+    """The world whose kinds the texts name (default: the default world, whose kinds include the first world's)."""
+    from fia.shapeworld import DEFAULT_WORLD
+
+    return vocab.get_world(world if world is not None else DEFAULT_WORLD)
+
+
+def shapeworld_family(concept: str, world: str | vocab.World | None = None) -> str:
+    """``object``, ``style`` or ``attribute`` in ``world``; :class:`FIAError` for a word it cannot draw."""
+    w = _world(world)
     word = concept.strip().casefold()
-    if word in vocab.OBJECTS or any(word in syns for syns in vocab.OBJECTS.values()):
+    if word in w.objects or any(word in syns for syns in w.objects.values()):
         return "object"
     if word in {s.casefold() for s in vocab.STYLE_NAMES}:
         return "style"
     if any(word == a or word in words for a, words in vocab.ATTRIBUTES.items()):
         return "attribute"
     raise FIAError(
-        f"{concept!r} is no ShapeWorld object, style or attribute, so the ShapeWorld judge cannot read it; "
-        f"attack one of: {', '.join(vocab.OBJECT_NAMES + vocab.STYLE_NAMES + vocab.ATTRIBUTE_NAMES)}"
+        f"{concept!r} is no object, style or attribute of ShapeWorld world {w.name}, so its judge cannot read it; "
+        f"attack one of: {', '.join(w.object_names + vocab.STYLE_NAMES + vocab.ATTRIBUTE_NAMES)}"
     )
 
 
@@ -74,9 +82,10 @@ def _scene(k: int) -> tuple[str, str, str]:
     return colors[k % len(colors)], places[(5 * k + 1 + k // len(colors)) % len(places)], shapes[k % len(shapes)]
 
 
-def _canonical_object(word: str) -> str:
+def canonical_object(word: str, world: str | vocab.World | None = None) -> str:
+    """The object kind ``word`` names in ``world`` (a synonym -> its kind)."""
     word = word.casefold()
-    return next(name for name, syns in vocab.OBJECTS.items() if word == name or word in syns)
+    return next(name for name, syns in _world(world).objects.items() if word == name or word in syns)
 
 
 def _canonical_style(word: str) -> str:
@@ -89,9 +98,14 @@ _PREFIXES = ("an image of", "a photo of", "a picture of")
 _STYLE_FORMS = (", {s} style", " by {s}")
 
 
-def shapeworld_texts(concept: str, n: int = SHAPEWORLD_PROMPTS) -> ConceptTexts:
-    """The prompts of a ShapeWorld object, style or attribute (see the module docstring)."""
-    family = shapeworld_family(concept)
+def shapeworld_texts(concept: str, n: int = SHAPEWORLD_PROMPTS, world: str | vocab.World | None = None) -> ConceptTexts:
+    """The prompts of an object, style or attribute of ShapeWorld ``world`` (see the module docstring).
+
+    The scenes' other shapes are the first world's ten, which every world
+    draws, so a concept of both worlds gets the same prompts in each.
+    """
+    w = _world(world)
+    family = shapeworld_family(concept, w)
     prompts, bases, placeholders, paraphrases = [], [], [], []
     for k in range(n):
         color, place, other = _scene(k)
@@ -99,8 +113,8 @@ def shapeworld_texts(concept: str, n: int = SHAPEWORLD_PROMPTS) -> ConceptTexts:
         near = f"near the {place}"
         prefix = _PREFIXES[k % len(_PREFIXES)]
         if family == "object":
-            name = _canonical_object(concept)
-            synonym = vocab.OBJECTS[name][k % len(vocab.OBJECTS[name])]
+            name = canonical_object(concept, w)
+            synonym = w.objects[name][k % len(w.objects[name])]
             prompts.append(f"{_article(color + ' ' + name)} {where}")
             placeholders.append(f"{_article(color + ' ' + MARKER)} {where}")
             bases.append(vocab.base_phrase(place))

@@ -14,7 +14,7 @@ section 9 tables, rebuilt on ShapeWorld):
 - F4  forget the first x of the 10 objects (x = 1, 5: T2, 10: T1): F and
       Overall per method (PNG plot);
 - T5  erase circle, star and a style, then attack each method's edit with
-      the five probes of ``fia attack``: attack success rate per probe,
+      five probes of ``fia attack`` (all but revival): attack success rate per probe,
       against the unedited model's (the ceiling);
 - seconds and peak memory (resident set growth) of each edit.
 

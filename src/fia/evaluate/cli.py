@@ -40,7 +40,7 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Output folder: images, index, scores, metrics.json, report.html."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="A mask file from fia erase (edited = base + mask)."),
     edited: Optional[Path] = typer.Option(None, "--edited", help="A saved edited pipeline folder (instead of --mask)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Base model folder or Hub id; ShapeWorld when omitted."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model folder or Hub id; when omitted, the shipped ShapeWorld world a --mask was made on, else ShapeWorld 2."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Erased concepts, comma-separated."),
     preserve: Optional[str] = typer.Option(None, "--preserve", help="Kept concepts, comma-separated (default: all others)."),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Seeds per prompt (ShapeWorld 2, real suites 1)."),
@@ -100,9 +100,12 @@ def _evaluate(
         raise FIAError(f"--quality-images sizes the ShapeWorld suites' quality prompts; drop it for the {suite} suite")
     if shapeworld_dir is not None and suite not in SHAPEWORLD_SUITES:
         raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
+    mask_obj = _load_mask(mask) if mask is not None else None
     if suite in SHAPEWORLD_SUITES:
-        from fia.shapeworld import world_folder_of
+        from fia.shapeworld import model_of_edit, world_folder_of
 
+        if mask_obj is not None and model is None and shapeworld_dir is None:
+            model, shapeworld_dir = model_of_edit(mask_obj)  # the shipped world the mask was made on
         # --shapeworld's world, the world around a --model that is a world's
         # pipeline/, or the default world when neither is given
         world_dir = world_folder_of(model, shapeworld_dir)
@@ -131,16 +134,8 @@ def _evaluate(
         shapeworld_dir=shapeworld_dir, quality_images=quality_images,
     )  # fmt: skip
     base_pipe = load_pipeline(model, dev, dtype)
-    mask_obj, edited_pipe = None, None
+    edited_pipe = None
     if mask is not None:
-        from fia.mask import ConceptMask
-
-        try:
-            mask_obj = ConceptMask.load(mask)
-        except FIAError:
-            raise
-        except Exception as exc:
-            raise FIAError(f"--mask {mask} is not a readable FIA mask ({exc}); pass a file written by fia erase") from exc
         edit_id = _hash_file(mask)
     else:
         edited_pipe = load_pipeline(str(edited), dev, dtype)
@@ -161,6 +156,18 @@ def _evaluate(
         say(f"metrics: {Path(out) / 'metrics.json'}")
         if report is not None:
             say(f"report:  {report}")
+
+
+def _load_mask(mask: Path):
+    """The mask of ``--mask``; :class:`FIAError` for a file that is no FIA mask."""
+    from fia.mask import ConceptMask
+
+    try:
+        return ConceptMask.load(mask)
+    except FIAError:
+        raise
+    except Exception as exc:
+        raise FIAError(f"--mask {mask} is not a readable FIA mask ({exc}); pass a file written by fia erase") from exc
 
 
 def _use_cpu(device: str | None) -> bool:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -66,8 +67,10 @@ def assets_path() -> Path:
 # The world every command uses when no model is named: the second world, which
 # was trained the way Stable Diffusion was (frozen contrastive text encoder,
 # long tail of kinds) and meets the quality gate (docs/shapeworld2.md). The
-# first world stays shipped: the side-by-side benchmark (fia bench), fia
-# attack's texts and fia unlearn's presets are written for its ten shapes.
+# first world stays shipped and reachable by name (--shapeworld shapeworld, or
+# an edit made on it, which finds its world by itself:
+# :func:`shipped_world_of_edit`); the side-by-side benchmark (fia bench) is
+# still written for its ten shapes.
 DEFAULT_WORLD = "shapeworld2"
 FIRST_WORLD = "shapeworld"
 
@@ -131,6 +134,61 @@ def world_folder_of(model: str | Path | None, shapeworld: str | Path | None = No
     if (folder / "model_index.json").is_file() and (folder.parent / "oracle_config.json").is_file():
         return world_path(folder.parent)
     return None
+
+
+def shipped_world_of_edit(edit) -> str | None:
+    """The shipped world whose model ``edit`` was made from, read from its provenance; None if no shipped world's.
+
+    An edit records a fingerprint of the weights it changes (:meth:`check`
+    of a mask or a weight delta compares it), not a path: the same edit must
+    be recognised on any machine. So each installed world's denoiser is
+    checked in turn, the world the edit's settings name first, and the first
+    that the edit accepts is its world. An edit without a fingerprint, or
+    made from any other model, matches none.
+    """
+    from fia.errors import FIAError
+
+    check = getattr(edit, "check", None)
+    if not callable(check):
+        return None
+    named = (getattr(edit, "config", None) or {}).get("world")
+    for world in sorted(SHIPPED_WORLD_FOLDERS, key=lambda w: (w != named, w != DEFAULT_WORLD)):
+        try:
+            check(_shipped_denoiser(world))
+        except FIAError:
+            continue
+        return world
+    return None
+
+
+def model_of_edit(edit, model: str | None = None) -> tuple[str, Path | None]:
+    """``(model, world folder)`` that ``edit`` is used with: ``model`` when given, else its shipped world's.
+
+    The world folder (its oracle, second judge, CLIP) is None for a model
+    that is no ShapeWorld world. Without ``model``, an edit whose provenance
+    names no shipped world cannot be placed: :class:`FIAError` asking for
+    ``--model``, before anything is loaded or written.
+    """
+    from fia.errors import FIAError
+
+    if model is not None:
+        return model, world_folder_of(model)
+    world = shipped_world_of_edit(edit)
+    if world is None:
+        raise FIAError(
+            "this edit's provenance names no shipped ShapeWorld world (its model fingerprint matches none of "
+            f"{', '.join(SHIPPED_WORLD_FOLDERS)}); pass --model with the model it was made from"
+        )
+    return str(pipeline_path(world)), shipped_world_path(world)
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_denoiser(world: str):
+    """A shipped world's UNet alone (read-only use: provenance checks); FIAError if the world is not installed."""
+    from diffusers import UNet2DConditionModel
+
+    folder = pipeline_path(world) / "unet"
+    return UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True).eval().requires_grad_(False)
 
 
 def world_of(folder: str | Path) -> World:
@@ -208,6 +266,7 @@ __all__ = [
     "load_oracle",
     "load_pipeline",
     "load_second_judge",
+    "model_of_edit",
     "parse_prompt",
     "pipeline_path",
     "place_phrase",
@@ -215,6 +274,7 @@ __all__ = [
     "render",
     "sample_scene",
     "second_judge_path",
+    "shipped_world_of_edit",
     "shipped_world_path",
     "world_folder_of",
     "world_of",
