@@ -77,13 +77,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def config_for(method: str):
-    """The erase settings of a method: the ShapeWorld preset (the default), without its repair, or the paper's FIA."""
-    if method == "paper":
-        return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "paper"})
-    cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
-    if method == "mask":
-        return cfg.replace(repair=None)
-    return cfg
+    """The erase settings of a method on the default world.
+
+    ``default``: the ShapeWorld preset as ``fia erase`` runs it; ``paper``:
+    the paper's FIA; ``causal``: causal pruning with the closed-form repair;
+    ``mask``: the same pruning alone; ``rewrite``: the closed-form rewrite.
+    """
+    if method == "default":
+        return resolve_config("shapeworld", overrides={"world": WORLD.name})
+    variant = {"paper": "paper", "causal": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
+    cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": variant})
+    return cfg.replace(repair=None) if method == "mask" else cfg
 
 
 # ----------------------------------------------------------------- the images
@@ -242,8 +246,13 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "mask", "default"]
+    order = ["unedited", "paper", "mask", "causal", "rewrite", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
+def _label(method: str, row: dict) -> str:
+    """A row's method, with the variant the preset chose when it is the default."""
+    return f"default ({row['variant']})" if method == "default" and row.get("variant") else method
 
 
 def markdown(results: dict) -> str:
@@ -271,7 +280,7 @@ def markdown(results: dict) -> str:
             c = r.get("cost") or {}
             q = m["quality"]
             lines.append(
-                f"| {task} | {method} | {r.get('pruned_share', 0) * 100:.2f} % | {fmt(m['forget']['oracle'])} | "
+                f"| {task} | {_label(method, r)} | {r.get('pruned_share', 0) * 100:.2f} % | {fmt(m['forget']['oracle'])} | "
                 f"{fmt(m['forget']['judge2'])} | {fmt(m['kept']['oracle'])} | {fmt(m['kept']['judge2'])} | {drops} | "
                 f"{q['kid_x1000'] / 1000:.2f} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
                 f"{c.get('seconds_per_concept', '')} | {c.get('peak_rss_gb', '')} |"
@@ -282,7 +291,7 @@ def markdown(results: dict) -> str:
         for method, r in _ordered(rows):
             ph = r["measure"]["phrasings"]
             lines.append(
-                f"| {task} | {method} | " + " | ".join(
+                f"| {task} | {_label(method, r)} | " + " | ".join(
                     f"{ph[k]['oracle']['rate']:.2f} / {ph[k]['judge2']['rate']:.2f}" for k in ("synonym", "bare word", "compositional")
                 ) + " |"
             )
@@ -308,6 +317,8 @@ def main() -> None:
                     help="tasks whose erases are also measured alone in a fresh process (seconds, peak RSS); '' for none")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md of an existing result file")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other methods' rows of the existing result file (each row records its commit)")
     args = ap.parse_args()
     out = args.out or RESULTS / f"selective_forgetting_{args.split}.json"
     if args.markdown_only:
@@ -325,6 +336,9 @@ def main() -> None:
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
         "tasks": {},
     }
+    previous = json.loads(out.read_text()) if args.merge and out.exists() else None
+    if previous is not None and (previous["split"], previous["images"], previous["quality_images"]) != (args.split, args.images, args.quality):
+        raise SystemExit("--merge needs the same --split, --images and --quality as the existing file")
     _, _, q_factors = split.quality_set()
     reference = shapeworld_reference_features(judges["oracle"], q_factors, 1, seed=7)
     base_kinds = measure_kinds(pipe, judges, split)
@@ -335,6 +349,11 @@ def main() -> None:
         rows = {"unedited": {"measure": measure(pipe, judges, clip, split, erased, reference, base_kinds, base_quality)}}
         print(task, "unedited", rows["unedited"]["measure"]["forget"], rows["unedited"]["measure"]["kept"], flush=True)
         methods = args.methods.split(",")
+        if previous is not None:  # the rows of methods not run now, as they were measured
+            old = previous["tasks"].get(task, {})
+            rows.update({m: r for m, r in old.items() if m != "unedited" and m not in methods})
+            if old.get("unedited", {}).get("measure", {}).get("kept") != rows["unedited"]["measure"]["kept"]:
+                print(f"warning: {task}: the unedited model's kept figures differ from the merged file's", flush=True)
         if task != "star+arrow" and not args.every_method_everywhere:
             # the paper's FIA erases nothing here and the pruning alone is the tuning split's story: once is enough
             methods = [m for m in methods if m not in ("paper", "mask")]
@@ -348,7 +367,8 @@ def main() -> None:
             finally:
                 mask.restore_(pipe)
             rows[method] = {"measure": m, "pruned_share": mask.pruned_share, "repaired_rows": mask.repaired_rows,
-                            "seconds_in_run": round(seconds, 1)}
+                            "seconds_in_run": round(seconds, 1), "commit": results["commit"],
+                            "variant": mask.config.get("variant")}
             if task in args.cost_tasks.split(","):
                 rows[method]["cost"] = cost(method, erased)
             print(task, method, m["forget"], m["kept"], m["quality"], rows[method].get("cost"), flush=True)

@@ -99,15 +99,20 @@ def test_adaptive_budget_stops_a_concept_whose_evidence_is_gone(tiny_dir):  # no
     assert stopped.config["stop_evidence"] == share and "stop_evidence" not in full.config
 
 
-def test_shapeworld_preset_repairs_its_causal_variant_only():
+def test_shapeworld_preset_gives_each_variant_its_own_settings():
     from fia.cli import with_repair_options
+    from fia.config import RewriteConfig
     from fia.prompts import resolve_config
 
-    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
-    assert causal.variant == "causal" and causal.repair is not None and causal.stop_evidence == 0.2
+    default = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
+    assert default.variant == "rewrite" and default.repair is None and default.stop_evidence is None
+    assert default.rewrite == RewriteConfig(concept_weight=0.3, damping=0.03, balance_rounds=5)
+    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "causal"})
+    assert causal.repair is not None and causal.stop_evidence == 0.2 and causal.rewrite is None
     paper = resolve_config("shapeworld", overrides={"variant": "paper"})
-    # the preset's causal-only settings do not follow another variant into its mask header
-    assert paper.repair is None and "repair" not in paper.to_dict() and "stop_evidence" not in paper.to_dict()
+    # a variant's settings do not follow another variant into its mask header
+    for key in ("repair", "stop_evidence", "rewrite"):
+        assert getattr(paper, key) is None and key not in paper.to_dict()
     assert with_repair_options(causal, False, None).repair is None
     assert with_repair_options(causal, None, 3.0).repair.concept_weight == 3.0
     assert with_repair_options(causal.replace(repair=None), True, None).repair == RepairConfig()

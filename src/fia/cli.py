@@ -123,7 +123,8 @@ def erase(
     cfg_rows: str | None = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
     targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
     variant: str | None = typer.Option(
-        None, "--variant", help="paper (Eq. 1-8) or causal (scores weights by the model's own evidence; ShapeWorld's default)."
+        None, "--variant", help="paper (Eq. 1-8), causal (prunes weights by the model's own evidence, then repairs) or "
+        "rewrite (no pruning: a closed-form rewrite of FFN2 that answers the concept's prompts as their scenes)."
     ),
     budget: float | None = typer.Option(None, "--budget", help="causal: share of all target weights pruned per concept."),
     rounds: int | None = typer.Option(None, "--rounds", help="causal: rounds of scoring and pruning."),
@@ -238,7 +239,7 @@ def run_erase(
         pipe = load_pipeline(model, device=device, dtype=dtype)
     find_targets(denoiser(pipe), plan.config.targets)  # fails early, before OUT exists
 
-    unit = "rounds" if plan.config.variant == "causal" else "concepts"
+    unit = {"causal": "rounds", "rewrite": "steps"}.get(plan.config.variant, "concepts")
     with rich_bar(f"erasing {len(plan.concepts)} concept(s), {unit}", console) as progress:
         try:
             mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress)
@@ -268,11 +269,39 @@ def run_erase(
         typer.echo(f"wrote {page}: base vs edited images and metrics (open it in a browser)")
 
 
+def _print_rewrite_summary(mask, stats: dict, out: Path) -> None:
+    """The rewrite variant's summary: what it was fitted on, how far each layer moved, the kept kinds it moved most."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"FIA (rewrite variant): {len(mask.concepts)} concept(s) erased, no weight pruned")
+    table.add_column("layer")
+    table.add_column("relative change", justify="right")
+    for name, layer in stats.get("per_layer", {}).items():
+        table.add_row(name, f"{layer['relative_change']:.3f}")
+    console.print(table)
+    prompts, secs = stats.get("prompts", {}), stats.get("seconds", {})
+    console.print(
+        f"fitted on {prompts.get('keep', 0)} kept prompts in {prompts.get('groups', 0)} groups and "
+        f"{prompts.get('concept', 0)} concept prompts paired with their scenes; {secs.get('total', 0):.1f} s in all"
+    )
+    most = stats.get("balance", {}).get("most_changed_groups", {})
+    if most:
+        console.print("kept groups moved most (relative output change): " + ", ".join(f"{g} {v:.2f}" for g, v in most.items()))
+    console.print(f"wrote {out / 'mask.safetensors'} and {out / 'fusion_stats.json'}")
+
+
 def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     stats = mask.stats or {}
+    if mask.config.get("variant") == "rewrite":
+        _print_rewrite_summary(mask, stats, out)
+        if save_pipeline:
+            print(f"wrote the edited pipeline to {out / 'pipeline'}")
+        return
     causal = mask.config.get("variant") == "causal"
     table = Table(title=f"FIA ({mask.config.get('variant', 'paper')} variant): {len(mask.concepts)} concept(s) erased")
     table.add_column("concept")

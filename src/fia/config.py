@@ -20,7 +20,7 @@ TASKS = ("object", "style", "explicit", "shapeworld")
 SALIENCY_KINDS = ("energy", "wanda")
 CFG_ROWS = ("cond", "both")
 TARGET_KINDS = ("ffn2", "ffn1", "attn_kv")
-VARIANTS = ("paper", "causal")
+VARIANTS = ("paper", "causal", "rewrite")
 SELECTIONS = ("both", "channel", "layer")
 FUSIONS = ("fia", "union")
 
@@ -123,6 +123,59 @@ class RepairConfig:
         raise FIAError(f"repair must be true, false or a mapping of its settings, got {value!r}")
 
 
+@dataclass(frozen=True)
+class RewriteConfig:
+    """Settings of the closed-form rewrite (:mod:`fia.core.rewrite`, :mod:`fia.rewrite`): ``--variant rewrite``.
+
+    Attributes:
+        concept_weight: ``lambda``: how strongly the concept's prompts are
+            pulled to their scenes' outputs against the kept prompts'.
+        damping: ``delta``, a share of the mean diagonal of the system.
+        balance_rounds: reweightings of the kept groups, so that no kept
+            kind absorbs the change alone (0: one plain solve).
+        keep_prompts_per_kind: ShapeWorld: prompts per kept kind (other
+            tasks: anchor prompts per anchor); object-less, styled and
+            burning scenes are added.
+        concept_prompts_per_concept: prompts per erased concept: its name,
+            synonyms, bare word and compositional prompts, each paired with
+            its scene.
+    """
+
+    concept_weight: float = 0.3
+    damping: float = 0.03
+    balance_rounds: int = 5
+    keep_prompts_per_kind: int = 4
+    concept_prompts_per_concept: int = 24
+
+    def validate(self) -> "RewriteConfig":
+        check_nonnegative("rewrite.concept_weight", self.concept_weight)
+        check_nonnegative("rewrite.damping", self.damping)
+        if not self.damping > 0:
+            raise FIAError(f"rewrite.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.03")
+        if not isinstance(self.balance_rounds, int) or isinstance(self.balance_rounds, bool) or self.balance_rounds < 0:
+            raise FIAError(f"rewrite.balance_rounds must be a whole number >= 0, got {self.balance_rounds!r}")
+        for name in ("keep_prompts_per_kind", "concept_prompts_per_concept"):
+            check_positive_int(f"rewrite.{name}", getattr(self, name))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_value(cls, value: Any) -> "RewriteConfig | None":
+        """``None`` (not set), ``True`` (defaults), a mapping of fields, or a RewriteConfig."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            check_known_fields(cls, value)
+            return cls(**value)
+        raise FIAError(f"rewrite must be true or a mapping of its settings, got {value!r}")
+
+
 @dataclass
 class FIAConfig:
     """Hyperparameters of Forget-It-All.
@@ -158,12 +211,14 @@ class FIAConfig:
             (Eq. 4) or ``layer`` (Eq. 5).
         fusion: paper variant: ``fia`` (Eq. 7-8, concept-agnostic neurons
             kept) or ``union`` (the ablation: every selected neuron pruned).
-        variant: ``paper`` (Eq. 1-8, the paper's FIA) or ``causal`` (the
+        variant: ``paper`` (Eq. 1-8, the paper's FIA), ``causal`` (the
             classifier-free causal variant of :mod:`fia.causal`: weights are
             scored by their first-order effect on the model's own evidence
             for the concept in images it samples, not by activation
-            contrast). The fields below belong to the causal variant; the
-            paper variant ignores them.
+            contrast) or ``rewrite`` (no pruning: the closed-form rewrite of
+            :mod:`fia.rewrite`, settings in ``rewrite``). The fields from
+            ``budget`` to ``repair`` belong to the causal variant; the
+            others ignore them.
         budget: causal: share of all target weights pruned per concept.
         rounds: causal: the budget is spent in this many rounds, re-scoring
             on the edited model after each.
@@ -187,6 +242,8 @@ class FIAConfig:
         repair: causal: the closed-form repair of the pruned rows
             (:class:`RepairConfig`), or ``None`` for pruning alone. Recorded
             in a mask only when set, so masks without it keep their bytes.
+        rewrite: the rewrite variant's settings (:class:`RewriteConfig`);
+            filled with the defaults when ``variant`` is ``rewrite``.
         world: ShapeWorld only: the vocabulary of the model being edited
             (``shapeworld`` or ``shapeworld2``, see
             :mod:`fia.shapeworld.vocab`); its object kinds are the contrasts
@@ -211,7 +268,7 @@ class FIAConfig:
     selection: Literal["both", "channel", "layer"] = "both"
     fusion: Literal["fia", "union"] = "fia"
     world: str = "shapeworld"
-    variant: Literal["paper", "causal"] = "paper"
+    variant: Literal["paper", "causal", "rewrite"] = "paper"
     budget: float = 0.0075
     rounds: int = 8
     anchor_weight: float = 2.0
@@ -223,6 +280,7 @@ class FIAConfig:
     anchors: list[str] = field(default_factory=list)
     repair: RepairConfig | None = None
     stop_evidence: float | None = None
+    rewrite: RewriteConfig | None = None
 
     def __post_init__(self) -> None:
         # the task's schedule and guidance where they are left out: the same
@@ -268,7 +326,7 @@ class FIAConfig:
         """The settings as JSON-ready values (tuples as lists), as a saved mask records them."""
         data = dataclasses.asdict(self)
         data["evidence_timesteps"] = list(data["evidence_timesteps"])
-        for key in ("repair", "stop_evidence"):
+        for key in ("repair", "stop_evidence", "rewrite"):
             if data[key] is None:
                 del data[key]  # a run without them records what it always did
         return data
@@ -357,6 +415,13 @@ class FIAConfig:
             self.repair.validate()
             if self.variant != "causal":
                 raise FIAError("the repair follows the causal variant's mask; drop repair or use --variant causal")
+        self.rewrite = RewriteConfig.from_value(self.rewrite)
+        if self.variant == "rewrite" and self.rewrite is None:
+            self.rewrite = RewriteConfig()
+        if self.rewrite is not None:
+            self.rewrite.validate()
+            if self.variant != "rewrite":
+                raise FIAError("rewrite settings belong to --variant rewrite; drop them or use --variant rewrite")
         return self
 
 

@@ -16,7 +16,8 @@ Two steps, as a diffusers pipeline runs ``check_inputs`` before any work:
 
    then fuse the masks of all concepts (Eq. 7-8, or the union ablation:
    ``config.fusion``) into a :class:`~fia.mask.ConceptMask`. The causal
-   variant (``config.variant == "causal"``) is run by :mod:`fia.causal`.
+   variant (``config.variant == "causal"``) is run by :mod:`fia.causal`, the
+   rewrite variant by :mod:`fia.rewrite`.
 
 The FIA family registers here as unlearning methods (:mod:`fia.methods`):
 ``fia`` (the config's variant), ``fia-causal``, and the ablations
@@ -80,10 +81,10 @@ def plan_erase(
     """
     config = (config or FIAConfig()).validate()
     names = parse_concepts(concepts)
-    if config.variant == "causal":
+    if config.variant in ("causal", "rewrite"):
         if concept_prompts is not None or base_prompts is not None:
             raise FIAError(
-                "prompt files apply to --variant paper; the causal variant builds its own evidence "
+                f"prompt files apply to --variant paper; the {config.variant} variant builds its own "
                 "prompts (name concepts to keep with --anchors)"
             )
         if config.repair is not None:
@@ -148,6 +149,10 @@ def erase(
         from fia.causal import causal_erase
 
         return causal_erase(pipe, plan.concepts, plan.config, found, target_kind=target_kind, cache=cache, progress=progress)
+    if plan.config.variant == "rewrite":
+        from fia.rewrite import rewrite_erase
+
+        return rewrite_erase(pipe, plan.concepts, plan.config, found, target_kind=target_kind, progress=progress)
     return _paper_erase(pipe, plan, found, target_kind, cache, progress)
 
 

@@ -302,10 +302,13 @@ def resolve_config(
     explicit = dict(file_data) | {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(explicit)
     data["task"] = chosen
-    if data.get("variant", "paper") != "causal":
-        for key in ("repair", "stop_evidence"):  # the task preset's follow its causal variant, not another one
-            if key not in explicit:
-                data.pop(key, None)
+    # a preset's variant settings follow that variant, not another one
+    owned = {"causal": ("repair", "stop_evidence"), "rewrite": ("rewrite",)}
+    for variant, keys in owned.items():
+        if data.get("variant", "paper") != variant:
+            for key in keys:
+                if key not in explicit:
+                    data.pop(key, None)
     try:
         return FIAConfig.from_dict(data)
     except TypeError as exc:  # wrong value types in YAML
@@ -347,7 +350,7 @@ def _sw_scene(k: int) -> tuple[str, str]:
     return colors[c], places[(c + 1 + 2 * (k // len(colors))) % len(places)]
 
 
-def _sw_text(obj: str, color: str, place: str, style: str | None = None, attribute: str | None = None) -> str:
+def _sw_text(obj: str | None, color: str, place: str, style: str | None = None, attribute: str | None = None) -> str:
     from fia.shapeworld.render import prompt_for
 
     return prompt_for(obj, color, place, style=style, attribute=attribute)
@@ -507,8 +510,69 @@ REPAIR_KEEP_SEED_OFFSET = 5000
 REPAIR_CONCEPT_SEED_OFFSET = 6000
 
 
+def _shapeworld_keep(erased: Sequence[str], config: FIAConfig, per_kind: int) -> tuple[list[str], list[str]]:
+    """What must stay on ShapeWorld, with each prompt's group: every kind not erased (group: the kind),
+    object-less scenes (``scene``), kept kinds in the styles not erased (``style``) and burning (``burning``)."""
+    world = vocab.get_world(config.world)
+    gone = shapeworld_canonical(erased, config.world)
+    gone_styles = [s for s in map(_sw_style, erased) if s is not None]
+    gone_attr = [a for a in map(_sw_attribute, erased) if a is not None]
+    kept_kinds = [o for o in world.object_names if o not in gone]
+    styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles]
+    keep: list[tuple[str, str]] = []
+    for i, obj in enumerate(kept_kinds):
+        for k in range(per_kind):
+            keep.append((_sw_text(obj, *_sw_scene(per_kind * i + k)), obj))
+    extra = max(6, len(keep) // 12)
+    keep += [(vocab.base_phrase(vocab.PLACE_NAMES[k % len(vocab.PLACE_NAMES)]), "scene") for k in range(2 * extra)]
+    if styles and kept_kinds:
+        keep += [(_sw_text(kept_kinds[(3 * k) % len(kept_kinds)], *_sw_scene(k), style=styles[k % len(styles)]), "style") for k in range(extra)]
+    if not gone_attr and kept_kinds:
+        keep += [(_sw_text(kept_kinds[(5 * k + 1) % len(kept_kinds)], *_sw_scene(k + 3), attribute="burning"), "burning") for k in range(extra // 2)]
+    return [p for p, _ in keep], [g for _, g in keep]
+
+
+def _shapeworld_phrasings(erased: Sequence[str], config: FIAConfig, n: int) -> tuple[list[str], list[str]]:
+    """Each erased concept's prompts and, paired with each, the same scene without the concept.
+
+    A shape appears in the canonical prompt (its scene: "the road"), under
+    each synonym, as a bare word (its scene: the empty prompt) and in
+    compositional prompts, burning and in a style (its scene: the place in
+    that style). A style or the attribute appears on kept shapes; its scene
+    is the same shape without it.
+    """
+    world = vocab.get_world(config.world)
+    gone = shapeworld_canonical(erased, config.world)
+    kept_kinds = [o for o in world.object_names if o not in gone] or list(world.object_names)
+    concept: list[str] = []
+    scene: list[str] = []
+    for name in erased:
+        obj = next(iter(shapeworld_canonical([name], config.world)), None)
+        for k in range(n):
+            color, place = _sw_scene(k)
+            if obj is None:  # a style or the attribute: it on other shapes, plain and compositional
+                shape = kept_kinds[k % len(kept_kinds)]
+                style, attr = _sw_style(name), _sw_attribute(name)
+                concept.append(_sw_text(shape, color, place, style=style, attribute=attr))
+                scene.append(_sw_text(shape, color, place))
+                continue
+            words = [obj, *world.objects[obj]]
+            word = words[k % len(words)]
+            if k % 6 == 5:
+                concept.append(word)  # the bare word
+                scene.append("")
+            elif k % 6 == 4:
+                style = vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)]
+                concept.append(_sw_text(word, color, place, style=style, attribute="burning"))
+                scene.append(_sw_text(None, color, place, style=style))
+            else:
+                concept.append(_sw_text(word, color, place))
+                scene.append(_sw_text(None, color, place))
+    return concept, scene
+
+
 def _shapeworld_repair(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
-    """What must stay (every kind not erased, object-less scenes, styles, burning) and the erased concepts' phrasings.
+    """What must stay (:func:`_shapeworld_keep`) and the erased concepts' phrasings (:func:`_shapeworld_phrasings`).
 
     A shape is held erased in the canonical prompt, under each synonym, as a
     bare word and in compositional prompts (burning, in a style), so the
@@ -516,41 +580,8 @@ def _shapeworld_repair(erased: Sequence[str], config: FIAConfig) -> RepairPrompt
     """
     rc = config.repair
     assert rc is not None
-    world = vocab.get_world(config.world)
-    gone = shapeworld_canonical(erased, config.world)
-    gone_styles = [s for s in map(_sw_style, erased) if s is not None]
-    gone_attr = [a for a in map(_sw_attribute, erased) if a is not None]
-    kept_kinds = [o for o in world.object_names if o not in gone]
-    styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles]
-    keep: list[str] = []
-    for i, obj in enumerate(kept_kinds):
-        for k in range(rc.keep_prompts_per_concept):
-            keep.append(_sw_text(obj, *_sw_scene(rc.keep_prompts_per_concept * i + k)))
-    extra = max(6, len(keep) // 12)
-    keep += [vocab.base_phrase(vocab.PLACE_NAMES[k % len(vocab.PLACE_NAMES)]) for k in range(2 * extra)]
-    if styles and kept_kinds:
-        keep += [_sw_text(kept_kinds[(3 * k) % len(kept_kinds)], *_sw_scene(k), style=styles[k % len(styles)]) for k in range(extra)]
-    if not gone_attr and kept_kinds:
-        keep += [_sw_text(kept_kinds[(5 * k + 1) % len(kept_kinds)], *_sw_scene(k + 3), attribute="burning") for k in range(extra // 2)]
-    concept: list[str] = []
-    n = rc.concept_prompts_per_concept
-    for name in erased:
-        obj = next(iter(shapeworld_canonical([name], config.world)), None)
-        for k in range(n):
-            color, place = _sw_scene(k)
-            shape = kept_kinds[k % len(kept_kinds)] if kept_kinds else world.object_names[0]
-            if obj is None:  # a style or the attribute: it on other shapes, plain and compositional
-                style, attr = _sw_style(name), _sw_attribute(name)
-                concept.append(_sw_text(shape, color, place, style=style, attribute=attr))
-                continue
-            words = [obj, *world.objects[obj]]
-            word = words[k % len(words)]
-            if k % 6 == 5:
-                concept.append(word)  # the bare word
-            elif k % 6 == 4:
-                concept.append(_sw_text(word, color, place, style=vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)], attribute="burning"))
-            else:
-                concept.append(_sw_text(word, color, place))
+    keep, _ = _shapeworld_keep(erased, config, rc.keep_prompts_per_concept)
+    concept, _ = _shapeworld_phrasings(erased, config, rc.concept_prompts_per_concept)
     return RepairPrompts.seeded(keep, concept, config)
 
 
@@ -570,6 +601,56 @@ def repair_prompts(erased: Sequence[str], config: FIAConfig) -> RepairPrompts:
     keep = anchors.prompts if anchors is not None else ()
     concept = [p for c in erased for p in evidence_prompts(c, config.replace(concept_prompts_per_concept=rc.concept_prompts_per_concept)).prompts]
     return RepairPrompts.seeded(keep, concept, config)
+
+
+@dataclass(frozen=True)
+class RewritePrompts:
+    """The prompt sets the closed-form rewrite is fitted on (:mod:`fia.rewrite`).
+
+    ``keep[k]`` (from seed ``keep_seeds[k]``) belongs to kept group
+    ``keep_groups[k]``; ``concept[k]`` is shown at the latents of
+    ``scene[k]``'s trajectory, from seed ``concept_seeds[k]``.
+    """
+
+    keep: tuple[str, ...]
+    keep_seeds: tuple[int, ...]
+    keep_groups: tuple[str, ...]
+    concept: tuple[str, ...]
+    scene: tuple[str, ...]
+    concept_seeds: tuple[int, ...]
+
+
+def rewrite_prompts(erased: Sequence[str], config: FIAConfig) -> RewritePrompts:
+    """The rewrite's kept prompts in groups, and each erased concept's prompts paired with their scenes.
+
+    ShapeWorld: every kind not erased is a group of its own, with the
+    object-less scenes, styles and burning (:func:`_shapeworld_keep`); a
+    concept prompt's scene is the same text without the concept
+    (:func:`_shapeworld_phrasings`). Other tasks: the anchor prompts form one
+    group; a concept prompt's scene is its paired base prompt (its first
+    contrast, :func:`evidence_prompts`).
+    """
+    rc = config.rewrite
+    if rc is None:
+        raise FIAError("rewrite_prompts needs config.rewrite; set FIAConfig(variant='rewrite', rewrite=RewriteConfig())")
+    if config.task == "shapeworld":
+        keep, groups = _shapeworld_keep(erased, config, rc.keep_prompts_per_kind)
+        concept, scene = _shapeworld_phrasings(erased, config, rc.concept_prompts_per_concept)
+    else:
+        n_anchor = max(1, rc.keep_prompts_per_kind * max(1, len(config.anchors)) + 8)
+        anchors = anchor_prompts(erased, config.replace(anchor_prompts=n_anchor))
+        keep = list(anchors.prompts) if anchors is not None else []
+        groups = ["kept"] * len(keep)
+        concept, scene = [], []
+        for c in erased:
+            ev = evidence_prompts(c, config.replace(concept_prompts_per_concept=rc.concept_prompts_per_concept))
+            concept += list(ev.prompts)
+            scene += [row[0] for row in ev.contrasts]
+    base = config.seed
+    return RewritePrompts(
+        tuple(keep), tuple(base + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))), tuple(groups),
+        tuple(concept), tuple(scene), tuple(base + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+    )
 
 
 # ------------------------------------------------- the model's world

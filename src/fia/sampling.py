@@ -8,6 +8,9 @@ this module:
 - :func:`first_steps` runs the sampler for its first few denoising steps only
   (FIA's and ConceptPrune's activation statistics, ESD's partially denoised
   ``x_t``, the cost benchmark's bare run);
+- :func:`paired_steps` runs the sampler along one prompt's trajectory
+  while the denoiser also sees a second prompt at the same latents (the
+  closed-form rewrite's paired statistics);
 - :func:`capture` watches layers with forward hooks for the length of a
   ``with`` block.
 
@@ -164,6 +167,50 @@ def first_steps(
             "that supports callback_on_step_end and its interrupt flag, with at least that many steps"
         )
     return latents
+
+
+def paired_steps(
+    pipe: Any,
+    prompts: Sequence[str],
+    follow: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+) -> None:
+    """Run the guided sampler along ``follow``'s trajectories and show the denoiser ``prompts`` at the same latents.
+
+    Image ``k`` starts from seed ``k``'s noise (the module's seeding rule) and
+    is denoised with guidance towards ``follow[k]``; at every step the
+    denoiser sees one batch ``[unconditional; prompts; follow]`` on the same
+    latents, so hooks (:func:`capture`) receive each layer's input under
+    ``prompts[k]`` and ``follow[k]`` at the same latent and timestep, in
+    that batch's second and third thirds. Returns nothing: it exists for
+    the hooks (the closed-form rewrite's paired statistics, :mod:`fia.rewrite`).
+    Stable Diffusion 1.x/2.x-style pipelines (``encode_prompt``, a UNet
+    with ``sample_size``).
+    """
+    import copy
+
+    if not len(prompts) == len(follow) == len(seeds):
+        raise FIAError(f"got {len(prompts)} prompts, {len(follow)} trajectories and {len(seeds)} seeds; give one of each per image")
+    unet = pipe.unet
+    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(int(num_inference_steps), device=device)
+    n = len(prompts)
+    with torch.no_grad():
+        shown = pipe.encode_prompt(list(prompts), device, 1, False)[0]
+        followed = pipe.encode_prompt(list(follow), device, 1, False)[0]
+        uncond = pipe.encode_prompt([""], device, 1, False)[0].expand(n, -1, -1)
+        emb = torch.cat([uncond, shown, followed])
+        c, s = unet.config.in_channels, unet.config.sample_size
+        lat = torch.stack([torch.randn((c, s, s), generator=g) for g in generators(seeds)]).to(device, dtype)
+        lat = lat * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([lat, lat, lat]), t)
+            u, _, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(3)
+            lat = sched.step(u + guidance_scale * (f - u), t, lat).prev_sample
 
 
 def _named(modules: Mapping[str, Any] | Iterable[TargetLinear]) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""The rewrite variant on a pipeline: collect its statistics, solve (:mod:`fia.core.rewrite`), return one edit file.
+
+``fia.erase(pipe, concepts, FIAConfig(variant="rewrite", ...))`` runs
+:func:`rewrite_erase`. Two kinds of sampler passes of the unedited model,
+with forward hooks on the target linears (:func:`fia.sampling.capture`):
+
+* the kept prompts, one pass per group (each kept kind, the object-less
+  scenes, ...), accumulate each group's ``G_g = mean x x^T`` over every
+  token, step and guidance row;
+* the concept prompts run along their scenes' trajectories
+  (:func:`fia.sampling.paired_steps`), so each concept prompt's layer input
+  ``x_c`` has a partner ``x_t``, the scene's input at the same latent and
+  step; they give ``G_c = mean x_c x_c^T`` and ``C = mean x_t x_c^T`` (text
+  rows only: the unconditional row does not depend on the prompt).
+
+Following the scene's trajectory matters: those are the latents the edited
+model should produce, so the rewrite teaches it, at each of them, to answer
+the concept prompt as it answers the scene.
+
+No weight is pruned. The result is a :class:`~fia.mask.ConceptMask` with no
+pruned entry whose every row carries its rewritten and its original values
+(format version 2), so ``apply_``, ``restore_`` and every command that
+reads a mask read it. It leaves no exact zeros for a refill attack to find
+(``fia attack --probe revival``).
+
+Memory: one ``in x in`` float64 matrix per layer and kept group, plus two
+for the concepts (ShapeWorld 2: 31 groups x 7 layers, about 250 MB).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fia.config import FIAConfig
+from fia.core.repair import LayerRepair, RepairError
+from fia.core.rewrite import balanced_rewrite
+from fia.errors import FIAError
+from fia.mask import ConceptMask, fingerprint_weights
+from fia.progress import Progress, report
+from fia.prompts import RewritePrompts, rewrite_prompts
+from fia.repair import collect_grams
+from fia.sampling import capture, paired_steps
+from fia.targets import TargetLinear
+
+
+class _PairedMoments:
+    """Running ``sum x_c x_c^T`` and ``sum x_t x_c^T`` per layer over a ``[uncond; concept; scene]`` batch."""
+
+    def __init__(self) -> None:
+        self.gram: dict[str, Tensor] = {}
+        self.cross: dict[str, Tensor] = {}
+        self.count: dict[str, int] = {}
+
+    def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
+        _, xc, xt = args[0].detach().chunk(3)
+        xc = xc.reshape(-1, xc.shape[-1]).to(torch.float64)
+        xt = xt.reshape(-1, xt.shape[-1]).to(torch.float64)
+        g, c = xc.T @ xc, xt.T @ xc
+        if name in self.gram:
+            self.gram[name] += g
+            self.cross[name] += c
+            self.count[name] += xc.shape[0]
+        else:
+            self.gram[name], self.cross[name], self.count[name] = g, c, xc.shape[0]
+
+    def means(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return ({n: g / self.count[n] for n, g in self.gram.items()}, {n: c / self.count[n] for n, c in self.cross.items()})
+
+
+def paired_moments(
+    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIAConfig, batch_size: int = 16,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents."""
+    acc = _PairedMoments()
+    with capture(targets, acc.hook):
+        for s in range(0, len(prompts.concept), batch_size):
+            paired_steps(
+                pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
+                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+            )
+    return acc.means()
+
+
+def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIAConfig) -> tuple[dict, dict]:
+    """Each kept group's ``G_g`` per target, and its prompt count."""
+    members: dict[str, tuple[list[str], list[int]]] = {}
+    for p, s, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
+        members.setdefault(g, ([], []))
+        members[g][0].append(p)
+        members[g][1].append(s)
+    grams = {
+        g: collect_grams(pipe, targets, ps, ss, rows="all",
+                         num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
+        for g, (ps, ss) in members.items()
+    }  # fmt: skip
+    return grams, {g: len(ps) for g, (ps, _) in members.items()}
+
+
+def rewrite_erase(
+    pipe: Any,
+    names: list[str],
+    config: FIAConfig,
+    found: list[TargetLinear],
+    *,
+    target_kind: str,
+    progress: Progress | None = None,
+) -> ConceptMask:
+    """The rewrite variant's edit for ``names`` (module docstring); the model is left unchanged.
+
+    Called by :func:`fia.erase` when ``config.variant == "rewrite"``.
+    """
+    rc = config.rewrite
+    if rc is None:  # pragma: no cover - FIAConfig.validate fills it in
+        raise FIAError("the rewrite variant needs config.rewrite")
+    t_start = time.perf_counter()
+    prompts = rewrite_prompts(names, config)
+    if not prompts.keep:
+        raise FIAError("the rewrite has no kept prompts (every concept is erased); keep some concepts or name --anchors")
+    weights = {t.name: t.module.weight for t in found}
+    report(progress, 0, 3, "rewrite: the kept prompts' layer inputs")
+    grams, sizes = group_grams(pipe, found, prompts, config)
+    report(progress, 1, 3, "rewrite: the concept prompts at their scenes' latents")
+    gram_c, cross = paired_moments(pipe, found, prompts, config)
+    t_stats = time.perf_counter() - t_start
+    report(progress, 2, 3, "rewrite: solving")
+    t_solve = time.perf_counter()
+    unedited = {n: w.detach().cpu() for n, w in weights.items()}
+    try:
+        result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, concept_weight=rc.concept_weight,
+                                  damping=rc.damping, rounds=rc.balance_rounds)
+    except RepairError as exc:
+        raise FIAError(f"the rewrite cannot be fitted: {exc}") from None
+    report(progress, 3, 3, "rewrite: done")
+    none_pruned = {n: torch.zeros(w.shape, dtype=torch.bool) for n, w in unedited.items()}
+    mask = ConceptMask.from_prune_masks(
+        unedited, none_pruned, concepts=names, config=config.to_dict(), target_kind=target_kind,
+        fingerprint=fingerprint_weights(weights),
+    )
+    rows = {n: LayerRepair(torch.arange(w.shape[0], dtype=torch.int64), result.weights[n]) for n, w in unedited.items()}
+    mask = mask.with_repair(unedited, rows)
+    mask.stats = _run_stats(names, prompts, result, unedited, t_stats, time.perf_counter() - t_solve, time.perf_counter() - t_start)
+    return mask
+
+
+def _run_stats(names, prompts: RewritePrompts, result, unedited: dict[str, Tensor], t_stats: float, t_solve: float, total: float) -> dict:
+    """What ``fusion_stats.json`` records for a rewrite: prompt counts, per-layer change, the kept groups' balance, seconds."""
+    per_layer = {
+        n: {"shape": list(w.shape), "relative_change": round(float((result.weights[n] - w).norm() / w.norm()), 4)}
+        for n, w in unedited.items()
+    }
+    worst = sorted(result.group_change.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "concepts": names,
+        "variant": "rewrite",
+        "prompts": {"keep": len(prompts.keep), "groups": len(set(prompts.keep_groups)), "concept": len(prompts.concept)},
+        "per_layer": per_layer,
+        "balance": {"most_changed_groups": {g: round(v, 4) for g, v in worst},
+                    "group_weights": {g: round(v, 4) for g, v in sorted(result.group_weights.items())}},
+        "per_concept": {c: {"seconds": round(total / max(1, len(names)), 3)} for c in names},
+        "seconds": {"statistics": round(t_stats, 3), "solve": round(t_solve, 3), "total": round(total, 3)},
+    }

@@ -1,0 +1,101 @@
+"""The closed-form rewrite (fia.core.rewrite) against brute force and its limit cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fia.core.repair import RepairError
+from fia.core.rewrite import balanced_rewrite, mix_grams, relative_change, rewrite_layer
+
+
+def _moments(xk, xc, xt):
+    return xk.T @ xk / len(xk), xc.T @ xc / len(xc), xt.T @ xc / len(xc)
+
+
+def _brute(w, xk, xc, xt, lam, damping):
+    """Row by row: ordinary least squares on the stacked system whose squared residual is J(w')."""
+    gk, gc, _ = _moments(xk, xc, xt)
+    ridge = damping * float((gk + lam * gc).diagonal().mean())
+    n_in = w.shape[1]
+    a = torch.cat([xk / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * xc, ridge**0.5 * torch.eye(n_in, dtype=w.dtype)])
+    rows = []
+    for r in w:
+        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r), ridge**0.5 * r])
+        rows.append(torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("lam", [0.1, 1.0, 5.0])
+def test_rewrite_matches_brute_force_least_squares(lam):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xt = xc + 0.5 * torch.randn(30, 7, generator=g, dtype=torch.float64)
+    gk, gc, cross = _moments(xk, xc, xt)
+    got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=0.01)
+    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01), atol=1e-5)
+
+
+def test_rewrite_leaves_the_layer_alone_without_a_concept_term_or_when_scene_equals_concept():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randn(20, 6, generator=g, dtype=torch.float64)
+    gk, gc, _ = _moments(xk, xc, xc)
+    assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=0.0, damping=0.01).double(), w, atol=1e-5)
+    # the scene's input equals the concept's: nothing to rewrite, whatever lambda
+    assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=10.0, damping=0.01).double(), w, atol=1e-5)
+
+
+def test_rewrite_moves_concept_outputs_to_the_scene_and_keeps_kept_outputs():
+    """Kept inputs span 3 directions, the concept a 4th: the rewrite can send the concept's output to the scene's exactly."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    xk = torch.cat([torch.randn(50, 3, generator=g, dtype=torch.float64), torch.zeros(50, 1, dtype=torch.float64)], 1)
+    xc = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64).repeat(10, 1)
+    xt = torch.zeros_like(xc)  # the scene's input: nothing there
+    gk, gc, cross = _moments(xk, xc, xt)
+    new = rewrite_layer(w, gk, gc, cross, concept_weight=100.0, damping=1e-8).double()
+    assert torch.allclose(xk @ new.T, xk @ w.T, atol=1e-4)  # kept outputs as they were
+    assert (xc @ new.T).abs().max() < 1e-3  # the concept's output is the scene's (zero)
+    assert (xc @ w.T).abs().max() > 0.1
+
+
+def test_bad_rewrite_inputs():
+    w, gram = torch.randn(2, 3), torch.eye(3)
+    with pytest.raises(RepairError, match="damping"):
+        rewrite_layer(w, gram, gram, gram, concept_weight=1.0, damping=0.0)
+    with pytest.raises(RepairError, match="zero"):
+        rewrite_layer(w, torch.zeros(3, 3), gram, gram, concept_weight=1.0, damping=0.01)
+    with pytest.raises(ValueError, match="G_c has shape"):
+        rewrite_layer(w, gram, torch.eye(2), gram, concept_weight=1.0, damping=0.01)
+    with pytest.raises(RepairError, match="no kept prompts"):
+        balanced_rewrite({"a": w}, {}, {}, {"a": gram}, {"a": gram}, concept_weight=1.0, damping=0.01, rounds=1)
+
+
+def _two_groups(seed=3):
+    """A kept group that shares the concept's direction and one that does not."""
+    g = torch.Generator().manual_seed(seed)
+    w = {"a": torch.randn(4, 5, generator=g, dtype=torch.float64)}
+    concept_dir = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    x_far = torch.randn(60, 5, generator=g, dtype=torch.float64) * torch.tensor([0.1, 1, 1, 1, 1], dtype=torch.float64)
+    x_near = 0.8 * concept_dir + 0.3 * torch.randn(10, 5, generator=g, dtype=torch.float64)
+    xc = concept_dir + 0.1 * torch.randn(20, 5, generator=g, dtype=torch.float64)
+    xt = 0.1 * torch.randn(20, 5, generator=g, dtype=torch.float64)
+    grams = {"far": {"a": x_far.T @ x_far / 60}, "near": {"a": x_near.T @ x_near / 10}}
+    return w, grams, {"far": 60, "near": 10}, {"a": xc.T @ xc / 20}, {"a": xt.T @ xc / 20}
+
+
+def test_balancing_without_rounds_is_the_pooled_rewrite_and_rounds_spread_the_change():
+    w, grams, sizes, gc, cross = _two_groups()
+    plain = balanced_rewrite(w, grams, sizes, gc, cross, concept_weight=1.0, damping=0.01, rounds=0)
+    pooled = (60 * grams["far"]["a"] + 10 * grams["near"]["a"]) / 70
+    assert torch.allclose(mix_grams(grams, sizes, {"far": 1.0, "near": 1.0}, "a"), pooled)
+    assert torch.equal(plain.weights["a"], rewrite_layer(w["a"], pooled, gc["a"], cross["a"], concept_weight=1.0, damping=0.01))
+    # the group near the concept takes most of the change; balancing gives it more weight and less change
+    assert plain.group_change["near"] > plain.group_change["far"]
+    balanced = balanced_rewrite(w, grams, sizes, gc, cross, concept_weight=1.0, damping=0.01, rounds=5)
+    assert balanced.group_weights["near"] > balanced.group_weights["far"]
+    assert balanced.group_change["near"] < plain.group_change["near"]
+    d, e = relative_change(w["a"], balanced.weights["a"], grams["near"]["a"])
+    assert balanced.group_change["near"] == pytest.approx(d / e)
