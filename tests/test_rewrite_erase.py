@@ -49,6 +49,10 @@ def test_rewrite_is_one_reversible_deterministic_edit_without_zeros(tiny_dir, tm
     assert all(torch.equal(w, edited[n]) for n, w in _ffn2(pipe).items())
     fia.load_edit(path).restore_(pipe)
     assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
+    assert "closed-form rewrite: every row" in mask.summary()
+    from fia.evaluate.report import layers_figure
+
+    assert layers_figure(fia.load_edit(path), tmp_path / "layers.png").stat().st_size > 0  # the report's figure reads it
     stats = mask.stats
     assert stats["variant"] == "rewrite" and stats["prompts"]["concept"] == 2 and set(stats["per_layer"]) == set(before)
 

@@ -139,6 +139,10 @@ def erase(
     repair_weight: float | None = typer.Option(
         None, "--repair-weight", help="causal: lambda of the repair, how firmly the concept's prompts stay erased."
     ),
+    rewrite_weight: float | None = typer.Option(
+        None, "--rewrite-weight",
+        help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.3).",
+    ),
     concept_prompts: Path | None = typer.Option(
         None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
     ),
@@ -190,7 +194,14 @@ def erase(
         model = str(world_dir / "pipeline")
         overrides["world"] = world_of(world_dir).name
     cfg = resolve_config(task, config, overrides, default_task=default_task, preset=preset)
+    causal_flags = {"--budget": budget, "--rounds": rounds, "--anchor-weight": anchor_weight, "--score-steps": score_steps,
+                    "--repair/--no-repair": repair, "--repair-weight": repair_weight}
+    check_variant_flags(cfg.variant, causal_flags, {"--rewrite-weight": rewrite_weight})
     cfg = with_repair_options(cfg, repair, repair_weight)
+    if rewrite_weight is not None:
+        import dataclasses
+
+        cfg = cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=rewrite_weight))
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)
@@ -204,6 +215,15 @@ def erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
         world_dir=world_dir,
     )  # fmt: skip
+
+
+def check_variant_flags(variant: str, causal_flags: dict, rewrite_flags: dict) -> None:
+    """:class:`FIAError` when a flag of one variant is given to another (it would be silently ignored)."""
+    for owner, flags in (("causal", causal_flags), ("rewrite", rewrite_flags)):
+        given = [name for name, value in flags.items() if value is not None]
+        if given and variant != owner:
+            raise FIAError(f"{', '.join(given)} set(s) the {owner} variant, but this erase runs --variant {variant}; "
+                           f"add --variant {owner} or drop {'them' if len(given) > 1 else 'it'}")
 
 
 def with_repair_options(cfg, repair: bool | None, repair_weight: float | None):

@@ -20,7 +20,7 @@ Two steps, as a diffusers pipeline runs ``check_inputs`` before any work:
    rewrite variant by :mod:`fia.rewrite`.
 
 The FIA family registers here as unlearning methods (:mod:`fia.methods`):
-``fia`` (the config's variant), ``fia-causal``, and the ablations
+``fia`` (the config's variant), ``fia-causal``, ``fia-rewrite``, and the ablations
 ``fia-union``, ``fia-wanda``, ``fia-channel`` and ``fia-layer``.
 """
 
@@ -283,11 +283,11 @@ def _fia_method(name: str):
     def run(pipe: Any, concepts: list[str], config: FIAConfig, *, preserve, prompts, progress, cache_dir) -> ConceptMask:
         """FIA as a registered method.
 
-        ``preserve`` becomes the causal variant's anchors (unless the config
-        names its own); the paper variant keeps general neurons through
-        fusion, not through named concepts, and ignores it.
+        ``preserve`` becomes the causal and rewrite variants' anchors (unless
+        the config names its own); the paper variant keeps general neurons
+        through fusion, not through named concepts, and ignores it.
         """
-        if preserve and config.variant == "causal" and not config.anchors:
+        if preserve and config.variant in ("causal", "rewrite") and not config.anchors:
             config = config.replace(anchors=list(preserve))
         plan = plan_erase(concepts, config, prompts=prompts if config.variant == "paper" else None)
         mask = erase(pipe, plan, cache_dir=cache_dir, progress=progress)
@@ -301,6 +301,7 @@ def _fia_method(name: str):
 _FIA_FAMILY = {
     "fia": ("Forget-It-All (the config's variant; the paper's Eq. 1-8 by default)", FIAConfig),
     "fia-causal": ("FIA's causal variant (weights scored by the model's own evidence)", lambda: FIAConfig(variant="causal")),
+    "fia-rewrite": ("FIA's rewrite variant (closed-form FFN2 rewrite, no pruning)", lambda: FIAConfig(variant="rewrite")),
     "fia-union": ("FIA ablation: union fusion, no concept-agnostic retention", lambda: FIAConfig(fusion="union")),
     "fia-wanda": ("FIA ablation: wanda saliency |W| * ||X_j|| instead of Eq. 1", lambda: FIAConfig(saliency="wanda")),
     "fia-channel": ("FIA ablation: channel-level selection only (Eq. 4)", lambda: FIAConfig(selection="channel")),

@@ -392,7 +392,13 @@ class ConceptMask(EditFile):
             f"total: {self.pruned} of {self.total_weights} weights pruned ({100 * self.pruned_share:.3f} %), "
             f"{self.agnostic} concept-agnostic kept, {len(self.layers)} layers"
         )
-        if self.repaired:
+        if self.repaired and cfg.get("variant") == "rewrite":
+            rw = cfg.get("rewrite") or {}
+            lines.append(
+                f"closed-form rewrite: every row of {len(self.layers)} layers ({self.repaired_rows} rows), no weight pruned"
+                + (", settings: " + ", ".join(f"{k}={v}" for k, v in sorted(rw.items())) if rw else "")
+            )
+        elif self.repaired:
             rep = cfg.get("repair") or {}
             lines.append(
                 f"closed-form repair: {self.repaired_rows} rows rewritten ("

@@ -101,8 +101,8 @@ class Bench:
         self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
-        # the project's default on ShapeWorld: the shipped preset, as `fia erase` runs it
-        self.causal_cfg = resolve_config("shapeworld")
+        # the causal variant with the shipped preset's settings (this benchmark's default FIA on the first world)
+        self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal"})
         if sizes.causal:
             self.causal_cfg = self.causal_cfg.replace(**sizes.causal)
         self._base: dict[tuple, dict[str, dict[str, dict]]] = {}

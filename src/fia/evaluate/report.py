@@ -139,14 +139,27 @@ def _wrap(text: str, width: int = 18) -> str:
 
 
 def layers_figure(mask: Any, path: Path) -> Path:
+    """Per edited layer: the pruned share, or for an edit that prunes nothing (the rewrite) how far its rows moved."""
     names = [lm.name for lm in mask.layers]
-    shares = [100.0 * lm.pruned / lm.numel for lm in mask.layers]
+    rewrite = mask.pruned == 0 and getattr(mask, "repaired", False)
+    if rewrite:  # relative change of the carried rows, ||new - old|| / ||old||
+        values = [
+            100.0 * float((lm.row_values - lm.row_originals).norm() / lm.row_originals.norm().clamp_min(1e-12))
+            if lm.rows is not None else 0.0
+            for lm in mask.layers
+        ]
+    else:
+        values = [100.0 * lm.pruned / lm.numel for lm in mask.layers]
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names) + 2), 3.8))
-    ax.bar(range(len(names)), shares, color="#c0392b")
+    ax.bar(range(len(names)), values, color="#c0392b")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([_short(n) for n in names], rotation=70, ha="right", fontsize=8)
-    ax.set_ylabel("pruned weights (%)")
-    ax.set_title(f"pruned share per layer (total {100 * mask.pruned_share:.3f} %)", fontsize=9)
+    if rewrite:
+        ax.set_ylabel("relative change of the weights (%)")
+        ax.set_title("rewritten layers: how far each moved (no weight pruned)", fontsize=9)
+    else:
+        ax.set_ylabel("pruned weights (%)")
+        ax.set_title(f"pruned share per layer (total {100 * mask.pruned_share:.3f} %)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -488,7 +501,8 @@ def write_report(
     grids = _grids(out, suite, metrics, compare)
 
     if mask is not None and getattr(mask, "layers", None):
-        figures.append(("pruned share per layer", layers_figure(mask, out / "layers.png")))
+        title = "change per layer" if mask.pruned == 0 and getattr(mask, "repaired", False) else "pruned share per layer"
+        figures.append((title, layers_figure(mask, out / "layers.png")))
     else:
         notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
 

@@ -122,7 +122,7 @@ def report_after_erase(
             # the paper's FIA on the same concepts, measured beside the variant
             from fia.engine import erase
 
-            paper_cfg = config.replace(variant="paper", repair=None, stop_evidence=None)
+            paper_cfg = config.replace(variant="paper", repair=None, stop_evidence=None, rewrite=None)
             paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
         for suite_name, forget in families.items():
             suite = build_suite(
