@@ -7,10 +7,13 @@ Tasks on ShapeWorld 2 (32 kinds on a long tail):
 * ``ten``: five common kinds (circle, house, square, two, tree) and five rare
   ones (drop, five, arrow, em, mushroom) at once.
 
-Methods: ``paper`` (the paper's FIA), ``mask`` (the default's pruning
-alone, ``--no-repair``) and ``default`` (the ShapeWorld default: pruning
-with the closed-form repair), each erased in the same process, so their
-seconds compare.
+Methods (``config_for``): ``default`` (the ShapeWorld preset as ``fia erase``
+runs it: today the causal pruning with the closed-form repair), ``paper``
+(the paper's FIA), ``causal`` (the causal pruning with the repair, named),
+``mask`` (that pruning alone, ``--no-repair``) and ``rewrite`` (the
+closed-form rewrite, ``--variant rewrite``), each erased in the same
+process, so their seconds compare. ``--merge`` keeps the rows of the methods
+not run now from the existing result file; every row records its commit.
 
 Every edited model and the unedited one are judged on one split:
 
@@ -34,7 +37,7 @@ README's task). The paper's FIA and the pruning alone run on star+arrow
 only unless ``--every-method-everywhere``.
 
     python benchmarks/selective_forgetting.py [--split heldout] [--images 32] [--quality 500]
-        [--tasks star+arrow,circle+star,ten] [--methods paper,default,mask] [--cost-tasks star+arrow]
+        [--tasks star+arrow,circle+star,ten] [--methods paper,default,mask,causal,rewrite] [--cost-tasks star+arrow] [--merge]
 
 Writes benchmarks/results/selective_forgetting_<split>.{json,md}.
 """
@@ -43,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -61,7 +63,7 @@ from fia.prompts import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge, world_path
 from fia.shapeworld.clip import clip_score, load_clip
 from fia.shapeworld.evaluate import generate
-from fia.shapeworld.render import parse_prompt, prompt_for
+from fia.shapeworld.render import prompt_for
 from fia.shapeworld.vocab import PLACE_NAMES, SHAPEWORLD2, STYLE_NAMES
 
 WORLD = SHAPEWORLD2

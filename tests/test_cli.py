@@ -175,21 +175,28 @@ def test_shapeworld_is_the_default_model(tmp_path):
 
     out = tmp_path / "o"
     res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(out), "--saliency-steps", "1", "--steps", "2",
-                              "--no-report"])  # fmt: skip
+                              "--rounds", "1", "--score-steps", "2", "--no-report"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "rewrite variant" in res.output and "no weight pruned" in res.output
     mask = ConceptMask.load(out / "mask.safetensors")
     assert mask.config["task"] == "shapeworld"  # the default task follows the default model
     assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are the contrasts
     shipped = find_targets(load_shapeworld().unet, "ffn2")
     assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
-    # ShapeWorld's default: the closed-form rewrite, every FFN2 row carried, nothing pruned
-    assert mask.config["variant"] == "rewrite" and mask.repaired and mask.pruned == 0
-    assert mask.config["rewrite"]["concept_weight"] == 0.3
-    # a causal flag under the rewrite (or the reverse) is refused before any work, not silently ignored
+    assert mask.config["variant"] == "causal" and mask.repaired  # ShapeWorld's default: pruning, then the repair
+    # the rewrite variant on the same world: every FFN2 row carried, nothing pruned
+    rw = tmp_path / "rw"
+    res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(rw), "--steps", "2", "--saliency-steps", "1",
+                              "--variant", "rewrite", "--rewrite-weight", "0.5", "--no-report"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "rewrite variant" in res.output and "no weight pruned" in res.output
+    rewritten = ConceptMask.load(rw / "mask.safetensors")
+    assert rewritten.config["variant"] == "rewrite" and rewritten.pruned == 0 and rewritten.repaired
+    assert rewritten.config["rewrite"]["concept_weight"] == 0.5 and "repair" not in rewritten.config
+    # a flag of another variant is refused before any work, not silently ignored
     bad = tmp_path / "bad"
-    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--rounds", "2"], bad, "--rounds set(s) the causal variant")
-    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--variant", "causal", "--rewrite-weight", "1"], bad,
+    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--variant", "rewrite", "--rounds", "2"], bad,
+         "--rounds set(s) the causal variant")
+    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--rewrite-weight", "1"], bad,
          "--rewrite-weight set(s) the rewrite variant")
 
 

@@ -104,11 +104,12 @@ def test_shapeworld_preset_gives_each_variant_its_own_settings():
     from fia.config import RewriteConfig
     from fia.prompts import resolve_config
 
-    default = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
-    assert default.variant == "rewrite" and default.repair is None and default.stop_evidence is None
-    assert default.rewrite == RewriteConfig(concept_weight=0.3, damping=0.03, balance_rounds=5)
-    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "causal"})
-    assert causal.repair is not None and causal.stop_evidence == 0.2 and causal.rewrite is None
+    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
+    assert causal.variant == "causal" and causal.repair is not None and causal.stop_evidence == 0.2
+    assert causal.rewrite is None and "rewrite" not in causal.to_dict()
+    rewrite = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "rewrite"})
+    assert rewrite.rewrite == RewriteConfig(concept_weight=0.3, damping=0.03, balance_rounds=5)
+    assert rewrite.repair is None and rewrite.stop_evidence is None
     paper = resolve_config("shapeworld", overrides={"variant": "paper"})
     # a variant's settings do not follow another variant into its mask header
     for key in ("repair", "stop_evidence", "rewrite"):
