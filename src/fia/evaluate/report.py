@@ -138,10 +138,15 @@ def _wrap(text: str, width: int = 18) -> str:
     return "\n".join(textwrap.wrap(text, width)[:3])
 
 
+def _is_rewrite(mask: Any) -> bool:
+    """An edit that prunes nothing and carries rewritten rows (the rewrite variant)."""
+    return bool(getattr(mask, "repaired", False)) and getattr(mask, "pruned", None) == 0
+
+
 def layers_figure(mask: Any, path: Path) -> Path:
     """Per edited layer: the pruned share, or for an edit that prunes nothing (the rewrite) how far its rows moved."""
     names = [lm.name for lm in mask.layers]
-    rewrite = mask.pruned == 0 and getattr(mask, "repaired", False)
+    rewrite = _is_rewrite(mask)
     if rewrite:  # relative change of the carried rows, ||new - old|| / ||old||
         values = [
             100.0 * float((lm.row_values - lm.row_originals).norm() / lm.row_originals.norm().clamp_min(1e-12))
@@ -501,7 +506,7 @@ def write_report(
     grids = _grids(out, suite, metrics, compare)
 
     if mask is not None and getattr(mask, "layers", None):
-        title = "change per layer" if mask.pruned == 0 and getattr(mask, "repaired", False) else "pruned share per layer"
+        title = "change per layer" if _is_rewrite(mask) else "pruned share per layer"
         figures.append((title, layers_figure(mask, out / "layers.png")))
     else:
         notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
