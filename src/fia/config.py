@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fia.errors import FIAError
 
@@ -70,8 +70,31 @@ REFERENCE_SETTINGS: dict[str, Any] = {
 PRESETS = ("reference",)
 
 
+class _SettingsBlock:
+    """What the variants' nested settings (``repair:``, ``rewrite:``) share: JSON form and reading a YAML value."""
+
+    NAME: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_value(cls, value: Any) -> Any:
+        """``None``/``False`` (not set), ``True`` (the defaults), a mapping of fields, or an instance."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            check_known_fields(cls, value)
+            return cls(**value)
+        raise FIAError(f"{cls.NAME} must be true, false or a mapping of its settings, got {value!r}")
+
+
 @dataclass(frozen=True)
-class RepairConfig:
+class RepairConfig(_SettingsBlock):
     """Settings of the closed-form repair after pruning (:mod:`fia.core.repair`, :mod:`fia.repair`).
 
     Attributes:
@@ -88,6 +111,7 @@ class RepairConfig:
             last; every round without anchors kept less on the tuning split).
     """
 
+    NAME: ClassVar[str] = "repair"
     concept_weight: float = 1.0
     damping: float = 0.01
     keep_prompts_per_concept: int = 4
@@ -105,26 +129,10 @@ class RepairConfig:
             check_positive_int(f"repair.{name}", getattr(self, name))
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_value(cls, value: Any) -> "RepairConfig | None":
-        """``None``/``False`` (no repair), ``True`` (defaults), a mapping of fields, or a RepairConfig."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            check_known_fields(cls, value)
-            return cls(**value)
-        raise FIAError(f"repair must be true, false or a mapping of its settings, got {value!r}")
 
 
 @dataclass(frozen=True)
-class RewriteConfig:
+class RewriteConfig(_SettingsBlock):
     """Settings of the closed-form rewrite (:mod:`fia.core.rewrite`, :mod:`fia.rewrite`): ``--variant rewrite``.
 
     Attributes:
@@ -141,6 +149,7 @@ class RewriteConfig:
             its scene.
     """
 
+    NAME: ClassVar[str] = "rewrite"
     concept_weight: float = 0.3
     damping: float = 0.03
     balance_rounds: int = 5
@@ -158,22 +167,6 @@ class RewriteConfig:
             check_positive_int(f"rewrite.{name}", getattr(self, name))
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_value(cls, value: Any) -> "RewriteConfig | None":
-        """``None`` (not set), ``True`` (defaults), a mapping of fields, or a RewriteConfig."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            check_known_fields(cls, value)
-            return cls(**value)
-        raise FIAError(f"rewrite must be true or a mapping of its settings, got {value!r}")
 
 
 @dataclass
