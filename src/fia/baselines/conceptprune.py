@@ -56,7 +56,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fia.baselines import _common
 from fia.config import FIAConfig, check_fraction, check_nonnegative, check_positive_int
 from fia.errors import FIAError
 from fia.mask import ConceptMask

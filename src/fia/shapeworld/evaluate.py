@@ -104,12 +104,6 @@ def gate_images(
     return generate(pipe, prompts, seeds, batch_size=batch_size, **kwargs), prompts
 
 
-def run_gate(pipe, oracle, batch_size: int = 40, limit: int | None = None, **kwargs) -> dict:
-    world = getattr(oracle, "world", SHAPEWORLD)
-    images, prompts = gate_images(pipe, batch_size, limit, world=world, **kwargs)
-    return agreement(oracle, images, prompts)
-
-
 def render_accuracy(judge, images: np.ndarray, lab: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-head accuracy of a judge on uint8 renders (N, H, W, 3) with their
     labels (``fia.shapeworld.train.labels``; -100: no label, e.g. the colour
