@@ -57,7 +57,7 @@ from fia.progress import Progress, report
 from fia.cache import ConceptCache, rounds_key
 from fia.mask import ConceptMask, fingerprint_weights
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
-from fia.sampling import generators
+from fia.sampling import generators, initial_latents
 from fia.targets import TargetLinear, denoiser
 
 
@@ -115,10 +115,7 @@ class _Model:
 
     def initial_latents(self, seeds: Sequence[int]) -> Tensor:
         """One latent per seed, drawn on the CPU by the seeding rule of :mod:`fia.sampling`."""
-        c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        gens = generators(seeds)
-        lat = torch.stack([torch.randn((c, s, s), generator=g) for g in gens])
-        return lat.to(self.device, self.dtype)
+        return initial_latents(self.unet, seeds)
 
     def sample(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
         """Final latents of the guided sampler, differentiable in the target weights."""

@@ -152,7 +152,10 @@ def erase(
         False, "--no-report", help="On ShapeWorld, skip the before/after evaluation and OUT/report.html."
     ),
 ) -> None:
-    """Find the pruning mask that erases CONCEPTS and write it to OUT.
+    """Find the edit that erases CONCEPTS and write it to OUT.
+
+    (Most of this function's length is its option list; the body checks the
+    inputs, then hands a checked plan to :func:`run_erase`.)
 
     On ShapeWorld (task shapeworld) it then renders base and edited images with
     the same seeds, judges them with the ShapeWorld oracle and writes
@@ -182,26 +185,16 @@ def erase(
         "anchors": parse_concepts(anchors) if anchors else None,
         "score_steps": score_steps,
     }
-    if shapeworld is not None and model is not None:
-        raise FIAError("pass either --model or --shapeworld (a ShapeWorld world brings its own model), not both")
-    from fia.shapeworld import world_folder_of
-
-    world_dir = world_folder_of(model, shapeworld)
-    default_task = "shapeworld" if world_dir is not None else "object"
+    model, world_dir = _model_and_world(model, shapeworld)
     if world_dir is not None:
         from fia.shapeworld import world_of
 
-        model = str(world_dir / "pipeline")
         overrides["world"] = world_of(world_dir).name
-    cfg = resolve_config(task, config, overrides, default_task=default_task, preset=preset)
+    cfg = resolve_config(task, config, overrides, default_task="object" if world_dir is None else "shapeworld", preset=preset)
     causal_flags = {"--budget": budget, "--rounds": rounds, "--anchor-weight": anchor_weight, "--score-steps": score_steps,
                     "--repair/--no-repair": repair, "--repair-weight": repair_weight}
     check_variant_flags(cfg.variant, causal_flags, {"--rewrite-weight": rewrite_weight})
-    cfg = with_repair_options(cfg, repair, repair_weight)
-    if rewrite_weight is not None:
-        import dataclasses
-
-        cfg = cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=rewrite_weight))
+    cfg = with_rewrite_weight(with_repair_options(cfg, repair, repair_weight), rewrite_weight)
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)
@@ -215,6 +208,25 @@ def erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
         world_dir=world_dir,
     )  # fmt: skip
+
+
+def _model_and_world(model: str | None, shapeworld: str | None):
+    """``(model path or id, world folder or None)`` of an erase: ``--shapeworld`` or no ``--model`` means a shipped world."""
+    if shapeworld is not None and model is not None:
+        raise FIAError("pass either --model or --shapeworld (a ShapeWorld world brings its own model), not both")
+    from fia.shapeworld import world_folder_of
+
+    world_dir = world_folder_of(model, shapeworld)
+    return (model if world_dir is None else str(world_dir / "pipeline")), world_dir
+
+
+def with_rewrite_weight(cfg, rewrite_weight: float | None):
+    """``cfg`` with ``--rewrite-weight`` applied (the rewrite's lambda)."""
+    if rewrite_weight is None:
+        return cfg
+    import dataclasses
+
+    return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=rewrite_weight))
 
 
 def check_variant_flags(variant: str, causal_flags: dict, rewrite_flags: dict) -> None:

@@ -169,6 +169,15 @@ def first_steps(
     return latents
 
 
+def initial_latents(unet: Any, seeds: Sequence[int]) -> Tensor:
+    """One initial latent per seed, drawn on the CPU by the seeding rule, on ``unet``'s device and dtype
+    (the noise a diffusers pipeline draws from the same generators), for samplers run outside a pipeline."""
+    c, s = unet.config.in_channels, unet.config.sample_size
+    lat = torch.stack([torch.randn((c, s, s), generator=g) for g in generators(seeds)])
+    param = next(unet.parameters())
+    return lat.to(param.device, param.dtype)
+
+
 def paired_steps(
     pipe: Any,
     prompts: Sequence[str],
@@ -195,7 +204,7 @@ def paired_steps(
     if not len(prompts) == len(follow) == len(seeds):
         raise FIAError(f"got {len(prompts)} prompts, {len(follow)} trajectories and {len(seeds)} seeds; give one of each per image")
     unet = pipe.unet
-    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(int(num_inference_steps), device=device)
     n = len(prompts)
@@ -204,9 +213,7 @@ def paired_steps(
         followed = pipe.encode_prompt(list(follow), device, 1, False)[0]
         uncond = pipe.encode_prompt([""], device, 1, False)[0].expand(n, -1, -1)
         emb = torch.cat([uncond, shown, followed])
-        c, s = unet.config.in_channels, unet.config.sample_size
-        lat = torch.stack([torch.randn((c, s, s), generator=g) for g in generators(seeds)]).to(device, dtype)
-        lat = lat * sched.init_noise_sigma
+        lat = initial_latents(unet, seeds) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat, lat]), t)
             u, _, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(3)
