@@ -42,11 +42,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .clip import ShapeWorldCLIP, caption_targets, infonce_loss, text_encoder_config
 from .evaluate import render_accuracy
@@ -724,121 +725,130 @@ def train_second_judge_alone(out: str | Path, cfg: TrainConfig, log: Callable[[s
     return judge2
 
 
-def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict:
-    """Run every stage and write the shipped artifacts into ``out``."""
-    from diffusers import AutoencoderKL
+class _StageCache:
+    """Stages trained by an earlier run of the recipe, kept in ``out/.work`` and reused.
 
-    from .evaluate import (
-        agreement,
-        clip_quality,
-        clip_render_quality,
-        gate_images,
-        renders_of_prompts,
-        second_judge_quality,
-    )
-    from .tokenizer import make_tokenizer
+    A stage whose artifact is there is loaded instead of trained; its seconds
+    then are the earlier run's (``stage_seconds.json``), recorded in the
+    recipe as reused, so an interrupted 47-minute run resumes where it stopped.
+    """
 
-    torch.set_num_threads(cfg.threads)
-    world = get_world(cfg.world)
-    heads = heads_for(world)
-    out = Path(out)
-    work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    t_all = time.time()
+    def __init__(self, work: Path, log: Callable[[str], None] | None):
+        self.work, self.log = work, log
+        self.file = work / "stage_seconds.json"
+        self.earlier: dict[str, float] = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.reused: dict[str, float | None] = {}
 
-    t = time.time()
+    def get(self, name: str, artifact: Path, load: Callable[[], Any], train_and_save: Callable[[], Any]) -> Any:
+        """The stage ``name``: loaded if ``artifact`` exists, else trained (and saved) by ``train_and_save``."""
+        if artifact.exists():
+            _log(f"{name}: reusing .work/{name}", self.log)
+            self.reused[name] = self.earlier.get(name)
+            return load()
+        t = time.time()
+        result = train_and_save()
+        self.earlier[name] = round(time.time() - t, 1)
+        self.file.write_text(json.dumps(self.earlier))
+        return result
+
+
+@dataclass
+class _Data:
+    """The training renders and the fresh test renders every stage is checked on."""
+
+    scenes: list
+    images: np.ndarray
+    labels: dict
+    test_scenes: list
+    test_images: np.ndarray
+    test_labels: dict
+
+
+def _render_data(cfg: TrainConfig, world, heads, log) -> _Data:
     _log(f"data: rendering {cfg.n_images} scenes of {world.name}", log)
     scenes, images = make_data(cfg.n_images, cfg.seed, world)
-    lab = labels(scenes, heads)
     test_scenes, test_images = make_data(1000 if cfg.n_images > 1000 else 100, cfg.seed + 10_000, world)
-    test_lab = labels(test_scenes, heads)
-    times["data"] = time.time() - t
+    return _Data(scenes, images, labels(scenes, heads), test_scenes, test_images, labels(test_scenes, heads))
 
-    # seconds of stages trained by an earlier run whose intermediates are reused
-    stage_file = work / "stage_seconds.json"
-    earlier = json.loads(stage_file.read_text()) if stage_file.exists() else {}
-    reused: dict[str, float | None] = {}
 
-    tok = make_tokenizer(work / "tokenizer", world=world)
-    clip = None
-    if cfg.clip_steps > 0:
-        t = time.time()
-        if (work / "clip" / "clip.safetensors").exists():
-            _log("clip: reusing .work/clip", log)
-            clip = ShapeWorldCLIP.load(work / "clip")
-            reused["clip"] = earlier.get("clip")
-        else:
-            clip = train_clip(cfg, scenes, images, tok, log)
-            clip.save(work / "clip")
-            earlier["clip"] = round(time.time() - t, 1)
-            stage_file.write_text(json.dumps(earlier))
-        clip.tokenizer = tok
-        _log(f"clip on fresh renders: {json.dumps(clip_render_quality(clip, test_scenes, test_images))}", log)
-        times["clip"] = time.time() - t
+def _clip_stage(cfg: TrainConfig, data: _Data, tok, stages: _StageCache, log) -> ShapeWorldCLIP | None:
+    from .evaluate import clip_render_quality
 
-    t = time.time()
-    if (work / "vae" / "config.json").exists():
-        _log("vae: reusing .work/vae", log)
-        vae = AutoencoderKL.from_pretrained(str(work / "vae")).eval()
-        reused["vae"] = earlier.get("vae")
-    else:
-        vae = train_vae(cfg, images, log)
-        vae.save_pretrained(str(work / "vae"), safe_serialization=True)
-        earlier["vae"] = round(time.time() - t, 1)
-        stage_file.write_text(json.dumps(earlier))
-    times["vae"] = time.time() - t
+    if cfg.clip_steps <= 0:
+        return None
+    folder = stages.work / "clip"
 
-    t = time.time()
-    means = encode_means(vae, images)
+    def train_and_save() -> ShapeWorldCLIP:
+        clip = train_clip(cfg, data.scenes, data.images, tok, log)
+        clip.save(folder)
+        return clip
+
+    clip = stages.get("clip", folder / "clip.safetensors", lambda: ShapeWorldCLIP.load(folder), train_and_save)
+    clip.tokenizer = tok
+    _log(f"clip on fresh renders: {json.dumps(clip_render_quality(clip, data.test_scenes, data.test_images))}", log)
+    return clip
+
+
+def _vae_stage(cfg: TrainConfig, data: _Data, stages: _StageCache, log):
+    from diffusers import AutoencoderKL
+
+    folder = stages.work / "vae"
+
+    def train_and_save():
+        vae = train_vae(cfg, data.images, log)
+        vae.save_pretrained(str(folder), safe_serialization=True)
+        return vae
+
+    return stages.get("vae", folder / "config.json", lambda: AutoencoderKL.from_pretrained(str(folder)).eval(), train_and_save)
+
+
+def _latent_scale(vae, data: _Data, log) -> tuple[Tensor, float, np.ndarray, float]:
+    """The training latents, the VAE's scaling factor (unit latent std), test reconstructions and their MSE."""
+    means = encode_means(vae, data.images)
     scale = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
-    test_recons = decode(vae, encode_means(vae, test_images))
-    mse = float(np.mean((test_recons.astype(np.float32) - test_images.astype(np.float32)) ** 2) / 255**2)
+    test_recons = decode(vae, encode_means(vae, data.test_images))
+    mse = float(np.mean((test_recons.astype(np.float32) - data.test_images.astype(np.float32)) ** 2) / 255**2)
     _log(f"latents: {tuple(means.shape)}, std {means.std():.3f} -> scaling_factor {scale:.4f}; test recon mse {mse:.5f}", log)
-    times["latents"] = time.time() - t
+    return means, scale, test_recons, mse
 
-    t = time.time()
-    if (work / "oracle.safetensors").exists():
-        _log("oracle: reusing .work/oracle", log)
-        oracle = Oracle.load(work)
-        reused["oracle"] = earlier.get("oracle")
-    else:
-        oracle = train_oracle(cfg, *oracle_training_data(cfg, vae, images, means, lab), log)
-        oracle.save(work)
-        earlier["oracle"] = round(time.time() - t, 1)
-        stage_file.write_text(json.dumps(earlier))
-    acc_clean = render_accuracy(oracle, test_images, test_lab)
-    acc_rec = render_accuracy(oracle, test_recons, test_lab)
+
+def _oracle_stage(cfg: TrainConfig, data: _Data, vae, means, test_recons, stages: _StageCache, log):
+    """The oracle (loaded or trained), its accuracy on renders and reconstructions, and its reject option."""
+
+    def train_and_save() -> Oracle:
+        oracle = train_oracle(cfg, *oracle_training_data(cfg, vae, data.images, means, data.labels), log)
+        oracle.save(stages.work)
+        return oracle
+
+    oracle = stages.get("oracle", stages.work / "oracle.safetensors", lambda: Oracle.load(stages.work), train_and_save)
+    acc_clean = render_accuracy(oracle, data.test_images, data.test_labels)
+    acc_rec = render_accuracy(oracle, test_recons, data.test_labels)
     _log(f"oracle accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc_clean.items()})}", log)
     _log(f"oracle accuracy on their VAE reconstructions: {json.dumps({k: round(v, 4) for k, v in acc_rec.items()})}", log)
     reject = None
     if cfg.reject_false_accept_rate is not None:
-        reject = calibrate_oracle_reject(oracle, vae, cfg, test_scenes, test_images)
+        reject = calibrate_oracle_reject(oracle, vae, cfg, data.test_scenes, data.test_images)
         _log(f"oracle reject option: {json.dumps(reject)}", log)
-    times["oracle"] = time.time() - t
+    return oracle, acc_clean, acc_rec, reject
 
-    t = time.time()
-    if (work / "judge2" / f"{SecondJudge.name}.safetensors").exists():
-        _log("judge2: reusing .work/judge2", log)
-        judge2 = SecondJudge.load(work / "judge2")
-        reused["judge2"] = earlier.get("judge2")
-    else:
-        judge2 = train_second_judge(cfg, images, lab, log)
-        judge2.save(work / "judge2")
-        earlier["judge2"] = round(time.time() - t, 1)
-        stage_file.write_text(json.dumps(earlier))
-    acc2 = render_accuracy(judge2, test_images, test_lab)
+
+def _judge2_stage(cfg: TrainConfig, data: _Data, stages: _StageCache, log) -> SecondJudge:
+    folder = stages.work / "judge2"
+
+    def train_and_save() -> SecondJudge:
+        judge2 = train_second_judge(cfg, data.images, data.labels, log)
+        judge2.save(folder)
+        return judge2
+
+    judge2 = stages.get("judge2", folder / f"{SecondJudge.name}.safetensors", lambda: SecondJudge.load(folder), train_and_save)
+    acc2 = render_accuracy(judge2, data.test_images, data.test_labels)
     _log(f"judge2 accuracy on fresh renders: {json.dumps({k: round(v, 4) for k, v in acc2.items()})}", log)
-    times["judge2"] = time.time() - t
+    return judge2
 
-    t = time.time()
-    frozen = None if clip is None else clip.text_model
-    text_encoder, unet, history = train_unet(cfg, scenes, means * scale, vae, tok, oracle, work, log, frozen)
-    times["unet"] = time.time() - t
 
-    t = time.time()
-    pipe = build_pipeline(vae, text_encoder, tok, unet)
+def _ship(out: Path, work: Path, pipe, oracle, judge2, clip) -> None:
+    """Save the pipeline (no local paths), the judges and CLIP into ``out``."""
     pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
     _strip_local_paths(out / "pipeline")
     # keep the plain vocabulary and merges files beside the tokenizer's JSON
@@ -848,52 +858,134 @@ def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | No
     judge2.save(out / "judge2")
     if clip is not None:
         clip.save(out / "clip")
+
+
+def _quality_gate(cfg: TrainConfig, world, pipe, oracle, judge2, clip, data: _Data, test_recons, log) -> tuple:
+    """The gate on held-out prompts: the oracle's agreement, CLIP's (if trained) and the second judge's quality."""
+    from .evaluate import agreement, clip_quality, gate_images, renders_of_prompts, second_judge_quality
+
     _log("quality gate on held-out prompts ...", log)
     gate_set = gate_images(pipe, limit=cfg.gate_limit or None, world=world)
     gate = agreement(oracle, *gate_set)
     clip_gate = None
     if clip is not None:
         clip_gate = clip_quality(clip, *gate_set, renders_of_prompts(gate_set[1], cfg.seed + 30_000, world))
-    judge2_quality = second_judge_quality(judge2, oracle, test_images, test_lab, test_recons, gate_set)
+    judge2_quality = second_judge_quality(judge2, oracle, data.test_images, data.test_labels, test_recons, gate_set)
     judge2_quality["render_seed"] = cfg.seed + 10_000
-    times["gate"] = time.time() - t
-    times["total"] = time.time() - t_all
+    return gate, clip_gate, judge2_quality
 
+
+@dataclass
+class _Records:
+    """What :func:`train_all` measured, for ``recipe.json`` and ``quality.json``."""
+
+    cfg: TrainConfig
+    world: World
+    scale: float
+    mse: float
+    times: dict
+    stages: _StageCache
+    history: list
+    acc_clean: dict
+    acc_rec: dict
+    reject: dict | None
+    gate: dict
+    clip_gate: dict | None
+    judge2_quality: dict
+
+
+def _write_records(out: Path, r: _Records, clip, data: _Data) -> tuple[dict, dict]:
+    """Write the recipe, the quality report and the second judge's records; returns (recipe, quality)."""
+    from .evaluate import clip_render_quality
+
+    cfg = r.cfg
     recipe = {
         "config": asdict(cfg),
         "seed": cfg.seed,
-        "world": world.name,
+        "world": r.world.name,
         "steps": {"vae": cfg.vae_steps, "oracle": cfg.oracle_steps, "judge2": cfg.judge2_steps, "unet": cfg.unet_steps}
         | ({"clip": cfg.clip_steps} if clip is not None else {}),
-        "vae_scaling_factor": scale,
+        "vae_scaling_factor": r.scale,
         "torch": torch.__version__,
-        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "seconds": {k: round(v, 1) for k, v in r.times.items()},
         # stages taken from .work/ (trained by an earlier run of this recipe) and their seconds then
-        "reused_stages_seconds": reused,
-        "probe_history": history,
+        "reused_stages_seconds": r.stages.reused,
+        "probe_history": r.history,
     }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     quality = {
-        "oracle_accuracy_renders": acc_clean,
-        "oracle_accuracy_reconstructions": acc_rec,
-        "vae_recon_mse": mse,
-        "gate": gate,
+        "oracle_accuracy_renders": r.acc_clean,
+        "oracle_accuracy_reconstructions": r.acc_rec,
+        "vae_recon_mse": r.mse,
+        "gate": r.gate,
     }
-    if reject is not None:
-        quality["oracle_reject"] = reject
+    if r.reject is not None:
+        quality["oracle_reject"] = r.reject
     if clip is not None:
-        quality["clip_renders"] = clip_render_quality(clip, test_scenes, test_images)
-        quality["clip_gate"] = clip_gate
+        quality["clip_renders"] = clip_render_quality(clip, data.test_scenes, data.test_images)
+        quality["clip_gate"] = r.clip_gate
     (out / "quality.json").write_text(json.dumps(quality, indent=2))
-    (out / "judge2" / "quality.json").write_text(json.dumps(judge2_quality, indent=2))
+    (out / "judge2" / "quality.json").write_text(json.dumps(r.judge2_quality, indent=2))
     # the judge2 stage's training seconds (an earlier run's when reused)
-    write_second_judge_recipe(out / "judge2", cfg, {"data": times["data"], "judge2": earlier.get("judge2")})
+    write_second_judge_recipe(out / "judge2", cfg, {"data": r.times["data"], "judge2": r.stages.earlier.get("judge2")})
     _log(
         "judge2 on the gate: object {:.3f} (oracle {:.3f}); same object as the oracle on {:.3f} of the images".format(
-            judge2_quality["gate"].get("object", 0.0), gate.get("object", 0.0), judge2_quality["inter_judge_agreement"]["object"]
+            r.judge2_quality["gate"].get("object", 0.0), r.gate.get("object", 0.0), r.judge2_quality["inter_judge_agreement"]["object"]
         ),
-        log,
+        r.stages.log,
     )
+    return recipe, quality
+
+
+def train_all(out: str | Path, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Run every stage and write the shipped artifacts into ``out``.
+
+    Stages: renders, CLIP (optional), VAE, latent scale, oracle, second
+    judge, text encoder + UNet, then the shipped files and the quality gate.
+    Finished stages are reused from ``out/.work`` (:class:`_StageCache`).
+    """
+    from .tokenizer import make_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    world = get_world(cfg.world)
+    out = Path(out)
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    stages = _StageCache(work, log)
+    times: dict[str, float] = {}
+    t_all = t = time.time()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        times[name] = time.time() - t
+        t = time.time()
+
+    data = _render_data(cfg, world, heads_for(world), log)
+    lap("data")
+    tok = make_tokenizer(work / "tokenizer", world=world)
+    t = time.time()
+    clip = _clip_stage(cfg, data, tok, stages, log)
+    if clip is not None:
+        lap("clip")
+    t = time.time()
+    vae = _vae_stage(cfg, data, stages, log)
+    lap("vae")
+    means, scale, test_recons, mse = _latent_scale(vae, data, log)
+    lap("latents")
+    oracle, acc_clean, acc_rec, reject = _oracle_stage(cfg, data, vae, means, test_recons, stages, log)
+    lap("oracle")
+    judge2 = _judge2_stage(cfg, data, stages, log)
+    lap("judge2")
+    frozen = None if clip is None else clip.text_model
+    text_encoder, unet, history = train_unet(cfg, data.scenes, means * scale, vae, tok, oracle, work, log, frozen)
+    lap("unet")
+    pipe = build_pipeline(vae, text_encoder, tok, unet)
+    _ship(out, work, pipe, oracle, judge2, clip)
+    gate, clip_gate, judge2_quality = _quality_gate(cfg, world, pipe, oracle, judge2, clip, data, test_recons, log)
+    lap("gate")
+    times["total"] = time.time() - t_all
+    records = _Records(cfg, world, scale, mse, times, stages, history, acc_clean, acc_rec, reject, gate, clip_gate, judge2_quality)
+    recipe, quality = _write_records(out, records, clip, data)
     size = _dir_size(out) - _dir_size(work)
     _log(f"done in {times['total'] / 60:.1f} min; shipped artifacts {size / 1e6:.1f} MB", log)
     return {"quality": quality, "recipe": recipe, "size_bytes": size}
