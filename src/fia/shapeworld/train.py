@@ -566,6 +566,33 @@ def probe(pipe, oracle, n_prompts: int = 40) -> dict:
     return agreement(oracle, images, prompts)
 
 
+def _timestep_weights(cfg, noise_sched) -> Tensor:
+    """The loss weight of each training timestep.
+
+    Plain v-MSE by default; min-SNR-gamma for v-prediction is
+    min(SNR, gamma) / (SNR + 1), which starves the high-noise steps that
+    decide the background, so it is off unless min_snr_gamma > 0.
+    """
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    if cfg.min_snr_gamma > 0:
+        return (snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)).float()
+    return torch.ones_like(snr, dtype=torch.float32)
+
+
+def _probe_and_checkpoint(pipe, oracle, cfg, step: int, work: Path, log) -> dict:
+    """Probe the EMA pipeline on held-out triples, log it and save it as the checkpoint; returns the history row."""
+    res = probe(pipe, oracle, cfg.probe_prompts)
+    _log(
+        "probe (EMA, held-out triples) step {}: object {:.3f} color {:.3f} place {:.3f}".format(
+            step, res["object"], res.get("color", 0), res.get("place", 0)
+        ),
+        log,
+    )
+    pipe.save_pretrained(str(work / "pipeline_ckpt"), safe_serialization=True)
+    return {"step": step, **{k: v for k, v in res.items() if k != "object_per_class"}}
+
+
 def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None, frozen_text_encoder=None):
     """The UNet (EMA weights returned), with a text encoder trained beside it,
     or conditioned on ``frozen_text_encoder`` (the CLIP's), which no step
@@ -586,15 +613,7 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None, fro
     for p in list(ema_te.parameters()) + list(ema_unet.parameters()):
         p.requires_grad_(False)
     noise_sched = DDPMScheduler(**SCHEDULER_KW)
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    # Plain v-MSE by default; min-SNR-gamma for v-prediction is
-    # min(SNR, gamma) / (SNR + 1), which starves the high-noise steps that
-    # decide the background, so it is off unless min_snr_gamma > 0.
-    if cfg.min_snr_gamma > 0:
-        weights = (snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)).float()
-    else:
-        weights = torch.ones_like(snr, dtype=torch.float32)
+    weights = _timestep_weights(cfg, noise_sched)
     params = list(unet.parameters()) + ([] if frozen else list(text_encoder.parameters()))
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_warmup, cfg.unet_steps, cfg.unet_min_lr_ratio))
@@ -638,15 +657,7 @@ def train_unet(cfg, scenes, latents, vae, tok, oracle, work: Path, log=None, fro
             _log(f"unet step {step}/{cfg.unet_steps} mse {avg:.4f} lr {sched.get_last_lr()[0]:.2e} ({el:.0f}s, eta {eta / 60:.1f} min)", log)
         if (step + 1) % cfg.probe_every == 0 or step == cfg.unet_steps - 1:
             pipe = build_pipeline(vae, ema_te, tok, ema_unet)
-            res = probe(pipe, oracle, cfg.probe_prompts)
-            history.append({"step": step + 1, **{k: v for k, v in res.items() if k != "object_per_class"}})
-            _log(
-                "probe (EMA, held-out triples) step {}: object {:.3f} color {:.3f} place {:.3f}".format(
-                    step + 1, res["object"], res.get("color", 0), res.get("place", 0)
-                ),
-                log,
-            )
-            pipe.save_pretrained(str(work / "pipeline_ckpt"), safe_serialization=True)
+            history.append(_probe_and_checkpoint(pipe, oracle, cfg, step + 1, work, log))
     return ema_te, ema_unet, history
 
 
