@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,141 +61,182 @@ def _label(m: str) -> str:
     return m
 
 
-def markdown(res: dict[str, Any]) -> str:
-    """Every table of a benchmark run (headline with intervals first)."""
-    methods = res["methods"]
-    r = res["results"]
-    judges = res.get("judges", ["oracle"])
-    default = res.get("default_fia")
-    lines = [f"Measured {res['date']} at commit `{res['commit']}`, model `{res.get('model', '?')}`"
-             + (" (--quick: harness smoke test, numbers meaningless)" if res["quick"] else "")
-             + f"; {res['images_generated']} images, {res['seconds_total'] / 60:.1f} min, {res['torch_threads']} threads.", ""]  # fmt: skip
-    for r_ in res.get("remeasured", []):
-        lines[-1:-1] = [f"Rows of {', '.join(r_['methods'])} re-measured {r_['date']} at commit `{r_['commit']}` ({r_['seconds'] / 60:.1f} min)."]
+class _Tables:
+    """Builds the benchmark's Markdown, one method per table; :func:`markdown` calls them in order."""
 
-    def row(cells):
-        lines.append("| " + " | ".join(cells) + " |")
+    def __init__(self, res: dict[str, Any]):
+        self.res = res
+        self.methods = res["methods"]
+        self.r = res["results"]
+        self.judges = res.get("judges", ["oracle"])
+        self.default = res.get("default_fia")
+        self.rows = [None] + list(self.methods)  # None: the original model
+        self.lines: list[str] = []
 
-    def header(title, cols):
-        lines.extend([f"**{title}**", ""])
-        row(["method"] + cols)
-        row(["---"] * (len(cols) + 1))
+    # ------------------------------------------------------------- cells
+    def row(self, cells: list[str]) -> None:
+        self.lines.append("| " + " | ".join(cells) + " |")
 
-    def iv(task, m, key, judge="oracle"):
+    def header(self, title: str, cols: list[str]) -> None:
+        self.lines.extend([f"**{title}**", ""])
+        self.row(["method"] + cols)
+        self.row(["---"] * (len(cols) + 1))
+
+    def iv(self, task: str, m: str | None, key: str, judge: str = "oracle") -> dict | None:
+        """The interval of ``key`` on ``task`` for method ``m`` (None: the original model)."""
         if m is None:
-            return (res.get("base", {}).get(task, {}).get(judge, {}).get("intervals", {}) or {}).get(key)
-        return (r[task].get(m, {}).get("intervals", {}).get(judge, {}) or {}).get(key)
+            return (self.res.get("base", {}).get(task, {}).get(judge, {}).get("intervals", {}) or {}).get(key)
+        return (self.r[task].get(m, {}).get("intervals", {}).get(judge, {}) or {}).get(key)
 
-    def vs(task, m, key, judge="oracle"):
-        return (r[task].get(m, {}).get("vs_default", {}).get(judge, {}) or {}).get(key)
+    def vs(self, task: str, m: str | None, key: str, judge: str = "oracle") -> dict | None:
+        """The paired difference of ``m`` from the default FIA."""
+        return (self.r[task].get(m, {}).get("vs_default", {}).get(judge, {}) or {}).get(key)
 
-    def e(task, m, key):
-        return edited(r[task][m]["headline"].get(key)) if m in r[task] else None
+    def vs_cells(self, task: str, m: str | None) -> list[str]:
+        """One paired-difference cell per judge (blank for the original model and the default itself)."""
+        return [diff(self.vs(task, m, "F", j)) if m not in (None, self.default) else "" for j in self.judges]
 
-    def b(task, key):
-        first = next(iter(r[task].values()))
+    def edited_value(self, task: str, m: str, key: str) -> Any:
+        return edited(self.r[task][m]["headline"].get(key)) if m in self.r[task] else None
+
+    def base_value(self, task: str, key: str) -> Any:
+        first = next(iter(self.r[task].values()))
         v = first["headline"].get(key)
         return v.get("base") if isinstance(v, dict) else None
 
-    rows = [None] + list(methods)  # None: the original model
+    def value(self, task: str, m: str | None, key: str) -> str:
+        return fmt(self.base_value(task, key) if m is None else self.edited_value(task, m, key))
 
-    # ---- headline: T1 mean forgetting and T2 Overall, both judges, differences from the default
-    cols = []
-    for judge in judges:
-        cols += [f"T1 F ({judge})", f"vs default ({judge})"]
-    for judge in judges:
-        cols += [f"T2 Overall ({judge})", f"vs default ({judge})"]
-    cols += ["T1 KID", "T2 KID"]
-    header("Headline: held-out T1 forgetting accuracy (lower is better) and T2 Overall (higher is better), "
-           f"95 % intervals; differences from {default} are paired bootstraps, bold where the interval excludes 0", cols)  # fmt: skip
-    for m in rows:
-        cells = []
-        for judge in judges:
-            cells += [ci(iv("T1", m, "F", judge)), diff(vs("T1", m, "F", judge)) if m not in (None, default) else ""]
-        for judge in judges:
-            cells += [ci(iv("T2", m, "Overall", judge)), diff(vs("T2", m, "Overall", judge)) if m not in (None, default) else ""]
-        cells += [fmt(b("T1", "KID") if m is None else e("T1", m, "KID")), fmt(b("T2", "KID") if m is None else e("T2", m, "KID"))]
-        row([_label(m) if m else "(original model)"] + cells)
-    lines.append("")
+    def both(self, task: str, key: str, m: str | None) -> list[str]:
+        return [ci(self.iv(task, m, key, j)) for j in self.judges]
 
-    def table(title, cols, getter):
-        header(title, cols)
-        for m in rows:
-            if m is not None and m not in r[title.split(":")[0]]:
+    def quality(self, task: str, m: str | None) -> list[str]:
+        return [self.value(task, m, k) for k in ("KID", "FID", "fidelity")]
+
+    def jcols(self, name: str) -> list[str]:
+        return [f"{name} ({j})" for j in self.judges]
+
+    def table(self, title: str, cols: list[str], getter: Callable[[str | None], list[str]]) -> None:
+        self.header(title, cols)
+        for m in self.rows:
+            if m is not None and m not in self.r[title.split(":")[0]]:
                 continue
-            row([_label(m) if m else "(original model)"] + getter(m))
+            self.row([_label(m) if m else "(original model)"] + getter(m))
+        self.lines.append("")
+
+    # ------------------------------------------------------------ tables
+    def preamble(self) -> None:
+        res = self.res
+        self.lines = [f"Measured {res['date']} at commit `{res['commit']}`, model `{res.get('model', '?')}`"
+                      + (" (--quick: harness smoke test, numbers meaningless)" if res["quick"] else "")
+                      + f"; {res['images_generated']} images, {res['seconds_total'] / 60:.1f} min, {res['torch_threads']} threads.", ""]  # fmt: skip
+        for r_ in res.get("remeasured", []):
+            self.lines[-1:-1] = [f"Rows of {', '.join(r_['methods'])} re-measured {r_['date']} at commit `{r_['commit']}` ({r_['seconds'] / 60:.1f} min)."]
+
+    def headline(self) -> None:
+        """T1 mean forgetting and T2 Overall, both judges, differences from the default."""
+        cols = []
+        for judge in self.judges:
+            cols += [f"T1 F ({judge})", f"vs default ({judge})"]
+        for judge in self.judges:
+            cols += [f"T2 Overall ({judge})", f"vs default ({judge})"]
+        cols += ["T1 KID", "T2 KID"]
+        self.header("Headline: held-out T1 forgetting accuracy (lower is better) and T2 Overall (higher is better), "
+                    f"95 % intervals; differences from {self.default} are paired bootstraps, bold where the interval excludes 0", cols)  # fmt: skip
+        for m in self.rows:
+            cells = []
+            for task, key in (("T1", "F"), ("T2", "Overall")):
+                for judge in self.judges:
+                    shown = m not in (None, self.default)
+                    cells += [ci(self.iv(task, m, key, judge)), diff(self.vs(task, m, key, judge)) if shown else ""]
+            cells += [self.value("T1", m, "KID"), self.value("T2", m, "KID")]
+            self.row([_label(m) if m else "(original model)"] + cells)
+        self.lines.append("")
+
+    def t1(self) -> None:
+        self.table("T1: erase all 10 objects (forgetting accuracy, lower is better; quality on object-less prompts)",
+                   self.jcols("F") + ["KID", "FID", "fidelity"], lambda m: self.both("T1", "F", m) + self.quality("T1", m))  # fmt: skip
+        classes = list(OBJECT_NAMES)
+        self.lines.extend(["**T1 per class (forgetting accuracy, oracle)**", ""])
+        self.row(["method"] + classes)
+        self.row(["---"] * (len(classes) + 1))
+        first = next(iter(self.r["T1"].values()))
+        self.row(["(original model)"] + [fmt(first["headline"]["per_class"][c]["base"]) for c in classes])
+        for m in self.methods:
+            if m in self.r["T1"]:
+                pc = self.r["T1"][m]["headline"]["per_class"]
+                self.row([_label(m)] + [fmt(pc[c]["edited"]) for c in classes])
+        self.lines.append("")
+
+    def t2_to_t4(self) -> None:
+        jcols, both, quality = self.jcols, self.both, self.quality
+        self.table(f"T2: erase {', '.join(self.res['t2_forget'])}, keep the other 5",
+                   jcols("F") + jcols("P") + jcols("Overall") + jcols("synonym F") + ["KID", "FID", "fidelity"],
+                   lambda m: both("T2", "F", m) + both("T2", "P", m) + both("T2", "Overall", m) + both("T2", "synonym", m)
+                   + quality("T2", m))  # fmt: skip
+        self.table("T3: erase all 5 styles (style accuracy lower is better; FSR higher is better)",
+                   jcols("style acc.") + jcols("vs default") + ["FSR", "KID", "FID", "fidelity"],
+                   lambda m: both("T3", "F", m) + self.vs_cells("T3", m)
+                   + [fmt(None if m is None else self.edited_value("T3", m, "FSR"))] + quality("T3", m))  # fmt: skip
+        self.table("T4: erase the attribute 'burning' (share of images where it is detected)",
+                   jcols("detected") + jcols("vs default") + ["KID", "FID", "fidelity"],
+                   lambda m: both("T4", "F", m) + self.vs_cells("T4", m) + quality("T4", m))  # fmt: skip
+
+    def f4_and_t5(self) -> None:
+        f4, xs = f4_points(self.r)
+        for j in self.judges:
+            self.header(f"F4: forgetting accuracy F when forgetting the first x objects ({j}; x = 5 is T2, x = 10 is T1)",
+                        [f"x={x}" for x in xs])  # fmt: skip
+            for m in self.rows:
+                self.row([_label(m) if m else "(original model)"]
+                         + [ci(self.iv(k, m, "F", j)) if (m is None or m in self.r[k]) else "  -  " for k in f4])  # fmt: skip
+            self.lines.append("")
+        rob = self.res.get("robustness")
+        if rob:
+            self.header(f"T5: attack success rate of each probe after erasing {', '.join(rob['concepts'])} "
+                        "(pooled over the concepts, 95 % Wilson intervals; lower is better)", rob["probes"])  # fmt: skip
+            for m, entry in rob["rows"].items():
+                self.row([_label(m)] + [ci(entry["asr"][p]) for p in rob["probes"]])
+            self.lines.append("")
+
+    def costs_and_tuning(self) -> None:
+        res, r, lines = self.res, self.r, self.lines
+        tasks = list(r)
+        lines.extend(["**Cost of the edit: seconds (peak resident memory growth, MB)**", ""])
+        self.row(["method"] + tasks)
+        self.row(["---"] * (len(tasks) + 1))
+        for m in self.methods:
+            c = res["costs"][m]
+            self.row([_label(m)] + [f"{c[t]['seconds']:.1f} ({c[t]['peak_rss_growth_mb']:.0f})" if t in c else "-" for t in tasks])
+        lines.append("")
+        if res.get("seconds_per_task"):
+            lines.append("Seconds per task (all methods, generation and judging included): "
+                         + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds_per_task"].items())
+                         + f"; tuning {res.get('seconds_tuning', 0):.0f}.")  # fmt: skip
+            lines.append("")
+        esd = [(k, r[k]["esd-x"]["edit"]["losses"]) for k in r if "esd-x" in r[k] and r[k]["esd-x"]["edit"].get("losses")]
+        if esd:
+            lines.append("ESD-x training loss, mean of the first and the last fifth of its steps: "
+                         + ", ".join(f"{k} {np.mean(v[: max(1, len(v) // 5)]):.4f} -> {np.mean(v[-max(1, len(v) // 5):]):.4f}" for k, v in esd)
+                         + " (every step's loss is in unlearning.json).")  # fmt: skip
+            lines.append("")
+        lines.extend(["**Tuning (T2 Overall on the tuning split; chosen value in bold)**", ""])
+        for m, t in res["tuning"].items():
+            parts = [(f"**{x[t['knob']]:g}**" if x[t["knob"]] == t["value"] else f"{x[t['knob']]:g}") + f": {fmt(x['overall'])}" for x in t["trials"]]
+            lines.append(f"- {m} ({t['knob']}): " + ", ".join(parts))
         lines.append("")
 
-    def both(task, key):
-        return lambda m: [ci(iv(task, m, key, j)) for j in judges]
 
-    def quality(task):
-        return lambda m: [fmt(b(task, k) if m is None else e(task, m, k)) for k in ("KID", "FID", "fidelity")]
-
-    jcols = lambda name: [f"{name} ({j})" for j in judges]  # noqa: E731
-    table("T1: erase all 10 objects (forgetting accuracy, lower is better; quality on object-less prompts)",
-          jcols("F") + ["KID", "FID", "fidelity"], lambda m: both("T1", "F")(m) + quality("T1")(m))  # fmt: skip
-    classes = list(OBJECT_NAMES)
-    lines.extend(["**T1 per class (forgetting accuracy, oracle)**", ""])
-    row(["method"] + classes)
-    row(["---"] * (len(classes) + 1))
-    first = next(iter(r["T1"].values()))
-    row(["(original model)"] + [fmt(first["headline"]["per_class"][c]["base"]) for c in classes])
-    for m in methods:
-        if m in r["T1"]:
-            pc = r["T1"][m]["headline"]["per_class"]
-            row([_label(m)] + [fmt(pc[c]["edited"]) for c in classes])
-    lines.append("")
-    table(f"T2: erase {', '.join(res['t2_forget'])}, keep the other 5",
-          jcols("F") + jcols("P") + jcols("Overall") + jcols("synonym F") + ["KID", "FID", "fidelity"],
-          lambda m: both("T2", "F")(m) + both("T2", "P")(m) + both("T2", "Overall")(m) + both("T2", "synonym")(m) + quality("T2")(m))  # fmt: skip
-    table("T3: erase all 5 styles (style accuracy lower is better; FSR higher is better)",
-          jcols("style acc.") + jcols("vs default") + ["FSR", "KID", "FID", "fidelity"],
-          lambda m: both("T3", "F")(m) + [diff(vs("T3", m, "F", j)) if m not in (None, default) else "" for j in judges]
-          + [fmt(None if m is None else e("T3", m, "FSR"))] + quality("T3")(m))  # fmt: skip
-    table("T4: erase the attribute 'burning' (share of images where it is detected)",
-          jcols("detected") + jcols("vs default") + ["KID", "FID", "fidelity"],
-          lambda m: both("T4", "F")(m) + [diff(vs("T4", m, "F", j)) if m not in (None, default) else "" for j in judges]
-          + quality("T4")(m))  # fmt: skip
-    f4, xs = f4_points(r)
-    for j in judges:
-        header(f"F4: forgetting accuracy F when forgetting the first x objects ({j}; x = 5 is T2, x = 10 is T1)",
-               [f"x={x}" for x in xs])  # fmt: skip
-        for m in rows:
-            row([_label(m) if m else "(original model)"] + [ci(iv(k, m, "F", j)) if (m is None or m in r[k]) else "  -  " for k in f4])
-        lines.append("")
-    rob = res.get("robustness")
-    if rob:
-        header(f"T5: attack success rate of each probe after erasing {', '.join(rob['concepts'])} "
-               "(pooled over the concepts, 95 % Wilson intervals; lower is better)", rob["probes"])  # fmt: skip
-        for m, entry in rob["rows"].items():
-            row([_label(m)] + [ci(entry["asr"][p]) for p in rob["probes"]])
-        lines.append("")
-    tasks = [k for k in r]
-    lines.extend(["**Cost of the edit: seconds (peak resident memory growth, MB)**", ""])
-    row(["method"] + tasks)
-    row(["---"] * (len(tasks) + 1))
-    for m in methods:
-        c = res["costs"][m]
-        row([_label(m)] + [f"{c[t]['seconds']:.1f} ({c[t]['peak_rss_growth_mb']:.0f})" if t in c else "-" for t in tasks])
-    lines.append("")
-    if res.get("seconds_per_task"):
-        lines.append("Seconds per task (all methods, generation and judging included): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds_per_task"].items())
-                     + f"; tuning {res.get('seconds_tuning', 0):.0f}.")  # fmt: skip
-        lines.append("")
-    esd = [(k, r[k]["esd-x"]["edit"]["losses"]) for k in r if "esd-x" in r[k] and r[k]["esd-x"]["edit"].get("losses")]
-    if esd:
-        lines.append("ESD-x training loss, mean of the first and the last fifth of its steps: "
-                     + ", ".join(f"{k} {np.mean(v[: max(1, len(v) // 5)]):.4f} -> {np.mean(v[-max(1, len(v) // 5):]):.4f}" for k, v in esd)
-                     + " (every step's loss is in unlearning.json).")  # fmt: skip
-        lines.append("")
-    lines.extend(["**Tuning (T2 Overall on the tuning split; chosen value in bold)**", ""])
-    for m, t in res["tuning"].items():
-        parts = [(f"**{x[t['knob']]:g}**" if x[t["knob"]] == t["value"] else f"{x[t['knob']]:g}") + f": {fmt(x['overall'])}" for x in t["trials"]]
-        lines.append(f"- {m} ({t['knob']}): " + ", ".join(parts))
-    lines.append("")
-    return "\n".join(lines)
+def markdown(res: dict[str, Any]) -> str:
+    """Every table of a benchmark run (headline with intervals first)."""
+    tables = _Tables(res)
+    tables.preamble()
+    tables.headline()
+    tables.t1()
+    tables.t2_to_t4()
+    tables.f4_and_t5()
+    tables.costs_and_tuning()
+    return "\n".join(tables.lines)
 
 
 def plot_f4(res: dict[str, Any], path: Path) -> None:
