@@ -284,13 +284,18 @@ def concept_sensitivity(
                 )
         if not col.single_chunk:
             col.finish_pending(steps)
-        result: dict[str, Tensor] = {}
-        for name in list(col.layers):
-            state = col.layers.pop(name)  # free |W| and the sums as A grows
-            if state.integrator.steps != steps:
-                raise RuntimeError(
-                    f"target layer {name} ran in {state.integrator.steps} of {steps} steps; "
-                    "is it part of the denoiser's forward pass?"
-                )
-            result[name] = state.integrator.result().cpu()
-        return result
+        return _integrated(col, steps)
+
+
+def _integrated(col: _Collector, steps: int) -> dict[str, Tensor]:
+    """Each layer's time-integrated ``A``, checking that every layer ran in every step."""
+    result: dict[str, Tensor] = {}
+    for name in list(col.layers):
+        state = col.layers.pop(name)  # free |W| and the sums as A grows
+        if state.integrator.steps != steps:
+            raise RuntimeError(
+                f"target layer {name} ran in {state.integrator.steps} of {steps} steps; "
+                "is it part of the denoiser's forward pass?"
+            )
+        result[name] = state.integrator.result().cpu()
+    return result

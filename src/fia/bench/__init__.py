@@ -109,6 +109,24 @@ def _relative_to_repository(path) -> str:
     except ValueError:
         return Path(path).name
 
+
+def _measure_method(bench: Bench, method: str, setting: Any, task: Any, suites: dict, masks: dict, log) -> tuple[dict, dict]:
+    """One method on one task, both judges: its result entry and its per-image outcomes by judge."""
+    metrics, edited, info = bench.judge_method(method, setting, task, suites, (task.key,), masks)
+    hits = {judge: outcomes(suites[judge], edited[judge]) for judge in JUDGES}
+    entry = {
+        "headline": headline(task, metrics["oracle"]),
+        "judges": {judge: {"headline": headline(task, metrics[judge])} for judge in JUDGES},
+        "intervals": {judge: intervals(hits[judge], bench.sizes.bootstrap) for judge in JUDGES},
+        "hits": {judge: pack_hits(hits[judge]) for judge in JUDGES},
+        "metrics": _jsonable(metrics["oracle"]),
+        "edit": info,
+    }
+    log(f"  {method:13s} " + "  ".join(f"{k} {fmt(edited_value(v))}" for k, v in entry["headline"].items() if k != "per_class")
+        + f"  ({info['seconds']:.1f}s)")  # fmt: skip
+    return entry, hits
+
+
 def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Tune, then measure every task for every method with both judges; returns the results as a JSON-ready dict."""
     t_start = time.time()
@@ -139,20 +157,9 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
             if method == UPPER_BOUND and not task.upper_bound:
                 continue
             setting = chosen.get(method, {}).get("value")
-            metrics, edited, info = bench.judge_method(method, setting, task, suites, (task.key,), masks)
-            hits[method] = {judge: outcomes(suites[judge], edited[judge]) for judge in JUDGES}
-            results[task.key][method] = {
-                "headline": headline(task, metrics["oracle"]),
-                "judges": {judge: {"headline": headline(task, metrics[judge])} for judge in JUDGES},
-                "intervals": {judge: intervals(hits[method][judge], sizes.bootstrap) for judge in JUDGES},
-                "hits": {judge: pack_hits(hits[method][judge]) for judge in JUDGES},
-                "metrics": _jsonable(metrics["oracle"]),
-                "edit": info,
-            }
+            results[task.key][method], hits[method] = _measure_method(bench, method, setting, task, suites, masks, log)
+            info = results[task.key][method]["edit"]
             costs[method][task.key] = {"seconds": round(info["seconds"], 2), "peak_rss_growth_mb": round(info["peak_rss_growth_mb"], 1)}
-            h = results[task.key][method]["headline"]
-            log(f"  {method:13s} " + "  ".join(f"{k} {fmt(edited_value(v))}" for k, v in h.items() if k != "per_class")
-                + f"  ({info['seconds']:.1f}s)")  # fmt: skip
         if DEFAULT_FIA in hits:
             for method, by_judge in hits.items():
                 if method != DEFAULT_FIA:

@@ -479,6 +479,70 @@ _CSS = (
 )
 
 
+def _mask_figures(out: Path, mask: Any, concept_masks: Mapping[str, Mapping[str, torch.Tensor]] | None, notes: list[str]) -> list[tuple[str, Path]]:
+    """The mask's figures (per-layer change, concept overlap); a note in ``notes`` for each one that cannot be drawn."""
+    figures: list[tuple[str, Path]] = []
+    if mask is not None and getattr(mask, "layers", None):
+        title = "change per layer" if _is_rewrite(mask) else "pruned share per layer"
+        figures.append((title, layers_figure(mask, out / "layers.png")))
+    else:
+        notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
+
+    if concept_masks and len(concept_masks) >= 2:
+        tau = overlap_threshold(mask, len(concept_masks))
+        figures.append(("concept overlap", overlap_figure(concept_masks, tau, out / "overlap.png")))
+    else:
+        notes.append(
+            "Concept-overlap heatmap skipped: it needs the per-concept cache (OUT/cache/*.safetensors) "
+            "of an erase run with at least two concepts."
+        )
+    return figures
+
+
+def _metrics_table(rows: Sequence[tuple], metrics: Mapping[str, Any], intervals: Mapping[str, Any], compare: Sequence[tuple], edited_label: str) -> str:
+    """The metrics table: one row per metric, base, each compared edit and this edit, with intervals."""
+    parts: list[str] = []
+    others = [(label, {r[0]: r[2] for r in summary_rows(m)}, intervals_of(m)) for label, m, _ in compare]
+    parts.append(
+        "<h2>Metrics</h2><table id='metrics'><tr><th>metric</th><th>images</th><th>base</th>"
+        + "".join(f"<th>{html.escape(label)}</th>" for label, _, _ in others)
+        + f"<th>{html.escape(edited_label)}</th></tr>"
+    )
+    for mname, b, e in rows:
+        ivb, ive = _row_interval(intervals, mname, "base"), _row_interval(intervals, mname, "edited")
+        n = (ive or ivb or {}).get("n")
+        if n is None and mname.startswith("quality: ") and mname not in ("quality: n_prompts", "quality: n_images"):
+            n = (metrics.get("quality") or {}).get("n_images")  # CLIP score, KID, FID: no rates, but the same images
+        cells = "".join(_rate_cell(o.get(mname), _row_interval(oiv, mname, "edited")) for _, o, oiv in others)
+        parts.append(
+            f"<tr><td>{html.escape(mname)}</td><td>{'' if n is None else int(n)}</td>"
+            f"{_rate_cell(b, ivb)}{cells}{_rate_cell(e, ive)}</tr>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _image_sections(grids: Sequence[tuple[str, str]], figures: Sequence[tuple[str, Path]]) -> list[str]:
+    """The image grids (the suite's, then the kept concepts that changed most) and the figures, as HTML parts."""
+    parts: list[str] = []
+    suite_grids = [g for section, g in grids if section == "suite"]
+    kept_grids = [g for section, g in grids if section == "kept"]
+    if suite_grids:
+        parts.append("<h2>Images</h2><p>Each column: one prompt and seed, base model on top, edited below.</p>")
+        parts.extend(suite_grids)
+    if kept_grids:
+        parts.append(
+            "<h2 id='kept'>Kept concepts that changed most</h2>"
+            "<p>The kept concepts whose accuracy fell most, with the same prompts and seeds for both models.</p>"
+        )
+        parts.extend(kept_grids)
+    if figures:
+        parts.append("<h2>Figures</h2>")
+    for ftitle, path in figures:
+        parts.append(f"<h3>{html.escape(ftitle)}</h3><img alt='{html.escape(ftitle)}' src='{_data_uri(path)}'>")
+    return parts
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -499,26 +563,12 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes = list(notes)
-    figures: list[tuple[str, Path]] = []
     intervals = intervals_of(metrics)
     quality_note = _quality_note(metrics)
 
     grids = _grids(out, suite, metrics, compare)
 
-    if mask is not None and getattr(mask, "layers", None):
-        title = "change per layer" if _is_rewrite(mask) else "pruned share per layer"
-        figures.append((title, layers_figure(mask, out / "layers.png")))
-    else:
-        notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
-
-    if concept_masks and len(concept_masks) >= 2:
-        tau = overlap_threshold(mask, len(concept_masks))
-        figures.append(("concept overlap", overlap_figure(concept_masks, tau, out / "overlap.png")))
-    else:
-        notes.append(
-            "Concept-overlap heatmap skipped: it needs the per-concept cache (OUT/cache/*.safetensors) "
-            "of an erase run with at least two concepts."
-        )
+    figures = _mask_figures(out, mask, concept_masks, notes)
 
     rows = summary_rows(metrics)
     table_figure(rows, out / "metrics_table.png", intervals)
@@ -539,43 +589,13 @@ def write_report(
     parts.append("<div id='headline'>" + "".join(f"<p class='headline'>{p}</p>" for p in _headline(metrics, intervals, edited_label)) + "</div>")
     if quality_note:
         parts.append(f"<p class='headline' id='quality-note'>{quality_note}</p>")
-    others = [(label, {r[0]: r[2] for r in summary_rows(m)}, intervals_of(m)) for label, m, _ in compare]
-    parts.append(
-        "<h2>Metrics</h2><table id='metrics'><tr><th>metric</th><th>images</th><th>base</th>"
-        + "".join(f"<th>{html.escape(label)}</th>" for label, _, _ in others)
-        + f"<th>{html.escape(edited_label)}</th></tr>"
-    )
-    for mname, b, e in rows:
-        ivb, ive = _row_interval(intervals, mname, "base"), _row_interval(intervals, mname, "edited")
-        n = (ive or ivb or {}).get("n")
-        if n is None and mname.startswith("quality: ") and mname not in ("quality: n_prompts", "quality: n_images"):
-            n = (metrics.get("quality") or {}).get("n_images")  # CLIP score, KID, FID: no rates, but the same images
-        cells = "".join(_rate_cell(o.get(mname), _row_interval(oiv, mname, "edited")) for _, o, oiv in others)
-        parts.append(
-            f"<tr><td>{html.escape(mname)}</td><td>{'' if n is None else int(n)}</td>"
-            f"{_rate_cell(b, ivb)}{cells}{_rate_cell(e, ive)}</tr>"
-        )
-    parts.append("</table>")
+    parts.append(_metrics_table(rows, metrics, intervals, compare, edited_label))
     if group_rows:
         parts.append(_per_concept_table("Per concept", "per-concept", head, group_rows, intervals))
         for label, m, _ in compare:
             ohead, orows = per_group_rows(m)
             parts.append(_per_concept_table(f"Per concept, {label}", None, ohead, orows, intervals_of(m)))
-    suite_grids = [g for section, g in grids if section == "suite"]
-    kept_grids = [g for section, g in grids if section == "kept"]
-    if suite_grids:
-        parts.append("<h2>Images</h2><p>Each column: one prompt and seed, base model on top, edited below.</p>")
-        parts.extend(suite_grids)
-    if kept_grids:
-        parts.append(
-            "<h2 id='kept'>Kept concepts that changed most</h2>"
-            "<p>The kept concepts whose accuracy fell most, with the same prompts and seeds for both models.</p>"
-        )
-        parts.extend(kept_grids)
-    if figures:
-        parts.append("<h2>Figures</h2>")
-    for ftitle, path in figures:
-        parts.append(f"<h3>{html.escape(ftitle)}</h3><img alt='{html.escape(ftitle)}' src='{_data_uri(path)}'>")
+    parts.extend(_image_sections(grids, figures))
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class='note'>{html.escape(n)}</li>" for n in notes) + "</ul>")
     gen = metrics.get("generation", {})

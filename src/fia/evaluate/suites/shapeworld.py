@@ -396,6 +396,34 @@ def _concepts(name: str, family: Family, forget: Any, preserve: Any) -> tuple[li
     return forget_l, [c for c in family.names if c not in forget_l]
 
 
+def _concept_items(
+    family: Any, world: Any, forget_l: list[str], preserve_l: list[str], prompts_per_concept: int, ipp: int, seed: int,
+    prompt_shift: int,
+) -> tuple[list[EvalItem], list[tuple[str, str]]]:
+    """The erased and kept concepts' prompt blocks (and the synonyms' where the family tests them), with their grids."""
+    object_names = world.object_names
+    offsets = offsets_for(len(object_names))
+    items: list[EvalItem] = []
+    for i, concept in enumerate(forget_l + preserve_l):
+        role = "forget" if concept in forget_l else "preserve"
+        if family.concept_factor is None:
+            objects, extra = [concept], {}
+        else:
+            objects, extra = object_names[i:] + object_names[:i], {family.concept_factor: concept}
+        prompts = max(prompts_per_concept, len(object_names)) if family.covers_every_object else prompts_per_concept
+        items += _prompt_block(role, concept, objects, prompts, ipp, i, seed, extra, prompt_shift, world=world)
+    grids = [(f"erased: {c}", f"forget:{c}") for c in forget_l]
+    if family.tests_synonyms:
+        for i, obj in enumerate(forget_l):
+            for syn in world.objects[obj]:
+                items += _prompt_block(
+                    "synonym", obj, [obj], prompts_per_concept, ipp, offsets.synonym + i, seed, {}, prompt_shift,
+                    word=syn, world=world,
+                )  # fmt: skip
+        grids += [(f"synonym of {o}: {world.objects[o][0]}", f"synonym:{o}") for o in forget_l]
+    return items, grids
+
+
 def shapeworld_suite(
     name: str,
     judge: Any,
@@ -440,24 +468,7 @@ def shapeworld_suite(
     forget_l, preserve_l = _concepts(name, family, forget, preserve)
     ipp = images_per_prompt
 
-    items: list[EvalItem] = []
-    for i, concept in enumerate(forget_l + preserve_l):
-        role = "forget" if concept in forget_l else "preserve"
-        if family.concept_factor is None:
-            objects, extra = [concept], {}
-        else:
-            objects, extra = object_names[i:] + object_names[:i], {family.concept_factor: concept}
-        prompts = max(prompts_per_concept, len(object_names)) if family.covers_every_object else prompts_per_concept
-        items += _prompt_block(role, concept, objects, prompts, ipp, i, seed, extra, prompt_shift, world=world)
-    grids = [(f"erased: {c}", f"forget:{c}") for c in forget_l]
-    if family.tests_synonyms:
-        for i, obj in enumerate(forget_l):
-            for syn in world.objects[obj]:
-                items += _prompt_block(
-                    "synonym", obj, [obj], prompts_per_concept, ipp, offsets.synonym + i, seed, {}, prompt_shift,
-                    word=syn, world=world,
-                )  # fmt: skip
-        grids += [(f"synonym of {o}: {world.objects[o][0]}", f"synonym:{o}") for o in forget_l]
+    items, grids = _concept_items(family, world, forget_l, preserve_l, prompts_per_concept, ipp, seed, prompt_shift)
 
     # quality prompts never draw an erased object
     quality_objects = preserve_l if family.concept_factor is None else list(object_names)
