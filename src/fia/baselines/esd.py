@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from fia.baselines import _common
 from fia.config import check_nonnegative, check_positive_int
@@ -134,6 +135,27 @@ def _sample_x_t(pipe: Any, unet: Any, x_T, k: int, cond, uncond, config: ESDConf
             pipe.unet = original
 
 
+def _esd_loss(pipe: Any, unet: Any, frozen: Any, c_emb: Tensor, u_emb: Tensor, latent_shape: tuple, config: ESDConfig,
+              gen: torch.Generator, device: Any) -> Tensor:
+    """One ESD-x step's loss: at a random step ``k`` of the sampler's schedule, the trained UNet's noise
+    prediction for ``c`` against the frozen one's negatively guided target ``e_u - eta (e_c - e_u)``."""
+    scheduler = pipe.scheduler
+    k = int(torch.randint(config.ddim_steps, (1,), generator=gen))
+    x_T = torch.randn(latent_shape, generator=gen).to(device, dtype=c_emb.dtype)
+    x_T = x_T * scheduler.init_noise_sigma
+    sampler = frozen if config.sample_with == "frozen" else unet
+    x_t = _sample_x_t(pipe, sampler, x_T, k, c_emb, u_emb, config, gen)
+    scheduler.set_timesteps(config.ddim_steps, device=device)
+    t = scheduler.timesteps[k]
+    model_in = scheduler.scale_model_input(x_t, t) if hasattr(scheduler, "scale_model_input") else x_t
+    with torch.no_grad():
+        e_both = frozen(torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([u_emb, c_emb])).sample
+        e_u, e_c = e_both.chunk(2)
+        target = e_u - config.eta * (e_c - e_u)
+    pred = unet(model_in, t, encoder_hidden_states=c_emb).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
 @register("esd-x", ESDConfig, "fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)")
 def unlearn(
     pipe: Any,
@@ -174,7 +196,6 @@ def unlearn(
     texts = [given if isinstance(given := prompts.get(c), str) else c for c in concepts]
     cond = _common.text_embeddings(pipe, texts)  # (C, L, d)
     uncond = _common.text_embeddings(pipe, [""])  # (1, L, d)
-    scheduler = pipe.scheduler
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
@@ -187,23 +208,7 @@ def unlearn(
     try:
         for step in range(config.train_steps):
             ci = step % len(concepts)
-            c_emb, u_emb = cond[ci : ci + 1], uncond
-            k = int(torch.randint(config.ddim_steps, (1,), generator=gen))
-            x_T = torch.randn(latent_shape, generator=gen).to(device, dtype=c_emb.dtype)
-            x_T = x_T * scheduler.init_noise_sigma
-            sampler = frozen if config.sample_with == "frozen" else unet
-            x_t = _sample_x_t(pipe, sampler, x_T, k, c_emb, u_emb, config, gen)
-            scheduler.set_timesteps(config.ddim_steps, device=device)
-            t = scheduler.timesteps[k]
-            model_in = scheduler.scale_model_input(x_t, t) if hasattr(scheduler, "scale_model_input") else x_t
-            with torch.no_grad():
-                e_both = frozen(
-                    torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([u_emb, c_emb])
-                ).sample
-                e_u, e_c = e_both.chunk(2)
-                target = e_u - config.eta * (e_c - e_u)
-            pred = unet(model_in, t, encoder_hidden_states=c_emb).sample
-            loss = F.mse_loss(pred.float(), target.float())
+            loss = _esd_loss(pipe, unet, frozen, cond[ci : ci + 1], uncond, latent_shape, config, gen, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
