@@ -68,13 +68,17 @@ def edit_format(path: str | os.PathLike) -> str:
 
     path = Path(path)
     if not path.is_file():
-        raise FIAError(f"edit file {str(path)!r} does not exist; give the path of a saved mask or delta (.safetensors)")
+        raise FIAError(
+            f"edit file {str(path)!r} does not exist; give the path of a saved mask or delta (.safetensors) "
+            "that fia erase or fia unlearn wrote"
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise FIAError(
-            f"{str(path)!r} is truncated or not a FIA mask or weight delta ({exc}); give a mask or delta saved by fia"
+            f"{str(path)!r} is truncated or not a FIA mask or weight delta ({exc}); give a mask or delta saved by "
+            "fia, or re-run fia erase or fia unlearn to write it again"
         ) from None
     for key in (cls.HEADER_KEY for cls in EDIT_CLASSES.values()):
         if key in meta:
@@ -82,7 +86,10 @@ def edit_format(path: str | os.PathLike) -> str:
                 return str(json.loads(meta[key]).get("format", ""))
             except (ValueError, AttributeError):
                 break
-    raise FIAError(f"{str(path)!r} holds no fia edit header; give a mask or delta saved by fia")
+    raise FIAError(
+        f"{str(path)!r} holds no fia edit header; give a mask or delta saved by fia, or re-run fia erase or "
+        "fia unlearn to write it again"
+    )
 
 
 def load_edit(path: str | os.PathLike) -> Edit:
