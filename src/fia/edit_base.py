@@ -23,7 +23,9 @@ edit changes holds exactly the value ``apply_`` writes there. An edit
 that changes nothing in a model (e.g. an empty mask) may be applied and
 restored there freely. The originals are written in the model's dtype,
 so the restore is bit-exact for the model the edit was made from and for
-a copy of it cast to a narrower dtype (a float16 copy of a float32 model).
+a copy of it cast to a narrower dtype (a float16 copy of a float32 model);
+a model in a wider dtype than the edit was made in gets the edit's
+narrower originals back.
 
 This module sits below :mod:`fia.mask` and :mod:`fia.delta`;
 :mod:`fia.edit` sits above both and reads any edit file back.
@@ -302,8 +304,7 @@ class EditFile(ABC):
         if state == CHANGED:
             raise FIAError(
                 f"this model does not hold the weights this {self._name()} leaves (they were changed after apply_, "
-                "e.g. by another edit, or the model was loaded in a wider dtype than the edit was made in); "
-                "undo the later change first, or reload the model"
+                "e.g. by another edit); undo the later change first, or reload the model"
             )
         self._write(weights, applied=False)
         return target
