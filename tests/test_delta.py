@@ -86,19 +86,23 @@ def test_restore_is_bit_exact_when_the_sum_rounds():
     assert all(torch.equal(v, before[k]) for k, v in _state(model).items())
 
 
-def test_double_apply_and_restore_without_apply_are_refused():
+def test_apply_twice_adds_once_and_restore_without_apply_is_refused():
     model = _model()
     delta = _delta(model)
     with pytest.raises(FIAError, match="not applied to this model"):
         delta.restore_(model)
     delta.apply_(model)
     applied = _state(model)
-    with pytest.raises(FIAError, match="already applied"):
-        delta.apply_(model)
+    delta.apply_(model)  # the model already carries the delta: it is not added a second time
     assert all(torch.equal(v, applied[k]) for k, v in _state(model).items())
-    # a second object holding the same delta sees an edited model: not the one it was made for
-    with pytest.raises(FIAError, match="made for a different model"):
-        copy.deepcopy(_delta(_model())).apply_(model)
+    # a second object holding the same delta sees the edit too, and can undo it
+    other_copy = copy.deepcopy(_delta(_model()))
+    other_copy.apply_(model)
+    assert all(torch.equal(v, applied[k]) for k, v in _state(model).items())
+    other_copy.restore_(model)
+    assert all(torch.equal(v, _state(_model())[k]) for k, v in _state(model).items())
+    with pytest.raises(FIAError, match="not applied to this model"):
+        delta.restore_(model)
 
 
 def test_other_model_is_refused_and_left_alone():
@@ -146,9 +150,12 @@ def test_save_load_round_trip_and_deterministic_bytes(tmp_path):
     assert meta["config"] == {"lamb": 0.1, "projections": ["to_k"]} and meta["stats"] == {"losses": [0.5, 0.25]}
     assert meta["parameters"] == [{"name": "0.weight", "shape": [4, 6]}, {"name": "2.bias", "shape": [3]}]
     assert str(tmp_path) not in header["__metadata__"]["fia-delta"]
+    assert meta["format_version"] == 2  # the original values are stored beside the deltas
     # the integrity hash: sha256 over name, dtype, shape and bytes of each tensor, in name order
     h = hashlib.sha256()
-    for name, value in (("delta/0.weight", CHANGE["0.weight"]), ("delta/2.bias", CHANGE["2.bias"])):
+    stored = [("delta/0.weight", CHANGE["0.weight"]), ("delta/2.bias", CHANGE["2.bias"]),
+              ("original/0.weight", before["0.weight"]), ("original/2.bias", before["2.bias"])]  # fmt: skip
+    for name, value in stored:
         h.update(name.encode() + b"torch.float32" + json.dumps(list(value.shape)).encode())
         h.update(value.numpy().astype("<f4").tobytes())
     assert meta["content_sha256"] == h.hexdigest()

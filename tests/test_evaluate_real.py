@@ -101,7 +101,7 @@ def test_imagenette_with_a_mask_file(models, tmp_path):
     assert "pruned share per layer" in html and "Concept-overlap heatmap skipped" in html
     # a mask and an edited folder at once is a user error
     result = runner.invoke(app, args + ["--edited", models["edited"]])
-    assert result.exit_code == 2 and "exactly one of --mask FILE or --edited DIR" in result.output
+    assert result.exit_code == 2 and "exactly one of --edit FILE (or --mask FILE) or --edited DIR" in result.output
 
 
 @pytest.mark.parametrize(

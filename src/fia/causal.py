@@ -55,10 +55,11 @@ from fia.core.fuse import fuse_masks
 from fia.errors import FIAError
 from fia.progress import Progress, report
 from fia.cache import ConceptCache, rounds_key
-from fia.mask import ConceptMask, fingerprint_weights
+from fia.mask import ConceptMask
 from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
 from fia.sampling import generators, initial_latents
 from fia.targets import TargetLinear, denoiser
+from fia.weights import fingerprint_weights
 
 
 # prompts per backward pass when config.batch_size is not set (the gradient is summed over micro-batches)

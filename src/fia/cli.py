@@ -1,8 +1,8 @@
-"""The ``fia`` command: erase concepts, apply and inspect masks, draw images.
+"""The ``fia`` command: erase concepts, apply and inspect edits, draw images.
 
 A thin layer over the Python API: it parses and validates the options
 (everything is checked before any heavy work starts and before anything is
-written), then calls :func:`fia.erase`, :class:`fia.ConceptMask` and
+written), then calls :func:`fia.erase`, :func:`fia.load_edit` and
 :func:`fia.models.load_pipeline`. A problem with the input prints one line
 (``error: <problem>; <fix>``) and exits with status 2.
 """
@@ -393,36 +393,45 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
 
 
 # ------------------------------------------------------------------------ apply
+EDIT_HELP = "An edit: mask.safetensors of fia erase or edit.safetensors of fia unlearn (--mask is the same option)."
+
+
+def _what_it_changes(edit: Any) -> str:
+    """One phrase on how much ``edit`` changes: pruned weights and repaired rows of a mask, values of a weight delta."""
+    from fia.mask import ConceptMask
+
+    if isinstance(edit, ConceptMask):
+        repaired = f", {edit.repaired_rows} rows rewritten by the repair" if edit.repaired else ""
+        return f"{edit.pruned} weights zeroed, {100 * edit.pruned_share:.3f} %{repaired}"
+    return f"{edit.changed_values} of {edit.total_values} values changed in {len(edit.deltas)} parameters"
+
+
 @app.command()
 @_user_errors
 def apply(
-    mask: Path = typer.Option(..., "--mask", help="mask.safetensors written by fia erase."),
+    edit: Path = typer.Option(..., "--edit", "--mask", help=EDIT_HELP),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="The model the mask was made from (default: the shipped world its provenance names)."
+        None, "--model", "-m", help="The model the edit was made from (default: the shipped world its provenance names)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the edited diffusers pipeline."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
 ) -> None:
-    """Apply a mask to a model and save the edited pipeline (an ordinary diffusers folder)."""
-    from fia.mask import ConceptMask, save_edited_pipeline
+    """Apply an edit (mask or weight delta) to a model and save the edited pipeline (an ordinary diffusers folder)."""
+    from fia.edit import load_edit, save_edited_pipeline
     from fia.models import load_pipeline, parse_device, parse_dtype, resolve_model
     from fia.shapeworld import model_of_edit
 
-    m = ConceptMask.load(mask)
+    loaded = load_edit(edit)
     _check_out_dir(out)
     parse_device(device)
     parse_dtype(dtype)
-    model, _ = model_of_edit(m, model)
+    model, _ = model_of_edit(loaded, model)
     resolve_model(model)
     pipe = load_pipeline(model, device=device, dtype=dtype)
-    m.check(pipe)  # refuses a different model before anything is written
-    save_edited_pipeline(pipe, m, out)
-    typer.echo(
-        f"applied {mask} ({', '.join(m.concepts)}; {m.pruned} weights zeroed, {100 * m.pruned_share:.3f} %"
-        + (f", {m.repaired_rows} rows rewritten by the repair" if m.repaired else "") + ") "
-        f"and saved the pipeline to {out}"
-    )
+    loaded.check(pipe)  # refuses a different model before anything is written
+    save_edited_pipeline(pipe, loaded, out)
+    typer.echo(f"applied {edit} ({', '.join(loaded.concepts)}; {_what_it_changes(loaded)}) and saved the pipeline to {out}")
 
 
 # ---------------------------------------------------------------------- inspect
@@ -522,22 +531,22 @@ def generate(
     out: Path = typer.Option(..., "--out", "-o", help="Grid image to write (PNG)."),
     model: str | None = typer.Option(
         None, "--model", "-m",
-        help="Diffusers folder or Hub id (default: the shipped world a --mask was made on, else ShapeWorld 2).",
+        help="Diffusers folder or Hub id (default: the shipped world an --edit was made on, else ShapeWorld 2).",
     ),
-    mask: Path | None = typer.Option(None, "--mask", help="Apply this mask before drawing."),
+    edit: Path | None = typer.Option(None, "--edit", "--mask", help=f"Apply this edit before drawing. {EDIT_HELP}"),
     n: int = typer.Option(8, "-n", "--num-images", help="Images to draw (seeds seed .. seed+n-1)."),
     seed: int = typer.Option(0, "--seed"),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
     guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
     height: int | None = typer.Option(None, "--height"),
     width: int | None = typer.Option(None, "--width"),
-    compare: bool = typer.Option(False, "--compare", help="With --mask: base row above edited row, same seeds."),
+    compare: bool = typer.Option(False, "--compare", help="With --edit: base row above edited row, same seeds."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
 ) -> None:
     """Draw N images of PROMPT into one grid image."""
+    from fia.edit import load_edit
     from fia.io import atomic_write_bytes
-    from fia.mask import ConceptMask
     from fia.models import (
         generate_images,
         generation_defaults,
@@ -552,8 +561,8 @@ def generate(
         raise FIAError("empty --prompt; pass the text to draw")
     if n < 1:
         raise FIAError(f"-n must be at least 1, got {n}")
-    if compare and mask is None:
-        raise FIAError("--compare needs --mask (it draws the base model above the edited one)")
+    if compare and edit is None:
+        raise FIAError("--compare needs --edit (it draws the base model above the edited one)")
     if steps is not None and steps < 1:
         raise FIAError(f"--steps must be a positive integer, got {steps}")
     if guidance is not None and guidance < 0:
@@ -561,12 +570,12 @@ def generate(
     _check_image_path(out)
     parse_device(device)
     parse_dtype(dtype)
-    m = ConceptMask.load(mask) if mask is not None else None
+    loaded = load_edit(edit) if edit is not None else None
     defaults = generation_defaults(model)  # the user's --model: none is a ShapeWorld world's
-    if m is not None:
+    if loaded is not None:
         from fia.shapeworld import model_of_edit
 
-        model, _ = model_of_edit(m, model)
+        model, _ = model_of_edit(loaded, model)
     resolve_model(model)
     kwargs = {
         "num_inference_steps": steps or defaults.get("num_inference_steps", 50),
@@ -575,21 +584,21 @@ def generate(
         "width": width or defaults.get("width"),
     }
     pipe = load_pipeline(model, device=device, dtype=dtype)
-    if m is not None:
-        m.check(pipe)
+    if loaded is not None:
+        loaded.check(pipe)
     seeds = list(range(seed, seed + n))
     rows = []
-    if m is None or compare:
+    if loaded is None or compare:
         rows.append(generate_images(pipe, prompt, seeds, **kwargs))
-    if m is not None:
-        m.apply_(pipe)
+    if loaded is not None:
+        loaded.apply_(pipe)
         rows.append(generate_images(pipe, prompt, seeds, **kwargs))
     grid = image_grid(rows)
     buf = io.BytesIO()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
     grid.save(buf, format=fmt)
     atomic_write_bytes(out, buf.getvalue())
-    what = "base (top) and edited (bottom)" if compare else ("edited" if m is not None else "base")
+    what = "base (top) and edited (bottom)" if compare else ("edited" if loaded is not None else "base")
     typer.echo(f"wrote {out}: {n} {what} image(s) of {prompt!r}, seeds {seeds[0]}..{seeds[-1]}")
 
 

@@ -19,8 +19,8 @@ fingerprints of the base model's target weights:
 * ``fingerprint``: sha256 over the layer names, shapes and the weights
   rounded to float16 (a float32 and a float16 copy of the same model match);
 * ``edit_fingerprint``: the same with the pruned entries set to zero, which is
-  what :meth:`ConceptMask.apply_` checks, so it accepts both the base model
-  and a model already edited by this mask, and refuses any other;
+  what :meth:`ConceptMask.check` compares, so it accepts both the base
+  model and a model already edited by this mask, and refuses any other;
 * ``applied_fingerprint`` (repaired masks only): the same over the weights
   as the edit leaves them (pruned and rewritten), so a repaired model is
   recognised too.
@@ -35,22 +35,20 @@ The file holds no timestamps or paths: the same inputs give the same bytes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fia.edit import EditFile
+from fia.edit_base import EditFile, save_edited_pipeline
 from fia.errors import FIAError
-from fia.io import replace_dir, temporary_sibling_dir
 from fia.targets import denoiser
+from fia.weights import fingerprint_weights
+
+# denoiser, fingerprint_weights and save_edited_pipeline live lower down; callers may import them from here too
+__all__ = ["FORMAT", "FORMAT_VERSION", "ConceptMask", "LayerMask", "denoiser", "fingerprint_weights", "save_edited_pipeline"]
 
 FORMAT = "fia-mask"
 FORMAT_VERSION = 2  # the newest this package writes: 1 = pruning only, 2 = pruning + repaired rows
@@ -103,27 +101,6 @@ def _weights_by_name(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor
             )
         out[name] = w
     return out
-
-
-def fingerprint_weights(
-    weights: Mapping[str, Tensor], zeroed: Mapping[str, Tensor] | None = None
-) -> str:
-    """sha256 over ``name``, ``shape`` and the float16-rounded values of each weight.
-
-    ``zeroed`` (layer -> flat indices) sets those entries to zero first.
-    Layers are hashed in name order.
-    """
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        w = weights[name].detach()
-        h.update(name.encode())
-        h.update(json.dumps(list(w.shape)).encode())
-        w16 = w.to(device="cpu", dtype=torch.float16).contiguous().reshape(-1)
-        if zeroed is not None and name in zeroed and zeroed[name].numel():
-            w16 = w16.clone()
-            w16[zeroed[name].long()] = 0
-        h.update(w16.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- artifact
@@ -333,31 +310,40 @@ class ConceptMask(EditFile):
             )
         return weights
 
-    @torch.no_grad()
-    def apply_(self, target: Any) -> Any:
-        """Zero the pruned weights of ``target`` (pipeline or denoiser) in place, write the repaired rows; returns it."""
-        weights = self.check(target)
+    # apply_, restore_ and applied (EditFile) follow the rules every edit shares; these say what they write
+    def _entries(self, weights: Mapping[str, Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Per layer: the pruned entries (applied: 0) and the repaired rows (applied: the rewritten rows)."""
         for lm in self.layers:
             w = weights[lm.name]
             if lm.pruned:
-                idx = lm.indices.to(w.device).long()
-                w[idx // lm.shape[1], idx % lm.shape[1]] = 0
+                rows, cols = self._pruned_positions(lm, w)
+                original = lm.values.to(device=w.device, dtype=w.dtype)
+                yield w[rows, cols], torch.zeros_like(original), original
             if lm.rows is not None:
-                w[lm.rows.to(w.device)] = lm.row_values.to(device=w.device, dtype=w.dtype)
-        return target
+                rows = lm.rows.to(w.device)
+                like = {"device": w.device, "dtype": w.dtype}
+                yield w[rows], lm.row_values.to(**like), lm.row_originals.to(**like)
 
-    @torch.no_grad()
-    def restore_(self, target: Any) -> Any:
-        """Put the stored original values back (undo :meth:`apply_`, bit for bit); returns ``target``."""
-        weights = self.check(target)
+    def _write(self, weights: Mapping[str, Tensor], applied: bool) -> None:
+        """Applied: zero the pruned entries, then write the repaired rows; undone: the rows' originals, then the pruned ones."""
         for lm in self.layers:
             w = weights[lm.name]
-            if lm.rows is not None:
-                w[lm.rows.to(w.device)] = lm.row_originals.to(device=w.device, dtype=w.dtype)
-            if lm.pruned:
-                idx = lm.indices.to(w.device).long()
-                w[idx // lm.shape[1], idx % lm.shape[1]] = lm.values.to(device=w.device, dtype=w.dtype)
-        return target
+            if applied:
+                if lm.pruned:
+                    w[self._pruned_positions(lm, w)] = 0
+                if lm.rows is not None:
+                    w[lm.rows.to(w.device)] = lm.row_values.to(device=w.device, dtype=w.dtype)
+            else:
+                if lm.rows is not None:
+                    w[lm.rows.to(w.device)] = lm.row_originals.to(device=w.device, dtype=w.dtype)
+                if lm.pruned:
+                    w[self._pruned_positions(lm, w)] = lm.values.to(device=w.device, dtype=w.dtype)
+
+    @staticmethod
+    def _pruned_positions(lm: LayerMask, w: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, column) index tensors of ``lm``'s pruned entries, on ``w``'s device."""
+        idx = lm.indices.to(w.device).long()
+        return idx // lm.shape[1], idx % lm.shape[1]
 
     # ------------------------------------------------------------------- text
     def summary(self) -> str:
@@ -496,25 +482,3 @@ class ConceptMask(EditFile):
             method=meta.get("method", "fia"),
             applied_fingerprint=meta.get("applied_fingerprint", ""),
         )
-
-
-
-def save_edited_pipeline(pipe: Any, mask: ConceptMask, out_dir: str | os.PathLike) -> Path:
-    """Apply ``mask`` to ``pipe`` (in place) and save it as an ordinary diffusers folder.
-
-    The folder loads with ``DiffusionPipeline.from_pretrained`` (or the
-    pipeline's own class). It is written to a temporary sibling folder and
-    renamed into place, so ``out_dir`` never holds a half-written pipeline.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FIAError(f"{str(out_dir)!r} exists and is not a folder; choose another --out")
-    mask.apply_(pipe)
-    tmp = temporary_sibling_dir(out_dir)
-    try:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir

@@ -40,12 +40,13 @@ from fia.config import FIAConfig
 from fia.core.repair import LayerRepair, RepairError
 from fia.core.rewrite import balanced_rewrite
 from fia.errors import FIAError
-from fia.mask import ConceptMask, fingerprint_weights
+from fia.mask import ConceptMask
 from fia.progress import Progress, report
 from fia.prompts import RewritePrompts, rewrite_prompts
 from fia.repair import collect_grams
 from fia.sampling import capture, paired_steps
 from fia.targets import TargetLinear
+from fia.weights import fingerprint_weights
 
 
 class _PairedMoments:

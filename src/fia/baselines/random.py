@@ -102,7 +102,8 @@ def random_mask(pipe: Any, like: Any, seed: int = 0):
     ``like`` is a ConceptMask (made for this model) or a dict {layer name:
     bool tensor}. ``pipe`` is not changed.
     """
-    from fia.mask import ConceptMask, denoiser
+    from fia.mask import ConceptMask
+    from fia.targets import denoiser
 
     model = denoiser(pipe)
     if isinstance(like, ConceptMask):

@@ -38,9 +38,9 @@ def _dir_fingerprint(path: Path) -> str:
 def evaluate(
     suite: str = typer.Option(..., "--suite", help="shapeworld-objects | shapeworld-styles | shapeworld-attribute | imagenette | artists | explicit | coco"),
     out: Path = typer.Option(..., "--out", help="Output folder: images, index, scores, metrics.json, report.html."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="A mask file from fia erase (edited = base + mask)."),
-    edited: Optional[Path] = typer.Option(None, "--edited", help="A saved edited pipeline folder (instead of --mask)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Base model folder or Hub id; when omitted, the shipped ShapeWorld world a --mask was made on, else ShapeWorld 2."),
+    edit: Optional[Path] = typer.Option(None, "--edit", "--mask", help="An edit file (edited = base + edit): mask.safetensors of fia erase or edit.safetensors of fia unlearn (--mask is the same option)."),
+    edited: Optional[Path] = typer.Option(None, "--edited", help="A saved edited pipeline folder (instead of --edit)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model folder or Hub id; when omitted, the shipped ShapeWorld world an --edit was made on, else ShapeWorld 2."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Erased concepts, comma-separated."),
     preserve: Optional[str] = typer.Option(None, "--preserve", help="Kept concepts, comma-separated (default: all others)."),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Seeds per prompt (ShapeWorld 2, real suites 1)."),
@@ -73,7 +73,7 @@ def evaluate(
 
 
 def _evaluate(
-    suite, out, mask, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
+    suite, out, edit, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
     prompts_per_concept, quality_images, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
     batch_size, device, dtype, overwrite, no_report,
 ) -> None:  # fmt: skip
@@ -82,15 +82,16 @@ def _evaluate(
     from fia.evaluate import SUITES, GenerationSettings, build_suite
     from fia.evaluate import evaluate as run_eval
     from fia.evaluate.suites import REAL_SUITES, SHAPEWORLD_SUITES
+    from fia.mask import ConceptMask
     from fia.models import load_pipeline
     from fia.shapeworld import GENERATION_DEFAULTS
 
     if suite not in SUITES:
         raise FIAError(f"unknown suite {suite!r}; use one of: {', '.join(SUITES)}")
-    if (mask is None) == (edited is None):
-        raise FIAError("say what to evaluate: pass exactly one of --mask FILE or --edited DIR")
-    if mask is not None and not mask.is_file():
-        raise FIAError(f"--mask {mask} does not exist; pass the mask file written by fia erase")
+    if (edit is None) == (edited is None):
+        raise FIAError("say what to evaluate: pass exactly one of --edit FILE (or --mask FILE) or --edited DIR")
+    if edit is not None and not edit.is_file():
+        raise FIAError(f"--edit {edit} does not exist; pass the mask file of fia erase or the edit file of fia unlearn")
     if edited is not None and not edited.is_dir():
         raise FIAError(f"--edited {edited} is not a folder; pass a pipeline saved with save_pretrained")
     if suite in REAL_SUITES and model is None:
@@ -100,12 +101,12 @@ def _evaluate(
         raise FIAError(f"--quality-images sizes the ShapeWorld suites' quality prompts; drop it for the {suite} suite")
     if shapeworld_dir is not None and suite not in SHAPEWORLD_SUITES:
         raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
-    mask_obj = _load_mask(mask) if mask is not None else None
+    edit_obj = _load_edit(edit) if edit is not None else None
     if suite in SHAPEWORLD_SUITES:
         from fia.shapeworld import model_of_edit, world_folder_of
 
-        if mask_obj is not None and model is None and shapeworld_dir is None:
-            model, shapeworld_dir = model_of_edit(mask_obj)  # the shipped world the mask was made on
+        if edit_obj is not None and model is None and shapeworld_dir is None:
+            model, shapeworld_dir = model_of_edit(edit_obj)  # the shipped world the edit was made on
         # --shapeworld's world, the world around a --model that is a world's
         # pipeline/, or the default world when neither is given
         world_dir = world_folder_of(model, shapeworld_dir)
@@ -134,9 +135,11 @@ def _evaluate(
         shapeworld_dir=shapeworld_dir, quality_images=quality_images,
     )  # fmt: skip
     base_pipe = load_pipeline(model, dev, dtype)
+    if edit_obj is not None:
+        edit_obj.check(base_pipe)  # an edit made for another model stops here, before anything is written
     edited_pipe = None
-    if mask is not None:
-        edit_id = _hash_file(mask)
+    if edit is not None:
+        edit_id = _hash_file(edit)
     else:
         edited_pipe = load_pipeline(str(edited), dev, dtype)
         edit_id = _dir_fingerprint(edited)
@@ -146,9 +149,11 @@ def _evaluate(
         "seed": seed,
     }
     say(f"{suite}: {len(the_suite.items)} prompts x 2 models on {state.num_processes} process(es)")
+    # the concept-overlap figure reads the per-concept cache that fia erase writes beside its mask
+    cache_dir = edit.parent / "cache" if isinstance(edit_obj, ConceptMask) else None
     metrics, report = run_eval(
-        the_suite, base_pipe, out, mask=mask_obj, edited_pipe=edited_pipe, settings=settings,
-        run_info=run_info, report=not no_report, cache_dir=(mask.parent / "cache") if mask else None,
+        the_suite, base_pipe, out, mask=edit_obj, edited_pipe=edited_pipe, settings=settings,
+        run_info=run_info, report=not no_report, cache_dir=cache_dir,
         overwrite=overwrite, state=state, progress=say,
     )  # fmt: skip
     if metrics is not None:
@@ -158,16 +163,16 @@ def _evaluate(
             say(f"report:  {report}")
 
 
-def _load_mask(mask: Path):
-    """The mask of ``--mask``; :class:`FIAError` for a file that is no FIA mask."""
-    from fia.mask import ConceptMask
+def _load_edit(edit: Path):
+    """The mask or weight delta of ``--edit``; :class:`FIAError` for a file that is no FIA edit."""
+    from fia.edit import load_edit
 
     try:
-        return ConceptMask.load(mask)
+        return load_edit(edit)
     except FIAError:
         raise
     except Exception as exc:
-        raise FIAError(f"--mask {mask} is not a readable FIA mask ({exc}); pass a file written by fia erase") from exc
+        raise FIAError(f"--edit {edit} is not a readable FIA edit ({exc}); pass a file written by fia erase or fia unlearn") from exc
 
 
 def _use_cpu(device: str | None) -> bool:

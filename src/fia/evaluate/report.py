@@ -485,8 +485,13 @@ def _mask_figures(out: Path, mask: Any, concept_masks: Mapping[str, Mapping[str,
     if mask is not None and getattr(mask, "layers", None):
         title = "change per layer" if _is_rewrite(mask) else "pruned share per layer"
         figures.append((title, layers_figure(mask, out / "layers.png")))
+    elif mask is not None:  # a weight delta: it adds to weights, it prunes none
+        notes.append(
+            f"The edit is a {getattr(mask, 'method', '')} weight delta: it prunes nothing, so there are no "
+            "per-layer pruned shares."
+        )
     else:
-        notes.append("Per-layer pruned shares need the mask (run with --mask); not shown.")
+        notes.append("Per-layer pruned shares need the mask (run with --edit); not shown.")
 
     if concept_masks and len(concept_masks) >= 2:
         tau = overlap_threshold(mask, len(concept_masks))
