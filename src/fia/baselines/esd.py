@@ -53,9 +53,9 @@ import torch.nn.functional as F
 
 from fia.baselines import _common
 from fia.config import check_nonnegative, check_positive_int
+from fia.defaults import SD_SAMPLER
 from fia.delta import WeightDelta
 from fia.errors import FIAError
-from fia.methods import register
 from fia.progress import Progress, report
 from fia.targets import find_targets
 from fia.sampling import first_steps
@@ -63,7 +63,7 @@ from fia.sampling import first_steps
 SAMPLE_WITH = ("student", "frozen")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ESDConfig:
     """Settings of ESD-x.
 
@@ -81,7 +81,7 @@ class ESDConfig:
     train_steps: int = 300
     lr: float = 3e-5
     eta: float = 1.0
-    ddim_steps: int = 50
+    ddim_steps: int = SD_SAMPLER.num_inference_steps  # Stable Diffusion's schedule
     sample_guidance: float = 3.0
     sample_with: Literal["student", "frozen"] = "student"
     seed: int = 0
@@ -134,7 +134,6 @@ def _sample_x_t(pipe: Any, unet: Any, x_T, k: int, cond, uncond, config: ESDConf
             pipe.unet = original
 
 
-@register("esd-x", ESDConfig, "fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)")
 def unlearn(
     pipe: Any,
     concepts: Sequence[str],
