@@ -31,7 +31,7 @@ from fia.baselines.esd import ESDConfig
 from fia.bench.tasks import T2_FORGET, TUNING
 from fia.io import atomic_write_bytes, atomic_write_text
 from fia.methods import unlearn
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import FIRST_WORLD, load_pipeline
 from fia.shapeworld.vocab import OBJECT_NAMES
 

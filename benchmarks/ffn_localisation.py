@@ -45,7 +45,7 @@ from fia.bench.harness import oracle_evidence
 from fia.causal import causal_erase
 from fia.evaluate.suites import factor_cycle
 from fia.io import atomic_write_text
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import (
     FIRST_WORLD,
     load_oracle,

@@ -37,7 +37,7 @@ import torch
 import fia
 from fia.evaluate.suites import factor_cycle
 from fia.io import atomic_write_text
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import FIRST_WORLD, load_oracle, load_pipeline
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for

@@ -1,7 +1,7 @@
 """Does the rewrite's forgetting carry over to colour/place pairs it was not fitted on? A check that needs no held-out image.
 
 The rewrite (``--variant rewrite``) is fitted on prompts whose colour/place
-pairs are the 18 "odd" pairs (``fia.prompts._sw_scene``), and the tuning split
+pairs are the 18 "odd" pairs (``fia.shapeworld.task.scene_pair``), and the tuning split
 of ``selective_forgetting.py`` uses the same 18: it measures how well the
 rewrite fits its own prompts. Here the rewrite's prompts are restricted to 12
 of those pairs (places colour + 1 and colour + 3) and the judged images use
@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import fia
-import fia.prompts
+import fia.shapeworld.task
 from fia.config import RewriteConfig
 from fia.evaluate.suites.shapeworld import factor_cycle
 from fia.io import atomic_write_text
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge, vocab
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for
@@ -67,12 +67,12 @@ def judged_images(images: int) -> tuple[list[str], list[int], list[str]]:
 
 def with_context_free(n: int):
     """The rewrite's phrasings plus ``n`` context-free prompts per erased kind (module docstring)."""
-    plain = fia.prompts._shapeworld_phrasings
+    plain = fia.shapeworld.task.concept_phrasings
 
-    def phrasings(erased, config, count):
-        concept, scene = plain(erased, config, count)
+    def phrasings(erased, world, count):
+        concept, scene = plain(erased, world, count)
         for name in erased:
-            kind = next(iter(fia.prompts.shapeworld_canonical([name], config.world)), None)
+            kind = next(iter(fia.shapeworld.task.shapeworld_canonical([name], world)), None)
             if kind is None:
                 continue
             words = [kind, *WORLD.objects[kind]]
@@ -119,9 +119,9 @@ def main() -> None:
     erased = [c.strip() for c in args.concepts.split(",")]
     suffix = f"_context_free_{args.context_free}" if args.context_free else ""
     out = args.out or RESULTS / f"rewrite_generalisation{suffix}.json"
-    fia.prompts._sw_scene = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
+    fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     if args.context_free:
-        fia.prompts._shapeworld_phrasings = with_context_free(args.context_free)
+        fia.shapeworld.task.concept_phrasings = with_context_free(args.context_free)
     pipe = load_pipeline(world=WORLD.name)
     judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
     images = judged_images(args.images)

@@ -59,7 +59,7 @@ from fia.evaluate.metrics import frechet_distance, kernel_distance
 from fia.evaluate.stats import wilson
 from fia.evaluate.suites.shapeworld import factor_cycle, shapeworld_reference_features
 from fia.io import atomic_write_text
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge, world_path
 from fia.shapeworld.clip import clip_score, load_clip
 from fia.shapeworld.evaluate import generate

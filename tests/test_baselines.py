@@ -129,7 +129,8 @@ def test_bad_settings_raise_fia_error(cfg):
 
 def test_conceptprune_uses_fia_prompts_and_seeds():
     from fia.config import FIAConfig
-    from fia.prompts import ConceptPrompts, build_prompts
+    from fia.prompts import ConceptPrompts
+    from fia.tasks import build_prompts
 
     cfg = ConceptPruneConfig(task="shapeworld", seed=5)
     got = conceptprune._as_prompts("star", None, cfg)

@@ -8,19 +8,27 @@ from _erase_fixtures import load_tiny, one_thread, tiny_dir  # noqa: F401 - fixt
 
 import fia
 from fia.causal import _Model
-from fia.config import FIAConfig
-from fia.prompts import anchor_prompts, evidence_prompts
+from fia.causal import evidence_and_anchors
+from fia.config import FIACausalConfig
 from fia.targets import find_targets
 
 
-def tiny_causal_config(**changes) -> FIAConfig:
+def evidence_prompts(concept, cfg):
+    return evidence_and_anchors([concept], cfg)[0][concept]
+
+
+def anchor_prompts(erased, cfg):
+    return evidence_and_anchors(erased, cfg)[1]
+
+
+def tiny_causal_config(**changes) -> FIACausalConfig:
     base = {
-        "task": "object", "variant": "causal", "num_inference_steps": 4, "saliency_steps": 2,
+        "task": "object", "num_inference_steps": 4,
         "score_steps": 2, "concept_prompts_per_concept": 2, "anchor_prompts": 2, "contrasts": 1,
         "evidence_timesteps": (0.5,), "budget": 0.02, "rounds": 2, "guidance_scale": 3.0,
     }  # fmt: skip
     base.update(changes)
-    return FIAConfig(**base).validate()
+    return FIACausalConfig(**base).validate()
 
 
 def _weights(pipe):
@@ -121,7 +129,7 @@ def test_anchor_penalty_keeps_what_the_anchors_need(tiny_dir):  # noqa: F811
 
 
 def test_shapeworld_evidence_prompts_contrast_shapes_in_the_same_scene():
-    cfg = FIAConfig(task="shapeworld", variant="causal", concept_prompts_per_concept=12, contrasts=3)
+    cfg = FIACausalConfig(task="shapeworld", world="shapeworld", concept_prompts_per_concept=12, contrasts=3)
     ep = evidence_prompts("circle", cfg)
     assert ep.prompts[0] == "a red circle on the sand"
     # no scored prompt is one of the evaluation split's (its colour/place pairs are the even ones)

@@ -111,7 +111,7 @@ def test_inspect_refuses_damaged_edit_files(tiny_dir, tmp_path):  # noqa: F811
 def test_fia_family_on_shapeworld_starts_from_the_shapeworld_preset(tmp_path):
     """Without --model the method runs on the default world with ShapeWorld's prompts and settings, as fia erase does."""
     from fia.edit import load_edit
-    from fia.prompts import resolve_config
+    from fia.presets import resolve_config
     from fia.shapeworld import shipped_world_of_edit
 
     out = tmp_path / "out"

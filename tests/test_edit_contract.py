@@ -12,7 +12,7 @@ from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
 from fia.baselines.random import RandomConfig
 from fia.baselines.uce import UCEConfig
-from fia.config import FIAConfig
+from fia.config import FIACausalConfig, FIAConfig, FIASettings
 from fia.edit import Edit, load_edit
 from fia.errors import FIAError
 from fia.mask import ConceptMask
@@ -40,8 +40,10 @@ def _fast_config(name: str, pipe):
         return FAST[name]
     config = methods()[name].default_config()
     if isinstance(config, FIAConfig):
-        config = config.replace(**FAST_FIA)
-        return config.replace(**FAST_CAUSAL) if config.variant == "causal" else config
+        return config.replace(**FAST_FIA)
+    if isinstance(config, FIASettings):  # the causal and rewrite variants: the paper's knobs are not theirs
+        short = {"task": "shapeworld", "num_inference_steps": FAST_FIA["num_inference_steps"]}
+        return config.replace(**short, **(FAST_CAUSAL if isinstance(config, FIACausalConfig) else {}))
     if isinstance(config, RandomConfig):  # the control copies the per-layer counts of an FIA mask
         return RandomConfig(like=unlearn(pipe, ["star", "circle"], "fia", FIAConfig(**FAST_FIA)), seed=1)
     return config

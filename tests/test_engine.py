@@ -10,13 +10,13 @@ from test_baselines import _ffn2_weight_names, _weights
 
 import fia
 from fia.cache import ConceptCache, sensitivity_key
-from fia.config import FIAConfig
+from fia.config import FIACausalConfig, FIAConfig, FIARewriteConfig, FIASettings, as_variant
 from fia.core.fuse import fuse_by_rule, fuse_masks
 from fia.core.select import select_neurons
 from fia.engine import ErasePlan, erase, plan_erase
 from fia.errors import FIAError
 from fia.methods import get_method, methods, unlearn
-from fia.prompts import build_prompts
+from fia.tasks import build_prompts
 
 torch.set_num_threads(1)
 
@@ -38,10 +38,10 @@ def test_plan_checks_inputs_before_any_model_work(tmp_path):
     with pytest.raises(FIAError, match="listed twice"):
         plan_erase(["circle", "Circle"], FAST_FIA)
     with pytest.raises(FIAError, match="prompt files apply to --variant paper"):
-        plan_erase(["circle"], FAST_FIA.replace(variant="causal"), concept_prompts=tmp_path / "c.txt")
+        plan_erase(["circle"], as_variant(FAST_FIA, FIACausalConfig), concept_prompts=tmp_path / "c.txt")
     with pytest.raises(FIAError, match="r2"):
         plan_erase(["circle"], FIAConfig(r2=1.5))
-    assert plan_erase(["circle"], FAST_FIA.replace(variant="causal")).prompts == {}
+    assert plan_erase(["circle"], as_variant(FAST_FIA, FIACausalConfig)).prompts == {}
 
 
 def test_erase_runs_a_plan_as_it_runs_names(base_pipe):
@@ -108,10 +108,12 @@ def test_the_fia_family_is_registered_with_its_presets():
     assert family | {"random"} <= set(known)
     for name in family:
         cfg = known[name].default_config()
-        assert isinstance(cfg, FIAConfig) and cfg.validate() is cfg
+        assert isinstance(cfg, FIASettings) and cfg.validate() is cfg
     assert known["fia-wanda"].default_config().saliency == "wanda"
     assert known["fia-union"].default_config().fusion == "union"
-    assert known["fia-causal"].default_config().variant == "causal"
+    assert type(known["fia-causal"].default_config()) is FIACausalConfig
+    assert type(known["fia-rewrite"].default_config()) is FIARewriteConfig
+    assert all(type(known[name].default_config()) is FIAConfig for name in family - {"fia-causal"})
     assert (known["fia-channel"].default_config().selection, known["fia-layer"].default_config().selection) == (
         "channel",
         "layer",

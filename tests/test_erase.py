@@ -57,7 +57,7 @@ def test_fusion_follows_eq_7_8_with_a_known_sensitivity(pipe, monkeypatch):
     concepts = ["circle", "star", "heart", "cross", "ring"]
     mask = fia.erase(pipe, concepts, cfg)
     # regenerate the same A and count selections by hand
-    from fia.prompts import build_prompts
+    from fia.tasks import build_prompts
 
     total_pruned = 0
     tau = 3  # max(2, ceil(0.6 * 5))

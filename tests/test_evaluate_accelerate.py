@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from _eval_fixtures import resnet_folder
-from fia.prompts import shipped_prompt_set
+from fia.prompt_files import shipped_prompt_set
 
 
 @pytest.fixture(scope="module")

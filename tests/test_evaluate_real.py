@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import fia
 from _eval_fixtures import clip_folder, feature_net, resnet_folder
 from fia.evaluate.cli import app
-from fia.prompts import shipped_prompt_set
+from fia.prompt_files import shipped_prompt_set
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -171,7 +171,7 @@ def test_coco_clip_score_and_fid(models, tmp_path):
 
 def test_real_suites_default_to_the_shipped_prompt_sets(tmp_path):
     from fia.evaluate.suites import prompt_files_for
-    from fia.prompts import SUITE_PROMPT_SETS
+    from fia.prompt_files import SUITE_PROMPT_SETS
 
     assert prompt_files_for("imagenette", None) == [shipped_prompt_set("imagenette.csv")]
     assert prompt_files_for("explicit", []) == [shipped_prompt_set("Nudity_ring-a-bell.csv")]

@@ -112,7 +112,7 @@ def test_the_suite_table():
 def test_shapeworld_sampler_settings_have_one_source(monkeypatch):
     """Every ShapeWorld default reads fia.shapeworld.GENERATION_DEFAULTS."""
     from fia.models import generation_defaults
-    from fia.prompts import resolve_config
+    from fia.presets import resolve_config
     from fia.shapeworld import GENERATION_DEFAULTS
     from fia.shapeworld.report import report_settings
 
@@ -123,6 +123,7 @@ def test_shapeworld_sampler_settings_have_one_source(monkeypatch):
     assert (settings.num_inference_steps, settings.guidance_scale, settings.height) == (7, 3.5, 48)
     assert generation_defaults(None)["num_inference_steps"] == 7
     assert generation_defaults("some/model") == {"num_inference_steps": 50, "guidance_scale": 7.5}
-    cfg = resolve_config("shapeworld")
+    assert (resolve_config("shapeworld").num_inference_steps, resolve_config("shapeworld").guidance_scale) == (7, 3.5)
+    cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
     assert (cfg.num_inference_steps, cfg.guidance_scale) == (7, 3.5)
     assert cfg.saliency_steps <= 7

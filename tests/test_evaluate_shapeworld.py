@@ -238,7 +238,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     write_concept_cache(tmp_path / "cache", tiny, mask)
     mask.apply_(tiny)  # erase may hand over the pipe with the mask applied
     applied = {n: p.clone() for n, p in tiny.unet.named_parameters()}
-    path = report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld"), mask_applied=True, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
+    path = report_after_erase(tmp_path, tiny, mask, ["circle", "square"], FIAConfig(task="shapeworld", world="shapeworld"), mask_applied=True, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert all(torch.equal(applied[n], p) for n, p in tiny.unet.named_parameters())  # left as it came
     mask.restore_(tiny)
     from fia.evaluate.generate import ImageStore as Store
@@ -257,12 +257,12 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     """The variant's report measures the paper's FIA on the same concepts, prompts and seeds."""
     import fia.evaluate as fe
     import fia.shapeworld as sw
-    from fia.config import FIAConfig
+    from fia.config import FIACausalConfig
     from fia.mask import ConceptMask
     from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
-    cfg = FIAConfig(task="shapeworld", variant="causal", saliency_steps=1, num_inference_steps=2, r2=0.05)
+    cfg = FIACausalConfig(task="shapeworld", world="shapeworld", num_inference_steps=2)  # the paper's FIA beside it: 2 of 2 steps
     made = random_mask(tiny, concepts=("circle", "square"))
     mask = ConceptMask.from_prune_masks(
         {lm.name: dict(tiny.unet.named_modules())[lm.name].weight for lm in made.layers},
@@ -297,7 +297,7 @@ def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     mask = random_mask(tiny, concepts=("circle", "burning"))
-    path = report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld"), mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
+    path = report_after_erase(tmp_path, tiny, mask, ["circle", "burning"], FIAConfig(task="shapeworld", world="shapeworld"), mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert path == tmp_path / "report.html"
     assert "report/shapeworld-objects/report.html" in path.read_text() and "report/shapeworld-attribute/report.html" in path.read_text()
     assert (tmp_path / "report" / "shapeworld-attribute" / "metrics.json").is_file()

@@ -6,21 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fia.config import FIAConfig
+from fia.concepts import parse_concepts
+from fia.config import FIACausalConfig, FIAConfig
 from fia.config import concept_value
 from fia.errors import FIAError
-from fia.prompts import (
-    OBJECTS,
-    PERSONS,
-    PLACES,
-    build_prompts,
-    load_preset,
-    parse_concepts,
-    preset_path,
-    read_prompt_file,
-    resolve_config,
-)
+from fia.presets import load_preset, preset_path, resolve_config
+from fia.prompt_files import read_prompt_file
 from fia.shapeworld import vocab
+from fia.tasks import OBJECTS, PERSONS, PLACES, build_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +121,9 @@ def test_shapeworld_preset_schedule():
         GENERATION_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
     assert cfg.num_inference_steps == GENERATION_DEFAULTS["num_inference_steps"]
     assert cfg.guidance_scale == GENERATION_DEFAULTS["guidance_scale"]
-    assert 1 <= cfg.saliency_steps <= cfg.num_inference_steps
+    paper = resolve_config("shapeworld", overrides={"variant": "paper"})  # the preset's paper settings
+    assert (paper.num_inference_steps, paper.guidance_scale) == (cfg.num_inference_steps, cfg.guidance_scale)
+    assert 1 <= paper.saliency_steps <= paper.num_inference_steps
 
 
 def test_a_bare_config_samples_at_its_tasks_schedule():
@@ -142,7 +137,7 @@ def test_a_bare_config_samples_at_its_tasks_schedule():
         assert (preset.num_inference_steps, preset.guidance_scale) == (bare.num_inference_steps, bare.guidance_scale)
     assert (FIAConfig().num_inference_steps, FIAConfig().guidance_scale) == (50, 7.5)  # unchanged
     # on ShapeWorld the paper variant's settings are the CLI's, field for field
-    bare = FIAConfig(task="shapeworld", world="shapeworld", variant="paper")
+    bare = FIAConfig(task="shapeworld", world="shapeworld")
     cli = resolve_config("shapeworld", overrides={"variant": "paper", "world": "shapeworld"})
     assert bare.to_dict() == cli.to_dict()
     # given values win; a config rebuilt from a run keeps its recorded schedule
@@ -186,17 +181,18 @@ def test_shapeworld_evidence_reads_the_configs_world():
     """The causal variant's contrasts and anchors are the object kinds of the
     model's world: a second-world kind (and its synonym) is a concept there,
     and its contrasts are other second-world kinds."""
-    from fia.prompts import anchor_prompts, evidence_prompts, shapeworld_canonical
+    from fia.causal import evidence_and_anchors
+    from fia.shapeworld.task import shapeworld_canonical
 
     world2 = vocab.get_world("shapeworld2")
     assert shapeworld_canonical(["toadstool", "disc", "zed"], "shapeworld2") == ["mushroom", "circle"]
-    assert shapeworld_canonical(["toadstool", "disc"]) == ["circle"]  # the first world has no mushroom
-    cfg = FIAConfig(task="shapeworld", world="shapeworld2", concept_prompts_per_concept=40, contrasts=3, anchor_prompts=64)
-    ev = evidence_prompts("toadstool", cfg)
+    assert shapeworld_canonical(["toadstool", "disc"], "shapeworld") == ["circle"]  # the first world has no mushroom
+    cfg = FIACausalConfig(task="shapeworld", world="shapeworld2", concept_prompts_per_concept=40, contrasts=3, anchor_prompts=64)
+    ev = evidence_and_anchors(["toadstool"], cfg)[0]["toadstool"]
     named = {o for row in ev.contrasts for c in row for o in [c.split()[2]]}
     assert named <= set(world2.object_names) - {"mushroom"}
     assert named - set(vocab.OBJECT_NAMES)  # second-world kinds are among the contrasts
-    anchors = anchor_prompts(["mushroom"], cfg)
+    anchors = evidence_and_anchors(["mushroom"], cfg)[1]
     drawn = {p.split()[2] for p in anchors.prompts}
     assert drawn == set(world2.object_names) - {"mushroom"}  # 64 prompts cycle through all 31 kept kinds
     with pytest.raises(FIAError, match="unknown world"):

@@ -27,7 +27,7 @@ from _erase_fixtures import cli_refuses, one_thread  # noqa: F401 - fixtures
 
 import fia
 from fia.config import REFERENCE_SETTINGS, TASKS, FIAConfig, sampler_defaults
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_masks_shapeworld.json"
 WORLD = "shapeworld"  # the first world, whose ten shapes the sets name
@@ -71,13 +71,13 @@ def masks(pipe, tmp_path_factory):
 @pytest.mark.parametrize("task", TASKS)
 def test_reference_preset_sets_what_the_reference_code_does(task):
     cfg = FIAConfig.reference(task=task)
-    assert (cfg.variant, cfg.saliency, cfg.cfg_rows) == ("paper", "wanda", "both")
+    assert type(cfg) is FIAConfig and (cfg.saliency, cfg.cfg_rows) == ("wanda", "both")
     assert (cfg.targets, cfg.selection, cfg.fusion) == ("ffn2", "both", "fia")
     assert cfg.saliency_steps == 10 and cfg.r1_overrides == {}
     want = sampler_defaults(task)
     assert (cfg.num_inference_steps, cfg.guidance_scale) == (want["num_inference_steps"], want["guidance_scale"])
     # the rest is the task's preset, as fia erase --preset reference --task TASK resolves it
-    preset = resolve_config(task)
+    preset = resolve_config(task, overrides={"variant": "paper"})
     assert (cfg.r1, cfg.r2, cfg.alpha, cfg.r2_overrides) == (preset.r1, preset.r2, preset.alpha, preset.r2_overrides)
     assert cfg.to_dict() == resolve_config(task, preset="reference").to_dict()
     assert all(cfg.to_dict()[k] == v for k, v in REFERENCE_SETTINGS.items())
@@ -99,7 +99,7 @@ def test_reference_preset_layers_under_files_and_flags(tmp_path):
 @pytest.mark.parametrize(
     ("config", "flags"),
     [
-        (lambda: FIAConfig(task="shapeworld", world=WORLD, variant="paper"), ["--variant", "paper"]),
+        (lambda: FIAConfig(task="shapeworld", world=WORLD), ["--variant", "paper"]),
         (lambda: FIAConfig.reference(task="shapeworld", world=WORLD), ["--preset", "reference"]),
     ],
     ids=["paper", "reference"],

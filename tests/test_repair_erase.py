@@ -8,11 +8,11 @@ from _erase_fixtures import load_tiny, one_thread, tiny_dir  # noqa: F401 - fixt
 from test_causal import tiny_causal_config
 
 import fia
-from fia.config import RepairConfig
+from fia.config import RepairConfig, config_for_variant
 from fia.errors import FIAError
-from fia.prompts import repair_prompts
 from fia.repair import collect_grams
 from fia.targets import find_targets
+from fia.tasks import task_of
 
 REPAIR = RepairConfig(keep_prompts_per_concept=2, concept_prompts_per_concept=2)
 
@@ -52,7 +52,7 @@ def test_repair_restores_kept_outputs_on_the_prompts_it_was_fitted_on(tiny_dir):
     cfg = tiny_causal_config(repair=RepairConfig(concept_weight=0.0, damping=1e-6, keep_prompts_per_concept=2, concept_prompts_per_concept=2))
     mask = fia.erase(pipe, ["golf ball"], cfg)
     targets = find_targets(pipe.unet, "ffn2")
-    rp = repair_prompts(["golf ball"], cfg)
+    rp = task_of(cfg).repair_prompts(["golf ball"], cfg.repair, anchors=cfg.anchors, seed=cfg.seed)
     gram = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=cfg.num_inference_steps,
                          guidance_scale=cfg.guidance_scale)
     before = _ffn2(pipe)
@@ -73,7 +73,7 @@ def test_bad_repair_inputs_stop_before_any_work(tiny_dir):  # noqa: F811
     with pytest.raises(FIAError, match="both erased and an anchor"):
         fia.plan_erase(["golf ball"], tiny_causal_config(repair=REPAIR, anchors=["Golf Ball", "church"]))
     with pytest.raises(FIAError, match="repair follows the causal variant"):
-        tiny_causal_config(variant="paper", repair=REPAIR)
+        config_for_variant("paper", {"repair": REPAIR})
     with pytest.raises(FIAError, match="damping must be > 0"):
         tiny_causal_config(repair={"damping": 0.0})
     with pytest.raises(FIAError, match="unknown|not a field|repair"):
@@ -100,20 +100,25 @@ def test_adaptive_budget_stops_a_concept_whose_evidence_is_gone(tiny_dir):  # no
 
 
 def test_shapeworld_preset_gives_each_variant_its_own_settings():
-    from fia.cli import with_repair_options
-    from fia.config import RewriteConfig
-    from fia.prompts import resolve_config
+    from fia.cli import EraseFlags
+    from fia.config import FIACausalConfig, FIAConfig, FIARewriteConfig, RewriteConfig
+    from fia.presets import resolve_config
+
+    def with_repair_options(cfg, repair, repair_weight):
+        return EraseFlags(repair=repair, repair_weight=repair_weight).with_blocks(cfg)
 
     causal = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
-    assert causal.variant == "causal" and causal.repair is not None and causal.stop_evidence == 0.2
-    assert causal.rewrite is None and "rewrite" not in causal.to_dict()
+    assert type(causal) is FIACausalConfig and causal.repair is not None and causal.stop_evidence == 0.2
+    assert not hasattr(causal, "rewrite") and "rewrite" not in causal.to_dict()
     rewrite = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "rewrite"})
+    assert type(rewrite) is FIARewriteConfig
     assert rewrite.rewrite == RewriteConfig(concept_weight=0.3, damping=0.03, balance_rounds=5)
-    assert rewrite.repair is None and rewrite.stop_evidence is None
+    assert "repair" not in rewrite.to_dict() and "stop_evidence" not in rewrite.to_dict()
     paper = resolve_config("shapeworld", overrides={"variant": "paper"})
+    assert type(paper) is FIAConfig
     # a variant's settings do not follow another variant into its mask header
     for key in ("repair", "stop_evidence", "rewrite"):
-        assert getattr(paper, key) is None and key not in paper.to_dict()
+        assert not hasattr(paper, key) and key not in paper.to_dict()
     assert with_repair_options(causal, False, None).repair is None
     assert with_repair_options(causal, None, 3.0).repair.concept_weight == 3.0
     assert with_repair_options(causal.replace(repair=None), True, None).repair == RepairConfig()

@@ -7,10 +7,9 @@ import torch
 from _erase_fixtures import load_tiny, one_thread, tiny_dir  # noqa: F401 - fixtures
 
 import fia
-from fia.config import FIAConfig, RewriteConfig
+from fia.config import FIARewriteConfig, RewriteConfig, config_for_variant
 from fia.core.rewrite import rewrite_layer
 from fia.errors import FIAError
-from fia.prompts import rewrite_prompts
 from fia.repair import collect_grams
 from fia.rewrite import paired_moments
 from fia.targets import find_targets
@@ -18,10 +17,16 @@ from fia.targets import find_targets
 SMALL = RewriteConfig(keep_prompts_per_kind=2, concept_prompts_per_concept=2, balance_rounds=1)
 
 
-def tiny_rewrite_config(**changes) -> FIAConfig:
-    base = {"task": "object", "variant": "rewrite", "num_inference_steps": 3, "saliency_steps": 2, "guidance_scale": 3.0, "rewrite": SMALL}
+def tiny_rewrite_config(**changes) -> FIARewriteConfig:
+    base = {"task": "object", "num_inference_steps": 3, "guidance_scale": 3.0, "rewrite": SMALL}
     base.update(changes)
-    return FIAConfig(**base).validate()
+    return FIARewriteConfig(**base).validate()
+
+
+def rewrite_prompts(erased, cfg):
+    from fia.tasks import task_of
+
+    return task_of(cfg).rewrite_prompts(erased, cfg.rewrite, anchors=cfg.anchors, seed=cfg.seed)
 
 
 def _ffn2(pipe):
@@ -75,7 +80,7 @@ def test_rewrite_solves_the_system_of_its_own_statistics(tiny_dir):  # noqa: F81
 
 def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
     with pytest.raises(FIAError, match="belong to --variant rewrite"):
-        FIAConfig(variant="causal", rewrite=RewriteConfig()).validate()
+        config_for_variant("causal", {"rewrite": RewriteConfig()})
     with pytest.raises(FIAError, match="damping must be > 0"):
         tiny_rewrite_config(rewrite={"damping": 0.0})
     with pytest.raises(FIAError, match="balance_rounds"):
@@ -86,4 +91,4 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
     prompts.write_text("a {concept}\n")
     with pytest.raises(FIAError, match="prompt files apply to --variant paper; the rewrite variant"):
         fia.plan_erase(["golf ball"], tiny_rewrite_config(), concept_prompts=prompts)
-    assert FIAConfig(variant="rewrite").validate().rewrite == RewriteConfig()  # the defaults fill in
+    assert FIARewriteConfig().validate().rewrite == RewriteConfig()  # the defaults fill in

@@ -580,7 +580,7 @@ def test_an_erase_with_another_world_s_kinds_is_refused_before_any_work():
 
     import fia
     from fia.config import FIAConfig
-    from fia.prompts import check_config_world, tokenizer_world
+    from fia.shapeworld.task import check_config_world, tokenizer_world
     from fia.shapeworld import FIRST_WORLD, pipeline_path
     from fia.shapeworld.tokenizer import byte_level_tokenizer
 
@@ -593,9 +593,18 @@ def test_an_erase_with_another_world_s_kinds_is_refused_before_any_work():
         tokenizer = second
 
     with pytest.raises(FIAError, match=r"FIAConfig\(world='shapeworld2'\)"):
-        fia.erase(Pipe(), ["arrow"], FIAConfig(task="shapeworld"))
+        fia.erase(Pipe(), ["arrow"], FIAConfig(task="shapeworld", world=FIRST_WORLD))
     check_config_world(Pipe(), "shapeworld2")
     Pipe.tokenizer = first
     check_config_world(Pipe(), "shapeworld")
     Pipe.tokenizer = byte_level_tokenizer()
     check_config_world(Pipe(), "shapeworld")
+    # settings that name no world take the model's: its tokenizer's, else the default world
+    from fia.shapeworld import DEFAULT_WORLD
+    from fia.tasks import task_of
+
+    unnamed = FIAConfig(task="shapeworld")
+    assert unnamed.world is None
+    for tokenizer, world in ((second, "shapeworld2"), (first, FIRST_WORLD), (byte_level_tokenizer(), DEFAULT_WORLD)):
+        Pipe.tokenizer = tokenizer
+        assert task_of(unnamed).settle(unnamed, Pipe()).world == world

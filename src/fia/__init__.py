@@ -3,7 +3,7 @@
 Quick use::
 
     import fia
-    mask = fia.erase(pipe, ["golf ball", "church"], fia.FIAConfig(r2=0.007))
+    mask = fia.erase(pipe, ["golf ball", "church"], fia.FIAConfig(r2=0.007))  # the config's type picks the variant
     mask.apply_(pipe)                       # zero the pruned FFN2 weights in place
     mask.save("out/mask.safetensors")
     mask = fia.ConceptMask.load("out/mask.safetensors")
@@ -16,18 +16,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fia._version import __version__
-from fia.config import FIAConfig
+from fia.config import FIACausalConfig, FIAConfig, FIARewriteConfig, RepairConfig, RewriteConfig
 from fia.errors import FIAError
 
 __all__ = [
     "ConceptMask",
+    "FIACausalConfig",
     "FIAConfig",
+    "FIARewriteConfig",
     "FIAError",
     "__version__",
     "erase",
     "load_edit",
     "load_pipeline",
     "plan_erase",
+    "RepairConfig",
+    "RewriteConfig",
     "unlearn",
 ]
 

@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fia.config import FIAConfig
+from fia.config import FIACausalConfig, FIAConfig
 from fia.io import atomic_write_bytes
-from fia.prompts import ConceptPrompts, build_prompts
+from fia.prompts import ConceptPrompts
+from fia.tasks import build_prompts
 
 CACHE_FORMAT = 1
 _SENSITIVITY_HEADER = "fia-sensitivity"
@@ -209,7 +210,7 @@ def _read(path: Path, header: str, expected: str) -> tuple[dict[str, Tensor], di
 def rounds_key(
     fingerprint: str,
     concepts: list[str],
-    config: FIAConfig,
+    config: FIACausalConfig,
     prompts: dict[str, Any],
     anchors: Any,
     shapes: dict[str, tuple[int, int]],

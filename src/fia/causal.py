@@ -48,7 +48,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from fia.config import FIAConfig
+from fia.config import FIACausalConfig
 from fia.core._fractions import top_count
 from fia.core.attribution import contrast_scores, global_top_k, round_sizes
 from fia.core.fuse import fuse_masks
@@ -56,9 +56,10 @@ from fia.errors import FIAError
 from fia.progress import Progress, report
 from fia.cache import ConceptCache, rounds_key
 from fia.mask import ConceptMask
-from fia.prompts import EvidencePrompts, anchor_prompts, evidence_prompts
+from fia.prompts import EvidencePrompts
 from fia.sampling import generators, initial_latents
 from fia.targets import TargetLinear, denoiser
+from fia.tasks import task_of
 from fia.weights import fingerprint_weights
 
 
@@ -77,7 +78,7 @@ Judge = Callable[[Tensor, Sequence[str], Sequence[Sequence[str]]], Tensor]
 class _Model:
     """Text encoding, the differentiable sampler and the frozen judge of one pipeline."""
 
-    def __init__(self, pipe: Any, targets: list[TargetLinear], config: FIAConfig, judge: Judge | None = None):
+    def __init__(self, pipe: Any, targets: list[TargetLinear], config: FIACausalConfig, judge: Judge | None = None):
         self.pipe = pipe
         self.judge = judge
         self.unet = denoiser(pipe)
@@ -222,7 +223,24 @@ class _Model:
 
 
 # ------------------------------------------------------------------------- erase
-def _evidence_gone(config: FIAConfig, first: float, now: float) -> bool:
+def evidence_and_anchors(
+    names: Sequence[str], config: FIACausalConfig
+) -> tuple[dict[str, EvidencePrompts], EvidencePrompts | None]:
+    """Each concept's evidence prompts and the anchors' prompts (``None`` without an anchor penalty), from the task."""
+    task = task_of(config)
+    plans = {
+        c: task.evidence_prompts(c, count=config.concept_prompts_per_concept, contrasts=config.contrasts,
+                                 anchors=config.anchors, seed=config.seed)
+        for c in names
+    }  # fmt: skip
+    anchors = None
+    if config.anchor_weight > 0:
+        anchors = task.anchor_prompts(names, count=config.anchor_prompts, contrasts=config.contrasts,
+                                      anchors=config.anchors, seed=config.seed)  # fmt: skip
+    return plans, anchors
+
+
+def _evidence_gone(config: FIACausalConfig, first: float, now: float) -> bool:
     """The adaptive budget's test: the concept's mean evidence is down to ``stop_evidence`` of its first round's."""
     return config.stop_evidence is not None and first > 0 and now <= config.stop_evidence * first
 
@@ -249,7 +267,7 @@ class _Rounds:
         self.agnostic = {n: 0 for n in self.shapes}
         self.seconds = {c: 0.0 for c in self.names}
 
-    def absorb(self, done: dict[str, Tensor], counts: dict[str, Any], config: FIAConfig) -> None:
+    def absorb(self, done: dict[str, Tensor], counts: dict[str, Any], config: FIACausalConfig) -> None:
         """Add a finished (or cached) round: its pruned entries, counts and evidence (which may stop a concept)."""
         self.tau = counts["tau_ca"]
         for c, e in counts.get("evidence", {}).items():
@@ -269,7 +287,7 @@ def _score_round(
     names: list[str],
     plans: dict[str, EvidencePrompts],
     anchors: EvidencePrompts | None,
-    config: FIAConfig,
+    config: FIACausalConfig,
     k: int,
     state: _Rounds,
     tick: Callable[[str], None],
@@ -348,7 +366,7 @@ def _run_stats(
 def causal_erase(
     pipe: Any,
     names: list[str],
-    config: FIAConfig,
+    config: FIACausalConfig,
     found: list[TargetLinear],
     *,
     target_kind: str,
@@ -359,7 +377,7 @@ def causal_erase(
     """The causal variant's mask for ``names`` (see the module docstring).
 
     The model is restored before returning: apply the result with ``mask.apply_(pipe)``.
-    Called by :func:`fia.erase` when ``config.variant == "causal"``. ``judge``
+    What :func:`fia.erase` runs for a :class:`~fia.config.FIACausalConfig`. ``judge``
     replaces the model's own evidence (diagnostics only; not cached).
     """
     t_start = time.perf_counter()
@@ -371,8 +389,7 @@ def causal_erase(
     fingerprint = fingerprint_weights(weights)
     total = sum(w.numel() for w in weights.values())
     sizes = round_sizes(top_count(config.budget, total), config.rounds)
-    plans = {c: evidence_prompts(c, config) for c in names}
-    anchors = anchor_prompts(names, config) if config.anchor_weight > 0 else None
+    plans, anchors = evidence_and_anchors(names, config)
     key = rounds_key(fingerprint, names, config, plans, anchors, shapes)
     # progress units: per round, one for the anchors (if any) and one per concept
     per_round_units = len(names) + (1 if anchors is not None else 0)

@@ -9,15 +9,20 @@ written), then calls :func:`fia.erase`, :func:`fia.load_edit` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import typer
 
+from fia.concepts import parse_concepts
+from fia.config import FIACausalConfig, FIARewriteConfig, FIASettings, RepairConfig, config_from_record
+from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
 
 app = typer.Typer(
@@ -163,46 +168,32 @@ def erase(
     """
     from fia.engine import plan_erase
     from fia.models import check_load_args
-    from fia.prompts import parse_concepts, resolve_config
 
     # ---- validate everything before heavy work and before writing anything
-    overrides = {
-        "r1": r1,
-        "r2": r2,
-        "alpha": alpha,
-        "saliency_steps": saliency_steps,
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-        "seed": seed,
-        "batch_size": batch_size,
-        "saliency": saliency,
-        "cfg_rows": cfg_rows,
-        "targets": targets,
-        "variant": variant,
-        "budget": budget,
-        "rounds": rounds,
-        "anchor_weight": anchor_weight,
-        "anchors": parse_concepts(anchors) if anchors else None,
-        "score_steps": score_steps,
-    }
+    flags = EraseFlags(
+        r1=r1, r2=r2, alpha=alpha, saliency_steps=saliency_steps, num_inference_steps=steps, guidance_scale=guidance,
+        seed=seed, batch_size=batch_size, saliency=saliency, cfg_rows=cfg_rows, targets=targets, budget=budget,
+        rounds=rounds, anchor_weight=anchor_weight, anchors=anchors, score_steps=score_steps, repair=repair,
+        repair_weight=repair_weight, rewrite_weight=rewrite_weight,
+    )  # fmt: skip
     model, world_dir = _model_and_world(model, shapeworld)
+    world = None
     if world_dir is not None:
         from fia.shapeworld import world_of
 
-        overrides["world"] = world_of(world_dir).name
-    cfg = resolve_config(task, config, overrides, default_task="object" if world_dir is None else "shapeworld", preset=preset)
-    causal_flags = {"--budget": budget, "--rounds": rounds, "--anchor-weight": anchor_weight, "--score-steps": score_steps,
-                    "--repair/--no-repair": repair, "--repair-weight": repair_weight}
-    check_variant_flags(cfg.variant, causal_flags, {"--rewrite-weight": rewrite_weight})
-    cfg = with_rewrite_weight(with_repair_options(cfg, repair, repair_weight), rewrite_weight)
+        world = world_of(world_dir).name
+    cfg = flags.config(task, config, variant=variant, world=world, preset=preset, on_shapeworld=world_dir is not None)
     plan = plan_erase(concepts, cfg, concept_prompts=concept_prompts, base_prompts=base_prompts)
     _check_out_dir(out)
     check_load_args(model, device, dtype)
     report = cfg.task == "shapeworld" and not no_report
     if report:
+        from fia.shapeworld import DEFAULT_WORLD
         from fia.shapeworld.report import shapeworld_families
 
-        shapeworld_families(plan.concepts, cfg.world)  # a concept ShapeWorld cannot judge fails here, before any work
+        # a concept ShapeWorld cannot judge fails here, before any work; a model of no world folder has
+        # its world read once it is loaded, and the default world's kinds include the first world's
+        shapeworld_families(plan.concepts, cfg.world or DEFAULT_WORLD)
 
     run_erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
@@ -220,40 +211,85 @@ def _model_and_world(model: str | None, shapeworld: str | None):
     return (model if world_dir is None else str(world_dir / "pipeline")), world_dir
 
 
-def with_rewrite_weight(cfg, rewrite_weight: float | None):
-    """``cfg`` with ``--rewrite-weight`` applied (the rewrite's lambda)."""
-    if rewrite_weight is None:
+@dataclass(frozen=True)
+class EraseFlags:
+    """The settings flags of ``fia erase`` as given (``None``: not given), named by the setting each sets.
+
+    :meth:`config` lays them over the task's preset, ``--preset`` and
+    ``--config``, in the config type of the variant chosen. A flag of the
+    causal or the rewrite variant given to another variant is refused (it
+    would be silently ignored); the paper's knobs (``--r1``, ``--saliency-steps``,
+    ...) play no part in the other variants and are left out of them.
+    """
+
+    r1: float | None = None
+    r2: float | None = None
+    alpha: float | None = None
+    saliency_steps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    batch_size: int | None = None
+    saliency: str | None = None
+    cfg_rows: str | None = None
+    targets: str | None = None
+    budget: float | None = None
+    rounds: int | None = None
+    anchor_weight: float | None = None
+    anchors: str | None = None
+    score_steps: int | None = None
+    repair: bool | None = None
+    repair_weight: float | None = None
+    rewrite_weight: float | None = None
+
+    # the flags only one variant reads: flag -> (its config type, field)
+    VARIANT_FLAGS: ClassVar[dict[str, tuple[type, str]]] = {
+        "--budget": (FIACausalConfig, "budget"), "--rounds": (FIACausalConfig, "rounds"),
+        "--anchor-weight": (FIACausalConfig, "anchor_weight"), "--score-steps": (FIACausalConfig, "score_steps"),
+        "--repair/--no-repair": (FIACausalConfig, "repair"), "--repair-weight": (FIACausalConfig, "repair_weight"),
+        "--rewrite-weight": (FIARewriteConfig, "rewrite_weight"),
+    }  # fmt: skip
+    # flags that set a nested block rather than a field (with_blocks)
+    BLOCK_FLAGS: ClassVar[tuple[str, ...]] = ("repair", "repair_weight", "rewrite_weight")
+
+    def config(
+        self, task: str | None, config_file: Path | None, *, variant: str | None, world: str | None,
+        preset: str | None, on_shapeworld: bool,
+    ) -> Any:
+        """The checked config: preset < ``--preset`` < ``--config`` < these flags, of the variant's type."""
+        from fia.defaults import default_task
+        from fia.presets import resolve_config
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.BLOCK_FLAGS}
+        fields["anchors"] = parse_concepts(fields["anchors"]) if fields["anchors"] else None
+        # the flags are the last layer; the settings of a variant other than the one chosen are left out
+        cfg = resolve_config(task, config_file, fields | {"variant": variant, "world": world},
+                             default_task=default_task(on_shapeworld), preset=preset)  # fmt: skip
+        self.check_variant(cfg)
+        return self.with_blocks(cfg)
+
+    def check_variant(self, cfg: FIASettings) -> None:
+        """:class:`FIAError` when a flag of one variant is given to another (it would be silently ignored)."""
+        for owner in (FIACausalConfig, FIARewriteConfig):
+            given = [flag for flag, (t, name) in self.VARIANT_FLAGS.items() if t is owner and getattr(self, name) is not None]
+            if given and not isinstance(cfg, owner):
+                raise FIAError(f"{', '.join(given)} set(s) the {owner.VARIANT} variant, but this erase runs --variant "
+                               f"{cfg.VARIANT}; add --variant {owner.VARIANT} or drop {'them' if len(given) > 1 else 'it'}")
+
+    def with_blocks(self, cfg: Any) -> Any:
+        """``cfg`` with ``--repair/--no-repair``, ``--repair-weight`` (a weight turns the repair on) and ``--rewrite-weight``."""
+        if self.rewrite_weight is not None:
+            cfg = cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=self.rewrite_weight))
+        if self.repair is False:
+            if self.repair_weight is not None:
+                raise FIAError("--repair-weight sets the repair that --no-repair turns off; drop one of them")
+            return cfg.replace(repair=None)
+        if self.repair or self.repair_weight is not None:
+            rc = getattr(cfg, "repair", None) or RepairConfig()  # cfg.replace refuses it on another variant
+            if self.repair_weight is not None:
+                rc = dataclasses.replace(rc, concept_weight=self.repair_weight)
+            return cfg.replace(repair=rc)
         return cfg
-    import dataclasses
-
-    return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=rewrite_weight))
-
-
-def check_variant_flags(variant: str, causal_flags: dict, rewrite_flags: dict) -> None:
-    """:class:`FIAError` when a flag of one variant is given to another (it would be silently ignored)."""
-    for owner, flags in (("causal", causal_flags), ("rewrite", rewrite_flags)):
-        given = [name for name, value in flags.items() if value is not None]
-        if given and variant != owner:
-            raise FIAError(f"{', '.join(given)} set(s) the {owner} variant, but this erase runs --variant {variant}; "
-                           f"add --variant {owner} or drop {'them' if len(given) > 1 else 'it'}")
-
-
-def with_repair_options(cfg, repair: bool | None, repair_weight: float | None):
-    """``cfg`` with ``--repair/--no-repair`` and ``--repair-weight`` applied (a weight turns the repair on)."""
-    import dataclasses
-
-    from fia.config import RepairConfig
-
-    if repair is False:
-        if repair_weight is not None:
-            raise FIAError("--repair-weight sets the repair that --no-repair turns off; drop one of them")
-        return cfg.replace(repair=None)
-    if repair or repair_weight is not None:
-        rc = cfg.repair or RepairConfig()
-        if repair_weight is not None:
-            rc = dataclasses.replace(rc, concept_weight=repair_weight)
-        return cfg.replace(repair=rc)
-    return cfg
 
 
 def run_erase(
@@ -271,7 +307,7 @@ def run_erase(
         pipe = load_pipeline(model, device=device, dtype=dtype)
     find_targets(denoiser(pipe), plan.config.targets)  # fails early, before OUT exists
 
-    unit = {"causal": "rounds", "rewrite": "steps"}.get(plan.config.variant, "concepts")
+    unit = {FIACausalConfig: "rounds", FIARewriteConfig: "steps"}.get(type(plan.config), "concepts")
     with rich_bar(f"erasing {len(plan.concepts)} concept(s), {unit}", console) as progress:
         try:
             mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress)
@@ -329,13 +365,14 @@ def _print_erase_summary(mask, out: Path, save_pipeline: bool) -> None:
     from rich.table import Table
 
     stats = mask.stats or {}
-    if mask.config.get("variant") == "rewrite":
+    config = config_from_record(mask.config)
+    if isinstance(config, FIARewriteConfig):
         _print_rewrite_summary(mask, stats, out)
         if save_pipeline:
             print(f"wrote the edited pipeline to {out / 'pipeline'}")
         return
-    causal = mask.config.get("variant") == "causal"
-    table = Table(title=f"FIA ({mask.config.get('variant', 'paper')} variant): {len(mask.concepts)} concept(s) erased")
+    causal = isinstance(config, FIACausalConfig)
+    table = Table(title=f"FIA ({config.VARIANT} variant): {len(mask.concepts)} concept(s) erased")
     table.add_column("concept")
     if causal:  # one budget over all layers, spent in rounds shared by all concepts
         table.add_column("budget", justify="right")
@@ -455,15 +492,13 @@ def _method_config(method: Any, path: Path | None, *, world: str | None = None) 
     method what it is (variant, saliency, selection, fusion), and a config
     with a prompt ``task`` uses ShapeWorld's templates, as ``fia erase`` does.
     """
-    import dataclasses
-
-    from fia.config import FIAConfig, check_known_fields
-    from fia.prompts import read_config_file, resolve_config
+    from fia.config import check_known_fields
+    from fia.presets import read_config_file, resolve_config
 
     config = method.default_config()
-    if world is not None and isinstance(config, FIAConfig):
-        preset = {f: getattr(config, f) for f in ("variant", "saliency", "selection", "fusion")}
-        config = resolve_config("shapeworld", overrides=preset | {"world": world})
+    if world is not None and isinstance(config, FIASettings):
+        what = {f: getattr(config, f) for f in ("saliency", "selection", "fusion") if hasattr(config, f)}
+        config = resolve_config("shapeworld", overrides=what | {"variant": config.VARIANT, "world": world})
     elif world is not None and dataclasses.is_dataclass(config) and hasattr(config, "task"):
         config = dataclasses.replace(config, task="shapeworld")
     if path is None:
@@ -578,8 +613,8 @@ def generate(
         model, _ = model_of_edit(loaded, model)
     resolve_model(model)
     kwargs = {
-        "num_inference_steps": steps or defaults.get("num_inference_steps", 50),
-        "guidance_scale": guidance if guidance is not None else defaults.get("guidance_scale", 7.5),
+        "num_inference_steps": steps or defaults.get("num_inference_steps", SD_SAMPLER.num_inference_steps),
+        "guidance_scale": guidance if guidance is not None else defaults.get("guidance_scale", SD_SAMPLER.guidance_scale),
         "height": height or defaults.get("height"),
         "width": width or defaults.get("width"),
     }

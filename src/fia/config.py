@@ -1,9 +1,20 @@
-"""Typed settings of one erase run (paper Table 8 defaults).
+"""Typed settings of an erase run: one frozen config type per FIA variant (paper Table 8 defaults).
 
-:class:`FIAConfig` is the single place that names every knob of the method.
-It is a plain dataclass: build it in Python, load it from a YAML preset
-(``configs/*.yaml``) or let the CLI fill it from flags; :meth:`FIAConfig.validate`
-rejects out-of-range values before any heavy work starts.
+* :class:`FIAConfig`: the paper's FIA (Eq. 1-8) and its ablations;
+* :class:`FIACausalConfig`: the causal variant (:mod:`fia.causal`), with the
+  closed-form repair as its :class:`RepairConfig` block;
+* :class:`FIARewriteConfig`: the rewrite variant (:mod:`fia.rewrite`), with
+  its :class:`RewriteConfig` block.
+
+``fia.erase(pipe, concepts, config)`` picks the implementation from the
+config's type. The three share :class:`FIASettings` (task, world, seed,
+targets, schedule and guidance); each has its own ``validate()``, which
+rejects out-of-range values before any heavy work starts. Build one in
+Python, load it from a YAML preset (``configs/*.yaml``, :mod:`fia.presets`)
+or let the CLI fill it from flags. :func:`config_for_variant` is the one
+place that maps a variant's name (``--variant``, a preset's ``variant:``, a
+saved mask's settings) to its type; :func:`recorded_settings` is what a mask
+records of a config.
 """
 
 from __future__ import annotations
@@ -14,9 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from fia.defaults import DEFAULT_TASK, SD_SAMPLER
 from fia.errors import FIAError
+from fia.tasks import TASKS, get_task
 
-TASKS = ("object", "style", "explicit", "shapeworld")
 SALIENCY_KINDS = ("energy", "wanda")
 CFG_ROWS = ("cond", "both")
 TARGET_KINDS = ("ffn2", "ffn1", "attn_kv")
@@ -24,29 +36,19 @@ VARIANTS = ("paper", "causal", "rewrite")
 SELECTIONS = ("both", "channel", "layer")
 FUSIONS = ("fia", "union")
 
-# The schedule and guidance FIA samples at on a real model: the paper's (the
-# first ``saliency_steps`` of 50 steps at guidance 7.5, method page section 3).
-PAPER_SAMPLER = {"num_inference_steps": 50, "guidance_scale": 7.5}
-
 
 def sampler_defaults(task: str) -> dict[str, Any]:
     """The schedule and guidance of ``task``: ``{"num_inference_steps", "guidance_scale"}``.
 
     The one source of these defaults for the Python API and the CLI: a
-    :class:`FIAConfig` that leaves them out and the task presets of
-    :func:`fia.prompts.load_preset` both read it. ShapeWorld samples at its
-    model's own settings (:data:`fia.shapeworld.GENERATION_DEFAULTS`, the
-    settings its quality gate is measured at); every other task at the
-    paper's (:data:`PAPER_SAMPLER`).
+    config that leaves them out and the task presets of
+    :func:`fia.presets.load_preset` both read the task's
+    (:attr:`fia.tasks.Task.sampler`): ShapeWorld samples at its model's own
+    settings (the settings its quality gate is measured at), every other
+    task at Stable Diffusion's (:data:`fia.defaults.SD_SAMPLER`).
     """
-    if task == "shapeworld":
-        from fia.shapeworld import GENERATION_DEFAULTS
-
-        return {
-            "num_inference_steps": int(GENERATION_DEFAULTS["num_inference_steps"]),
-            "guidance_scale": float(GENERATION_DEFAULTS["guidance_scale"]),
-        }
-    return dict(PAPER_SAMPLER)
+    sampler = get_task(task).sampler if task in TASKS else SD_SAMPLER
+    return sampler.as_dict()
 
 
 # What the public reference code (github.com/kaiyuan02415/Forget-It-All,
@@ -169,13 +171,109 @@ class RewriteConfig(_SettingsBlock):
 
 
 
-@dataclass
-class FIAConfig:
-    """Hyperparameters of Forget-It-All.
+
+@dataclass(frozen=True)
+class FIASettings:
+    """What every FIA variant's config holds: the task and its world, the seed, the edited layers, the sampler.
 
     Attributes:
         task: prompt templates to use (``object``, ``style``, ``explicit``,
-            ``shapeworld``); see :mod:`fia.prompts`.
+            ``shapeworld``); see :mod:`fia.tasks`.
+        world: ShapeWorld only: the vocabulary of the model being edited
+            (``shapeworld`` or ``shapeworld2``, see :mod:`fia.shapeworld.vocab`);
+            ``None``, the model's own, read from its tokenizer when the erase
+            starts (:meth:`fia.shapeworld.task.ShapeWorldTask.settle`).
+        seed: base seed; paired concept/base prompts share ``seed + k``.
+        batch_size: prompts per sampler batch; ``None`` lets the variant
+            choose (the paper's: all prompts of a concept in one batch).
+        targets: which linears are scored and edited (``ffn2`` as in the
+            paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
+        num_inference_steps: length of the sampler schedule; left out
+            (``None``), the task's (:func:`sampler_defaults`: 50, on
+            ShapeWorld the world's 25), as the CLI's presets resolve it.
+        guidance_scale: classifier-free guidance; left out, the task's (7.5,
+            on ShapeWorld the world's 5.0).
+    """
+
+    VARIANT: ClassVar[str] = ""  # the variant's name: --variant, and "variant" in a mask's settings
+
+    task: str = DEFAULT_TASK
+    world: str | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    targets: Literal["ffn2", "ffn1", "attn_kv"] = "ffn2"
+    num_inference_steps: int | None = None  # None: the task's, filled in on construction
+    guidance_scale: float | None = None  # None: the task's, filled in on construction
+
+    def __post_init__(self) -> None:
+        # the task's schedule and guidance where they are left out: the same
+        # values the CLI's preset gives for the task (fia.presets.load_preset)
+        if self.num_inference_steps is None or self.guidance_scale is None:
+            defaults = sampler_defaults(self.task)
+            if self.num_inference_steps is None:
+                object.__setattr__(self, "num_inference_steps", defaults["num_inference_steps"])
+            if self.guidance_scale is None:
+                object.__setattr__(self, "guidance_scale", defaults["guidance_scale"])
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, as a saved mask records them (:func:`recorded_settings`)."""
+        return recorded_settings(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """A checked config from a mapping of this type's fields (unknown keys are refused)."""
+        check_known_fields(cls, data)
+        return cls(**data).validate()
+
+    @classmethod
+    def from_run(cls, data: Mapping[str, Any] | None) -> Any:
+        """This type's config of a finished run from its recorded settings (e.g. ``mask.config``).
+
+        Keys that are not this type's fields (another variant's settings, an
+        older run's extras) are left out; :func:`config_from_record` picks
+        the type the record names.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in (data or {}).items() if k in known}
+        if kept.get("task", DEFAULT_TASK) != "shapeworld" and kept.get("world") == _V1_WORLD_OFF_SHAPEWORLD:
+            kept["world"] = None  # format v1's stand-in: the other tasks read no world (recorded_settings)
+        return cls.from_dict(kept)
+
+    def replace(self, **changes: Any) -> Any:
+        """A checked copy with ``changes``; a setting this variant does not take is refused by name."""
+        foreign = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        for key in foreign:
+            if key in _BLOCK_OWNERS:
+                raise FIAError(_BLOCK_OWNERS[key][1])
+        if foreign:
+            raise FIAError(
+                f"{', '.join(foreign)} is no setting of the {self.VARIANT} variant ({type(self).__name__}); "
+                f"use another variant's config (fia.config.VARIANT_CONFIGS) or drop it"
+            )
+        return dataclasses.replace(self, **changes).validate()
+
+    def validate(self) -> Any:
+        """Raise :class:`FIAError` naming the first bad value and its fix; returns the config."""
+        if self.task not in TASKS:
+            raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
+        get_task(self.task).check_world(self.world)
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise FIAError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise FIAError(f"batch_size must be a positive integer or omitted, got {self.batch_size!r}")
+        if not (self.guidance_scale >= 0 and math.isfinite(self.guidance_scale)):
+            raise FIAError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
+        if self.targets not in TARGET_KINDS:
+            raise FIAError(f"unknown targets {self.targets!r}; use one of: {', '.join(TARGET_KINDS)}")
+        return self
+
+
+@dataclass(frozen=True)
+class FIAConfig(FIASettings):
+    """Hyperparameters of the paper's Forget-It-All (Eq. 1-8); the shared ones are :class:`FIASettings`'.
+
+    Attributes:
         r1: temporal sparsity of Eq. 3: per step, the top ``r1`` share of the
             layer's saliency counts as "persistent".
         r2: spatial sparsity of Eq. 4-6 (channel and layer top-k).
@@ -183,110 +281,34 @@ class FIAConfig:
         r1_overrides / r2_overrides: per-concept values that replace r1 / r2.
         saliency_steps: denoising steps whose activations feed the saliency;
             the sampler stops after them.
-        num_inference_steps: length of the schedule those steps belong to;
-            left out (``None``), the task's (:func:`sampler_defaults`: 50,
-            on ShapeWorld the world's 25), as the CLI's presets resolve it.
-        guidance_scale: classifier-free guidance used while collecting; left
-            out, the task's (7.5, on ShapeWorld the world's 5.0).
-        seed: base seed; paired concept/base prompts share ``seed + k``.
-        batch_size: prompts per sampler batch; ``None`` puts all prompts of a
-            concept in one batch (bounded memory, see the README).
         saliency: ``energy`` (paper Eq. 1) or ``wanda`` (|W| * ||X_j|| after
             scaling every token's row of X to unit length, the public
             reference code's reduction), for comparison.
         cfg_rows: which rows of a prompt's guided run form N in Eq. 1:
             ``cond`` (the text-conditioned half) or ``both`` halves.
-        targets: which linears are scored and pruned (``ffn2`` as in the
-            paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
         eps: the epsilon of Eq. 1's cosine denominator.
-        selection: paper variant: ``both`` levels of Eq. 6 (channel and
-            layer top-k), or one level only for the ablations: ``channel``
-            (Eq. 4) or ``layer`` (Eq. 5).
-        fusion: paper variant: ``fia`` (Eq. 7-8, concept-agnostic neurons
-            kept) or ``union`` (the ablation: every selected neuron pruned).
-        variant: ``paper`` (Eq. 1-8, the paper's FIA), ``causal`` (the
-            classifier-free causal variant of :mod:`fia.causal`: weights are
-            scored by their first-order effect on the model's own evidence
-            for the concept in images it samples, not by activation
-            contrast) or ``rewrite`` (no pruning: the closed-form rewrite of
-            :mod:`fia.rewrite`, settings in ``rewrite``). The fields from
-            ``budget`` to ``repair`` belong to the causal variant; the
-            others ignore them.
-        budget: causal: share of all target weights pruned per concept.
-        rounds: causal: the budget is spent in this many rounds, re-scoring
-            on the edited model after each.
-        anchor_weight: causal: lambda of the anchor penalty; a weight's
-            score drops by lambda times the evidence it carries for concepts
-            that must stay (the anchors).
-        score_steps: causal: length of the sampler schedule whose final
-            images are scored (the whole schedule runs, with gradients).
-        contrasts: causal: how many other prompts each scored prompt is
-            contrasted with in the evidence (see :mod:`fia.causal`).
-        concept_prompts_per_concept / anchor_prompts: causal: how many
-            prompts are sampled per concept and for the anchors.
-        evidence_timesteps: causal: the noise levels (shares of the training
-            schedule) at which the evidence compares denoising errors.
-        anchors: causal: concepts that must stay; empty means the task's
-            default (ShapeWorld: every shape not erased).
-        stop_evidence: causal: the adaptive budget. A concept stops taking
-            weights once its evidence (mean over its prompts, on the edited
-            model) falls to this share of its first round's; ``None`` spends
-            every round's budget.
-        repair: causal: the closed-form repair of the pruned rows
-            (:class:`RepairConfig`), or ``None`` for pruning alone. Recorded
-            in a mask only when set, so masks without it keep their bytes.
-        rewrite: the rewrite variant's settings (:class:`RewriteConfig`);
-            filled with the defaults when ``variant`` is ``rewrite``.
-        world: ShapeWorld only: the vocabulary of the model being edited
-            (``shapeworld`` or ``shapeworld2``, see
-            :mod:`fia.shapeworld.vocab`); its object kinds are the contrasts
-            and default anchors of the causal variant.
+        selection: ``both`` levels of Eq. 6 (channel and layer top-k), or one
+            level only for the ablations: ``channel`` (Eq. 4) or ``layer`` (Eq. 5).
+        fusion: ``fia`` (Eq. 7-8, concept-agnostic neurons kept) or ``union``
+            (the ablation: every selected neuron pruned).
     """
 
-    task: str = "object"
+    VARIANT: ClassVar[str] = "paper"
+
     r1: float = 0.05
     r2: float = 0.01
     alpha: float = 0.6
     r1_overrides: dict[str, float] = field(default_factory=dict)
     r2_overrides: dict[str, float] = field(default_factory=dict)
     saliency_steps: int = 10
-    num_inference_steps: int | None = None  # None: the task's, filled in on construction
-    guidance_scale: float | None = None  # None: the task's, filled in on construction
-    seed: int = 0
-    batch_size: int | None = None
     saliency: Literal["energy", "wanda"] = "energy"
     cfg_rows: Literal["cond", "both"] = "cond"
-    targets: Literal["ffn2", "ffn1", "attn_kv"] = "ffn2"
     eps: float = 1e-8
     selection: Literal["both", "channel", "layer"] = "both"
     fusion: Literal["fia", "union"] = "fia"
-    world: str = "shapeworld"
-    variant: Literal["paper", "causal", "rewrite"] = "paper"
-    budget: float = 0.0075
-    rounds: int = 8
-    anchor_weight: float = 2.0
-    score_steps: int = 10
-    contrasts: int = 3
-    concept_prompts_per_concept: int = 24
-    anchor_prompts: int = 48
-    evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
-    anchors: list[str] = field(default_factory=list)
-    repair: RepairConfig | None = None
-    stop_evidence: float | None = None
-    rewrite: RewriteConfig | None = None
-
-    def __post_init__(self) -> None:
-        # the task's schedule and guidance where they are left out: the same
-        # values the CLI's preset gives for the task (fia.prompts.load_preset)
-        if self.num_inference_steps is None or self.guidance_scale is None:
-            defaults = sampler_defaults(self.task)
-            if self.num_inference_steps is None:
-                self.num_inference_steps = defaults["num_inference_steps"]
-            if self.guidance_scale is None:
-                self.guidance_scale = defaults["guidance_scale"]
 
     @classmethod
-    def reference(cls, task: str = "object", **changes: Any) -> "FIAConfig":
+    def reference(cls, task: str = DEFAULT_TASK, **changes: Any) -> "FIAConfig":
         """The public reference code's settings for ``task``: the way to reproduce its masks.
 
         The task's preset (``configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
@@ -296,11 +318,10 @@ class FIAConfig:
         ``world="shapeworld"``) come last. The same settings as
         ``fia erase --preset reference --task TASK``.
         """
-        from fia.prompts import resolve_config
+        from fia.presets import resolve_config  # the presets read this module
 
         return resolve_config(task, overrides=changes, preset="reference")
 
-    # ------------------------------------------------------------------ helpers
     def r1_for(self, concept: str) -> float:
         """``r1`` for ``concept``: its override if it has one (names match case-insensitively)."""
         return concept_value(self.r1_overrides, concept, self.r1)
@@ -315,44 +336,8 @@ class FIAConfig:
 
         return concept_agnostic_threshold(num_concepts, self.alpha)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON-ready values (tuples as lists), as a saved mask records them."""
-        data = dataclasses.asdict(self)
-        data["evidence_timesteps"] = list(data["evidence_timesteps"])
-        for key in ("repair", "stop_evidence", "rewrite"):
-            if data[key] is None:
-                del data[key]  # a run without them records what it always did
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FIAConfig":
-        check_known_fields(cls, data)
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_run(cls, data: dict[str, Any] | None) -> "FIAConfig":
-        """The config of a finished run from its recorded settings (e.g. ``mask.config``).
-
-        Keys that are not settings (an older run's extras) are left out.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls.from_dict({k: v for k, v in (data or {}).items() if k in known})
-
-    def replace(self, **changes: Any) -> "FIAConfig":
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> "FIAConfig":
-        """Raise :class:`FIAError` naming the first bad value and its fix."""
-        if self.task not in TASKS:
-            raise FIAError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
-        from fia.shapeworld.vocab import WORLDS
-
-        if self.world not in WORLDS:
-            raise FIAError(f"unknown world {self.world!r}; use one of: {', '.join(WORLDS)}")
+        super().validate()
         for name in ("r1", "r2", "alpha"):
             check_fraction(name, getattr(self, name))
         for name in ("r1_overrides", "r2_overrides"):
@@ -360,62 +345,233 @@ class FIAConfig:
                 check_fraction(f"{name}[{concept!r}]", value)
         if not isinstance(self.saliency_steps, int) or self.saliency_steps < 1:
             raise FIAError(f"saliency_steps must be a positive integer, got {self.saliency_steps!r}")
-        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
-            raise FIAError(
-                f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}"
-            )
         if self.saliency_steps > self.num_inference_steps:
             raise FIAError(
                 f"saliency steps ({self.saliency_steps}) exceed the schedule's "
                 f"{self.num_inference_steps} steps; lower --saliency-steps or raise --steps"
             )
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise FIAError(f"batch_size must be a positive integer or omitted, got {self.batch_size!r}")
-        if not (self.guidance_scale >= 0 and math.isfinite(self.guidance_scale)):
-            raise FIAError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale!r}")
-        if self.saliency not in SALIENCY_KINDS:
-            raise FIAError(f"unknown saliency {self.saliency!r}; use one of: {', '.join(SALIENCY_KINDS)}")
-        if self.cfg_rows not in CFG_ROWS:
-            raise FIAError(f"unknown cfg_rows {self.cfg_rows!r}; use one of: {', '.join(CFG_ROWS)}")
-        if self.targets not in TARGET_KINDS:
-            raise FIAError(f"unknown targets {self.targets!r}; use one of: {', '.join(TARGET_KINDS)}")
+        for name, value, known in (
+            ("saliency", self.saliency, SALIENCY_KINDS), ("cfg_rows", self.cfg_rows, CFG_ROWS),
+            ("selection", self.selection, SELECTIONS), ("fusion", self.fusion, FUSIONS),
+        ):  # fmt: skip
+            if value not in known:
+                raise FIAError(f"unknown {name} {value!r}; use one of: {', '.join(known)}")
         if not (self.eps > 0):
             raise FIAError(f"eps must be > 0, got {self.eps!r}")
-        if self.selection not in SELECTIONS:
-            raise FIAError(f"unknown selection {self.selection!r}; use one of: {', '.join(SELECTIONS)}")
-        if self.fusion not in FUSIONS:
-            raise FIAError(f"unknown fusion {self.fusion!r}; use one of: {', '.join(FUSIONS)}")
-        if self.variant not in VARIANTS:
-            raise FIAError(f"unknown variant {self.variant!r}; use one of: {', '.join(VARIANTS)}")
+        return self
+
+
+@dataclass(frozen=True)
+class AnchoredSettings(FIASettings):
+    """What the causal and rewrite variants add to :class:`FIASettings`: the concepts that must stay.
+
+    Attributes:
+        anchors: concepts that must stay; empty means the task's default
+            (ShapeWorld: every kind not erased; other tasks: the base prompts).
+    """
+
+    anchors: list[str] = field(default_factory=list)
+
+    def validate(self) -> Any:
+        super().validate()
+        if any(not isinstance(a, str) or not a.strip() for a in self.anchors):
+            raise FIAError(f"anchors must be concept names, got {self.anchors!r}")
+        return self
+
+    def check_concepts(self, names: list[str]) -> None:
+        """Raise :class:`FIAError` when the erased ``names`` and these settings cannot go together (nothing here)."""
+
+
+@dataclass(frozen=True)
+class FIACausalConfig(AnchoredSettings):
+    """Settings of FIA's causal variant (:mod:`fia.causal`): weights scored by the model's own evidence.
+
+    Attributes:
+        alpha: concept-agnostic share of Eq. 7 in each round's fusion.
+        budget: share of all target weights pruned per concept.
+        rounds: the budget is spent in this many rounds, re-scoring on the
+            edited model after each.
+        anchor_weight: lambda of the anchor penalty; a weight's score drops by
+            lambda times the evidence it carries for the anchors.
+        score_steps: length of the sampler schedule whose final images are
+            scored (the whole schedule runs, with gradients).
+        contrasts: how many other prompts each scored prompt is contrasted
+            with in the evidence (see :mod:`fia.causal`).
+        concept_prompts_per_concept / anchor_prompts: how many prompts are
+            sampled per concept and for the anchors.
+        evidence_timesteps: the noise levels (shares of the training
+            schedule) at which the evidence compares denoising errors.
+        stop_evidence: the adaptive budget. A concept stops taking weights
+            once its evidence (mean over its prompts, on the edited model)
+            falls to this share of its first round's; ``None`` spends every
+            round's budget.
+        repair: the closed-form repair of the pruned rows
+            (:class:`RepairConfig`), or ``None`` for pruning alone. Recorded
+            in a mask only when set, so masks without it keep their bytes.
+    """
+
+    VARIANT: ClassVar[str] = "causal"
+
+    alpha: float = 0.6
+    budget: float = 0.0075
+    rounds: int = 8
+    anchor_weight: float = 2.0
+    score_steps: int = 10
+    contrasts: int = 3
+    concept_prompts_per_concept: int = 24
+    anchor_prompts: int = 48
+    evidence_timesteps: tuple[float, ...] = (0.3, 0.5, 0.7)
+    stop_evidence: float | None = None
+    repair: RepairConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ts = self.evidence_timesteps
+        if isinstance(ts, (list, tuple)) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in ts):
+            object.__setattr__(self, "evidence_timesteps", tuple(float(t) for t in ts))
+        object.__setattr__(self, "repair", RepairConfig.from_value(self.repair))
+
+    def validate(self) -> "FIACausalConfig":
+        super().validate()
+        check_fraction("alpha", self.alpha)
         check_fraction("budget", self.budget)
         for name in ("rounds", "score_steps", "contrasts", "concept_prompts_per_concept", "anchor_prompts"):
             check_positive_int(name, getattr(self, name))
         if not (isinstance(self.anchor_weight, (int, float)) and self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
             raise FIAError(f"anchor_weight must be a finite number >= 0, got {self.anchor_weight!r}")
-        ts = tuple(self.evidence_timesteps)
-        if not ts or any(not isinstance(t, (int, float)) or not (0 < t < 1) for t in ts):
+        ts = self.evidence_timesteps
+        if not isinstance(ts, tuple) or not ts or any(not isinstance(t, float) or not (0 < t < 1) for t in ts):
             raise FIAError(
                 f"evidence_timesteps must be shares of the schedule in (0, 1), got {self.evidence_timesteps!r}; "
                 "e.g. [0.3, 0.5, 0.7]"
             )
-        self.evidence_timesteps = tuple(float(t) for t in ts)
-        if any(not isinstance(a, str) or not a.strip() for a in self.anchors):
-            raise FIAError(f"anchors must be concept names, got {self.anchors!r}")
         if self.stop_evidence is not None:
             check_fraction("stop_evidence", self.stop_evidence)
-        self.repair = RepairConfig.from_value(self.repair)
         if self.repair is not None:
             self.repair.validate()
-            if self.variant != "causal":
-                raise FIAError("the repair follows the causal variant's mask; drop repair or use --variant causal")
-        self.rewrite = RewriteConfig.from_value(self.rewrite)
-        if self.variant == "rewrite" and self.rewrite is None:
-            self.rewrite = RewriteConfig()
-        if self.rewrite is not None:
-            self.rewrite.validate()
-            if self.variant != "rewrite":
-                raise FIAError("rewrite settings belong to --variant rewrite; drop them or use --variant rewrite")
         return self
+
+    def check_concepts(self, names: list[str]) -> None:
+        """The repair cannot restore and erase one concept: an erased concept may not be an anchor too."""
+        if self.repair is None:
+            return
+        both = sorted({c.casefold() for c in names} & {a.casefold() for a in self.anchors})
+        if both:
+            raise FIAError(
+                f"{', '.join(both)} is both erased and an anchor; the repair cannot restore and erase "
+                "the same concept: drop it from --anchors"
+            )
+
+
+@dataclass(frozen=True)
+class FIARewriteConfig(AnchoredSettings):
+    """Settings of FIA's rewrite variant (:mod:`fia.rewrite`): no pruning, a closed-form rewrite of FFN2.
+
+    Attributes:
+        rewrite: the rewrite's settings (:class:`RewriteConfig`).
+    """
+
+    VARIANT: ClassVar[str] = "rewrite"
+
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "rewrite", RewriteConfig.from_value(self.rewrite) or RewriteConfig())
+
+    def validate(self) -> "FIARewriteConfig":
+        super().validate()
+        self.rewrite.validate()
+        return self
+
+
+# ------------------------------------------------------------------ variants
+VARIANT_CONFIGS: dict[str, type[FIASettings]] = {cls.VARIANT: cls for cls in (FIAConfig, FIACausalConfig, FIARewriteConfig)}
+
+# the nested blocks a variant owns, and how a config of another variant refuses them
+_BLOCK_OWNERS = {
+    "repair": ("causal", "the repair follows the causal variant's mask; drop repair or use --variant causal"),
+    "rewrite": ("rewrite", "rewrite settings belong to --variant rewrite; drop them or use --variant rewrite"),
+}
+
+
+def variant_config_type(variant: str) -> type[FIASettings]:
+    """The config type of the FIA variant called ``variant`` (``paper``, ``causal``, ``rewrite``)."""
+    if variant not in VARIANT_CONFIGS:
+        raise FIAError(f"unknown variant {variant!r}; use one of: {', '.join(VARIANTS)}")
+    return VARIANT_CONFIGS[variant]
+
+
+def setting_names() -> set[str]:
+    """Every setting any FIA variant takes, and ``variant`` itself: the keys a preset or YAML file may hold."""
+    return {f.name for cls in VARIANT_CONFIGS.values() for f in dataclasses.fields(cls)} | {"variant"}
+
+
+def config_for_variant(variant: str, settings: Mapping[str, Any]) -> Any:
+    """``variant``'s checked config from a mapping of settings of any FIA variant (a preset, a YAML file, flags).
+
+    A key no variant takes is refused. A setting of another variant only is
+    left out (a preset names every variant's), except the nested ``repair``
+    and ``rewrite`` blocks when set: they are refused, since the run would
+    silently go without them.
+    """
+    cls = variant_config_type(variant)
+    unknown = sorted(set(settings) - setting_names())
+    if unknown:
+        raise FIAError(f"unknown setting(s) {', '.join(unknown)}; use only: {', '.join(sorted(setting_names()))}")
+    own = {f.name for f in dataclasses.fields(cls)}
+    for key, (owner, message) in _BLOCK_OWNERS.items():
+        if owner != variant and settings.get(key) not in (None, False):
+            raise FIAError(message)
+    return cls.from_dict({k: v for k, v in settings.items() if k in own})
+
+
+def as_variant(config: FIASettings, cls: type[FIASettings], **changes: Any) -> Any:
+    """A ``cls`` config with the settings ``config`` shares with it (task, world, seed, ...) and ``changes``."""
+    shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(config)}
+    return cls(**({name: getattr(config, name) for name in shared} | changes)).validate()
+
+
+def config_from_record(data: Mapping[str, Any] | None) -> Any:
+    """The config of a finished run from its recorded settings (a mask's ``config``), of the variant they name."""
+    data = dict(data or {})
+    return variant_config_type(data.get("variant", "paper")).from_run(data)
+
+
+# Format v1 of the settings a mask records (its header's "config"; also the
+# causal cache's round key): the flat dict of one config type that held every
+# variant's fields before each variant had its own type. Masks keep that
+# layout, so a mask made with the same settings keeps its bytes, and every
+# reader of a mask's settings (fia inspect, fia evaluate, config_from_record)
+# reads old and new masks alike. A field the config's type does not have is
+# recorded at the value it had there; "world", which only the ShapeWorld task
+# reads, was recorded as "shapeworld" on the other tasks.
+_V1_OTHER_VARIANTS_FIELDS: dict[str, Any] = {
+    "r1": 0.05, "r2": 0.01, "alpha": 0.6, "r1_overrides": {}, "r2_overrides": {}, "saliency_steps": 10,
+    "saliency": "energy", "cfg_rows": "cond", "eps": 1e-8, "selection": "both", "fusion": "fia",
+    "budget": 0.0075, "rounds": 8, "anchor_weight": 2.0, "score_steps": 10, "contrasts": 3,
+    "concept_prompts_per_concept": 24, "anchor_prompts": 48, "evidence_timesteps": [0.3, 0.5, 0.7], "anchors": [],
+}  # fmt: skip
+_V1_WORLD_OFF_SHAPEWORLD = "shapeworld"
+
+
+def recorded_settings(config: FIASettings) -> dict[str, Any]:
+    """The settings a mask records of ``config``, as JSON-ready values (format v1, see above).
+
+    The optional blocks (``repair``, ``stop_evidence``) are recorded only
+    when set, so a run without them records what it always did.
+    """
+    data = dict(_V1_OTHER_VARIANTS_FIELDS)
+    data.update(dataclasses.asdict(config))  # nested blocks become dicts
+    data["variant"] = config.VARIANT
+    if data.get("world") is None and config.task != "shapeworld":
+        data["world"] = _V1_WORLD_OFF_SHAPEWORLD
+    data["evidence_timesteps"] = list(data["evidence_timesteps"])
+    data["anchors"] = list(data["anchors"])
+    for key in ("repair", "stop_evidence"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
 
 
 def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:

@@ -85,6 +85,8 @@ _CAUSAL_SUMMARY_KEYS = (
     "stop_evidence",
     "seed",
 )
+# the settings a mask's summary shows, by the variant its record names
+_HEADLINE_KEYS = {"paper": _SUMMARY_KEYS, "causal": _CAUSAL_SUMMARY_KEYS, "rewrite": _SUMMARY_KEYS}
 
 
 # ------------------------------------------------------------------ model access
@@ -349,12 +351,10 @@ class ConceptMask(EditFile):
     def summary(self) -> str:
         """Human-readable description: concepts, settings, per-layer table, pruned share."""
         cfg = self.config
-        if cfg.get("variant") == "causal":
-            shown = [k for k in _CAUSAL_SUMMARY_KEYS if k in cfg]
-        elif "r2" in cfg:  # an FIAConfig: its headline settings
-            shown = [k for k in _SUMMARY_KEYS if k in cfg]
-        else:  # another method's config: all of it (sorted, as in the saved header)
-            shown = sorted(cfg)
+        # the recorded settings name their variant; an FIA record shows its headline
+        # settings, another method's record all of it (sorted, as in the saved header)
+        headline = _HEADLINE_KEYS.get(cfg.get("variant", "paper"), _SUMMARY_KEYS) if "r2" in cfg else None
+        shown = [k for k in headline if k in cfg] if headline else sorted(cfg)
         title = "FIA concept mask" if self.method.startswith("fia") else f"{self.method} concept mask"
         lines = [
             f"{title} (method {self.method}, forget-it-all {self.version}, targets {self.target_kind}, "
@@ -378,7 +378,7 @@ class ConceptMask(EditFile):
             f"total: {self.pruned} of {self.total_weights} weights pruned ({100 * self.pruned_share:.3f} %), "
             f"{self.agnostic} concept-agnostic kept, {len(self.layers)} layers"
         )
-        if self.repaired and cfg.get("variant") == "rewrite":
+        if self.repaired and "rewrite" in cfg:  # only a rewrite records rewrite settings
             rw = cfg.get("rewrite") or {}
             lines.append(
                 f"closed-form rewrite: every row of {len(self.layers)} layers ({self.repaired_rows} rows), no weight pruned"

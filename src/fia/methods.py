@@ -1,10 +1,12 @@
-"""The method registry: every unlearning method under one name, one typed config, one contract.
+"""``fia.unlearn``: every unlearning method under one name, one typed config, one contract.
 
-A method is a function ``run(pipe, concepts, config, *, preserve, prompts,
-progress, cache_dir) -> Edit`` registered with its config dataclass::
+The methods are registered in :mod:`fia.registry` with their config types:
 
-    @register("uce", UCEConfig, "closed-form edit of cross-attention keys and values")
-    def _uce(pipe, concepts, config, *, preserve, prompts, progress, cache_dir) -> WeightDelta: ...
+* the FIA family: ``fia`` (:class:`fia.config.FIAConfig`), ``fia-causal``
+  (:class:`fia.config.FIACausalConfig`), ``fia-rewrite``
+  (:class:`fia.config.FIARewriteConfig`) and the ablations;
+* the baselines of :mod:`fia.baselines`: ``conceptprune``, ``uce``,
+  ``esd-x`` and the ``random`` control.
 
 Contract (checked by the tests for every registered method):
 
@@ -21,69 +23,32 @@ Contract (checked by the tests for every registered method):
 
 :func:`unlearn` is the one entry point (``fia unlearn --method NAME`` on the
 command line, which runs :func:`plan`'s checks before loading the model);
-:data:`REGISTRY` lists the methods.
+:func:`methods` lists the methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fia.concepts import parse_concepts
 from fia.errors import FIAError
+from fia.registry import REGISTRY, Method
 
-
-@dataclass(frozen=True)
-class Method:
-    """One registered method: its name, config type, default config and function."""
-
-    name: str
-    config_type: type
-    description: str
-    run: Callable[..., Any]
-    default_config: Callable[[], Any]
-
-
-REGISTRY: dict[str, Method] = {}
-
-
-def register(
-    name: str,
-    config_type: type,
-    description: str,
-    *,
-    default_config: Callable[[], Any] | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``run`` under ``name`` with its config type (and a default other than ``config_type()``)."""
-
-    def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
-        if name in REGISTRY:
-            raise ValueError(f"method {name!r} is registered twice")
-        REGISTRY[name] = Method(name, config_type, description, run, default_config or config_type)
-        return run
-
-    return wrap
-
-
-def _load_builtin_methods() -> None:
-    # importing the modules runs their @register decorators
-    import fia.baselines  # noqa: F401
-    import fia.baselines.random  # noqa: F401
-    import fia.engine  # noqa: F401
+__all__ = ["Method", "Plan", "get_method", "methods", "plan", "unlearn"]
 
 
 def methods() -> dict[str, Method]:
     """Every registered method, by name."""
-    _load_builtin_methods()
     return dict(REGISTRY)
 
 
 def get_method(name: str) -> Method:
     """The method registered as ``name``, or a clear error listing the known names."""
-    known = methods()
-    if name not in known:
-        raise FIAError(f"unknown method {name!r}; use one of: {', '.join(sorted(known))}")
-    return known[name]
+    if name not in REGISTRY:
+        raise FIAError(f"unknown method {name!r}; use one of: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
 
 
 @dataclass(frozen=True)
@@ -118,8 +83,6 @@ def plan(
     ``concepts`` and ``preserve`` are lists of names or comma-separated
     text; a concept may not be both erased and preserved.
     """
-    from fia.prompts import parse_concepts
-
     m = get_method(method)
     if config is None:
         config = m.default_config()
@@ -132,7 +95,7 @@ def plan(
     if callable(validate):
         validate()
     names = parse_concepts(concepts)
-    kept = parse_concepts(preserve) if len(preserve) else []
+    kept = parse_concepts(preserve, required=False)
     erased = {c.casefold() for c in names}
     overlap = [c for c in kept if c.casefold() in erased]
     if overlap:

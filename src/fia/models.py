@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fia import sampling
+from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -152,7 +153,7 @@ def generation_defaults(model: str | None) -> dict[str, Any]:
         from fia.shapeworld import GENERATION_DEFAULTS
 
         return dict(GENERATION_DEFAULTS)
-    return {"num_inference_steps": 50, "guidance_scale": 7.5}
+    return SD_SAMPLER.as_dict()
 
 
 def generate_images(
@@ -160,8 +161,8 @@ def generate_images(
     prompt: str,
     seeds: list[int],
     *,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
+    num_inference_steps: int = SD_SAMPLER.num_inference_steps,
+    guidance_scale: float = SD_SAMPLER.guidance_scale,
     height: int | None = None,
     width: int | None = None,
 ) -> list[Any]:

@@ -117,11 +117,13 @@ class RepairGrams:
 
 
 def repair_grams(pipe: Any, targets: Sequence[TargetLinear], concepts: Sequence[str], config: Any) -> RepairGrams:
-    """``G_k`` and ``G_c`` of every target on ``pipe`` (unedited), from :func:`fia.prompts.repair_prompts`,
-    at the config's schedule and guidance."""
-    from fia.prompts import repair_prompts
+    """``G_k`` and ``G_c`` of every target on ``pipe`` (unedited), from the task's repair prompts
+    (:meth:`fia.tasks.Task.repair_prompts`), at the config's schedule and guidance."""
+    from fia.tasks import task_of
 
-    rp = repair_prompts(concepts, config)
+    if config.repair is None:
+        raise FIAError("the repair needs its settings; set FIACausalConfig(repair=RepairConfig())")
+    rp = task_of(config).repair_prompts(concepts, config.repair, anchors=config.anchors, seed=config.seed)
     if not rp.keep:
         raise FIAError("the repair has no kept prompts (every concept is erased); drop --repair or keep some concepts")
     steps, guidance = config.num_inference_steps, config.guidance_scale

@@ -1,6 +1,6 @@
 """The rewrite variant on a pipeline: collect its statistics, solve (:mod:`fia.core.rewrite`), return one edit file.
 
-``fia.erase(pipe, concepts, FIAConfig(variant="rewrite", ...))`` runs
+``fia.erase(pipe, concepts, FIARewriteConfig(...))`` runs
 :func:`rewrite_erase`. Two kinds of sampler passes of the unedited model,
 with forward hooks on the target linears (:func:`fia.sampling.capture`):
 
@@ -36,16 +36,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fia.config import FIAConfig
+from fia.config import FIARewriteConfig
 from fia.core.repair import LayerRepair, RepairError
 from fia.core.rewrite import balanced_rewrite
 from fia.errors import FIAError
 from fia.mask import ConceptMask
 from fia.progress import Progress, report
-from fia.prompts import RewritePrompts, rewrite_prompts
+from fia.prompts import RewritePrompts
 from fia.repair import collect_grams
 from fia.sampling import capture, paired_steps
 from fia.targets import TargetLinear
+from fia.tasks import task_of
 from fia.weights import fingerprint_weights
 
 
@@ -74,7 +75,7 @@ class _PairedMoments:
 
 
 def paired_moments(
-    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIAConfig, batch_size: int = 16,
+    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int = 16,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents."""
     acc = _PairedMoments()
@@ -87,7 +88,7 @@ def paired_moments(
     return acc.means()
 
 
-def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIAConfig) -> tuple[dict, dict]:
+def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
     """Each kept group's ``G_g`` per target, and its prompt count."""
     members: dict[str, tuple[list[str], list[int]]] = {}
     for p, s, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
@@ -105,7 +106,7 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
 def rewrite_erase(
     pipe: Any,
     names: list[str],
-    config: FIAConfig,
+    config: FIARewriteConfig,
     found: list[TargetLinear],
     *,
     target_kind: str,
@@ -113,13 +114,11 @@ def rewrite_erase(
 ) -> ConceptMask:
     """The rewrite variant's edit for ``names`` (module docstring); the model is left unchanged.
 
-    Called by :func:`fia.erase` when ``config.variant == "rewrite"``.
+    What :func:`fia.erase` runs for a :class:`~fia.config.FIARewriteConfig`.
     """
     rc = config.rewrite
-    if rc is None:  # pragma: no cover - FIAConfig.validate fills it in
-        raise FIAError("the rewrite variant needs config.rewrite")
     t_start = time.perf_counter()
-    prompts = rewrite_prompts(names, config)
+    prompts = task_of(config).rewrite_prompts(names, rc, anchors=config.anchors, seed=config.seed)
     if not prompts.keep:
         raise FIAError("the rewrite has no kept prompts (every concept is erased); keep some concepts or name --anchors")
     weights = {t.name: t.module.weight for t in found}

@@ -33,11 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
 from fia.sampling import generators
 
 # Stable Diffusion's sampler settings, used when the config names none
-SD_STEPS, SD_GUIDANCE = 50, 7.5
+SD_STEPS, SD_GUIDANCE = SD_SAMPLER.num_inference_steps, SD_SAMPLER.guidance_scale
 
 
 def completion_steps(num_inference_steps: int, level: float) -> int:

@@ -144,7 +144,7 @@ def parse_probes(probes: str | Sequence[str]) -> list[str]:
 
 def check_concepts(concepts: str | Sequence[str], edit: Any) -> list[str]:
     """Clean concept names; with an edit, each must be one it erased (case-insensitive), as the edit spells it."""
-    from fia.prompts import parse_concepts
+    from fia.concepts import parse_concepts
 
     names = parse_concepts(concepts)
     if edit is None:

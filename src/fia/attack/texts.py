@@ -155,18 +155,18 @@ def _replace_concept(prompt: str, concept: str) -> str:
 
 
 def model_texts(concept: str, task: str, paraphrase_file: str | Path | None = None, n: int = 30) -> ConceptTexts:
-    """The prompts of a concept on a real model, from the task's templates (:mod:`fia.prompts`).
+    """The prompts of a concept on a real model, from the task's templates (:mod:`fia.tasks`).
 
     ``task`` is ``object``, ``style`` or ``explicit``. Paraphrases come from
     ``paraphrase_file``; without one, nudity (task ``explicit``) uses the
     shipped Ring-A-Bell prompts and the other tasks are refused.
     """
-    from fia.config import FIAConfig
-    from fia.prompts import build_prompts, shipped_prompt_set
+    from fia.prompt_files import shipped_prompt_set
+    from fia.tasks import get_task
 
     if task not in MODEL_TASKS:
         raise FIAError(f"the attack cannot phrase task {task!r}; use one of: {', '.join(MODEL_TASKS)}")
-    built = build_prompts(concept, FIAConfig(task=task))
+    built = get_task(task).concept_prompts(concept, seed=0)
     base_by_seed = dict(zip(built.base_seeds, built.base_prompts))
     pairs = [(p, base_by_seed[s]) for p, s in zip(built.concept_prompts, built.concept_seeds)][:n]
     if paraphrase_file is not None:

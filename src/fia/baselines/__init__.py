@@ -1,4 +1,4 @@
-"""The baseline methods, each registered in :mod:`fia.methods` with its config.
+"""The baseline methods, each with its typed config; :mod:`fia.registry` registers them.
 
 Every method returns an :class:`fia.edit.Edit` and leaves the pipeline as it
 found it; apply the edit with ``edit.apply_(pipe)`` and undo it with
@@ -13,23 +13,18 @@ found it; apply the edit with ``edit.apply_(pipe)`` and undo it with
 - ``random``: the control, a random mask with another mask's per-layer
   counts (:mod:`fia.baselines.random`).
 
-The FIA family (``fia``, ``fia-causal`` and the ablations) registers in
-:mod:`fia.engine`.
-
 Run one with ``fia.unlearn(pipe, concepts, method="uce", config=UCEConfig(...))``
 (``fia unlearn --method NAME`` on the command line); ``fia.methods.methods()``
 lists every registered method with its default config (the paper's
-settings, see each module). Importing this package registers these four.
+settings, see each module).
 """
 
 from __future__ import annotations
 
-# importing the modules runs their @register decorators
 from fia.baselines import conceptprune, esd, random, uce
 from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
-from fia.baselines.uce import UCEConfig
-
 from fia.baselines.random import RandomConfig
+from fia.baselines.uce import UCEConfig
 
 __all__ = ["ConceptPruneConfig", "ESDConfig", "RandomConfig", "UCEConfig", "conceptprune", "esd", "random", "uce"]

@@ -1,7 +1,7 @@
 """What the baselines need from a pipeline: text embeddings and its device.
 
 Checks, layer discovery and progress live in their own modules
-(:func:`fia.prompts.parse_concepts`, :mod:`fia.config`'s ``check_*``,
+(:func:`fia.concepts.parse_concepts`, :mod:`fia.config`'s ``check_*``,
 :func:`fia.targets.find_targets`, :mod:`fia.progress`).
 """
 

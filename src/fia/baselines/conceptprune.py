@@ -41,7 +41,7 @@ stopped after the first ``saliency_steps=10`` steps, the only ones scored;
 with classifier-free guidance both halves of the batch feed ``X``
 (``cfg_rows="both"``; ``"cond"`` keeps the text half); ties in the top-k
 are broken by lower flat index; the prompt sets and seeds are FIA's own
-(:func:`fia.prompts.build_prompts`) so that both methods see the same text
+(:meth:`fia.tasks.Task.concept_prompts`) so that both methods see the same text
 and noise. ConceptPrune has no preservation term: ``preserve`` is accepted
 for interface compatibility and ignored.
 """
@@ -56,12 +56,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fia.config import FIAConfig, check_fraction, check_nonnegative, check_positive_int
+from fia.config import check_fraction, check_nonnegative, check_positive_int
+from fia.defaults import DEFAULT_TASK, SD_SAMPLER
 from fia.errors import FIAError
 from fia.mask import ConceptMask
-from fia.methods import register
 from fia.progress import Progress, report
-from fia.prompts import TASKS, ConceptPrompts, build_prompts
+from fia.prompts import ConceptPrompts
+from fia.tasks import TASKS, get_task
 from fia.targets import find_targets
 from fia.sampling import capture, first_steps, generators
 
@@ -69,7 +70,7 @@ GROUPS = ("layer", "row")
 CFG_ROWS = ("both", "cond")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConceptPruneConfig:
     """Settings of ConceptPrune.
 
@@ -82,25 +83,25 @@ class ConceptPruneConfig:
             stops after them.
         num_inference_steps: length of the schedule those steps belong to.
         guidance_scale: classifier-free guidance of the sampler.
-        seed: base seed of the prompts (as in :func:`fia.prompts.build_prompts`).
+        seed: base seed of the prompts (as in :meth:`fia.tasks.Task.concept_prompts`).
         batch_size: prompts per sampler call (``None``: the whole set).
         cfg_rows: which rows of a guided batch form ``X``: ``both`` halves or
             the ``cond`` (text) half.
         group: top-k over the whole ``layer`` or per output ``row``.
-        task: template family of the default prompts (see :mod:`fia.prompts`).
+        task: template family of the default prompts (see :mod:`fia.tasks`).
         prompt_limit: keep at most this many default prompts per set.
     """
 
     sparsity: float = 0.01
     step_share: float = 0.5
     saliency_steps: int = 10
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int = SD_SAMPLER.num_inference_steps
+    guidance_scale: float = SD_SAMPLER.guidance_scale
     seed: int = 0
     batch_size: int | None = None
     cfg_rows: Literal["both", "cond"] = "both"
     group: Literal["layer", "row"] = "layer"
-    task: str = "object"
+    task: str = DEFAULT_TASK
     prompt_limit: int | None = None
 
     def validate(self) -> ConceptPruneConfig:
@@ -242,7 +243,7 @@ def collect_sq_norms(
 
 def _as_prompts(concept: str, given: Any, config: ConceptPruneConfig) -> ConceptPrompts:
     if given is None:
-        cp = build_prompts(concept, FIAConfig(task=config.task, seed=config.seed))
+        cp = get_task(config.task).concept_prompts(concept, config.seed)
     elif isinstance(given, ConceptPrompts):
         cp = given
     else:
@@ -270,7 +271,6 @@ def _as_prompts(concept: str, given: Any, config: ConceptPruneConfig) -> Concept
     return cp
 
 
-@register("conceptprune", ConceptPruneConfig, "prunes the FFN2 weights that fire for the concept (Chavhan et al. 2025)")
 def unlearn(
     pipe: Any,
     concepts: Sequence[str],

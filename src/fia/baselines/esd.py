@@ -54,9 +54,9 @@ from torch import Tensor
 
 from fia.baselines import _common
 from fia.config import check_nonnegative, check_positive_int
+from fia.defaults import SD_SAMPLER
 from fia.delta import WeightDelta
 from fia.errors import FIAError
-from fia.methods import register
 from fia.progress import Progress, report
 from fia.targets import find_targets
 from fia.sampling import first_steps
@@ -64,7 +64,7 @@ from fia.sampling import first_steps
 SAMPLE_WITH = ("student", "frozen")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ESDConfig:
     """Settings of ESD-x.
 
@@ -82,7 +82,7 @@ class ESDConfig:
     train_steps: int = 300
     lr: float = 3e-5
     eta: float = 1.0
-    ddim_steps: int = 50
+    ddim_steps: int = SD_SAMPLER.num_inference_steps  # Stable Diffusion's schedule
     sample_guidance: float = 3.0
     sample_with: Literal["student", "frozen"] = "student"
     seed: int = 0
@@ -156,7 +156,6 @@ def _esd_loss(pipe: Any, unet: Any, frozen: Any, c_emb: Tensor, u_emb: Tensor, l
     return F.mse_loss(pred.float(), target.float())
 
 
-@register("esd-x", ESDConfig, "fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)")
 def unlearn(
     pipe: Any,
     concepts: Sequence[str],

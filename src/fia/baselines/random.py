@@ -2,7 +2,7 @@
 
 Pruning it tells how much of a mask's effect comes from *which* weights it
 picks rather than from how many it removes per layer. It is registered as
-the method ``random`` (:mod:`fia.methods`); its config names the mask whose
+the method ``random`` (:mod:`fia.registry`); its config names the mask whose
 per-layer counts it copies.
 """
 
@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 
 from fia.errors import FIAError
-from fia.methods import register
 from fia.progress import report
 
 
-@dataclass
+@dataclass(frozen=True)
 class RandomConfig:
     """Settings of the random control.
 
@@ -35,11 +34,15 @@ class RandomConfig:
     like: Any = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.like, (str, Path)):  # a saved mask: read once, here
+            from fia.mask import ConceptMask
+
+            object.__setattr__(self, "like", ConceptMask.load(self.like))
+
     def validate(self) -> RandomConfig:
         from fia.mask import ConceptMask
 
-        if isinstance(self.like, (str, Path)):
-            self.like = ConceptMask.load(self.like)
         if not isinstance(self.like, ConceptMask):
             raise FIAError(
                 "the random control needs like=<a ConceptMask or its file>: the mask whose per-layer counts it copies"
@@ -128,8 +131,7 @@ def random_mask(pipe: Any, like: Any, seed: int = 0):
     return mask
 
 
-@register("random", RandomConfig, "control: a random mask with another mask's per-layer counts")
-def _random_method(pipe: Any, concepts: list[str], config: RandomConfig, *, preserve, prompts, progress, cache_dir):
+def unlearn(pipe: Any, concepts: list[str], config: RandomConfig, *, preserve, prompts, progress, cache_dir):
     """The random control as a registered method (``preserve``, ``prompts`` and ``cache_dir`` play no part)."""
     like = config.like
     missing = [c for c in concepts if c not in like.concepts]

@@ -56,7 +56,6 @@ from fia.baselines import _common
 from fia.config import check_nonnegative
 from fia.delta import WeightDelta
 from fia.errors import FIAError
-from fia.methods import register
 from fia.progress import Progress, report
 from fia.targets import find_targets
 
@@ -64,7 +63,7 @@ TOKEN_MODES = ("concept_eos", "concept", "all")
 PROJECTIONS = ("to_k", "to_v")
 
 
-@dataclass
+@dataclass(frozen=True)
 class UCEConfig:
     """Settings of UCE.
 
@@ -210,7 +209,6 @@ def edit_inputs(
     return cat(ce), cat(ca), cat(cp)
 
 
-@register("uce", UCEConfig, "closed-form edit of the cross-attention keys and values (Gandikota et al. 2024)")
 def unlearn(
     pipe: Any,
     concepts: Sequence[str],

@@ -11,6 +11,8 @@ measured like a method and labelled as a reference.
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +39,9 @@ from fia.bench.tasks import (
 from fia.evaluate.generate import EvalItem, GenerationSettings, run_pipe, to_uint8
 from fia.evaluate.judges import ShapeWorldJudge
 from fia.evaluate.suites import Suite
+from fia.config import FIAConfig
 from fia.methods import get_method, unlearn
-from fia.prompts import resolve_config
+from fia.presets import resolve_config
 from fia.shapeworld import (
     FIRST_WORLD,
     GENERATION_DEFAULTS,
@@ -49,7 +52,7 @@ from fia.shapeworld import (
 from fia.shapeworld.render import parse_prompt
 from fia.shapeworld.vocab import SHAPEWORLD
 
-# FIAConfig fields that make an FIA family member what it is (its registered preset)
+# FIAConfig fields that make a paper FIA family member what it is (its registered preset)
 _FIA_PRESET_FIELDS = ("saliency", "selection", "fusion")
 JUDGES = ("oracle", "judge2")
 
@@ -98,11 +101,11 @@ class Bench:
             batch_size=sizes.batch_size,
         )
         # the paper's FIA and its ablations (ShapeWorld's preset defaults to the causal variant)
-        self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper"})
+        self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": FIRST_WORLD})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
         # the causal variant with the shipped preset's settings (this benchmark's default FIA on the first world)
-        self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal"})
+        self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": FIRST_WORLD})
         if sizes.causal:
             self.causal_cfg = self.causal_cfg.replace(**sizes.causal)
         self._base: dict[tuple, dict[str, dict[str, dict]]] = {}
@@ -159,13 +162,12 @@ class Bench:
         if method in (DEFAULT_FIA, UPPER_BOUND):
             return self.causal_cfg.replace(**alpha)
         cfg = get_method(method).default_config()
-        if method.startswith("fia"):
+        if isinstance(cfg, FIAConfig):  # the paper's FIA and its ablations
             preset = {f: getattr(cfg, f) for f in _FIA_PRESET_FIELDS}
             tuned = {"r2": setting} if knob == "r2" and setting is not None else {}
             return self.fia_cfg.replace(**preset, **tuned, **alpha)
         if method == "random":
-            cfg.like = masks[task.key]  # the control copies the default FIA's per-layer counts for this task
-            return cfg
+            return dataclasses.replace(cfg, like=masks[task.key])  # the default FIA's per-layer counts for this task
         if method == "conceptprune":
             cfg = cfg.replace(
                 task="shapeworld",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fia.evaluate.suites import Suite, shapeworld_reference_features, shapeworld_suite
-from fia.prompts import ConceptPrompts, build_prompts
+from fia.prompts import ConceptPrompts
+from fia.tasks import build_prompts
 from fia.shapeworld.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES, PLACE_NAMES, STYLE_NAMES, place_phrase
 
 # The rows of the benchmark, in table order. The project's default FIA on

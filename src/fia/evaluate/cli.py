@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
 
 app = typer.Typer(add_completion=False, help="Evaluate erasure: base vs edited images on a suite.")
@@ -122,8 +123,8 @@ def _evaluate(
     # ShapeWorld suites sample as the ShapeWorld model was tuned to; others as Stable Diffusion
     gen = GENERATION_DEFAULTS if suite in SHAPEWORLD_SUITES else {}
     settings = GenerationSettings(
-        num_inference_steps=steps or int(gen.get("num_inference_steps", 50)),
-        guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", 7.5)),
+        num_inference_steps=steps or int(gen.get("num_inference_steps", SD_SAMPLER.num_inference_steps)),
+        guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", SD_SAMPLER.guidance_scale)),
         height=height or gen.get("height"),
         width=width or gen.get("width"),
         batch_size=batch_size,

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from fia import sampling
+from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
 
 VARIANTS = ("base", "edited")
@@ -55,8 +56,8 @@ class EvalItem:
 
 @dataclass
 class GenerationSettings:
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int = SD_SAMPLER.num_inference_steps
+    guidance_scale: float = SD_SAMPLER.guidance_scale
     height: int | None = None
     width: int | None = None
     batch_size: int = 4

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fia.config import FIAConfig, as_variant
 from fia.errors import FIAError
 from fia.evaluate.build import build_suite
 from fia.evaluate.generate import GenerationSettings
@@ -24,7 +25,6 @@ from fia.io import atomic_write_text
 from fia.shapeworld import GENERATION_DEFAULTS
 from fia.shapeworld.vocab import (
     ATTRIBUTE_NAMES,
-    SHAPEWORLD,
     STYLE_NAMES,
     World,
     get_world,
@@ -39,7 +39,7 @@ REPORT_SEED_OFFSET = 100_000
 REPORT_BATCH_SIZE = 16
 
 
-def shapeworld_families(concepts: Sequence[str], world: str | World = SHAPEWORLD) -> dict[str, list[str]]:
+def shapeworld_families(concepts: Sequence[str], world: str | World) -> dict[str, list[str]]:
     """Group concepts by ShapeWorld suite (objects, styles, attribute) of ``world``, in order."""
     w = get_world(world)
     objects = set(w.objects) | set(w.synonym_map())
@@ -102,9 +102,12 @@ def report_after_erase(
     when they came from prompt files). ``settings`` default to
     :func:`report_settings`. ``world_dir`` is the folder of the world whose
     model ``pipe`` is (its oracle and CLIP judge; default: the shipped world
-    that ``config.world`` names). Returns the path of ``OUT/report.html``.
+    that ``config.world`` names, or, when it names none, the world of
+    ``pipe``, as the erase reads it). Returns the path of ``OUT/report.html``.
     """
-    world = getattr(config, "world", SHAPEWORLD.name)
+    from fia.shapeworld.task import model_world
+
+    world = config.world if config.world is not None else model_world(pipe).name
     families = shapeworld_families(concepts, world)
     world_dir = world_dir if world_dir is not None else world  # a shipped world's name
     device = str(getattr(pipe, "device", "cpu"))
@@ -115,14 +118,15 @@ def report_after_erase(
     if mask_applied:
         mask.restore_(pipe)
     paths: dict[str, Path] = {}
-    variant = (getattr(mask, "config", None) or {}).get("variant", "paper")
+    variant = config.VARIANT
     try:
         paper_mask = None
-        if variant != "paper":
-            # the paper's FIA on the same concepts, measured beside the variant
+        if not isinstance(config, FIAConfig):
+            # the paper's FIA on the same concepts, task, world, seed and schedule, measured beside the variant
             from fia.engine import erase
 
-            paper_cfg = config.replace(variant="paper", repair=None, stop_evidence=None, rewrite=None)
+            paper_cfg = as_variant(config, FIAConfig, world=world,
+                                   saliency_steps=min(FIAConfig.saliency_steps, config.num_inference_steps))
             paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
         for suite_name, forget in families.items():
             suite = build_suite(
@@ -156,7 +160,7 @@ def report_after_erase(
                 prompts=prompts,
                 overwrite=True,
                 compare=compare,
-                edited_label=f"{variant} FIA" if variant != "paper" else "edited",
+                edited_label="edited" if paper_mask is None else f"{variant} FIA",
             )  # fmt: skip
             if compare:
                 _add_comparison(folder / "metrics.json", compare)

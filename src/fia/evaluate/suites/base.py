@@ -7,7 +7,7 @@ the edited model into the suite's metrics (``metrics.json``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +30,6 @@ class Suite:
     preserve: list[str] = field(default_factory=list)
     # groups shown as base-vs-edited grids in the report (erased concepts first)
     grid_groups: list[tuple[str, str]] = field(default_factory=list)  # (title, role:group)
-
-
-def parse_names(text: str | Sequence[str] | None) -> list[str]:
-    """Concept names from ``"a, b"`` or a list of such strings; blanks dropped, order kept."""
-    if text is None:
-        return []
-    if isinstance(text, str):
-        parts = text.split(",")
-    else:
-        parts = [p for t in text for p in str(t).split(",")]
-    return [p.strip() for p in parts if p.strip()]
 
 
 def number_items(items: list[EvalItem]) -> list[EvalItem]:

@@ -6,7 +6,7 @@
 * ``coco`` -- CLIP score and FID on COCO captions.
 
 Prompt files give their own seeds (``evaluation_seed``) where they have them;
-the public sets ship with the package (:data:`fia.prompts.SUITE_PROMPT_SETS`).
+the public sets ship with the package (:data:`fia.prompt_files.SUITE_PROMPT_SETS`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fia.concepts import parse_concepts
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
 from fia.evaluate.metrics import frechet_distance, fsr, mean
@@ -28,7 +29,6 @@ from fia.evaluate.suites.base import (
     accuracy_summary,
     mean_per_variant,
     number_items,
-    parse_names,
 )
 
 REAL_SUITES = ("imagenette", "artists", "explicit", "coco")
@@ -43,10 +43,10 @@ def prompt_files_for(suite: str, prompts: str | Path | Sequence[str | Path] | No
     """The prompt files a real-model suite reads: ``prompts`` if given, else the shipped set.
 
     Without ``--prompts`` the suite uses the paper's public prompt set that
-    ships inside the package (:data:`fia.prompts.SUITE_PROMPT_SETS`); the
+    ships inside the package (:data:`fia.prompt_files.SUITE_PROMPT_SETS`); the
     artists suite then reads all five artists' files.
     """
-    from fia.prompts import SUITE_PROMPT_SETS, shipped_prompt_set
+    from fia.prompt_files import SUITE_PROMPT_SETS, shipped_prompt_set
 
     files = [prompts] if isinstance(prompts, (str, Path)) else list(prompts or [])
     if not files and suite in SUITE_PROMPT_SETS:
@@ -80,13 +80,13 @@ def imagenette_suite(
         raise FIAError(f"{path} lacks the columns prompt, class, evaluation_seed; pass an imagenette.csv")
     classes = list(dict.fromkeys(r["class"] for r in rows))
     by_lower = {c.lower(): c for c in classes}
-    forget_l = [by_lower.get(c.lower(), c) for c in parse_names(forget)]
+    forget_l = [by_lower.get(c.lower(), c) for c in parse_concepts(forget, required=False)]
     if not forget_l:
         raise FIAError("the imagenette suite needs the erased classes; pass --forget 'church, golf ball'")
     for c in forget_l:
         if c not in classes:
             raise FIAError(f"class {c!r} is not in {path.name}; use one of: {', '.join(classes)}")
-    preserve_l = [by_lower.get(c.lower(), c) for c in parse_names(preserve)] or [c for c in classes if c not in forget_l]
+    preserve_l = [by_lower.get(c.lower(), c) for c in parse_concepts(preserve, required=False)] or [c for c in classes if c not in forget_l]
     items = []
     for cls in forget_l + preserve_l:
         cls_rows = [r for r in rows if r["class"] == cls][: max_prompts or None]
@@ -144,7 +144,7 @@ def artists_suite(
 ) -> Suite:
     """Rows of test_<Artist>.csv files; CLIP score to the prompt and FSR."""
     files = [prompts] if isinstance(prompts, (str, Path)) or prompts is None else list(prompts)
-    forget_l = parse_names(forget)
+    forget_l = parse_concepts(forget, required=False)
     if not forget_l:
         raise FIAError("the artists suite needs the erased artists; pass --forget 'Van Gogh'")
     items = []

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fia.concepts import parse_concepts
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
 from fia.evaluate.metrics import frechet_distance, fsr, kernel_distance, mean
@@ -40,7 +41,6 @@ from fia.evaluate.suites.base import (
     accuracy_summary,
     mean_per_variant,
     number_items,
-    parse_names,
 )
 from fia.evaluate.suites.seeds import (
     MAX_IMAGES_PER_PROMPT,
@@ -383,7 +383,7 @@ def _canonical(family: Family, names: list[str]) -> list[str]:
 
 def _concepts(name: str, family: Family, forget: Any, preserve: Any) -> tuple[list[str], list[str]]:
     """The erased and the kept concepts of a suite, canonical, with the family's defaults."""
-    forget_l, preserve_l = parse_names(forget), parse_names(preserve)
+    forget_l, preserve_l = parse_concepts(forget, required=False), parse_concepts(preserve, required=False)
     if not forget_l:
         if family.forget_example is not None:
             raise FIAError(f"{name} needs the erased {family.kind}s; pass --forget {family.forget_example!r}")
