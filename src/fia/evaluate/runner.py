@@ -149,8 +149,7 @@ def evaluate(
     if metrics is None or not report:
         return metrics, None
     notes = []
-    causal = mask is not None and (getattr(mask, "config", None) or {}).get("variant") == "causal"
-    if causal:
+    if mask is not None and _selected_jointly(mask):
         notes.append(
             "The causal variant selects weights in rounds over all concepts together, "
             "so there are no per-concept masks to overlap."
@@ -180,3 +179,16 @@ def mask_fingerprint(mask: Any) -> str:
     if callable(to_bytes):
         return "sha256:" + hashlib.sha256(to_bytes()).hexdigest()
     return f"object:{id(mask)}"
+
+
+def _selected_jointly(mask: Any) -> bool:
+    """Whether the mask's recorded settings are the causal variant's, which selects over all concepts at once."""
+    from fia.config import FIACausalConfig, variant_config_type
+    from fia.errors import FIAError
+
+    record = getattr(mask, "config", None) or {}
+    try:
+        return issubclass(variant_config_type(record.get("variant", "paper")), FIACausalConfig)
+    except FIAError:  # a variant this package does not know
+        return False
+
