@@ -114,7 +114,7 @@ def test_shapeworld_sampler_settings_have_one_source(monkeypatch):
     from fia.models import generation_defaults
     from fia.presets import resolve_config
     from fia.shapeworld import GENERATION_DEFAULTS
-    from fia.shapeworld.report import report_settings
+    from fia.evaluate.after_erase import report_settings
 
     monkeypatch.setitem(GENERATION_DEFAULTS, "num_inference_steps", 7)
     monkeypatch.setitem(GENERATION_DEFAULTS, "guidance_scale", 3.5)

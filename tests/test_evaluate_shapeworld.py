@@ -231,7 +231,7 @@ def test_report_after_erase(tiny, tmp_path, monkeypatch):
     import fia.evaluate as fe
     import fia.shapeworld as sw
     from fia.config import FIAConfig
-    from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
+    from fia.evaluate.after_erase import REPORT_SEED_OFFSET, report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     mask = random_mask(tiny, concepts=("circle", "square"))
@@ -259,7 +259,7 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
     import fia.shapeworld as sw
     from fia.config import FIACausalConfig
     from fia.mask import ConceptMask
-    from fia.shapeworld.report import REPORT_SEED_OFFSET, report_after_erase
+    from fia.evaluate.after_erase import REPORT_SEED_OFFSET, report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     cfg = FIACausalConfig(task="shapeworld", world="shapeworld", num_inference_steps=2)  # the paper's FIA beside it: 2 of 2 steps
@@ -293,7 +293,7 @@ def test_report_after_erase_with_two_families(tiny, tmp_path, monkeypatch):
     import fia.shapeworld as sw
     from fia.config import FIAConfig
     from fia.errors import FIAError
-    from fia.shapeworld.report import report_after_erase
+    from fia.evaluate.after_erase import report_after_erase
 
     monkeypatch.setattr(sw, "load_oracle", lambda device="cpu", **where: StandInOracle(), raising=False)
     mask = random_mask(tiny, concepts=("circle", "burning"))

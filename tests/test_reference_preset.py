@@ -1,6 +1,6 @@
 """The reference preset, and the Python API and the CLI agreeing on a task's settings.
 
-* ``FIAConfig.reference(task)`` and ``fia erase --preset reference`` set what
+* ``fia.reference_config(task)`` and ``fia erase --preset reference`` set what
   the public reference code does (docs/fia-method.md, section 10).
 * ``fia.erase(pipe, concepts, FIAConfig(task=..., world=...))`` and
   ``fia erase --concepts ...`` on the same world write the same mask file,
@@ -51,7 +51,7 @@ def mask_record(mask) -> dict:
 
 def reference_masks(pipe, cache_dir) -> dict[str, object]:
     """The reference preset's masks for :data:`SETS` (the larger set first; the smaller one reuses its cache)."""
-    cfg = FIAConfig.reference(task="shapeworld", world=WORLD)
+    cfg = fia.reference_config(task="shapeworld", world=WORLD)
     return {", ".join(s): fia.erase(pipe, list(s), cfg, cache_dir=cache_dir) for s in sorted(SETS, key=len, reverse=True)}
 
 
@@ -70,7 +70,7 @@ def masks(pipe, tmp_path_factory):
 # ----------------------------------------------------------------- settings
 @pytest.mark.parametrize("task", TASKS)
 def test_reference_preset_sets_what_the_reference_code_does(task):
-    cfg = FIAConfig.reference(task=task)
+    cfg = fia.reference_config(task=task)
     assert type(cfg) is FIAConfig and (cfg.saliency, cfg.cfg_rows) == ("wanda", "both")
     assert (cfg.targets, cfg.selection, cfg.fusion) == ("ffn2", "both", "fia")
     assert cfg.saliency_steps == 10 and cfg.r1_overrides == {}
@@ -88,7 +88,7 @@ def test_reference_preset_layers_under_files_and_flags(tmp_path):
     f.write_text("task: object\nr2: 0.05\n")
     cfg = resolve_config(None, f, {"alpha": 0.7}, preset="reference")
     assert (cfg.saliency, cfg.cfg_rows, cfg.r2, cfg.alpha) == ("wanda", "both", 0.05, 0.7)
-    assert FIAConfig.reference("shapeworld", world="shapeworld2").world == "shapeworld2"
+    assert fia.reference_config("shapeworld", world="shapeworld2").world == "shapeworld2"
     with pytest.raises(fia.FIAError, match="unknown preset 'fast'"):
         resolve_config("object", preset="fast")
     out = tmp_path / "out"
@@ -100,7 +100,7 @@ def test_reference_preset_layers_under_files_and_flags(tmp_path):
     ("config", "flags"),
     [
         (lambda: FIAConfig(task="shapeworld", world=WORLD), ["--variant", "paper"]),
-        (lambda: FIAConfig.reference(task="shapeworld", world=WORLD), ["--preset", "reference"]),
+        (lambda: fia.reference_config(task="shapeworld", world=WORLD), ["--preset", "reference"]),
     ],
     ids=["paper", "reference"],
 )
@@ -148,7 +148,7 @@ def write_fixture() -> None:  # pragma: no cover - run by hand, see the module d
         made = reference_masks(load_pipeline(world=WORLD), cache)
     first = next(iter(made.values()))
     data = {
-        "what": "fia erase --preset reference on the first ShapeWorld world (FIAConfig.reference(task='shapeworld', "
+        "what": "fia erase --preset reference on the first ShapeWorld world (fia.reference_config(task='shapeworld', "
         "world='shapeworld')): per layer, the SHA-256 of the pruned flat row-major indices as little-endian int64",
         "verified": "bit for bit the masks of github.com/kaiyuan02415/Forget-It-All at commit "
         "4904518b6b5d56b7d6c6baf7ba61e044e67d51b2 on the same model, prompts and seeds (docs/fia-method.md, section 11)",

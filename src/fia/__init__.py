@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fia._version import __version__
 from fia.config import FIACausalConfig, FIAConfig, FIARewriteConfig, RepairConfig, RewriteConfig
 from fia.errors import FIAError
+from fia.tasks import register_task
 
 __all__ = [
     "ConceptMask",
@@ -30,6 +31,7 @@ __all__ = [
     "load_edit",
     "load_pipeline",
     "plan_erase",
+    "reference_config",
     "RepairConfig",
     "RewriteConfig",
     "unlearn",
@@ -41,11 +43,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from fia.mask import ConceptMask
     from fia.methods import unlearn
     from fia.models import load_pipeline
+    from fia.presets import reference_config
+
+
+
+def _shapeworld_task(world: str | None) -> Any:
+    # The composition root wires the toy world's task in; the method layer
+    # only knows the Task interface (fia.tasks), and shapeworld/ loads on first use.
+    from fia.shapeworld.task import task_in
+
+    return task_in(world)
+
+
+register_task("shapeworld", _shapeworld_task)
 
 _LAZY = {
     "ConceptMask": "fia.mask",
     "erase": "fia.engine",
     "plan_erase": "fia.engine",
+    "reference_config": "fia.presets",
     "load_edit": "fia.edit",
     "load_pipeline": "fia.models",
     "unlearn": "fia.methods",

@@ -189,7 +189,7 @@ def erase(
     report = cfg.task == "shapeworld" and not no_report
     if report:
         from fia.shapeworld import DEFAULT_WORLD
-        from fia.shapeworld.report import shapeworld_families
+        from fia.evaluate.after_erase import shapeworld_families
 
         # a concept ShapeWorld cannot judge fails here, before any work; a model of no world folder has
         # its world read once it is loaded, and the default world's kinds include the first world's
@@ -327,7 +327,7 @@ def run_erase(
             save_edited_pipeline(pipe, mask, out / "pipeline")
     _print_erase_summary(mask, out, save_pipeline)
     if report:
-        from fia.shapeworld.report import report_after_erase
+        from fia.evaluate.after_erase import report_after_erase
 
         with console.status("evaluating base vs edited images for the report..."):
             page = report_after_erase(

@@ -53,7 +53,7 @@ def sampler_defaults(task: str) -> dict[str, Any]:
 
 # What the public reference code (github.com/kaiyuan02415/Forget-It-All,
 # commit 4904518) does, as FIAConfig settings; the named preset "reference"
-# (FIAConfig.reference, fia erase --preset reference) lays them over the task's
+# (fia.presets.reference_config, fia erase --preset reference) lays them over the task's
 # preset together with the task's schedule and guidance (sampler_defaults).
 # The code scores Eq. 1 as |W_ij| * ||X_j|| after scaling every token's row of
 # X to unit length ("wanda"), over every row of the guided batch, both the
@@ -306,21 +306,6 @@ class FIAConfig(FIASettings):
     eps: float = 1e-8
     selection: Literal["both", "channel", "layer"] = "both"
     fusion: Literal["fia", "union"] = "fia"
-
-    @classmethod
-    def reference(cls, task: str = DEFAULT_TASK, **changes: Any) -> "FIAConfig":
-        """The public reference code's settings for ``task``: the way to reproduce its masks.
-
-        The task's preset (``configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
-        (the paper variant, the Wanda reduction with unit-length token rows,
-        both rows of the guided batch, 10 scored steps) and the task's
-        schedule and guidance (:func:`sampler_defaults`); ``changes`` (e.g.
-        ``world="shapeworld"``) come last. The same settings as
-        ``fia erase --preset reference --task TASK``.
-        """
-        from fia.presets import resolve_config  # the presets read this module
-
-        return resolve_config(task, overrides=changes, preset="reference")
 
     def r1_for(self, concept: str) -> float:
         """``r1`` for ``concept``: its override if it has one (names match case-insensitively)."""

@@ -118,3 +118,18 @@ def resolve_config(
         return config_for_variant(variant, data)
     except TypeError as exc:  # wrong value types in YAML
         raise FIAError(f"bad settings ({exc}); check the config file") from exc
+
+
+def reference_config(task: str = DEFAULT_TASK, **changes: Any) -> Any:
+    """The public reference code's settings for ``task``: the way to reproduce its masks.
+
+    The task's preset (``fia/configs/<task>.yaml``) with
+    :data:`fia.config.REFERENCE_SETTINGS` (the paper variant, the Wanda
+    reduction with unit-length token rows, both rows of the guided batch, 10
+    scored steps) and the task's schedule and guidance
+    (:func:`fia.config.sampler_defaults`); ``changes`` (e.g.
+    ``world="shapeworld"``) come last. The same settings as
+    ``fia erase --preset reference --task TASK``; also ``fia.reference_config``.
+    """
+    return resolve_config(task, overrides=changes, preset="reference")
+

@@ -18,9 +18,11 @@ the prompt sets of :mod:`fia.prompts`: the paper variant's paired concept and
 base prompts (:meth:`Task.concept_prompts`), the causal variant's evidence and
 anchor prompts, the repair's and the rewrite's. The three tasks of a real
 model are defined here; the ShapeWorld task lives with its world
-(:mod:`fia.shapeworld.task`) and is loaded by name on first use
-(:func:`get_task`), so that neither this module nor :mod:`fia.config` nor
-:mod:`fia.prompts` imports the toy world.
+(:mod:`fia.shapeworld.task`) and is registered by the package root
+(``fia/__init__.py``, :func:`register_task`), the one place that wires the
+toy world in. So the method layer (this module, :mod:`fia.config`,
+:mod:`fia.prompts`, the variants) never imports it, which the import
+contracts in ``.importlinter`` check.
 
 Users can replace either paired set with a text file (one prompt per line,
 blank lines and ``#`` comments ignored, ``{concept}`` stands for the concept
@@ -29,8 +31,7 @@ in concept files); line ``k`` of each file gets seed ``seed + k``.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,17 +220,28 @@ REAL_MODEL_TASKS: dict[str, Task] = {
     "explicit": Task("explicit", Template(PERSONS, ("a photo of a {concept} {x}",), ("a photo of a {x}",))),
     "style": Task("style", Template(OBJECTS, ("a {x} in the style of {concept}",), ("a {x}",))),
 }
-# Tasks that live elsewhere, by module: loaded on first use (the toy world is heavy and optional here).
-_TASK_MODULES = {"shapeworld": "fia.shapeworld.task"}
-TASKS: tuple[str, ...] = (*REAL_MODEL_TASKS, *_TASK_MODULES)
+# Tasks defined outside the method layer: their names are known here, their
+# implementations are registered from above (fia/__init__.py registers ShapeWorld's).
+PLUGGED_TASKS = ("shapeworld",)
+TASKS: tuple[str, ...] = (*REAL_MODEL_TASKS, *PLUGGED_TASKS)
+_TASK_FACTORIES: dict[str, Callable[[str | None], Task]] = {}
+
+
+def register_task(name: str, factory: Callable[[str | None], Task]) -> None:
+    """Register ``factory(world) -> Task`` as the task ``name`` (one of :data:`PLUGGED_TASKS`)."""
+    if name not in PLUGGED_TASKS:
+        raise ValueError(f"{name!r} is not a plugged task; add it to PLUGGED_TASKS ({', '.join(PLUGGED_TASKS)})")
+    _TASK_FACTORIES[name] = factory
 
 
 def get_task(name: str, world: str | None = None) -> Task:
     """The task called ``name``; on ShapeWorld, in ``world`` (``None``: the world of the model it runs on)."""
     if name in REAL_MODEL_TASKS:
         return REAL_MODEL_TASKS[name]
-    if name in _TASK_MODULES:
-        return importlib.import_module(_TASK_MODULES[name]).task_in(world)
+    if name in _TASK_FACTORIES:
+        return _TASK_FACTORIES[name](world)
+    if name in PLUGGED_TASKS:  # pragma: no cover - the package root registers every plugged task
+        raise FIAError(f"task {name!r} is not registered; import fia (its package root registers it)")
     raise FIAError(f"unknown task {name!r}; use one of: {', '.join(TASKS)}")
 
 

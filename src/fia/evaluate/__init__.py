@@ -11,7 +11,7 @@ Where things live:
 * :mod:`.report` -- ``report.html`` and its figures;
 * :mod:`.cli` -- ``fia evaluate``.
 
-The report at the end of ``fia erase`` is :func:`fia.shapeworld.report.report_after_erase`.
+The report at the end of ``fia erase`` is :func:`fia.evaluate.after_erase.report_after_erase`.
 """
 
 from fia.evaluate.build import build_suite

@@ -539,12 +539,16 @@ def make_unet(cfg: TrainConfig):
 
 
 def build_pipeline(vae, text_encoder, tokenizer, unet):
-    from diffusers import DDIMScheduler
-
-    from fia.testing import sd_pipeline
+    """The shipped pipeline from its parts: DDIM on the training schedule, no safety checker, no progress bar."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     scheduler = DDIMScheduler(**SCHEDULER_KW, set_alpha_to_one=False, steps_offset=1)
-    return sd_pipeline(unet, vae, text_encoder, tokenizer, scheduler=scheduler)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @torch.no_grad()
