@@ -363,6 +363,23 @@ def _run_stats(
     return stats
 
 
+def _mask_of(weights: dict[str, Tensor], state: _Rounds, names: list[str], config: FIACausalConfig, target_kind: str,
+             fingerprint: str, repairs: dict | None) -> ConceptMask:
+    """The mask file of the finished rounds: the pruned weights, with the repaired rows when the repair ran."""
+    mask = ConceptMask.from_prune_masks(
+        weights,
+        state.pruned,
+        concepts=names,
+        config=config.to_dict(),
+        target_kind=target_kind,
+        agnostic=state.agnostic,
+        tau_ca={n: state.tau for n in state.pruned},
+        selected=state.selected,
+        fingerprint=fingerprint,
+    )
+    return mask if repairs is None else mask.with_repair(weights, repairs)
+
+
 def causal_erase(
     pipe: Any,
     names: list[str],
@@ -435,18 +452,6 @@ def causal_erase(
     finally:
         model.restore_()
 
-    mask = ConceptMask.from_prune_masks(
-        weights,
-        state.pruned,
-        concepts=names,
-        config=config.to_dict(),
-        target_kind=target_kind,
-        agnostic=state.agnostic,
-        tau_ca={n: state.tau for n in shapes},
-        selected=state.selected,
-        fingerprint=fingerprint,
-    )
-    if grams is not None:
-        mask = mask.with_repair(weights, repairs)
+    mask = _mask_of(weights, state, names, config, target_kind, fingerprint, repairs if grams is not None else None)
     mask.stats = _run_stats(mask, state, plans, anchors, grams, repairs, repair_seconds, time.perf_counter() - t_start)
     return mask

@@ -678,6 +678,9 @@ def attack(
     concept (Wilson 95 % interval). --ceiling adds the same probes on the
     unedited model. Finished probes are written as they finish: re-run the
     same command to resume an interrupted attack.
+
+    (Most of this function's length is its option list; the body checks the
+    inputs, then runs :func:`fia.attack.run_attack`.)
     """
     from fia.attack import AttackConfig, plan_attack, run_attack
     from fia.attack.runner import check_concepts, check_edit, parse_probes

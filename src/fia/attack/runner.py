@@ -289,6 +289,28 @@ def check_edit(pipe: Any, edit: Any) -> None:
         edit.restore_(pipe)
 
 
+def _target_images(model: AttackModel, config: AttackConfig, texts_c: Any, todo: list) -> tuple[Any, tuple]:
+    """The unedited model's concept images (latents, prompts) when a probe still to run needs them, else ``(None, ())``.
+
+    They are drawn before the edit is applied.
+    """
+    if not any(p in NEEDS_TARGETS for _, p in todo):
+        return None, ()
+    prompts = tuple(texts_c.prompts[j % len(texts_c.prompts)] for j in range(config.target_seeds))
+    return model.latents_of(prompts, [config.seed + j for j in range(config.target_seeds)]), prompts
+
+
+def _run_probe(ctx: ProbeContext, judge: Any, name: str, concept: str, target: str, out: Path | None) -> Any:
+    """One probe on one concept and model, judged; its image grid written under ``out`` when given."""
+    t0 = time.perf_counter()
+    drawn = PROBES[name](ctx)
+    res = _judged(judge, name, concept, target, drawn, t0)
+    if out is not None:
+        res.grid = f"images/{target}/{name}/{_slug(concept)}.png"
+        atomic_write_bytes(out / res.grid, _grid_png(drawn.images, drawn.groups))
+    return res
+
+
 def run_attack(
     pipe: Any,
     edit: Any,
@@ -341,11 +363,7 @@ def run_attack(
     for concept in plan.concepts:
         texts_c = plan.texts[concept]
         todo = [(t, p) for t in targets for p in plan.probes if (t, p, concept) not in finished]
-        target_latents, target_prompts = None, ()
-        if any(p in NEEDS_TARGETS for _, p in todo):
-            # the unedited model's concept images, drawn before the edit is applied
-            target_prompts = tuple(texts_c.prompts[j % len(texts_c.prompts)] for j in range(config.target_seeds))
-            target_latents = model.latents_of(target_prompts, [config.seed + j for j in range(config.target_seeds)])
+        target_latents, target_prompts = _target_images(model, config, texts_c, todo)
         for target in targets:
             applied = False
             try:
@@ -361,12 +379,7 @@ def run_attack(
                         applied = True
                     report(progress, done, total, f"{name} on {concept} ({target})")
                     ctx = ProbeContext(model, config, texts_c, target_latents, target_prompts)
-                    t0 = time.perf_counter()
-                    drawn = PROBES[name](ctx)
-                    res = _judged(judge, name, concept, target, drawn, t0)
-                    if out is not None:
-                        res.grid = f"images/{target}/{name}/{_slug(concept)}.png"
-                        atomic_write_bytes(out / res.grid, _grid_png(drawn.images, drawn.groups))
+                    res = _run_probe(ctx, judge, name, concept, target, out)
                     result.results.append(res)
                     if out is not None:
                         _write(out, result)

@@ -13,6 +13,7 @@ import html
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,45 @@ def report_settings() -> GenerationSettings:
     )
 
 
+@dataclass(frozen=True)
+class _ReportRun:
+    """What every family's page of one report shares: the model, the edit, the paper FIA's mask beside it."""
+
+    pipe: Any
+    mask: Any
+    paper_mask: Any
+    concepts: list[str]
+    model: str
+    variant: str
+    cache_dir: Path
+    settings: GenerationSettings
+
+
+def _report_family(run: _ReportRun, suite: Any, folder: Path, prompts: Any) -> Path:
+    """Evaluate one family's suite (and the paper FIA beside a variant) into ``folder``; returns its page."""
+    compare = []
+    if run.paper_mask is not None:
+        paper_metrics, _ = evaluate(
+            suite, run.pipe, folder / "paper-fia", mask=run.paper_mask, settings=run.settings,
+            run_info={"model": run.model, "mask": mask_fingerprint(run.paper_mask), "concepts": run.concepts,
+                      "variant": "paper", "pruned_share": run.paper_mask.pruned_share},
+            report=False, overwrite=True,
+        )  # fmt: skip
+        compare.append(("paper FIA", paper_metrics, folder / "paper-fia"))
+    _, path = evaluate(
+        suite, run.pipe, folder, mask=run.mask, settings=run.settings,
+        run_info={"model": run.model, "mask": mask_fingerprint(run.mask), "concepts": run.concepts,
+                  "variant": run.variant, "pruned_share": run.mask.pruned_share},
+        cache_dir=run.cache_dir, prompts=prompts, overwrite=True, compare=compare,
+        edited_label="edited" if run.paper_mask is None else f"{run.variant} FIA",
+    )  # fmt: skip
+    if compare:
+        _add_comparison(folder / "metrics.json", compare)
+    if path is None:  # pragma: no cover - evaluate writes a report whenever it is asked to
+        raise FIAError(f"no report was written in {folder}")
+    return path
+
+
 def report_after_erase(
     out_dir: str | Path,
     pipe: Any,
@@ -118,7 +158,6 @@ def report_after_erase(
     if mask_applied:
         mask.restore_(pipe)
     paths: dict[str, Path] = {}
-    variant = config.VARIANT
     try:
         paper_mask = None
         if not isinstance(config, FIAConfig):
@@ -129,43 +168,13 @@ def report_after_erase(
                                    saliency_steps=min(FIAConfig.saliency_steps, config.num_inference_steps))
             paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
         for suite_name, forget in families.items():
-            suite = build_suite(
-                suite_name,
-                forget=forget,
-                seed=seed,
-                device=device,
-                images_per_prompt=images_per_prompt,
-                prompts_per_concept=prompts_per_concept,
-                shapeworld_dir=world_dir,
-            )
             folder = root if len(families) == 1 else root / suite_name
-            compare = []
-            if paper_mask is not None:
-                paper_metrics, _ = evaluate(
-                    suite, pipe, folder / "paper-fia", mask=paper_mask, settings=settings,
-                    run_info={"model": str(world_dir), "mask": mask_fingerprint(paper_mask), "concepts": list(concepts),
-                              "variant": "paper", "pruned_share": paper_mask.pruned_share},
-                    report=False, overwrite=True,
-                )  # fmt: skip
-                compare.append(("paper FIA", paper_metrics, folder / "paper-fia"))
-            _, path = evaluate(
-                suite,
-                pipe,
-                folder,
-                mask=mask,
-                settings=settings,
-                run_info={"model": str(world_dir), "mask": mask_fingerprint(mask), "concepts": list(concepts),
-                          "variant": variant, "pruned_share": mask.pruned_share},
-                cache_dir=out / "cache",
-                prompts=prompts,
-                overwrite=True,
-                compare=compare,
-                edited_label="edited" if paper_mask is None else f"{variant} FIA",
+            suite = build_suite(
+                suite_name, forget=forget, seed=seed, device=device, images_per_prompt=images_per_prompt,
+                prompts_per_concept=prompts_per_concept, shapeworld_dir=world_dir,
             )  # fmt: skip
-            if compare:
-                _add_comparison(folder / "metrics.json", compare)
-            assert path is not None
-            paths[suite_name] = path
+            run = _ReportRun(pipe, mask, paper_mask, list(concepts), str(world_dir), config.VARIANT, out / "cache", settings)
+            paths[suite_name] = _report_family(run, suite, folder, prompts)
     finally:
         if mask_applied:
             mask.apply_(pipe)

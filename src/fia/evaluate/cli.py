@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -73,19 +73,11 @@ def evaluate(
         raise typer.Exit(2) from None
 
 
-def _evaluate(
-    suite, out, edit, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
-    prompts_per_concept, quality_images, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
-    batch_size, device, dtype, overwrite, no_report,
-) -> None:  # fmt: skip
-    from accelerate import PartialState
-
-    from fia.evaluate import SUITES, GenerationSettings, build_suite
-    from fia.evaluate import evaluate as run_eval
+def _check_request(suite: str, edit: Path | None, edited: Path | None, model: str | None, quality_images: int | None,
+                   shapeworld_dir: Path | None) -> None:
+    """Refuse a request that cannot run, before anything is loaded or written."""
+    from fia.evaluate import SUITES
     from fia.evaluate.suites import REAL_SUITES, SHAPEWORLD_SUITES
-    from fia.mask import ConceptMask
-    from fia.models import load_pipeline
-    from fia.shapeworld import GENERATION_DEFAULTS
 
     if suite not in SUITES:
         raise FIAError(f"unknown suite {suite!r}; use one of: {', '.join(SUITES)}")
@@ -102,6 +94,40 @@ def _evaluate(
         raise FIAError(f"--quality-images sizes the ShapeWorld suites' quality prompts; drop it for the {suite} suite")
     if shapeworld_dir is not None and suite not in SHAPEWORLD_SUITES:
         raise FIAError(f"--shapeworld judges the ShapeWorld suites only; drop it for the {suite} suite")
+
+
+def _generation_settings(suite: str, steps: int | None, guidance: float | None, height: int | None, width: int | None,
+                         batch_size: int | None) -> Any:
+    """The sampler settings of ``suite``'s images, flags first."""
+    from fia.evaluate import GenerationSettings
+    from fia.evaluate.suites import SHAPEWORLD_SUITES
+    from fia.shapeworld import GENERATION_DEFAULTS
+
+    # ShapeWorld suites sample as the ShapeWorld model was tuned to; others as Stable Diffusion
+    gen = GENERATION_DEFAULTS if suite in SHAPEWORLD_SUITES else {}
+    return GenerationSettings(
+        num_inference_steps=steps or int(gen.get("num_inference_steps", SD_SAMPLER.num_inference_steps)),
+        guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", SD_SAMPLER.guidance_scale)),
+        height=height or gen.get("height"),
+        width=width or gen.get("width"),
+        batch_size=batch_size,
+    )
+
+
+def _evaluate(
+    suite, out, edit, edited, model, forget, preserve, images_per_prompt, seed, prompts, max_prompts,
+    prompts_per_concept, quality_images, classifier, clip, shapeworld_dir, fid_features, reference, steps, guidance, height, width,
+    batch_size, device, dtype, overwrite, no_report,
+) -> None:  # fmt: skip
+    from accelerate import PartialState
+
+    from fia.evaluate import build_suite
+    from fia.evaluate import evaluate as run_eval
+    from fia.evaluate.suites import SHAPEWORLD_SUITES
+    from fia.mask import ConceptMask
+    from fia.models import load_pipeline
+
+    _check_request(suite, edit, edited, model, quality_images, shapeworld_dir)
     edit_obj = _load_edit(edit) if edit is not None else None
     if suite in SHAPEWORLD_SUITES:
         from fia.shapeworld import model_of_edit, world_folder_of
@@ -120,15 +146,7 @@ def _evaluate(
     dev = device or str(state.device)
     say = (lambda msg: typer.echo(msg, err=True)) if state.is_main_process else (lambda msg: None)
 
-    # ShapeWorld suites sample as the ShapeWorld model was tuned to; others as Stable Diffusion
-    gen = GENERATION_DEFAULTS if suite in SHAPEWORLD_SUITES else {}
-    settings = GenerationSettings(
-        num_inference_steps=steps or int(gen.get("num_inference_steps", SD_SAMPLER.num_inference_steps)),
-        guidance_scale=guidance if guidance is not None else float(gen.get("guidance_scale", SD_SAMPLER.guidance_scale)),
-        height=height or gen.get("height"),
-        width=width or gen.get("width"),
-        batch_size=batch_size,
-    )
+    settings = _generation_settings(suite, steps, guidance, height, width, batch_size)
     the_suite = build_suite(
         suite, forget=forget, preserve=preserve, images_per_prompt=images_per_prompt, seed=seed,
         prompts=prompts, max_prompts=max_prompts, prompts_per_concept=prompts_per_concept,
