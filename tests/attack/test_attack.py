@@ -81,6 +81,7 @@ def tiny():
 
 
 # --------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_runs_every_probe_on_a_shapeworld_edit(circle_edit, shapeworld, tmp_path):
     _, path = circle_edit
     before = _state_hash(shapeworld)

@@ -36,6 +36,7 @@ def bench_module():
     return fia.bench
 
 
+@pytest.mark.slow
 def test_the_script_is_a_thin_entry_point_of_fia_bench(tmp_path):
     """benchmarks/unlearning.py runs ``fia bench``: its bad input gets fia's one-line error and exit 2."""
     done = subprocess.run(
@@ -47,6 +48,7 @@ def test_the_script_is_a_thin_entry_point_of_fia_bench(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _assets_present(), reason="ShapeWorld assets not installed")
 def test_quick_run_writes_every_table(bench_module, tmp_path):
     out = tmp_path / "results"

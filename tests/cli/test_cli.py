@@ -168,6 +168,7 @@ def test_bad_mask_inputs(erased, tiny_dir, other_dir, tmp_path):
     _bad(["inspect", str(tmp_path / "missing.safetensors")], dest, "does not exist")
 
 
+@pytest.mark.slow
 def test_shapeworld_is_the_default_model(tmp_path):
     """Without --model, erase works on the default world's shipped pipeline (the second world's)."""
     from fia.mask import ConceptMask, fingerprint_weights

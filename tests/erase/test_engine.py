@@ -44,6 +44,7 @@ def test_plan_checks_inputs_before_any_model_work(tmp_path):
     assert plan_erase(["circle"], FAST_FIA.replace(variant="causal")).prompts == {}
 
 
+@pytest.mark.slow
 def test_erase_runs_a_plan_as_it_runs_names(base_pipe):
     plan = plan_erase(["star", "circle"], FAST_FIA)
     assert erase(base_pipe, plan) == erase(base_pipe, ["star", "circle"], FAST_FIA)

@@ -55,6 +55,7 @@ def _mounted() -> bool:
     return any((c.name or getattr(c.callback, "__name__", "")) == "evaluate" for c in main_app.registered_commands)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(models, tmp_path):
     if shutil.which("accelerate") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")):
         pytest.skip("the accelerate launcher is not installed")

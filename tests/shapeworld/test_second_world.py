@@ -303,6 +303,7 @@ def quick_world2(tmp_path_factory):
     return out, res.output
 
 
+@pytest.mark.slow
 def test_quick_recipe_writes_a_pipeline_conditioned_on_the_frozen_clip_text_encoder(quick_world2):
     from safetensors.torch import load_file
 
@@ -336,6 +337,7 @@ def test_quick_recipe_writes_a_pipeline_conditioned_on_the_frozen_clip_text_enco
     assert quality["clip_gate"]["clip_score_renders"] >= 0.0
 
 
+@pytest.mark.slow
 def test_the_quality_benchmark_reads_the_second_world(quick_world2):
     out, _ = quick_world2
     cmd = [
@@ -445,6 +447,7 @@ def test_second_world_suites_never_share_a_seed():
     assert len(set(seeds_p)) == len(seeds_p) and any(it.prompt == "the grass" for it in places.items)
 
 
+@pytest.mark.slow
 def test_erase_and_evaluate_on_a_trained_world_folder(quick_world2, tmp_path):
     """`fia erase --shapeworld DIR` erases DIR's model with DIR's kinds and
     writes a report judged by DIR's oracle, with the CLIP's score beside it;
@@ -527,6 +530,7 @@ def test_the_shipped_second_world_is_one_run_of_the_committed_recipe():
     assert set(gate["object_per_class"]) == set(SHAPEWORLD2.object_names)
 
 
+@pytest.mark.slow
 @shipped_only
 def test_the_shipped_second_world_draws_what_it_is_asked():
     """Half the quality gate, generated again here (448 held-out prompt/seed

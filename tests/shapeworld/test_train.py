@@ -90,6 +90,7 @@ def test_second_judge_saves_and_loads(tmp_path):
         load_second_judge(path=tmp_path)
 
 
+@pytest.mark.slow
 def test_quick_recipe_writes_loadable_artifacts(tmp_path, monkeypatch):
     """``fia shapeworld train --quick`` runs every stage of the recipe (a few
     steps each) and writes what ships: a pipeline that loads offline and
