@@ -53,6 +53,11 @@ def _run(args):
     return result
 
 
+def _scores(out: Path) -> list[dict]:
+    """The per-image records of a run (``scores.jsonl``)."""
+    return [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+
+
 def _common(models, suite, out):
     return ["--suite", suite, "--model", models["base"], "--edited", models["edited"], "--out", str(out), *FAST]
 
@@ -66,10 +71,22 @@ def test_imagenette(models, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["per_class"]["English springer"]["class_id"] == 217
     assert m["per_class"]["golf ball"]["class_id"] == 574 and m["per_class"]["golf ball"]["n"] == 2
-    for key in ("forget_accuracy", "preserve_accuracy", "overall"):
-        assert all(0 <= m["summary"][key][v] <= 1 for v in ("base", "edited"))
-    scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    scores = _scores(tmp_path)
     assert len(scores) == 16 and all(isinstance(s["pred_id"], int) for s in scores)
+    # the summary, recomputed from the per-image predictions: a class's accuracy is the
+    # share of its images named as that class; Overall = 2 P (1 - F) / (P + 1 - F)
+    def accuracy(classes, variant):
+        shares = []
+        for c in classes:
+            rows = [s for s in scores if s["group"] == c and s["variant"] == variant]
+            shares.append(sum(s["pred_id"] == m["per_class"][c]["class_id"] for s in rows) / len(rows))
+        return sum(shares) / len(shares)
+
+    for v in ("base", "edited"):
+        f, p = accuracy(["church", "golf ball"], v), accuracy(["tench", "English springer"], v)
+        assert m["summary"]["forget_accuracy"][v] == pytest.approx(f)
+        assert m["summary"]["preserve_accuracy"][v] == pytest.approx(p)
+        assert m["summary"]["overall"][v] == pytest.approx(2 * p * (1 - f) / (p + 1 - f) if p + 1 - f > 0 else 0.0)
     assert (tmp_path / "report.html").is_file()
 
 
@@ -130,8 +147,11 @@ def test_artists(models, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["per_artist"]["Vincent van Gogh"]["role"] == "forget"
     assert m["per_artist"]["Pablo Picasso"]["role"] == "preserve"
-    assert 0 <= m["summary"]["fsr"] <= 1
-    assert m["summary"]["clip_a"]["edited"] >= 0
+    # Van Gogh is the one erased artist: his CLIP score and FSR, recomputed from the per-image scores
+    rows = {v: [s["clip"] for s in _scores(tmp_path) if s["group"] == "Vincent van Gogh" and s["variant"] == v] for v in ("base", "edited")}
+    lower = sum(e < b for b, e in zip(rows["base"], rows["edited"]))
+    assert m["summary"]["fsr"] == pytest.approx(lower / len(rows["base"]))
+    assert m["summary"]["clip_a"]["edited"] == pytest.approx(sum(rows["edited"]) / len(rows["edited"]))
     index = json.loads((tmp_path / "index.json").read_text())
     assert index["items"][0]["seed"] == 2219 and index["items"][0]["guidance"] == 7.5
 
@@ -163,7 +183,9 @@ def test_coco_clip_score_and_fid(models, tmp_path):
     _run(args)
     m = json.loads((out / "metrics.json").read_text())
     s = m["summary"]
-    assert s["clip_score"]["base"] >= 0 and s["fid_edited_vs_base"] >= 0
+    base_clip = [r["clip"] for r in _scores(out) if r["variant"] == "base"]
+    assert len(base_clip) == 3 and s["clip_score"]["base"] == pytest.approx(sum(base_clip) / 3)
+    assert s["fid_edited_vs_base"] > 0  # the edited model (half its FFN2 weights zeroed) draws other images
     assert set(s["fid"]) == {"base", "edited"}
     assert "TorchScript" in m["fid_features"]
     assert not (out / "report.html").exists()

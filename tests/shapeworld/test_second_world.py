@@ -332,9 +332,13 @@ def test_quick_recipe_writes_a_pipeline_conditioned_on_the_frozen_clip_text_enco
     oracle = load_oracle(path=out)
     assert oracle.world is SHAPEWORLD2 and oracle.reject["false_accept_rate"] == quick.reject_false_accept_rate
     quality = json.loads((out / "quality.json").read_text())
-    assert 0.0 <= quality["oracle_reject"]["unknown_kinds_answered_none"] <= 1.0
+    # a share of the unknown-kind renders, one per calibration image
+    answered_none = quality["oracle_reject"]["unknown_kinds_answered_none"] * quick.reject_calibration_images
+    assert answered_none == pytest.approx(round(answered_none))
     assert quality["clip_gate"]["n_images"] == quality["gate"]["n_images"] == quick.gate_limit
-    assert quality["clip_gate"]["clip_score_renders"] >= 0.0
+    clip_gate = quality["clip_gate"]  # the generated images' CLIP score over the renders' own
+    renders = clip_gate["clip_score_renders"]
+    assert clip_gate["clip_score_ratio"] == pytest.approx(clip_gate["clip_score_generated"] / renders if renders > 0 else 0.0)
 
 
 @pytest.mark.slow
