@@ -102,7 +102,7 @@ def erase(
         "the first world) or the --out folder of `fia shapeworld train`; its model is erased and its judges write "
         "the report.",
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. src/fia/configs/object.yaml)."),
     preset: str | None = typer.Option(
         None,
         "--preset",

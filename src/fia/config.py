@@ -2,7 +2,7 @@
 
 :class:`FIAConfig` is the single place that names every knob of the method.
 It is a plain dataclass: build it in Python, load it from a YAML preset
-(``configs/*.yaml``) or let the CLI fill it from flags; :meth:`FIAConfig.validate`
+(``fia/configs/*.yaml``) or let the CLI fill it from flags; :meth:`FIAConfig.validate`
 rejects out-of-range values before any heavy work starts.
 """
 
@@ -289,7 +289,7 @@ class FIAConfig:
     def reference(cls, task: str = "object", **changes: Any) -> "FIAConfig":
         """The public reference code's settings for ``task``: the way to reproduce its masks.
 
-        The task's preset (``configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
+        The task's preset (``fia/configs/<task>.yaml``) with :data:`REFERENCE_SETTINGS`
         (the paper variant, the Wanda reduction with unit-length token rows,
         both rows of the guided batch, 10 scored steps) and the task's
         schedule and guidance (:func:`sampler_defaults`); ``changes`` (e.g.

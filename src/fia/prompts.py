@@ -28,7 +28,7 @@ Users can replace either set with a text file (one prompt per line, blank
 lines and ``#`` comments ignored, ``{concept}`` stands for the concept in
 concept files); line ``k`` of each file gets seed ``config.seed + k``.
 
-Presets (``configs/<task>.yaml``, shipped inside the package) hold the
+Presets (``fia/configs/<task>.yaml``, shipped inside the package) hold the
 hyperparameters of the paper's Table 8; :func:`resolve_config` layers a
 preset, a user YAML file and explicit overrides.
 """
@@ -232,7 +232,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise FIAError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/object.yaml")
+        raise FIAError(f"config file {str(p)!r} does not exist; pass a YAML file such as src/fia/configs/object.yaml")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
