@@ -715,7 +715,6 @@ from fia.evaluate.cli import evaluate as _evaluate_command  # noqa: E402
 app.command("evaluate")(_evaluate_command)
 
 
-# ------------------------------------------------------------------- shapeworld
 # ------------------------------------------------------------------------ bench
 @app.command()
 @_user_errors
@@ -740,6 +739,7 @@ def bench(
     typer.echo(markdown(res))
 
 
+# ------------------------------------------------------------------- shapeworld
 def _mount_shapeworld() -> None:
     try:
         from fia.shapeworld.cli import app as shapeworld_app
