@@ -107,7 +107,7 @@ def erase(
         "the first world) or the --out folder of `fia shapeworld train`; its model is erased and its judges write "
         "the report.",
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. configs/object.yaml)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. src/fia/configs/object.yaml)."),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -762,7 +762,6 @@ from fia.evaluate.cli import evaluate as _evaluate_command  # noqa: E402
 app.command("evaluate")(_evaluate_command)
 
 
-# ------------------------------------------------------------------- shapeworld
 # ------------------------------------------------------------------------ bench
 @app.command()
 @_user_errors
@@ -787,6 +786,7 @@ def bench(
     typer.echo(markdown(res))
 
 
+# ------------------------------------------------------------------- shapeworld
 def _mount_shapeworld() -> None:
     try:
         from fia.shapeworld.cli import app as shapeworld_app

@@ -10,7 +10,7 @@
 config's type. The three share :class:`FIASettings` (task, world, seed,
 targets, schedule and guidance); each has its own ``validate()``, which
 rejects out-of-range values before any heavy work starts. Build one in
-Python, load it from a YAML preset (``configs/*.yaml``, :mod:`fia.presets`)
+Python, load it from a YAML preset (``fia/configs/*.yaml``, :mod:`fia.presets`)
 or let the CLI fill it from flags. :func:`config_for_variant` is the one
 place that maps a variant's name (``--variant``, a preset's ``variant:``, a
 saved mask's settings) to its type; :func:`recorded_settings` is what a mask

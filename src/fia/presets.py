@@ -1,6 +1,6 @@
 """Presets and settings files: from a task's preset, a named preset, a YAML file and flags to one typed config.
 
-Presets (``configs/<task>.yaml``, shipped inside the package) hold the
+Presets (``fia/configs/<task>.yaml``, shipped inside the package) hold the
 hyperparameters of the paper's Table 8 (and ShapeWorld's tuned ones, for
 every variant); :func:`resolve_config` layers a preset, a named preset, a
 user YAML file and explicit overrides, then builds the config of the variant

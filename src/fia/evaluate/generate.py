@@ -149,11 +149,6 @@ class ImageStore:
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.index_path)
 
-    def read_index(self) -> tuple[dict[str, Any], list[EvalItem]]:
-        data = json.loads(self.index_path.read_text())
-        items = [EvalItem(**{k: v for k, v in it.items() if k != "image"}) for it in data["items"]]
-        return data["run"], items
-
 
 EDIT_KEYS = ("edit", "mask", "concepts")
 

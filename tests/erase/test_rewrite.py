@@ -1,0 +1,96 @@
+"""The rewrite variant on a tiny random SD pipeline: no pruning, one reversible deterministic edit, its statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fia
+from fia.config import FIARewriteConfig, RewriteConfig, config_for_variant
+from fia.core.rewrite import rewrite_layer
+from fia.errors import FIAError
+from fia.repair import collect_grams
+from fia.rewrite import paired_moments
+from fia.targets import find_targets
+from tests.helpers import load_tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
+
+SMALL = RewriteConfig(keep_prompts_per_kind=2, concept_prompts_per_concept=2, balance_rounds=1)
+
+
+def tiny_rewrite_config(**changes) -> FIARewriteConfig:
+    base = {"task": "object", "num_inference_steps": 3, "guidance_scale": 3.0, "rewrite": SMALL}
+    base.update(changes)
+    return FIARewriteConfig(**base).validate()
+
+
+def rewrite_prompts(erased, cfg):
+    from fia.tasks import task_of
+
+    return task_of(cfg).rewrite_prompts(erased, cfg.rewrite, anchors=cfg.anchors, seed=cfg.seed)
+
+
+def _ffn2(pipe):
+    return {t.name: t.module.weight.detach().clone() for t in find_targets(pipe.unet, "ffn2")}
+
+
+def test_rewrite_is_one_reversible_deterministic_edit_without_zeros(tiny_dir, tmp_path):
+    pipe = load_tiny(tiny_dir)
+    before = _ffn2(pipe)
+    cfg = tiny_rewrite_config()
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())  # the model is left as it was
+    assert mask.pruned == 0 and mask.repaired
+    assert mask.config["variant"] == "rewrite" and mask.config["rewrite"]["balance_rounds"] == 1
+    for lm in mask.layers:  # every row is carried, with its original values
+        assert lm.rows.tolist() == list(range(lm.shape[0]))
+        assert torch.equal(lm.row_originals, before[lm.name])
+    assert fia.erase(pipe, ["golf ball"], cfg).to_bytes() == mask.to_bytes()
+    path = mask.save(tmp_path / "mask.safetensors")
+    mask.apply_(pipe)
+    edited = _ffn2(pipe)
+    assert all(not torch.equal(edited[n], before[n]) for n in before)
+    assert all(int((edited[n] == 0).sum()) == int((before[n] == 0).sum()) for n in before)  # no zeros to refill
+    fia.load_edit(path).apply_(pipe)  # applying the same edit again changes nothing
+    assert all(torch.equal(w, edited[n]) for n, w in _ffn2(pipe).items())
+    fia.load_edit(path).restore_(pipe)
+    assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
+    assert "closed-form rewrite: every row" in mask.summary()
+    from fia.evaluate.report import layers_figure
+
+    assert layers_figure(fia.load_edit(path), tmp_path / "layers.png").stat().st_size > 0  # the report's figure reads it
+    stats = mask.stats
+    assert stats["variant"] == "rewrite" and stats["prompts"]["concept"] == 2 and set(stats["per_layer"]) == set(before)
+
+
+def test_rewrite_solves_the_system_of_its_own_statistics(tiny_dir):
+    """With no balancing, each layer's new weight is rewrite_layer on G_k, G_c and C collected independently here."""
+    pipe = load_tiny(tiny_dir)
+    cfg = tiny_rewrite_config(rewrite=RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0,
+                                                   keep_prompts_per_kind=2, concept_prompts_per_concept=2))
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = rewrite_prompts(["golf ball"], cfg)
+    assert len(rp.concept) == len(rp.scene) == 2 and all("golf ball" not in s for s in rp.scene)
+    gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
+    gc, cross = paired_moments(pipe, targets, rp, cfg)
+    for t in targets:
+        expected = rewrite_layer(t.module.weight, gk[t.name], gc[t.name], cross[t.name], concept_weight=0.7, damping=0.05)
+        assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
+    with pytest.raises(FIAError, match="belong to --variant rewrite"):
+        config_for_variant("causal", {"rewrite": RewriteConfig()})
+    with pytest.raises(FIAError, match="damping must be > 0"):
+        tiny_rewrite_config(rewrite={"damping": 0.0})
+    with pytest.raises(FIAError, match="balance_rounds"):
+        tiny_rewrite_config(rewrite={"balance_rounds": -1})
+    with pytest.raises(FIAError, match="unknown setting"):
+        tiny_rewrite_config(rewrite={"lambda": 1.0})
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a {concept}\n")
+    with pytest.raises(FIAError, match="prompt files apply to --variant paper; the rewrite variant"):
+        fia.plan_erase(["golf ball"], tiny_rewrite_config(), concept_prompts=prompts)
+    assert FIARewriteConfig().validate().rewrite == RewriteConfig()  # the defaults fill in
