@@ -396,7 +396,7 @@ def _concepts(name: str, family: Family, forget: Any, preserve: Any) -> tuple[li
     return forget_l, [c for c in family.names if c not in forget_l]
 
 
-def _concept_items(
+def _concept_blocks(
     family: Any, world: Any, forget_l: list[str], preserve_l: list[str], prompts_per_concept: int, ipp: int, seed: int,
     prompt_shift: int,
 ) -> tuple[list[EvalItem], list[tuple[str, str]]]:
@@ -468,7 +468,7 @@ def shapeworld_suite(
     forget_l, preserve_l = _concepts(name, family, forget, preserve)
     ipp = images_per_prompt
 
-    items, grids = _concept_items(family, world, forget_l, preserve_l, prompts_per_concept, ipp, seed, prompt_shift)
+    items, grids = _concept_blocks(family, world, forget_l, preserve_l, prompts_per_concept, ipp, seed, prompt_shift)
 
     # quality prompts never draw an erased object
     quality_objects = preserve_l if family.concept_factor is None else list(object_names)
