@@ -76,11 +76,7 @@ def _differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[st
     return {k for k in a if not torch.equal(a[k], b[k])}
 
 
-# the methods whose run here takes over ~5 s (on 2 CPU cores); the others keep the contract checked in a quick run
-SLOW_METHODS = {"conceptprune", "esd-x", "fia-causal", "fia-channel", "fia-layer", "fia-rewrite", "random"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_METHODS else n for n in sorted(methods())])
+@pytest.mark.parametrize("name", sorted(methods()))
 def test_every_method_keeps_the_edit_contract(name, base_pipe, other_pipe, tmp_path):
     pipe = copy.deepcopy(base_pipe)
     original = _state(pipe)

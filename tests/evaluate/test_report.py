@@ -140,7 +140,6 @@ def _assert_reproduces(q, mask, tau):
     assert (pruned, agnostic) == (mask.pruned, mask.agnostic)
 
 
-@pytest.mark.slow
 def test_report_reads_the_cache_entry_of_its_run_not_the_newest(tmp_path):
     """Two runs with another r1 leave two entries per concept; each run's report reads its own."""
     import os
