@@ -43,8 +43,9 @@ from torch import Tensor, nn
 from fia.errors import FIAError
 from fia.targets import TargetLinear
 
-ForwardHook = Callable[[str, nn.Module, tuple, Any], None]
-"""``hook(name, module, args, output)``: called after every forward of a watched module."""
+ForwardHook = Callable[[str, nn.Module, tuple, Any], Any]
+"""``hook(name, module, args, output)``: called after every forward of a watched module; a value it
+returns (not ``None``) replaces the module's output, as with torch's forward hooks."""
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -242,6 +243,9 @@ def capture(
     within: nn.Module | None = None,
 ) -> Iterator[None]:
     """Call ``hook(name, module, args, output)`` after every forward of the watched modules.
+
+    A hook that returns a value other than ``None`` replaces the module's
+    output with it (the attack's soft prompts fill token slots this way).
 
     Every module is checked before any hook is attached: it must be an
     ``nn.Module`` and, with ``within``, the submodule of ``within`` of that

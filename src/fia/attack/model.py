@@ -35,7 +35,7 @@ from torch import Tensor
 
 from fia.defaults import SD_SAMPLER
 from fia.errors import FIAError
-from fia.sampling import generators
+from fia.sampling import capture, generators
 
 # Stable Diffusion's sampler settings, used when the config names none
 SD_STEPS, SD_GUIDANCE = SD_SAMPLER.num_inference_steps, SD_SAMPLER.guidance_scale
@@ -148,22 +148,17 @@ class AttackModel:
         ``slots`` is a bool ``(B, L)`` mask; ``vectors`` has one row per True
         entry, in row-major order. Gradients flow back to ``vectors``.
         """
-        layer = self.text_encoder.get_input_embeddings()
-        handle = None
-        if slots is not None and vectors is not None:
-            mask = slots.to(self.device)
-
-            def fill_slots(_module: Any, _args: Any, output: Tensor) -> Tensor:
-                out = output.clone()
-                out[mask] = vectors.to(device=out.device, dtype=out.dtype)
-                return out
-
-            handle = layer.register_forward_hook(fill_slots)
-        try:
+        if slots is None or vectors is None:
             return self.text_encoder(ids.to(self.device))[0]
-        finally:
-            if handle is not None:
-                handle.remove()
+        mask = slots.to(self.device)
+
+        def fill_slots(_name: str, _module: Any, _args: Any, output: Tensor) -> Tensor:
+            out = output.clone()
+            out[mask] = vectors.to(device=out.device, dtype=out.dtype)
+            return out  # a hook's return value replaces the layer's output
+
+        with capture({"token_embedding": self.text_encoder.get_input_embeddings()}, fill_slots):
+            return self.text_encoder(ids.to(self.device))[0]
 
     def encode(self, texts: Sequence[str]) -> Tensor:
         """Prompt embeddings of plain texts, as the pipeline encodes them (truncated to the model's length)."""
