@@ -119,7 +119,9 @@ def test_influence_filter_keeps_the_rows_the_erasure_moves_most():
 def test_directed_augmentations_move_rows_only_along_the_weakest_directions():
     w = torch.diag(torch.tensor([5.0, 4.0, 3.0, 0.01, 0.001], dtype=torch.float64))
     rows = _random(2, 5, seed=11)
-    copies = speed.directed_augmentations(w, rows, count=4, rank=2, scale=1.0, generator=torch.Generator().manual_seed(0))
+    copies = speed.directed_augmentations(
+        w, rows, count=4, rank=2, scale=1.0, generator=torch.Generator().manual_seed(0)
+    )
     assert copies.shape == (8, 5)
     moved = copies - rows.repeat_interleave(4, dim=0)
     assert moved[:, :3].abs().max() == 0 and moved[:, 3:].abs().min() > 0
@@ -134,7 +136,10 @@ def _outputs(pipe, name, rows):
 def _check_edit(pipe, names, cfg, erased, preserve):
     """Apply SPEED and check: retained and invariant rows keep their outputs, the erased rows move toward the anchor."""
     c1, anchor, c0, c2 = speed.edit_inputs(pipe, erased, cfg, preserve)
-    before = {n: (_outputs(pipe, n, c0), _outputs(pipe, n, c2), _outputs(pipe, n, c1), _outputs(pipe, n, anchor)) for n in names}
+    before = {
+        n: (_outputs(pipe, n, c0), _outputs(pipe, n, c2), _outputs(pipe, n, c1), _outputs(pipe, n, anchor))
+        for n in names
+    }
     unlearn(pipe, erased, "speed", cfg, preserve=preserve).apply_(pipe)
     for name in names:
         retained, invariant, old_erased, anchor_out = before[name]

@@ -130,7 +130,9 @@ class SPEEDConfig:
             raise FIAError("lamb must be > 0 (it keeps the projected system invertible), got 0; the paper uses 1")
         check_nonnegative("null_space_tol", self.null_space_tol)
         if self.null_space_tol >= 1:
-            raise FIAError(f"null_space_tol must be < 1 (a share of the largest eigenvalue), got {self.null_space_tol!r}")
+            raise FIAError(
+                f"null_space_tol must be < 1 (a share of the largest eigenvalue), got {self.null_space_tol!r}"
+            )
         for name in ("influence_filter", "invariants"):
             if not isinstance(getattr(self, name), bool):
                 raise FIAError(f"{name} must be true or false, got {getattr(self, name)!r}")
