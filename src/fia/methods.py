@@ -6,7 +6,7 @@ The methods are registered in :mod:`fia.registry` with their config types:
   (:class:`fia.config.FIACausalConfig`), ``fia-rewrite``
   (:class:`fia.config.FIARewriteConfig`) and the ablations;
 * the baselines of :mod:`fia.baselines`: ``conceptprune``, ``uce``,
-  ``esd-x`` and the ``random`` control.
+  ``speed``, ``esd-x`` and the ``random`` control.
 
 Contract (checked by the tests for every registered method):
 

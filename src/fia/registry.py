@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fia.baselines import conceptprune, esd, random, uce
+from fia.baselines import conceptprune, esd, random, speed, uce
 from fia.cache import ConceptCache
 from fia.causal import causal_erase
 from fia.config import AnchoredSettings, FIACausalConfig, FIAConfig, FIARewriteConfig
@@ -128,6 +128,8 @@ _BASELINES: dict[str, tuple[str, type, Callable[..., Any]]] = {
     "conceptprune": ("prunes the FFN2 weights that fire for the concept (Chavhan et al. 2025)",
                      conceptprune.ConceptPruneConfig, conceptprune.unlearn),
     "uce": ("closed-form edit of the cross-attention keys and values (Gandikota et al. 2024)", uce.UCEConfig, uce.unlearn),
+    "speed": ("closed-form cross-attention edit confined to the retained concepts' null space (Li et al. 2025)",
+              speed.SPEEDConfig, speed.unlearn),
     "esd-x": ("fine-tunes the cross-attention with negative guidance (Gandikota et al. 2023)", esd.ESDConfig, esd.unlearn),
     "random": ("control: a random mask with another mask's per-layer counts", random.RandomConfig, random.unlearn),
 }  # fmt: skip

@@ -65,7 +65,7 @@ def test_registry_names_every_method_with_a_valid_default_config():
             method.default_config().validate()
         assert callable(method.run)
     family = {"fia", "fia-causal", "fia-rewrite", "fia-union", "fia-wanda", "fia-channel", "fia-layer"}
-    assert set(registered) == {"conceptprune", "uce", "esd-x", "random"} | family
+    assert set(registered) == {"conceptprune", "uce", "speed", "esd-x", "random"} | family
     assert registered["fia-wanda"].default_config().saliency == "wanda"
     assert registered["fia-rewrite"].default_config().validate().rewrite is not None
     assert registered["fia-union"].default_config().fusion == "union"

@@ -11,6 +11,7 @@ import torch
 from fia.baselines.conceptprune import ConceptPruneConfig
 from fia.baselines.esd import ESDConfig
 from fia.baselines.random import RandomConfig
+from fia.baselines.speed import SPEEDConfig
 from fia.baselines.uce import UCEConfig
 from fia.config import FIACausalConfig, FIAConfig, FIASettings
 from fia.edit import Edit, load_edit
@@ -25,6 +26,7 @@ FAST = {
         saliency_steps=3, num_inference_steps=5, task="shapeworld", prompt_limit=2, sparsity=0.05
     ),
     "uce": UCEConfig(),
+    "speed": SPEEDConfig(invariants=False),  # the tiny encoder's empty prompt spans all 32 dimensions
     "esd-x": ESDConfig(train_steps=3, ddim_steps=4, lr=1e-3, seed=3),
 }
 FAST_FIA = {"task": "shapeworld", "saliency_steps": 2, "num_inference_steps": 3, "r2": 0.05}
