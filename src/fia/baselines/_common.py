@@ -7,10 +7,13 @@ Checks, layer discovery and progress live in their own modules
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from fia.errors import FIAError
 
 
 
@@ -32,3 +35,43 @@ def text_embeddings(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
 
 def execution_device(pipe: Any) -> torch.device:
     return pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
+
+
+# ------------------------------------------- closed-form cross-attention edits
+TOKEN_MODES = ("concept_eos", "concept", "all")
+PROJECTIONS = ("to_k", "to_v")
+
+
+class CrossAttentionEditConfig:
+    """What the closed-form cross-attention edits' configs (UCE, SPEED) share.
+
+    A frozen dataclass subclass declares ``anchor``, ``anchors``, ``tokens``
+    and ``projections`` and calls :meth:`check_rows_and_projections` from its
+    ``validate()``.
+    """
+
+    anchor: str
+    anchors: dict[str, str]
+    tokens: str
+    projections: tuple[str, ...]
+
+    def validate(self) -> Any:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def check_rows_and_projections(self) -> None:
+        """Refuse an unknown token mode or projection (one line naming the choices)."""
+        if self.tokens not in TOKEN_MODES:
+            raise FIAError(f"unknown tokens {self.tokens!r}; use one of: {', '.join(TOKEN_MODES)}")
+        bad = [p for p in self.projections if p not in PROJECTIONS]
+        if bad or not self.projections:
+            raise FIAError(f"projections must be a non-empty subset of {PROJECTIONS}, got {self.projections!r}")
+
+    def anchor_for(self, concept: str) -> str:
+        """The text ``concept`` is mapped to: its own anchor if it has one, else ``anchor``."""
+        return self.anchors.get(concept, self.anchor)
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes).validate()  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]

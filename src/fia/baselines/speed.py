@@ -74,25 +74,25 @@ multi-concept runs turn IPF off (``influence_filter = False``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from fia.baselines import _common
-from fia.baselines.uce import TOKEN_MODES, concept_embeddings, token_positions
+from fia.baselines.uce import concept_embeddings, token_positions
 from fia.config import check_nonnegative
 from fia.delta import WeightDelta
 from fia.errors import FIAError
 from fia.progress import Progress, report
 from fia.targets import find_targets
 
-PROJECTIONS = ("to_k", "to_v")
+PROJECTIONS = _common.PROJECTIONS
 
 
 @dataclass(frozen=True)
-class SPEEDConfig:
+class SPEEDConfig(_common.CrossAttentionEditConfig):
     """Settings of SPEED (see the module doc for the equations).
 
     Attributes:
@@ -143,21 +143,8 @@ class SPEEDConfig:
         if not isinstance(self.augment_rank, int) or isinstance(self.augment_rank, bool) or self.augment_rank < 1:
             raise FIAError(f"augment_rank must be a positive integer, got {self.augment_rank!r}")
         check_nonnegative("augment_scale", self.augment_scale)
-        if self.tokens not in TOKEN_MODES:
-            raise FIAError(f"unknown tokens {self.tokens!r}; use one of: {', '.join(TOKEN_MODES)}")
-        bad = [p for p in self.projections if p not in PROJECTIONS]
-        if bad or not self.projections:
-            raise FIAError(f"projections must be a non-empty subset of {PROJECTIONS}, got {self.projections!r}")
+        self.check_rows_and_projections()
         return self
-
-    def anchor_for(self, concept: str) -> str:
-        return self.anchors.get(concept, self.anchor)
-
-    def replace(self, **changes: Any) -> SPEEDConfig:
-        return replace(self, **changes).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------- pure math

@@ -46,7 +46,7 @@ position ``p`` of the concept maps to position ``p`` of the anchor.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -59,12 +59,11 @@ from fia.errors import FIAError
 from fia.progress import Progress, report
 from fia.targets import find_targets
 
-TOKEN_MODES = ("concept_eos", "concept", "all")
-PROJECTIONS = ("to_k", "to_v")
+TOKEN_MODES, PROJECTIONS = _common.TOKEN_MODES, _common.PROJECTIONS
 
 
 @dataclass(frozen=True)
-class UCEConfig:
+class UCEConfig(_common.CrossAttentionEditConfig):
     """Settings of UCE.
 
     Attributes:
@@ -91,21 +90,8 @@ class UCEConfig:
         check_nonnegative("erase_scale", self.erase_scale)
         check_nonnegative("preserve_scale", self.preserve_scale)
         check_nonnegative("lamb", self.lamb)
-        if self.tokens not in TOKEN_MODES:
-            raise FIAError(f"unknown tokens {self.tokens!r}; use one of: {', '.join(TOKEN_MODES)}")
-        bad = [p for p in self.projections if p not in PROJECTIONS]
-        if bad or not self.projections:
-            raise FIAError(f"projections must be a non-empty subset of {PROJECTIONS}, got {self.projections!r}")
+        self.check_rows_and_projections()
         return self
-
-    def anchor_for(self, concept: str) -> str:
-        return self.anchors.get(concept, self.anchor)
-
-    def replace(self, **changes: Any) -> UCEConfig:
-        return replace(self, **changes).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------- pure math
