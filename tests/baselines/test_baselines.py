@@ -24,18 +24,6 @@ FAST_CP = ConceptPruneConfig(saliency_steps=3, num_inference_steps=5, task="shap
 FAST_ESD = ESDConfig(train_steps=3, ddim_steps=4, lr=1e-3, seed=3)
 
 
-@pytest.fixture(scope="module")
-def base_pipe():
-    from fia.testing import tiny_sd_pipeline
-
-    return tiny_sd_pipeline(seed=0)
-
-
-@pytest.fixture
-def pipe(base_pipe):
-    return copy.deepcopy(base_pipe)
-
-
 def _changed(before, pipe) -> set[str]:
     return {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
 

@@ -20,18 +20,6 @@ KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 VALUE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
 
 
-@pytest.fixture(scope="module")
-def base_pipe():
-    from fia.testing import tiny_sd_pipeline
-
-    return tiny_sd_pipeline(seed=0)
-
-
-@pytest.fixture
-def pipe(base_pipe):
-    return copy.deepcopy(base_pipe)
-
-
 def _random(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
