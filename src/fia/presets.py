@@ -34,7 +34,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise FIAError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/object.yaml")
+        raise FIAError(f"config file {str(p)!r} does not exist; pass a YAML file such as src/fia/configs/object.yaml")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
