@@ -46,17 +46,14 @@ class CrossAttentionEditConfig:
     """What the closed-form cross-attention edits' configs (UCE, SPEED) share.
 
     A frozen dataclass subclass declares ``anchor``, ``anchors``, ``tokens``
-    and ``projections`` and calls :meth:`check_rows_and_projections` from its
-    ``validate()``.
+    and ``projections`` and has a ``validate()`` that returns the config and
+    calls :meth:`check_rows_and_projections`.
     """
 
     anchor: str
     anchors: dict[str, str]
     tokens: str
     projections: tuple[str, ...]
-
-    def validate(self) -> Any:  # pragma: no cover - every subclass has its own
-        raise NotImplementedError
 
     def check_rows_and_projections(self) -> None:
         """Refuse an unknown token mode or projection (one line naming the choices)."""
@@ -75,3 +72,22 @@ class CrossAttentionEditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def edited_projections(pipe: Any, projections: Sequence[str]) -> list[Any]:
+    """The cross-attention key/value linears of ``pipe``'s UNet that a closed-form edit changes (``to_k``, ``to_v``)."""
+    from fia.targets import find_targets
+
+    return [t for t in find_targets(pipe.unet, "attn_kv") if t.name.rsplit(".", 1)[-1] in projections]
+
+
+def float64_weight(target: Any, embedding_dim: int) -> torch.Tensor:
+    """``target``'s weight in float64 on the CPU, after checking it reads ``embedding_dim``-d text embeddings."""
+    w = target.module.weight.detach().double().cpu()
+    if w.shape[1] != embedding_dim:
+        raise FIAError(
+            f"{target.name} takes {w.shape[1]}-d inputs but the text encoder gives "
+            f"{embedding_dim}-d embeddings; this pipeline is not supported"
+        )
+    return w
+

@@ -86,7 +86,6 @@ from fia.config import check_nonnegative
 from fia.delta import WeightDelta
 from fia.errors import FIAError
 from fia.progress import Progress, report
-from fia.targets import find_targets
 
 PROJECTIONS = _common.PROJECTIONS
 
@@ -337,7 +336,7 @@ def unlearn(
     if not concepts and not preserve:
         raise FIAError("no concepts given; name at least one concept to erase")
     c1, anchor, c0, c2 = edit_inputs(pipe, concepts, config, preserve)
-    edited = [t for t in find_targets(pipe.unet, "attn_kv") if t.name.rsplit(".", 1)[-1] in config.projections]
+    edited = _common.edited_projections(pipe, config.projections)
     generator = torch.Generator().manual_seed(config.seed)
     before: dict[str, Tensor] = {}
     after: dict[str, Tensor] = {}
@@ -346,12 +345,7 @@ def unlearn(
     with torch.no_grad():
         for done, target in enumerate(edited, start=1):
             weight = target.module.weight
-            w_old = weight.detach().double().cpu()
-            if w_old.shape[1] != c1.shape[1]:
-                raise FIAError(
-                    f"{target.name} takes {w_old.shape[1]}-d inputs but the text encoder gives "
-                    f"{c1.shape[1]}-d embeddings; this pipeline is not supported"
-                )
+            w_old = _common.float64_weight(target, c1.shape[1])
             targets = anchor @ w_old.T
             retain = refined_retain_set(w_old, c1, targets, c0, config, generator)
             projector = null_space_projector(retain, config.null_space_tol)

@@ -57,7 +57,6 @@ from fia.config import check_nonnegative
 from fia.delta import WeightDelta
 from fia.errors import FIAError
 from fia.progress import Progress, report
-from fia.targets import find_targets
 
 TOKEN_MODES, PROJECTIONS = _common.TOKEN_MODES, _common.PROJECTIONS
 
@@ -217,18 +216,13 @@ def unlearn(
     if not concepts and not preserve:
         raise FIAError("no concepts given; name at least one concept to erase")
     ce, ca, cp = edit_inputs(pipe, concepts, config, preserve)
-    edited = [t for t in find_targets(pipe.unet, "attn_kv") if t.name.rsplit(".", 1)[-1] in config.projections]
+    edited = _common.edited_projections(pipe, config.projections)
     before: dict[str, Tensor] = {}
     after: dict[str, Tensor] = {}
     with torch.no_grad():
         for done, target in enumerate(edited, start=1):
             weight = target.module.weight
-            w_old = weight.detach().double().cpu()
-            if w_old.shape[1] != ce.shape[1]:
-                raise FIAError(
-                    f"{target.name} takes {w_old.shape[1]}-d inputs but the text encoder gives "
-                    f"{ce.shape[1]}-d embeddings; this pipeline is not supported"
-                )
+            w_old = _common.float64_weight(target, ce.shape[1])
             targets = ca @ w_old.T
             w_new = closed_form(
                 w_old, ce, targets, cp,
