@@ -105,8 +105,7 @@ def test_the_graph_check_sees_imports_inside_functions():
     assert "fia.bench" in _imports_by_room()["fia.cli"]
 
 
-def test_no_function_is_over_80_lines_without_a_stated_reason():
-    # a typer command may be long for its option list; its docstring says so
+def test_no_function_is_over_80_lines():
     import ast
 
     long = []
@@ -114,6 +113,6 @@ def test_no_function_is_over_80_lines_without_a_stated_reason():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
-                if lines > 80 and "option list" not in (ast.get_docstring(node) or ""):
+                if lines > 80:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long

@@ -94,26 +94,20 @@ def _check_image_path(out: Path) -> None:
 def erase(
     concepts: str = typer.Option(..., "--concepts", "-c", help='Concepts to erase, comma separated: "golf ball, church".'),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: mask.safetensors, fusion_stats.json, cache/."),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Diffusers folder or Hub id (default: the shipped ShapeWorld 2 model)."
-    ),
-    task: str | None = typer.Option(
-        None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."
-    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="Diffusers folder or Hub id (default: ShapeWorld 2)."),
+    task: str | None = typer.Option(None, "--task", help="Prompt templates and preset: object, style, explicit, shapeworld."),
     shapeworld: str | None = typer.Option(
-        None,
-        "--shapeworld",
+        None, "--shapeworld",
         help="A ShapeWorld world instead of --model: a shipped world's name (shapeworld2, the default; shapeworld, "
         "the first world) or the --out folder of `fia shapeworld train`; its model is erased and its judges write "
         "the report.",
-    ),
+    ),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. src/fia/configs/object.yaml)."),
     preset: str | None = typer.Option(
-        None,
-        "--preset",
+        None, "--preset",
         help="reference: the public reference code's settings (paper variant, --saliency wanda, --cfg-rows both, "
         "the task's schedule and guidance), which reproduce its masks; --config and flags still override.",
-    ),
+    ),  # fmt: skip
     r1: float | None = typer.Option(None, "--r1", help="Temporal sparsity (Eq. 3), e.g. 0.05."),
     r2: float | None = typer.Option(None, "--r2", help="Spatial sparsity (Eq. 4-6), e.g. 0.01."),
     alpha: float | None = typer.Option(None, "--alpha", help="Concept-agnostic share (Eq. 7), e.g. 0.6."),
@@ -148,34 +142,43 @@ def erase(
         None, "--rewrite-weight",
         help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.3).",
     ),
-    concept_prompts: Path | None = typer.Option(
-        None, "--concept-prompts", help="File of concept prompts, one per line, {concept} placeholder."
-    ),
+    concept_prompts: Path | None = typer.Option(None, "--concept-prompts", help="Concept prompts, one a line ({concept})."),
     base_prompts: Path | None = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),
     save_pipeline: bool = typer.Option(False, "--save-pipeline", help="Also save the edited pipeline to OUT/pipeline."),
-    no_report: bool = typer.Option(
-        False, "--no-report", help="On ShapeWorld, skip the before/after evaluation and OUT/report.html."
-    ),
+    no_report: bool = typer.Option(False, "--no-report", help="On ShapeWorld, skip the before/after report."),
 ) -> None:
     """Find the edit that erases CONCEPTS and write it to OUT.
-
-    (Most of this function's length is its option list; the body checks the
-    inputs, then hands a checked plan to :func:`run_erase`.)
 
     On ShapeWorld (task shapeworld) it then renders base and edited images with
     the same seeds, judges them with the ShapeWorld oracle and writes
     OUT/report.html, unless --no-report.
     """
-    from fia.engine import plan_erase
-    from fia.models import check_load_args
-
-    # ---- validate everything before heavy work and before writing anything
     flags = EraseFlags(
         r1=r1, r2=r2, alpha=alpha, saliency_steps=saliency_steps, num_inference_steps=steps, guidance_scale=guidance,
         seed=seed, batch_size=batch_size, saliency=saliency, cfg_rows=cfg_rows, targets=targets, budget=budget,
         rounds=rounds, anchor_weight=anchor_weight, anchors=anchors, score_steps=score_steps, repair=repair,
         repair_weight=repair_weight, rewrite_weight=rewrite_weight,
     )  # fmt: skip
+    # everything is checked before heavy work and before anything is written
+    model, world_dir, plan, report = _checked_erase(
+        flags, concepts, out, model, task, shapeworld, config, preset, variant, device, dtype, concept_prompts,
+        base_prompts, no_report,
+    )  # fmt: skip
+    run_erase(
+        model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
+        world_dir=world_dir,
+    )  # fmt: skip
+
+
+def _checked_erase(
+    flags: EraseFlags, concepts: str, out: Path, model: str | None, task: str | None, shapeworld: str | None,
+    config: Path | None, preset: str | None, variant: str | None, device: str, dtype: str,
+    concept_prompts: Path | None, base_prompts: Path | None, no_report: bool,
+) -> tuple[str, Path | None, Any, bool]:
+    """``fia erase``'s inputs checked, nothing loaded or written: ``(model, world folder, plan, report?)``."""
+    from fia.engine import plan_erase
+    from fia.models import check_load_args
+
     model, world_dir = _model_and_world(model, shapeworld)
     world = None
     if world_dir is not None:
@@ -195,10 +198,7 @@ def erase(
         # its world read once it is loaded, and the default world's kinds include the first world's
         shapeworld_families(plan.concepts, cfg.world or DEFAULT_WORLD)
 
-    run_erase(
-        model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
-        world_dir=world_dir,
-    )  # fmt: skip
+    return model, world_dir, plan, report
 
 
 def _model_and_world(model: str | None, shapeworld: str | None):
@@ -678,11 +678,8 @@ def attack(
     concept (Wilson 95 % interval). --ceiling adds the same probes on the
     unedited model. Finished probes are written as they finish: re-run the
     same command to resume an interrupted attack.
-
-    (Most of this function's length is its option list; the body checks the
-    inputs, then runs :func:`fia.attack.run_attack`.)
     """
-    from fia.attack import AttackConfig, plan_attack, run_attack
+    from fia.attack import plan_attack, run_attack
     from fia.attack.runner import check_concepts, check_edit, parse_probes
     from fia.edit import load_edit
     from fia.models import check_load_args, generation_defaults, load_pipeline
@@ -696,16 +693,7 @@ def attack(
     defaults = generation_defaults(model)  # the user's --model: none is a ShapeWorld world's
     model, world_dir = model_of_edit(loaded, model)  # without --model, the shipped world the edit was made on
     check_load_args(model, device, dtype)
-    changes = {
-        "num_inference_steps": steps if steps is not None else (None if quick else defaults["num_inference_steps"]),
-        "guidance_scale": guidance if guidance is not None else defaults["guidance_scale"],
-        "seed": seed,
-        "refill": refill,
-    }
-    if images is not None:
-        changes["images"] = images
-    changes = {k: v for k, v in changes.items() if v is not None}
-    config = AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
+    config = _attack_config(quick, defaults, steps=steps, guidance=guidance, seed=seed, refill=refill, images=images)
     # a ShapeWorld world's model is judged by that world's judges whatever task the edit names
     world = task or ("shapeworld" if world_dir is not None else loaded.config.get("task") or "object")
     judge, texts = _attack_judge(world, world_dir, check_concepts(concepts, loaded), paraphrases,
@@ -718,18 +706,30 @@ def attack(
     check_edit(pipe, loaded)  # an edit made for another model stops here, before anything is drawn or written
     with rich_bar(f"attacking {len(plan.concepts)} concept(s), probes", console) as progress:
         try:
-            result = run_attack(
-                pipe, loaded, plan.concepts, plan.probes, config, judge=judge, texts=texts, ceiling=ceiling,
-                out_dir=out, progress=progress,
-            )  # fmt: skip
+            result = run_attack(pipe, loaded, plan.concepts, plan.probes, config, judge=judge, texts=texts,
+                                ceiling=ceiling, out_dir=out, progress=progress)  # fmt: skip
         except KeyboardInterrupt:
-            typer.echo(
-                f"interrupted; the finished probes are in {out / 'attack.json'}: run the same command again to resume",
-                err=True,
-            )
+            typer.echo(f"interrupted; the finished probes are in {out / 'attack.json'}: run the same command again "
+                       "to resume", err=True)  # fmt: skip
             raise typer.Exit(code=130) from None
     typer.echo(result.markdown())
     typer.echo(f"wrote {out / 'attack.json'} and {out / 'report.md'} (attempts' images in {out / 'images'})")
+
+
+def _attack_config(quick: bool, defaults: dict[str, Any], *, steps: int | None, guidance: float | None, seed: int,
+                   refill: str | None, images: int | None) -> Any:
+    """The attack's budgets: the flags, else the model's sampler (``--quick``: each probe's smallest budget)."""
+    from fia.attack import AttackConfig
+
+    changes = {
+        "num_inference_steps": steps if steps is not None else (None if quick else defaults["num_inference_steps"]),
+        "guidance_scale": guidance if guidance is not None else defaults["guidance_scale"],
+        "seed": seed,
+        "refill": refill,
+        "images": images,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return AttackConfig.quick(**changes) if quick else AttackConfig(**changes).validate()
 
 
 def _attack_judge(world: str, world_dir: Path | None, concepts: list[str], paraphrases: Path | None, **judge_args: Any):
