@@ -117,7 +117,7 @@ def erase(
     seed: int | None = typer.Option(None, "--seed", help="Base seed; paired prompts share seed + k."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch (speed only)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch: memory and speed only, the mask is the same."),
     saliency: str | None = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
     cfg_rows: str | None = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
     targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),

@@ -185,7 +185,9 @@ class FIASettings:
             starts (:meth:`fia.shapeworld.task.ShapeWorldTask.settle`).
         seed: base seed; paired concept/base prompts share ``seed + k``.
         batch_size: prompts per sampler batch; ``None`` lets the variant
-            choose (the paper's: all prompts of a concept in one batch).
+            choose (the paper's: all prompts of a concept in one batch; the
+            causal variant's: micro-batches of 16). Memory and speed only:
+            the sums are the same, so it is not recorded in the mask.
         targets: which linears are scored and edited (``ffn2`` as in the
             paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
         num_inference_steps: length of the sampler schedule; left out
@@ -549,6 +551,11 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
     data = dict(_V1_OTHER_VARIANTS_FIELDS)
     data.update(dataclasses.asdict(config))  # nested blocks become dicts
     data["variant"] = config.VARIANT
+    # batch_size splits the prompts into micro-batches for memory and speed; the
+    # gradients and statistics are the same sums, and on the shipped worlds the
+    # masks are the same bytes (tests/erase/test_batching.py), so a batched run
+    # records what the unbatched one does and shares its cache entries
+    data["batch_size"] = None
     if data.get("world") is None and config.task != "shapeworld":
         data["world"] = _V1_WORLD_OFF_SHAPEWORLD
     data["evidence_timesteps"] = list(data["evidence_timesteps"])
