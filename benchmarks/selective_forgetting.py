@@ -10,8 +10,10 @@ Tasks on ShapeWorld 2 (32 kinds on a long tail):
 Methods (``config_for``): ``default`` (the ShapeWorld preset as ``fia erase``
 runs it: today the causal pruning with the closed-form repair), ``paper``
 (the paper's FIA), ``causal`` (the causal pruning with the repair, named),
-``mask`` (that pruning alone, ``--no-repair``) and ``rewrite`` (the
-closed-form rewrite, ``--variant rewrite``), each erased in the same
+``mask`` (that pruning alone, ``--no-repair``), ``rewrite`` (the
+closed-form rewrite, ``--variant rewrite``) and ``speed`` (the SPEED
+baseline, a null-space-constrained edit of the cross-attention values, told
+to keep every other kind), each erased in the same
 process, so their seconds compare. ``--merge`` keeps the rows of the methods
 not run now from the existing result file; every row records its commit.
 
@@ -90,6 +92,14 @@ def config_for(method: str):
     variant = {"paper": "paper", "causal": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
     cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": variant})
     return cfg.replace(repair=None) if method == "mask" else cfg
+
+
+def edit_for(pipe, method: str, erased: list[str]):
+    """The edit of ``method`` for ``erased``: ``fia.erase`` with :func:`config_for`, or for ``speed``
+    the SPEED baseline at its paper's settings, told to keep every other kind (its retain set)."""
+    if method == "speed":
+        return fia.unlearn(pipe, erased, "speed", preserve=[o for o in KINDS if o not in erased])
+    return fia.erase(pipe, erased, config_for(method))
 
 
 # ----------------------------------------------------------------- the images
@@ -220,13 +230,13 @@ def cost(method: str, erased: list[str]) -> dict:
     """Seconds per concept and peak RSS of the erase alone, in a fresh process."""
     code = (
         "import json, resource, sys, time, torch; sys.path.insert(0, %r)\n"
-        "from selective_forgetting import config_for, WORLD\n"
+        "from selective_forgetting import edit_for, WORLD\n"
         "import fia\nfrom fia.shapeworld import load_pipeline\n"
         "pipe = load_pipeline(world=WORLD.name)\nbase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "t = time.perf_counter(); fia.erase(pipe, %r, config_for(%r)); s = time.perf_counter() - t\n"
+        "t = time.perf_counter(); edit_for(pipe, %r, %r); s = time.perf_counter() - t\n"
         "print(json.dumps({'seconds': s, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,"
         " 'rss_before_erase_gb': base / 1e6}))\n"
-    ) % (str(Path(__file__).resolve().parent), erased, method)
+    ) % (str(Path(__file__).resolve().parent), method, erased)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     data = json.loads(res.stdout.strip().splitlines()[-1])
     return {
@@ -248,7 +258,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "mask", "causal", "rewrite", "default"]
+    order = ["unedited", "paper", "speed", "mask", "causal", "rewrite", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
@@ -361,16 +371,14 @@ def main() -> None:
             methods = [m for m in methods if m not in ("paper", "mask")]
         for method in methods:
             t0 = time.perf_counter()
-            mask = fia.erase(pipe, erased, config_for(method))
+            edit = edit_for(pipe, method, erased)
             seconds = time.perf_counter() - t0
-            mask.apply_(pipe)
-            try:
+            with edit.applied(pipe):
                 m = measure(pipe, judges, clip, split, erased, reference)
-            finally:
-                mask.restore_(pipe)
-            rows[method] = {"measure": m, "pruned_share": mask.pruned_share, "repaired_rows": mask.repaired_rows,
+            rows[method] = {"measure": m, "pruned_share": getattr(edit, "pruned_share", 0.0),
+                            "repaired_rows": getattr(edit, "repaired_rows", 0),
                             "seconds_in_run": round(seconds, 1), "commit": results["commit"],
-                            "variant": mask.config.get("variant")}
+                            "variant": edit.config.get("variant")}
             if task in args.cost_tasks.split(","):
                 rows[method]["cost"] = cost(method, erased)
             print(task, method, m["forget"], m["kept"], m["quality"], rows[method].get("cost"), flush=True)
