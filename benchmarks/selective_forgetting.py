@@ -13,7 +13,8 @@ runs it: today the causal pruning with the closed-form repair), ``paper``
 ``mask`` (that pruning alone, ``--no-repair``), ``rewrite`` (the
 closed-form rewrite, ``--variant rewrite``) and ``speed`` (the SPEED
 baseline, a null-space-constrained edit of the cross-attention values, told
-to keep every other kind), each erased in the same
+to keep every other kind; ``speed-words`` edits the word tokens' rows only),
+each erased in the same
 process, so their seconds compare. ``--merge`` keeps the rows of the methods
 not run now from the existing result file; every row records its commit.
 
@@ -97,8 +98,11 @@ def config_for(method: str):
 def edit_for(pipe, method: str, erased: list[str]):
     """The edit of ``method`` for ``erased``: ``fia.erase`` with :func:`config_for`, or for ``speed``
     the SPEED baseline at its paper's settings, told to keep every other kind (its retain set)."""
-    if method == "speed":
-        return fia.unlearn(pipe, erased, "speed", preserve=[o for o in KINDS if o not in erased])
+    if method in ("speed", "speed-words"):  # speed-words: the concept's word tokens only, not its end-of-text row
+        from fia.baselines.speed import SPEEDConfig
+
+        config = SPEEDConfig(tokens="concept") if method == "speed-words" else None
+        return fia.unlearn(pipe, erased, "speed", config, preserve=[o for o in KINDS if o not in erased])
     return fia.erase(pipe, erased, config_for(method))
 
 
@@ -258,7 +262,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "speed", "mask", "causal", "rewrite", "default"]
+    order = ["unedited", "paper", "speed", "speed-words", "mask", "causal", "rewrite", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
