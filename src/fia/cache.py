@@ -215,13 +215,21 @@ def rounds_key(
     anchors: Any,
     shapes: dict[str, tuple[int, int]],
 ) -> str:
-    """The key of a causal run's rounds: model, concepts, every setting, evidence and anchor prompts, layers."""
+    """The key of a causal run's rounds: model, concepts, every setting, evidence and anchor prompts, layers.
+
+    A repair fitted once after the last round does not change the rounds, so
+    its settings are left out of the key: runs that differ only there share
+    their rounds (a repair refitted every round is part of them).
+    """
+    settings = config.to_dict()
+    if config.repair is not None and not config.repair.every_round:
+        settings.pop("repair")
     return key_hash(
         {
             "format": CACHE_FORMAT,
             "fingerprint": fingerprint,
             "concepts": concepts,
-            "config": config.to_dict(),
+            "config": settings,
             "prompts": {c: p.to_dict() for c, p in prompts.items()},
             "anchors": anchors.to_dict() if anchors else None,
             "layers": [[n, list(s)] for n, s in shapes.items()],

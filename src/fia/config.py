@@ -111,6 +111,10 @@ class RepairConfig(_SettingsBlock):
         every_round: refit the repair after every round of pruning, so the
             next round scores the repaired model (default: once, after the
             last; every round without anchors kept less on the tuning split).
+        balance_rounds: reweightings of the kept groups (each kept kind, the
+            object-less scenes, ...), so that no kept kind absorbs the change
+            alone (:mod:`fia.core.balance`; 0: one solve on the pooled kept
+            prompts). Recorded in a mask only when not 0.
     """
 
     NAME: ClassVar[str] = "repair"
@@ -119,6 +123,7 @@ class RepairConfig(_SettingsBlock):
     keep_prompts_per_concept: int = 4
     concept_prompts_per_concept: int = 12
     every_round: bool = False
+    balance_rounds: int = 0
 
     def validate(self) -> "RepairConfig":
         for name in ("concept_weight", "damping"):
@@ -129,6 +134,8 @@ class RepairConfig(_SettingsBlock):
             raise FIAError(f"repair.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.01")
         for name in ("keep_prompts_per_concept", "concept_prompts_per_concept"):
             check_positive_int(f"repair.{name}", getattr(self, name))
+        if not isinstance(self.balance_rounds, int) or isinstance(self.balance_rounds, bool) or self.balance_rounds < 0:
+            raise FIAError(f"repair.balance_rounds must be an integer >= 0, got {self.balance_rounds!r}; e.g. 6")
         return self
 
 
@@ -563,6 +570,8 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
     for key in ("repair", "stop_evidence"):
         if data.get(key) is None:
             data.pop(key, None)
+    if isinstance(data.get("repair"), dict) and not data["repair"].get("balance_rounds"):
+        data["repair"].pop("balance_rounds", None)  # an unbalanced repair records what it always did
     return data
 
 

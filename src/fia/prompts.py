@@ -66,19 +66,26 @@ class EvidencePrompts:
 
 @dataclass(frozen=True)
 class RepairPrompts:
-    """The prompt sets the closed-form repair is fitted on (:mod:`fia.repair`); prompt ``k`` from ``seeds[k]``."""
+    """The prompt sets the closed-form repair is fitted on (:mod:`fia.repair`); prompt ``k`` from ``seeds[k]``.
+
+    ``keep[k]`` belongs to kept group ``keep_groups[k]`` (a kept kind, the
+    object-less scenes, ...), which the balanced repair weighs.
+    """
 
     keep: tuple[str, ...]
     keep_seeds: tuple[int, ...]
     concept: tuple[str, ...]
     concept_seeds: tuple[int, ...]
+    keep_groups: tuple[str, ...] = ()
 
     @classmethod
-    def seeded(cls, keep: Sequence[str], concept: Sequence[str], seed: int) -> "RepairPrompts":
-        """The two sets with their seeds (offsets from ``seed`` that no evidence or anchor prompt uses)."""
+    def seeded(cls, keep: Sequence[str], concept: Sequence[str], seed: int, groups: Sequence[str] | None = None) -> "RepairPrompts":
+        """The sets with their seeds (offsets from ``seed`` that no evidence or anchor prompt uses);
+        without ``groups`` the kept prompts form one group."""
         return cls(
             tuple(keep), tuple(seed + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))),
             tuple(concept), tuple(seed + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+            tuple(groups) if groups is not None else ("kept",) * len(keep),
         )  # fmt: skip
 
 

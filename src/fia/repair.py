@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fia.core.repair import LayerRepair, RepairError, repair_layer
+from fia.core.repair import LayerRepair, RepairError, balanced_repair, repair_layer
 from fia.errors import FIAError
 from fia.sampling import capture, generate
 from fia.targets import TargetLinear
@@ -81,6 +81,63 @@ def collect_grams(
     return acc.means()
 
 
+class _GroupGramAccumulator:
+    """Running ``sum x x^T`` per kept group and layer: each sample's rows (both guidance rows) go to its group."""
+
+    def __init__(self, guided: bool):
+        self.guided = guided
+        self.batch_groups: list[str] = []  # the group of each prompt in the batch now running
+        self.sums: dict[str, dict[str, Tensor]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
+        x = args[0].detach()
+        n = len(self.batch_groups)
+        for g in dict.fromkeys(self.batch_groups):
+            idx = [i for i, gi in enumerate(self.batch_groups) if gi == g]
+            if self.guided:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
+                idx = idx + [n + i for i in idx]
+            xg = x[idx].reshape(-1, x.shape[-1]).to(torch.float64)
+            sums, counts = self.sums.setdefault(g, {}), self.counts.setdefault(g, {})
+            if name in sums:
+                sums[name] += xg.T @ xg
+            else:
+                sums[name] = xg.T @ xg
+            counts[name] = counts.get(name, 0) + xg.shape[0]
+
+    def means(self) -> dict[str, dict[str, Tensor]]:
+        return {g: {n: s / max(1, self.counts[g][n]) for n, s in layers.items()} for g, layers in self.sums.items()}
+
+
+def collect_group_grams(
+    pipe: Any,
+    targets: Sequence[TargetLinear],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    groups: Sequence[str],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int = 32,
+) -> dict[str, dict[str, Tensor]]:
+    """``group -> layer -> G_g``: each group's mean ``x x^T`` (every token, step and guidance row), in shared batches.
+
+    The same statistics as one :func:`collect_grams` pass per group (up to the
+    order of float sums), at the cost of one pass over all the prompts.
+    """
+    if not prompts:
+        raise FIAError("the repair has no prompts to fit on; give it kept prompts (anchors) and concept prompts")
+    acc = _GroupGramAccumulator(guided=guidance_scale > 1)
+    with capture(targets, acc.hook):
+        for s in range(0, len(prompts), batch_size):
+            acc.batch_groups = list(groups[s : s + batch_size])
+            generate(
+                pipe, prompts[s : s + batch_size], seeds[s : s + batch_size],
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="latent",
+            )  # fmt: skip
+    return acc.means()
+
+
 def fit_repair(
     weights: dict[str, Tensor],
     prune: dict[str, Tensor],
@@ -108,12 +165,19 @@ def fit_repair(
 
 @dataclass(frozen=True)
 class RepairGrams:
-    """The repair's Gram matrices per target layer and the prompt counts they came from."""
+    """The repair's Gram matrices per target layer and the prompt counts they came from.
+
+    ``keep`` pools every kept prompt; a balanced repair has instead each kept
+    group's (``groups``: group -> layer -> ``G_g``, ``group_sizes``: its prompts)
+    and ``keep`` is empty.
+    """
 
     keep: dict[str, Tensor]
     concept: dict[str, Tensor]
     keep_prompts: int
     concept_prompts: int
+    groups: dict[str, dict[str, Tensor]] | None = None
+    group_sizes: dict[str, int] | None = None
 
 
 def repair_grams(pipe: Any, targets: Sequence[TargetLinear], concepts: Sequence[str], config: Any) -> RepairGrams:
@@ -127,12 +191,25 @@ def repair_grams(pipe: Any, targets: Sequence[TargetLinear], concepts: Sequence[
     if not rp.keep:
         raise FIAError("the repair has no kept prompts (every concept is erased); drop --repair or keep some concepts")
     steps, guidance = config.num_inference_steps, config.guidance_scale
-    keep = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=steps, guidance_scale=guidance)
     concept = collect_grams(pipe, targets, rp.concept, rp.concept_seeds, rows="cond", num_inference_steps=steps, guidance_scale=guidance)
+    if config.repair.balance_rounds > 0:
+        groups = collect_group_grams(pipe, targets, rp.keep, rp.keep_seeds, rp.keep_groups,
+                                     num_inference_steps=steps, guidance_scale=guidance)  # fmt: skip
+        sizes = {g: rp.keep_groups.count(g) for g in groups}
+        return RepairGrams({}, concept, len(rp.keep), len(rp.concept), groups, sizes)
+    keep = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=steps, guidance_scale=guidance)
     return RepairGrams(keep, concept, len(rp.keep), len(rp.concept))
 
 
 def fit_repair_for(weights: dict[str, Tensor], prune: dict[str, Tensor], grams: RepairGrams, config: Any) -> dict[str, LayerRepair]:
     """:func:`fit_repair` with ``config.repair``'s settings."""
     rc = config.repair
-    return fit_repair(weights, prune, grams.keep, grams.concept, concept_weight=rc.concept_weight, damping=rc.damping)
+    if grams.groups is None:
+        return fit_repair(weights, prune, grams.keep, grams.concept, concept_weight=rc.concept_weight, damping=rc.damping)
+    unedited = {name: w.detach().cpu() for name, w in weights.items()}
+    try:
+        balanced = balanced_repair(unedited, prune, grams.groups, grams.group_sizes, grams.concept,
+                                   concept_weight=rc.concept_weight, damping=rc.damping, rounds=rc.balance_rounds)
+    except RepairError as exc:
+        raise FIAError(f"the balanced repair cannot be fitted: {exc}") from None
+    return balanced.result

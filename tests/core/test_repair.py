@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fia.core.repair import RepairError, repair_layer
+from fia.core.repair import RepairError, balanced_repair, repair_layer
 
 
 def _brute_force_row(w, pruned_cols, xk, xc, lam, delta_abs):
@@ -90,3 +90,57 @@ def test_no_pruned_entry_changes_nothing_and_zero_gram_is_refused():
     prune[1, 2] = True
     with pytest.raises(RepairError, match="no kept inputs"):
         repair_layer(w, prune, torch.zeros(4, 4))
+
+
+def _kept_groups(seed=5):
+    """A layer whose pruned entries sit on the concept's input direction; a kept group near that
+    direction (few prompts) and one far from it (many)."""
+    g = torch.Generator().manual_seed(seed)
+    w = {"a": torch.randn(6, 5, generator=g, dtype=torch.float64)}
+    prune = {"a": torch.zeros(6, 5, dtype=torch.bool)}
+    prune["a"][:3, 0] = True  # the concept's input direction is column 0
+    prune["a"][4, 1] = True
+    concept_dir = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    x_far = torch.randn(60, 5, generator=g, dtype=torch.float64) * torch.tensor([0.1, 1, 1, 1, 1], dtype=torch.float64)
+    x_near = 0.8 * concept_dir + 0.3 * torch.randn(10, 5, generator=g, dtype=torch.float64)
+    xc = concept_dir + 0.1 * torch.randn(20, 5, generator=g, dtype=torch.float64)
+    grams = {"far": {"a": x_far.T @ x_far / 60}, "near": {"a": x_near.T @ x_near / 10}}
+    return w, prune, grams, {"far": 60, "near": 10}, {"a": xc.T @ xc / 20}
+
+
+def _change(w, values, rows, gram):
+    new = w.clone()
+    new[rows] = values.double()
+    d = new - w
+    return float(((d @ gram) * d).sum() / ((w @ gram) * w).sum())
+
+
+def test_balanced_repair_without_rounds_is_the_pooled_repair_and_rounds_spread_the_change():
+    w, prune, grams, sizes, gc = _kept_groups()
+    plain = balanced_repair(w, prune, grams, sizes, gc, concept_weight=1.0, damping=0.01, rounds=0)
+    pooled = (60 * grams["far"]["a"] + 10 * grams["near"]["a"]) / 70
+    direct = repair_layer(w["a"], prune["a"], pooled, gc["a"], concept_weight=1.0, damping=0.01)
+    assert torch.equal(plain.result["a"].rows, direct.rows) and torch.equal(plain.result["a"].values, direct.values)
+    # each group's change is its relative output change, computed here from the rows by hand
+    for group in grams:
+        assert plain.group_change[group] == pytest.approx(_change(w["a"], direct.values, direct.rows, grams[group]["a"]), rel=1e-6)
+    assert plain.group_change["near"] > plain.group_change["far"]
+    balanced = balanced_repair(w, prune, grams, sizes, gc, concept_weight=1.0, damping=0.01, rounds=5)
+    assert balanced.group_weights["near"] > balanced.group_weights["far"]
+    assert balanced.group_change["near"] < plain.group_change["near"]
+    # the constraint holds in every solve: pruned entries exactly zero, only rows with a pruned entry change
+    rows, values = balanced.result["a"].rows, balanced.result["a"].values
+    assert rows.tolist() == [0, 1, 2, 4]
+    assert bool((values[prune["a"][rows]] == 0).all())
+
+
+def test_balanced_repair_refuses_no_kept_groups_and_skips_untouched_layers():
+    w, prune, grams, sizes, gc = _kept_groups()
+    with pytest.raises(RepairError, match="no kept prompts"):
+        balanced_repair(w, prune, {}, {}, gc, concept_weight=1.0, damping=0.01, rounds=1)
+    w2 = w | {"b": torch.ones(3, 5, dtype=torch.float64)}
+    prune2 = prune | {"b": torch.zeros(3, 5, dtype=torch.bool)}
+    grams2 = {g: layers | {"b": torch.eye(5, dtype=torch.float64)} for g, layers in grams.items()}
+    out = balanced_repair(w2, prune2, grams2, sizes, gc | {"b": torch.eye(5, dtype=torch.float64)},
+                          concept_weight=1.0, damping=0.01, rounds=2)  # fmt: skip
+    assert set(out.result) == {"a"}

@@ -41,9 +41,14 @@ def test_every_variant_records_the_settings_layout_of_format_v1():
     causal = FIACausalConfig(task="shapeworld", world="shapeworld2", budget=0.02, repair=True, stop_evidence=0.2)
     want = V1_PAPER_OBJECT | {
         "task": "shapeworld", "world": "shapeworld2", "variant": "causal", "budget": 0.02, "stop_evidence": 0.2,
-        "num_inference_steps": 25, "guidance_scale": 5.0, "repair": dataclasses.asdict(RepairConfig()),
+        "num_inference_steps": 25, "guidance_scale": 5.0,
+        # the v1 repair block: balance_rounds joined later and is recorded only when it is not 0
+        "repair": {"concept_weight": 1.0, "damping": 0.01, "keep_prompts_per_concept": 4,
+                   "concept_prompts_per_concept": 12, "every_round": False},
     }  # fmt: skip
     assert causal.to_dict() == want
+    balanced = causal.replace(repair=RepairConfig(balance_rounds=6))
+    assert balanced.to_dict()["repair"] == want["repair"] | {"balance_rounds": 6}
     rewrite = FIARewriteConfig(anchors=["dog"])
     assert rewrite.to_dict() == V1_PAPER_OBJECT | {"variant": "rewrite", "anchors": ["dog"], "rewrite": RewriteConfig().to_dict()}
     json.dumps(causal.to_dict())  # JSON-ready, as a mask header stores it
@@ -52,8 +57,9 @@ def test_every_variant_records_the_settings_layout_of_format_v1():
 @pytest.mark.parametrize("config", [
     FIAConfig(task="style", r2=0.02, r2_overrides={"Van Gogh": 0.03}, alpha=0.8),
     FIACausalConfig(task="object", anchors=["dog"], evidence_timesteps=[0.5], repair={"concept_weight": 2.0}),
+    FIACausalConfig(task="shapeworld", repair={"balance_rounds": 6}),
     FIARewriteConfig(task="shapeworld", world="shapeworld", rewrite={"balance_rounds": 1}),
-], ids=["paper", "causal", "rewrite"])  # fmt: skip
+], ids=["paper", "causal", "causal-balanced", "rewrite"])  # fmt: skip
 def test_a_record_reads_back_as_the_config_that_made_it(config):
     back = config_from_record(json.loads(json.dumps(config.to_dict())))
     assert type(back) is type(config) and back == config

@@ -127,3 +127,41 @@ def test_shapeworld_preset_gives_each_variant_its_own_settings():
         with_repair_options(causal, False, 2.0)
     with pytest.raises(FIAError, match="repair follows the causal variant"):
         with_repair_options(paper, True, None)
+
+
+def test_group_grams_in_shared_batches_equal_one_pass_per_group(tiny_dir):
+    """Routing each sample's rows to its group gives each group's own Gram matrices."""
+    from fia.repair import collect_group_grams
+
+    pipe = load_tiny(tiny_dir)
+    targets = find_targets(pipe.unet, "ffn2")
+    prompts = ["a dog in a park", "a cat on a beach", "a dog on a beach", "a park", "a cat in a park"]
+    groups = ["dog", "cat", "dog", "scene", "cat"]
+    seeds = [11, 12, 13, 14, 15]
+    shared = collect_group_grams(pipe, targets, prompts, seeds, groups, num_inference_steps=2, guidance_scale=3.0, batch_size=3)
+    assert set(shared) == {"dog", "cat", "scene"}
+    for g in shared:
+        idx = [i for i, gi in enumerate(groups) if gi == g]
+        alone = collect_grams(pipe, targets, [prompts[i] for i in idx], [seeds[i] for i in idx], rows="all",
+                              num_inference_steps=2, guidance_scale=3.0)  # fmt: skip
+        for name, gram in alone.items():
+            torch.testing.assert_close(shared[g][name], gram, rtol=1e-5, atol=1e-7)
+
+
+def test_balanced_repair_is_one_reversible_edit_that_records_its_rounds(tiny_dir, tmp_path):
+    pipe = load_tiny(tiny_dir)
+    cfg = tiny_causal_config(repair=RepairConfig(keep_prompts_per_concept=2, concept_prompts_per_concept=2, balance_rounds=2))
+    mask = fia.erase(pipe, ["golf ball"], cfg, cache_dir=tmp_path)
+    assert mask.repaired and mask.config["repair"]["balance_rounds"] == 2
+    # a repair fitted after the last round is not part of the rounds: another repair reuses them
+    plain = fia.erase(pipe, ["golf ball"], tiny_causal_config(repair=REPAIR), cache_dir=tmp_path)
+    assert [r["cached"] for r in plain.stats["rounds"]] == [True, True]
+    assert plain.to_bytes() == fia.erase(pipe, ["golf ball"], tiny_causal_config(repair=REPAIR)).to_bytes()
+    assert "balance_rounds" not in plain.config["repair"]
+    # the same pruning (the repair runs after the last round); only the repaired rows' values differ
+    assert [lm.indices.tolist() for lm in mask.layers] == [lm.indices.tolist() for lm in plain.layers]
+    before = _ffn2(pipe)
+    with mask.applied(pipe):
+        assert any(not torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
+    assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
+    assert fia.erase(pipe, ["golf ball"], cfg).to_bytes() == mask.to_bytes()

@@ -28,6 +28,11 @@ Rows with no pruned entry have ``e = 0`` and keep ``d = 0``: the repair only
 touches pruned rows. ``lambda = 0`` is the plain least-squares repair of
 SparseGPT / OBS (kept outputs only); ``lambda -> inf`` returns the masked row.
 
+Kept prompts may come in groups (one per kept kind, the object-less
+scenes, ...): :func:`balanced_repair` reweights them so that no kept kind
+absorbs the change alone (:mod:`fia.core.balance`, the loop the rewrite
+shares).
+
 Everything here is pure tensor code in float64 (no model, no hooks);
 :func:`repair_layer` is checked against a brute-force constrained least
 squares in the tests.
@@ -35,10 +40,13 @@ squares in the tests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from fia.core.balance import Balanced, balance_groups, group_changes, mix_grams
 
 
 class RepairError(ValueError):
@@ -125,3 +133,54 @@ def repair_layer(
     if not torch.isfinite(out).all():
         raise RepairError("the repair produced non-finite weights; raise the damping")
     return LayerRepair(rows.to(torch.int64), out.to(torch.float32))
+
+
+def repaired_weight(weight: Tensor, repair: LayerRepair) -> Tensor:
+    """The layer's weight after the mask and the repair: ``weight`` with the repaired rows written in.
+
+    Every row with a pruned entry is a repaired row, so this is the whole edited layer.
+    """
+    out = weight.detach().to(torch.float32).clone()
+    out[repair.rows] = repair.values
+    return out
+
+
+def balanced_repair(
+    weights: Mapping[str, Tensor],
+    prune: Mapping[str, Tensor],
+    group_grams: Mapping[str, Mapping[str, Tensor]],
+    sizes: Mapping[str, int],
+    gram_concept: Mapping[str, Tensor] | None,
+    *,
+    concept_weight: float,
+    damping: float,
+    rounds: int,
+) -> Balanced[dict[str, LayerRepair]]:
+    """:func:`repair_layer` on every layer with a pruned entry, the kept groups balanced over ``rounds``
+    (:mod:`fia.core.balance`): ``G_k`` of each solve mixes the groups' Gram matrices by their weights.
+
+    Args:
+        weights: unedited weights by layer name.
+        prune: bool masks by layer name.
+        group_grams: ``group -> layer -> G_g``.
+        sizes: prompts per group.
+        gram_concept: ``G_c`` by layer name, or None (kept term only).
+        rounds: reweighting rounds; 0 is :func:`repair_layer` on the pooled ``G_k``.
+    """
+    if not group_grams:
+        raise RepairError("the repair has no kept prompts: nothing tells it what must stay")
+    layers = {name: w for name, w in weights.items() if bool(prune[name].any())}
+
+    def solve(alpha: Mapping[str, float]) -> dict[str, LayerRepair]:
+        return {
+            name: repair_layer(w, prune[name], mix_grams(group_grams, sizes, alpha, name),
+                               None if gram_concept is None else gram_concept[name],
+                               concept_weight=concept_weight, damping=damping)
+            for name, w in layers.items()
+        }  # fmt: skip
+
+    def changes(repairs: dict[str, LayerRepair]) -> dict[str, float]:
+        new = {name: repaired_weight(w, repairs[name]) for name, w in layers.items()}
+        return group_changes(layers, new, group_grams)
+
+    return balance_groups(solve, changes, group_grams, rounds)

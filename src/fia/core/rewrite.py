@@ -27,11 +27,10 @@ one symmetric positive definite system shared by every row. With
 Kept prompts come in groups (one per kept kind, the object-less scenes,
 ...). A plain mean lets the edit fall on the few groups that look most like
 the concept (on ShapeWorld: house when circle goes). :func:`balanced_rewrite`
-reweights the groups, each round multiplying a group's weight by its
-relative output change ``tr(D G_g D^T) / tr(W G_g W^T)`` (``D = W' - W``,
-summed over layers) over the median group's, and solving again: an
-iteratively reweighted least squares that spreads the unavoidable change
-evenly instead of letting one kept kind absorb it.
+reweights the groups by their relative output change and solves again
+(:mod:`fia.core.balance`, the loop the repair shares): an iteratively
+reweighted least squares that spreads the unavoidable change evenly instead
+of letting one kept kind absorb it.
 
 Everything here is pure tensor code in float64 (no model, no hooks); the
 tests check :func:`rewrite_layer` against a brute-force least squares.
@@ -39,13 +38,16 @@ tests check :func:`rewrite_layer` against a brute-force least squares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from fia.core.balance import balance_groups, group_changes, mix_grams, relative_change
 from fia.core.repair import RepairError, damped_system
+
+__all__ = ["Rewrite", "balanced_rewrite", "mix_grams", "relative_change", "rewrite_layer"]
 
 
 def rewrite_layer(
@@ -88,13 +90,6 @@ def rewrite_layer(
     return out.to(torch.float32)
 
 
-def relative_change(weight: Tensor, new: Tensor, gram: Tensor) -> tuple[float, float]:
-    """``(tr(D G D^T), tr(W G W^T))`` with ``D = new - weight``: a group's squared output change and output energy."""
-    w, g = weight.detach().to(torch.float64), gram.to(torch.float64)
-    d = new.detach().to(torch.float64) - w
-    return float(((d @ g) * d).sum()), float(((w @ g) * w).sum())
-
-
 @dataclass(frozen=True)
 class Rewrite:
     """A balanced rewrite: the new weights per layer and the kept groups' final weights and changes."""
@@ -102,12 +97,6 @@ class Rewrite:
     weights: dict[str, Tensor]
     group_weights: dict[str, float]
     group_change: dict[str, float]  # relative output change per group, summed over layers, after the last solve
-
-
-def mix_grams(group_grams: Mapping[str, Mapping[str, Tensor]], sizes: Mapping[str, int], alpha: Mapping[str, float], layer: str) -> Tensor:
-    """``G_k`` of one layer: the groups' Gram matrices, each weighted by its prompt count times ``alpha``."""
-    total = sum(alpha[g] * sizes[g] for g in group_grams)
-    return sum(alpha[g] * sizes[g] * group_grams[g][layer].to(torch.float64) for g in group_grams) / total
 
 
 def balanced_rewrite(
@@ -132,30 +121,13 @@ def balanced_rewrite(
     """
     if not group_grams:
         raise RepairError("the rewrite has no kept prompts: nothing tells it what must stay")
-    groups: Sequence[str] = sorted(group_grams)
-    alpha = {g: 1.0 for g in groups}
 
-    def solve() -> dict[str, Tensor]:
+    def solve(alpha: Mapping[str, float]) -> dict[str, Tensor]:
         return {
             name: rewrite_layer(w, mix_grams(group_grams, sizes, alpha, name), gram_concept[name], cross[name],
                                 concept_weight=concept_weight, damping=damping)
             for name, w in weights.items()
         }
 
-    def changes(new: dict[str, Tensor]) -> dict[str, float]:
-        out = {}
-        for g in groups:
-            parts = [relative_change(w, new[name], group_grams[g][name]) for name, w in weights.items()]
-            out[g] = sum(d / e for d, e in parts if e > 0)
-        return out
-
-    new = solve()
-    change = changes(new)
-    for _ in range(rounds):
-        median = sorted(change.values())[len(change) // 2]
-        if median <= 0:
-            break
-        alpha = {g: alpha[g] * change[g] / median for g in groups}
-        new = solve()
-        change = changes(new)
-    return Rewrite(new, dict(alpha), change)
+    balanced = balance_groups(solve, lambda new: group_changes(weights, new, group_grams), group_grams, rounds)
+    return Rewrite(balanced.result, balanced.group_weights, balanced.group_change)

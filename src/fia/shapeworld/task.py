@@ -274,9 +274,9 @@ class ShapeWorldTask(Task):
         a bare word and in compositional prompts (burning, in a style), so the
         repair cannot rebuild it under a wording it did not see.
         """
-        keep, _ = keep_prompts(erased, self.world, repair.keep_prompts_per_concept)
+        keep, groups = keep_prompts(erased, self.world, repair.keep_prompts_per_concept)
         concept, _ = concept_phrasings(erased, self.world, repair.concept_prompts_per_concept)
-        return RepairPrompts.seeded(keep, concept, seed)
+        return RepairPrompts.seeded(keep, concept, seed, groups)
 
     def rewrite_prompts(self, erased: Sequence[str], rewrite: Any, *, anchors: Sequence[str], seed: int) -> RewritePrompts:
         """Every kind not erased as a group of its own, with the object-less scenes, styles and burning
