@@ -48,6 +48,7 @@ Writes benchmarks/results/selective_forgetting_<split>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -86,12 +87,15 @@ def config_for(method: str):
 
     ``default``: the ShapeWorld preset as ``fia erase`` runs it; ``paper``:
     the paper's FIA; ``causal``: causal pruning with the closed-form repair;
+    ``unbalanced``: the same with the repair's kept groups not balanced;
     ``mask``: the same pruning alone; ``rewrite``: the closed-form rewrite.
     """
     if method == "default":
         return resolve_config("shapeworld", overrides={"world": WORLD.name})
-    variant = {"paper": "paper", "causal": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
+    variant = {"paper": "paper", "causal": "causal", "unbalanced": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
     cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": variant})
+    if method == "unbalanced":
+        return cfg.replace(repair=dataclasses.replace(cfg.repair, balance_rounds=0))
     return cfg.replace(repair=None) if method == "mask" else cfg
 
 
@@ -262,7 +266,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "speed", "speed-words", "mask", "causal", "rewrite", "default"]
+    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
