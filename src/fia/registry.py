@@ -31,7 +31,7 @@ from fia.config import AnchoredSettings, FIACausalConfig, FIAConfig, FIARewriteC
 from fia.errors import FIAError
 from fia.mask import ConceptMask, denoiser
 from fia.paper import paper_erase
-from fia.parallel import Workers
+from fia.parallel import Workers, launched_size
 from fia.plan import ErasePlan, plan_erase
 from fia.progress import Progress
 from fia.rewrite import rewrite_erase
@@ -87,7 +87,9 @@ def run_plan(
     target_kind = config.targets if targets is None else "custom"
     cache = ConceptCache(cache_dir) if cache_dir is not None else None
     if workers is None:
-        workers = Workers.from_environment(cpu=next(denoiser(pipe).parameters()).device.type == "cpu")
+        workers = Workers.single()
+        if launched_size() > 1:  # a launcher started several processes: the model's device picks how they talk
+            workers = Workers.from_environment(cpu=next(denoiser(pipe).parameters()).device.type == "cpu")
     return eraser(pipe, plan, found, target_kind=target_kind, cache=cache, progress=progress, workers=workers)
 
 
