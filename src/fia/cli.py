@@ -315,10 +315,12 @@ def run_erase(
         if note is not None:
             typer.echo(note, err=True)
         pipe, mask = _erase_in_process(workers, model, plan, out, workers.device_for(device), dtype)
-        if workers.is_main:
-            _write_erase(pipe, mask, plan, out, save_pipeline, report, world_dir)
     finally:
+        # the processes are done together; what follows is the main process's alone (the report's metrics
+        # would otherwise try to sync with processes that have left)
         workers.close()
+    if workers.is_main:
+        _write_erase(pipe, mask, plan, out, save_pipeline, report, world_dir)
 
 
 def _erase_in_process(workers, model: str, plan, out: Path, device: str, dtype: str):
