@@ -56,6 +56,7 @@ from fia.errors import FIAError
 from fia.progress import Progress, report
 from fia.cache import ConceptCache, rounds_key
 from fia.mask import ConceptMask
+from fia.parallel import Workers
 from fia.prompts import EvidencePrompts
 from fia.sampling import generators, initial_latents
 from fia.targets import TargetLinear, denoiser
@@ -109,6 +110,36 @@ class _Model:
         if self._uncond is None:
             self._uncond = self.embed([""])
         return self._uncond.expand(n, -1, -1)
+
+    def micro_batch(self, ep: EvidencePrompts) -> int:
+        """Prompts per backward pass of :meth:`evidence_gradient` on ``ep``."""
+        # with checkpointing, memory follows the batch, not the prompts or steps
+        return self.config.batch_size or min(len(ep.prompts), MICRO_BATCH)
+
+    @staticmethod
+    def judge_texts(prompts: Sequence[str], contrasts: Sequence[Sequence[str]]) -> list[str]:
+        """The texts one call of the judge reads: the prompts, then their ``m`` contrasts, contrast by contrast."""
+        return list(prompts) + [c[j] for j in range(len(contrasts[0])) for c in contrasts]
+
+    def embed_as_scored(self, sets: Sequence[EvidencePrompts]) -> None:
+        """Encode the prompts of ``sets`` in the batches that scoring the sets in this order encodes them in.
+
+        A prompt's embedding can depend on the batch it is encoded with (a
+        matrix product may block its rows differently), and scoring encodes
+        each prompt with the others new at that point. A process that scores
+        only some of a round's sets (:mod:`fia.parallel`) replays the
+        encodings of all of them first, so its embeddings are bit for bit
+        those of one process scoring every set; in one process this is what
+        the scoring does anyway, so nothing changes.
+        """
+        for ep in sets:
+            size = self.micro_batch(ep)
+            for s in range(0, len(ep.prompts), size):
+                sl = slice(s, s + size)
+                self.uncond(1)  # as sample() does: the empty prompt, then the batch's prompts
+                self.embed(ep.prompts[sl])
+                if self.judge is None:  # as evidence() does
+                    self.embed(self.judge_texts(ep.prompts[sl], ep.contrasts[sl]))
 
     def _scheduler(self):
         sched = copy.deepcopy(self.pipe.scheduler)
@@ -166,7 +197,7 @@ class _Model:
             tt = torch.full((len(prompts),), t, device=self.device)
 
             # the prompt and its m contrasts in one batched call of the judge
-            texts = list(prompts) + [c[j] for j in range(m) for c in contrasts]
+            texts = self.judge_texts(prompts, contrasts)
             pred = self._denoise(zt.repeat(m + 1, 1, 1, 1), tt.repeat(m + 1), self.embed(texts), self.pristine)
             wide = torch.promote_types(pred.dtype, torch.float32)  # half models: square in float32
             err = (pred.to(wide) - target.to(wide).repeat(m + 1, 1, 1, 1)).pow(2).flatten(1).mean(1)
@@ -182,8 +213,7 @@ class _Model:
         for p in self.unet.parameters():
             p.requires_grad_(False)
         grads = [torch.zeros_like(w, dtype=torch.promote_types(w.dtype, torch.float32)) for w in weights]
-        # micro-batches: with checkpointing, memory follows the batch, not the prompts or steps
-        size = self.config.batch_size or min(len(ep.prompts), MICRO_BATCH)
+        size = self.micro_batch(ep)
         self.last_evidence = 0.0
         try:
             for w in weights:
@@ -282,47 +312,122 @@ class _Rounds:
             self.pruned[n] |= done[n]
 
 
+@dataclass
+class _Job:
+    """What every round of one run reads: the model, the prompts, the round sizes, the cache, the processes."""
+
+    model: _Model
+    names: list[str]
+    plans: dict[str, EvidencePrompts]
+    anchors: EvidencePrompts | None
+    config: FIACausalConfig
+    sizes: list[int]  # weights each concept takes per round
+    cache: ConceptCache | None
+    key: str  # the rounds' cache key
+    workers: Workers
+    progress: Progress | None
+
+    @property
+    def units_per_round(self) -> int:
+        """Progress units of a round: one for the anchors (if any) and one per concept."""
+        return len(self.names) + (1 if self.anchors is not None else 0)
+
+    @property
+    def total_units(self) -> int:
+        return self.units_per_round * len(self.sizes)
+
+
+def _anchor_gradient(job: _Job) -> dict[str, Tensor] | None:
+    """The anchors' per-prompt mean ``g_a``: scored by the main process, sent to the others bit for bit.
+
+    The anchors' prompts are not split: a gradient summed over shares would round differently.
+    """
+    if job.anchors is None:
+        return None
+    model, workers = job.model, job.workers
+    if workers.is_main:
+        g_anchor = {n: g / len(job.anchors.prompts) for n, g in model.evidence_gradient(job.anchors).items()}
+    else:  # filled by the main process's broadcast below
+        g_anchor = {t.name: torch.empty(t.module.weight.shape, device=t.module.weight.device,
+                                        dtype=torch.promote_types(t.module.weight.dtype, torch.float32))
+                    for t in model.targets}  # fmt: skip
+    for t in model.targets:
+        workers.broadcast_(g_anchor[t.name])
+    return g_anchor
+
+
+def _score_concept(
+    job: _Job, c: str, g_anchor: dict[str, Tensor] | None, k: int, state: _Rounds
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Concept ``c``'s top ``k`` of this round (flat int32 indices per layer) and its record: mean evidence, seconds."""
+    model, config, ep = job.model, job.config, job.plans[c]
+    t0 = time.perf_counter()
+    # per-prompt means, so anchor_weight does not depend on how many prompts each side has
+    g_c = {n: g / len(ep.prompts) for n, g in model.evidence_gradient(ep).items()}
+    evidence = model.last_evidence / len(ep.prompts)
+    chosen = {}
+    if not _evidence_gone(config, state.first_evidence.get(c, evidence), evidence):
+        scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in state.shapes}
+        chosen = global_top_k(scores, k, exclude=state.pruned)
+    indices = {n: _flat_indices(chosen[n]) if n in chosen else torch.zeros(0, dtype=torch.int32) for n in state.shapes}
+    return indices, {"evidence": evidence, "seconds": time.perf_counter() - t0}
+
+
+def _flat_indices(chosen: Tensor) -> Tensor:
+    return torch.nonzero(chosen.reshape(-1), as_tuple=False).reshape(-1).to(torch.int32)
+
+
 def _score_round(
-    model: _Model,
-    names: list[str],
-    plans: dict[str, EvidencePrompts],
-    anchors: EvidencePrompts | None,
-    config: FIACausalConfig,
-    k: int,
-    state: _Rounds,
-    tick: Callable[[str], None],
+    job: _Job, k: int, state: _Rounds, tick: Callable[[str], None]
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """One round: score the anchors and every concept still running, take each one's top ``k``, fuse (Eq. 7-8).
 
-    Returns the round's pruned entries per layer and its counts (as the cache stores them), with each
-    scored concept's mean evidence on the model as this round found it.
+    The running concepts are dealt over the processes (:mod:`fia.parallel`); their choices and evidence
+    are gathered, so every process fuses, zeroes and stops concepts alike. Returns the round's pruned
+    entries per layer and its counts (as the cache stores them), with each scored concept's mean evidence
+    on the model as this round found it.
     """
-    shapes, pruned = state.shapes, state.pruned
-    nothing = {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
-    g_anchor = None
-    if anchors is not None:
-        g_anchor = {n: g / len(anchors.prompts) for n, g in model.evidence_gradient(anchors).items()}
+    workers, names = job.workers, job.names
+    running = [c for c in names if c not in state.stopped]  # a stopped concept's evidence is gone: it takes no more
+    job.model.embed_as_scored(([job.anchors] if job.anchors is not None else []) + [job.plans[c] for c in running])
+    g_anchor = _anchor_gradient(job)
+    if g_anchor is not None:
         tick("anchors scored")
+    mine = {}
+    for p in workers.share(len(running)):
+        mine[p] = _score_concept(job, running[p], g_anchor, k, state)
+        tick(f"{running[p]} scored")
+    scored = dict(zip(running, workers.gather_shares(len(running), mine)))
     chosen, evidence = [], {}
     for c in names:
-        if c in state.stopped:  # its evidence is gone: it takes no more weights
-            chosen.append(nothing)
+        if c not in scored:
+            chosen.append({n: torch.zeros(s, dtype=torch.bool) for n, s in state.shapes.items()})
             tick(f"{c} stopped")
             continue
-        t0 = time.perf_counter()
-        # per-prompt means, so anchor_weight does not depend on how many prompts each side has
-        g_c = {n: g / len(plans[c].prompts) for n, g in model.evidence_gradient(plans[c]).items()}
-        evidence[c] = model.last_evidence / len(plans[c].prompts)
-        if _evidence_gone(config, state.first_evidence.get(c, evidence[c]), evidence[c]):
-            chosen.append(nothing)
-        else:
-            scores = {n: contrast_scores(g_c[n], None if g_anchor is None else g_anchor[n], config.anchor_weight) for n in shapes}
-            chosen.append(global_top_k(scores, k, exclude=pruned))
-        state.seconds[c] += time.perf_counter() - t0
-        tick(f"{c} scored")
+        indices, record = scored[c]
+        chosen.append({n: _dense(indices[n], s) for n, s in state.shapes.items()})
+        evidence[c] = record["evidence"]
+        state.seconds[c] += record["seconds"]
+        owner = workers.owner(running.index(c))
+        if owner != workers.rank:
+            tick(f"{c} scored by process {owner + 1}")
+    return _fuse_round(names, chosen, evidence, state.shapes, job.config.alpha)
+
+
+def _dense(indices: Tensor, shape: tuple[int, int]) -> Tensor:
+    mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+    mask[indices.long()] = True
+    return mask.reshape(shape)
+
+
+def _fuse_round(
+    names: list[str], chosen: list[dict[str, Tensor]], evidence: dict[str, float], shapes: dict[str, tuple[int, int]],
+    alpha: float,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Fuse the concepts' choices of one round per layer (Eq. 7-8): the pruned entries and the round's counts."""
     done, counts = {}, {"agnostic": {}, "selected": {}, "tau_ca": 0, "evidence": evidence}
     for n in shapes:
-        fused = fuse_masks([q[n] for q in chosen], config.alpha)
+        fused = fuse_masks([q[n] for q in chosen], alpha)
         done[n] = fused.prune
         counts["agnostic"][n] = int(fused.agnostic.sum())
         counts["selected"][n] = {c: int(q[n].sum()) for c, q in zip(names, chosen)}
@@ -380,6 +485,66 @@ def _mask_of(weights: dict[str, Tensor], state: _Rounds, names: list[str], confi
     return mask if repairs is None else mask.with_repair(weights, repairs)
 
 
+def _round(job: _Job, r: int, state: _Rounds) -> tuple[dict[str, Tensor], dict[str, Any], bool]:
+    """Round ``r``'s pruned entries and counts, from the cache when every process finds them there, else scored.
+
+    The processes share one cache folder; a scored round is written by the main process only.
+    """
+    workers, cache, n_rounds = job.workers, job.cache, len(job.sizes)
+    loaded = cache.load_round(job.key, r, state.shapes) if cache is not None else None
+    if not workers.all_true(loaded is not None):  # all load or all score, or the collectives would part ways
+        loaded = None
+    unit = job.units_per_round * r
+    report(job.progress, unit, job.total_units, f"round {r + 1}/{n_rounds}" + (" (cached)" if loaded else ""))
+    if loaded is not None:
+        return *loaded, True
+
+    def tick(message: str) -> None:
+        nonlocal unit
+        unit += 1
+        report(job.progress, unit, job.total_units, f"round {r + 1}/{n_rounds}: {message}")
+
+    done, counts = _score_round(job, job.sizes[r], state, tick)
+    if cache is not None and workers.is_main:
+        cache.save_round(job.key, r, done, counts)
+    return done, counts, False
+
+
+def _repair_grams(pipe: Any, found: list[TargetLinear], job: _Job) -> Any:
+    """The repair's Gram matrices of the unedited model, on the main process only (None without a repair).
+
+    The other processes get a :class:`~fia.repair.RepairGrams` with the prompt counts and no matrices:
+    the repair is fitted on the main process (:func:`_fit_repair`).
+    """
+    from fia.repair import RepairGrams, repair_grams
+
+    names, config, workers = job.names, job.config, job.workers
+    if config.repair is None:
+        return None
+    report(job.progress, 0, job.total_units, "repair: reading the kept and concept prompts' layer inputs")
+    grams = repair_grams(pipe, found, names, config) if workers.is_main else None
+    counts = workers.broadcast_json([grams.keep_prompts, grams.concept_prompts] if grams is not None else None)
+    return grams if grams is not None else RepairGrams({}, {}, counts[0], counts[1])
+
+
+def _fit_repair(job: _Job, state: _Rounds, grams: Any) -> dict[str, Any]:
+    """The closed-form repair of the rows pruned so far, fitted on the main process and sent to the others bit for bit."""
+    from fia.core.repair import LayerRepair
+    from fia.repair import fit_repair_for
+
+    model, workers = job.model, job.workers
+    repairs = fit_repair_for(model.unedited(), state.pruned, grams, job.config) if workers.is_main else {}
+    rows = workers.broadcast_json({n: int(rp.rows.numel()) for n, rp in repairs.items()} if workers.is_main else None)
+    if not workers.is_main:
+        width = {n: s[1] for n, s in state.shapes.items()}
+        repairs = {n: LayerRepair(torch.empty(k, dtype=torch.int64), torch.empty(k, width[n], dtype=torch.float32))
+                   for n, k in rows.items()}  # fmt: skip
+    for n in rows:
+        workers.broadcast_(repairs[n].rows)
+        workers.broadcast_(repairs[n].values)
+    return repairs
+
+
 def causal_erase(
     pipe: Any,
     names: list[str],
@@ -390,12 +555,14 @@ def causal_erase(
     cache: ConceptCache | None = None,
     progress: Progress | None = None,
     judge: Judge | None = None,
+    workers: Workers | None = None,
 ) -> ConceptMask:
     """The causal variant's mask for ``names`` (see the module docstring).
 
     The model is restored before returning: apply the result with ``mask.apply_(pipe)``.
     What :func:`fia.erase` runs for a :class:`~fia.config.FIACausalConfig`. ``judge``
-    replaces the model's own evidence (diagnostics only; not cached).
+    replaces the model's own evidence (diagnostics only; not cached). ``workers``:
+    the processes each round's concepts are split over (one process when left out).
     """
     t_start = time.perf_counter()
     model = _Model(pipe, found, config, judge)
@@ -404,51 +571,29 @@ def causal_erase(
     weights = {t.name: t.module.weight for t in found}
     shapes = {n: (int(w.shape[0]), int(w.shape[1])) for n, w in weights.items()}
     fingerprint = fingerprint_weights(weights)
-    total = sum(w.numel() for w in weights.values())
-    sizes = round_sizes(top_count(config.budget, total), config.rounds)
+    sizes = round_sizes(top_count(config.budget, sum(w.numel() for w in weights.values())), config.rounds)
     plans, anchors = evidence_and_anchors(names, config)
     key = rounds_key(fingerprint, names, config, plans, anchors, shapes)
-    # progress units: per round, one for the anchors (if any) and one per concept
-    per_round_units = len(names) + (1 if anchors is not None else 0)
-    total_units = per_round_units * len(sizes)
-    grams, repairs, repair_seconds = None, {}, 0.0
-    if config.repair is not None:  # Gram matrices of the unedited model, before any weight goes
-        from fia.repair import fit_repair_for, repair_grams
-
-        t_rep = time.perf_counter()
-        report(progress, 0, total_units, "repair: reading the kept and concept prompts' layer inputs")
-        grams = repair_grams(pipe, found, names, config)
-        repair_seconds += time.perf_counter() - t_rep
-
+    job = _Job(model, names, plans, anchors, config, sizes, cache, key, workers or Workers.single(), progress)
+    t_rep = time.perf_counter()
+    grams = _repair_grams(pipe, found, job)  # of the unedited model, before any weight goes
+    repair_seconds = time.perf_counter() - t_rep if grams is not None else 0.0
+    repairs: dict[str, Any] = {}
     state = _Rounds(names, shapes)
     try:
-        for r, k in enumerate(sizes):
+        for r in range(len(sizes)):
             t_round = time.perf_counter()
-            loaded = cache.load_round(key, r, shapes) if cache is not None else None
-            unit = per_round_units * r
-            report(progress, unit, total_units, f"round {r + 1}/{len(sizes)}" + (" (cached)" if loaded else ""))
-            if loaded is None:
-
-                def tick(message: str, _r: int = r) -> None:
-                    nonlocal unit
-                    unit += 1
-                    report(progress, unit, total_units, f"round {_r + 1}/{len(sizes)}: {message}")
-
-                done, counts = _score_round(model, names, plans, anchors, config, k, state, tick)
-                if cache is not None:
-                    cache.save_round(key, r, done, counts)
-            else:
-                done, counts = loaded
+            done, counts, cached = _round(job, r, state)
             state.absorb(done, counts, config)
             model.zero_(state.pruned)
             if grams is not None and (config.repair.every_round or r == len(sizes) - 1):
                 t_rep = time.perf_counter()
-                repairs = fit_repair_for(model.unedited(), state.pruned, grams, config)
+                repairs = _fit_repair(job, state, grams)
                 model.write_rows_(repairs)
                 repair_seconds += time.perf_counter() - t_rep
             state.per_round.append({"round": r, "pruned": int(sum(int(p.sum()) for p in done.values())),
-                              "cached": loaded is not None, "seconds": round(time.perf_counter() - t_round, 3)})
-        report(progress, total_units, total_units, f"{len(sizes)} rounds done")
+                                    "cached": cached, "seconds": round(time.perf_counter() - t_round, 3)})
+        report(progress, job.total_units, job.total_units, f"{len(sizes)} rounds done")
     finally:
         model.restore_()
 

@@ -295,30 +295,71 @@ class EraseFlags:
 def run_erase(
     *, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False, world_dir=None
 ) -> None:
-    """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report)."""
-    from fia.engine import erase, write_stats
-    from fia.mask import save_edited_pipeline
+    """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report).
+
+    Under ``accelerate launch`` (or ``torchrun``) every process loads the
+    model and scores its share of the concepts (:mod:`fia.parallel`,
+    docs/parallel.md); only the main process shows progress and writes OUT,
+    the others print nothing but errors.
+    """
+    from fia.models import parse_device
+    from fia.parallel import Workers
+
+    workers = Workers.from_environment(cpu=parse_device(device).type == "cpu")
+    try:
+        if isinstance(plan.config, FIARewriteConfig) and not workers.is_main:  # one closed-form fit: not split
+            typer.echo(f"{workers.name()} has nothing to do: the rewrite variant is one fit, run by the main process",
+                       err=True)  # fmt: skip
+            return
+        note = workers.idle_note(len(plan.concepts))
+        if note is not None:
+            typer.echo(note, err=True)
+        pipe, mask = _erase_in_process(workers, model, plan, out, workers.device_for(device), dtype)
+    finally:
+        # the processes are done together; what follows is the main process's alone (the report's metrics
+        # would otherwise try to sync with processes that have left)
+        workers.close()
+    if workers.is_main:
+        _write_erase(pipe, mask, plan, out, save_pipeline, report, world_dir)
+
+
+def _erase_in_process(workers, model: str, plan, out: Path, device: str, dtype: str):
+    """This process's part of the erase: load the model, run the plan over the processes; ``(pipe, mask)``."""
+    import contextlib
+
+    from fia.engine import erase
     from fia.models import load_pipeline
     from fia.progress import rich_bar
     from fia.targets import denoiser, find_targets
 
     console = _err_console()
-    with console.status("loading the model..."):
+    with console.status("loading the model...") if workers.is_main else contextlib.nullcontext():
         pipe = load_pipeline(model, device=device, dtype=dtype)
     find_targets(denoiser(pipe), plan.config.targets)  # fails early, before OUT exists
 
     unit = {FIACausalConfig: "rounds", FIARewriteConfig: "steps"}.get(type(plan.config), "concepts")
-    with rich_bar(f"erasing {len(plan.concepts)} concept(s), {unit}", console) as progress:
+    processes = f" on {workers.size} processes" if workers.launched else ""
+    bar = rich_bar(f"erasing {len(plan.concepts)} concept(s){processes}, {unit}", console)
+    with bar if workers.is_main else contextlib.nullcontext() as progress:
         try:
-            mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress)
+            mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress, workers=workers)
         except KeyboardInterrupt:
-            typer.echo(
-                f"interrupted; the concepts already done are cached in {out / 'cache'}: "
-                "run the same command again to resume",
-                err=True,
-            )
+            if workers.is_main:
+                typer.echo(
+                    f"interrupted; the concepts already done are cached in {out / 'cache'}: "
+                    "run the same command again to resume",
+                    err=True,
+                )
             raise typer.Exit(code=130) from None
+    return pipe, mask
 
+
+def _write_erase(pipe, mask, plan, out: Path, save_pipeline: bool, report: bool, world_dir) -> None:
+    """Write OUT: the mask, its statistics, the edited pipeline (if asked), the summary and the ShapeWorld report."""
+    from fia.engine import write_stats
+    from fia.mask import save_edited_pipeline
+
+    console = _err_console()
     out.mkdir(parents=True, exist_ok=True)
     mask.save(out / "mask.safetensors")
     write_stats(mask, out / "fusion_stats.json")

@@ -27,6 +27,7 @@ from fia.config import FIASettings
 from fia.errors import FIAError
 from fia.io import atomic_write_text
 from fia.mask import ConceptMask
+from fia.parallel import Workers
 from fia.plan import ErasePlan, plan_erase
 from fia.progress import Progress
 from fia.prompts import ConceptPrompts
@@ -46,6 +47,7 @@ def erase(
     prompts: Mapping[str, ConceptPrompts] | None = None,
     targets: Any = None,
     progress: Progress | None = None,
+    workers: Workers | None = None,
 ) -> ConceptMask:
     """Find the FIA edit that erases ``concepts`` from ``pipe``'s denoiser.
 
@@ -67,6 +69,9 @@ def erase(
         targets: a target filter ``(module, name) -> bool`` instead of
             ``config.targets``.
         progress: ``progress(done, total, message)`` (:mod:`fia.progress`).
+        workers: the processes the concepts are split over (:mod:`fia.parallel`);
+            left out, those an ``accelerate launch`` or ``torchrun`` started, else
+            one process. Every process returns the same mask (docs/parallel.md).
 
     Returns:
         The :class:`ConceptMask`; ``mask.stats`` holds the run's statistics
@@ -78,7 +83,7 @@ def erase(
         plan = concepts
     else:
         plan = plan_erase(concepts, config, concept_prompts=concept_prompts, base_prompts=base_prompts, prompts=prompts)
-    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress)
+    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress, workers=workers)
 
 
 def write_stats(mask: ConceptMask, path: str | Path) -> Path:

@@ -11,6 +11,11 @@ b. select its concept-sensitive neurons ``Q_c`` (Eq. 4-6, or one level only:
 then fuse the masks of all concepts (Eq. 7-8, or the union ablation:
 ``config.fusion``) into a :class:`~fia.mask.ConceptMask`.
 ``fia.erase(pipe, concepts, FIAConfig(...))`` runs :func:`paper_erase`.
+
+Launched as several processes (:mod:`fia.parallel`), each process runs a and
+b for its share of the concepts (concept ``i`` on process ``i % N``); the
+selections are gathered in concept order and every process fuses them, so
+each returns the same mask as one process would.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import Tensor
 
 from fia.cache import ConceptCache, sensitivity_key
 from fia.mask import ConceptMask, fingerprint_weights
+from fia.parallel import Workers
 from fia.plan import ErasePlan
 from fia.progress import Progress, report
 
@@ -35,18 +41,31 @@ def _flat_indices(q: Tensor) -> Tensor:
 
 
 def paper_erase(
-    pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache: ConceptCache | None, progress: Progress | None
+    pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache: ConceptCache | None, progress: Progress | None,
+    workers: Workers | None = None,
 ) -> ConceptMask:
-    """The paper's mask for the plan's concepts on ``found`` (the target linears of ``pipe``); ``pipe`` is unchanged."""
+    """The paper's mask for the plan's concepts on ``found`` (the target linears of ``pipe``); ``pipe`` is unchanged.
+
+    ``workers``: the processes the concepts are split over (one process when left out).
+    """
     t_start = time.perf_counter()
+    workers = workers or Workers.single()
     names = plan.concepts
     weights = {t.name: t.module.weight for t in found}
     layers = {name: (int(w.shape[0]), int(w.shape[1])) for name, w in weights.items()}
     fingerprint = fingerprint_weights(weights)
-    selected: dict[str, dict[str, Tensor]] = {}  # concept -> layer -> flat int32 indices of Q_c
-    per_concept: dict[str, dict[str, Any]] = {}
-    for i, c in enumerate(names):
-        selected[c], per_concept[c] = _select_concept(pipe, plan, c, i, found, layers, fingerprint, cache, progress)
+    share = workers.share(len(names))
+    mine = {}  # concept position -> (layer -> flat int32 indices of Q_c, its record)
+    for j, i in enumerate(share):
+        mine[i] = _select_concept(pipe, plan, names[i], j, len(share), found, layers, fingerprint, cache, progress)
+        if workers.launched:
+            mine[i][1]["process"] = workers.rank
+    if workers.launched:
+        units = UNITS_PER_CONCEPT * len(share)
+        report(progress, units, units, f"{len(share)} concept(s) scored here; waiting for the other processes")
+    everyone = workers.gather_shares(len(names), mine)
+    selected = {c: everyone[i][0] for i, c in enumerate(names)}
+    per_concept = {c: everyone[i][1] for i, c in enumerate(names)}
     t_fuse = time.perf_counter()
     mask, tau, per_layer = _fuse(plan, weights, layers, selected, fingerprint, target_kind)
     mask.stats = {
@@ -66,16 +85,20 @@ def paper_erase(
 
 
 def _select_concept(
-    pipe: Any, plan: ErasePlan, c: str, i: int, found: list, layers: dict[str, tuple[int, int]], fingerprint: str,
-    cache: ConceptCache | None, progress: Progress | None,
+    pipe: Any, plan: ErasePlan, c: str, j: int, count: int, found: list, layers: dict[str, tuple[int, int]],
+    fingerprint: str, cache: ConceptCache | None, progress: Progress | None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Concept ``c``'s (the ``i``-th) selected neurons per layer (Eq. 4-6) and its record for the statistics."""
+    """Concept ``c``'s selected neurons per layer (Eq. 4-6) and its record for the statistics.
+
+    ``c`` is the ``j``-th of the ``count`` concepts this process scores (all of them in one process),
+    which places it on the progress bar.
+    """
     from fia.collect import concept_sensitivity
     from fia.core.select import select_neurons
 
     t0 = time.perf_counter()
     config = plan.config
-    total_units = UNITS_PER_CONCEPT * len(plan.concepts)
+    total_units = UNITS_PER_CONCEPT * count
     dtype = found[0].module.weight.dtype
     r2 = config.r2_for(c)
     cp = plan.prompts[c]
@@ -83,7 +106,7 @@ def _select_concept(
     entry = cache.entry(key) if cache is not None else None
     sens = cache.load_sensitivity(entry) if cache is not None else None
     cached = sens is not None
-    offset = UNITS_PER_CONCEPT * i
+    offset = UNITS_PER_CONCEPT * j
     report(progress, offset, total_units, f"{c}" + (" (cached)" if cached else ""))
     if sens is None:
 

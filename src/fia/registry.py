@@ -31,6 +31,7 @@ from fia.config import AnchoredSettings, FIACausalConfig, FIAConfig, FIARewriteC
 from fia.errors import FIAError
 from fia.mask import ConceptMask, denoiser
 from fia.paper import paper_erase
+from fia.parallel import Workers, launched_size
 from fia.plan import ErasePlan, plan_erase
 from fia.progress import Progress
 from fia.rewrite import rewrite_erase
@@ -39,16 +40,18 @@ from fia.tasks import task_of
 
 
 # ------------------------------------------------------------ FIA's variants
-def _erase_causal(pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache, progress) -> ConceptMask:
-    return causal_erase(pipe, plan.concepts, plan.config, found, target_kind=target_kind, cache=cache, progress=progress)
+def _erase_causal(pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache, progress, workers) -> ConceptMask:
+    return causal_erase(pipe, plan.concepts, plan.config, found, target_kind=target_kind, cache=cache, progress=progress,
+                        workers=workers)  # fmt: skip
 
 
-def _erase_rewrite(pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache, progress) -> ConceptMask:
-    # the rewrite keeps nothing between runs: its statistics are cheaper than a cache's bookkeeping
+def _erase_rewrite(pipe: Any, plan: ErasePlan, found: list, *, target_kind: str, cache, progress, workers) -> ConceptMask:
+    # the rewrite keeps nothing between runs: its statistics are cheaper than a cache's bookkeeping; it is one
+    # closed-form fit, not a loop over concepts, so it is not split: every process computes the same one
     return rewrite_erase(pipe, plan.concepts, plan.config, found, target_kind=target_kind, progress=progress)
 
 
-# config type -> implementation(pipe, plan, found targets, *, target_kind, cache, progress) -> ConceptMask
+# config type -> implementation(pipe, plan, found targets, *, target_kind, cache, progress, workers) -> ConceptMask
 ERASERS: dict[type, Callable[..., ConceptMask]] = {
     FIAConfig: paper_erase,
     FIACausalConfig: _erase_causal,
@@ -67,12 +70,14 @@ def eraser_for(config: Any) -> Callable[..., ConceptMask]:
 
 def run_plan(
     pipe: Any, plan: ErasePlan, *, cache_dir: str | Path | None = None, targets: Any = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, workers: Workers | None = None,
 ) -> ConceptMask:
     """Run a checked plan on ``pipe`` (left unchanged) with the implementation of its config's type.
 
     What the settings leave to the model is read from it first (on
-    ShapeWorld, its world), before any work.
+    ShapeWorld, its world), before any work. ``workers``: the processes the
+    concepts are split over; left out, those a launcher started
+    (:meth:`Workers.from_environment`), one process when not launched.
     """
     eraser = eraser_for(plan.config)
     config = task_of(plan.config).settle(plan.config, pipe)
@@ -81,7 +86,11 @@ def run_plan(
     found = find_targets(denoiser(pipe), targets if targets is not None else config.targets)
     target_kind = config.targets if targets is None else "custom"
     cache = ConceptCache(cache_dir) if cache_dir is not None else None
-    return eraser(pipe, plan, found, target_kind=target_kind, cache=cache, progress=progress)
+    if workers is None:
+        workers = Workers.single()
+        if launched_size() > 1:  # a launcher started several processes: the model's device picks how they talk
+            workers = Workers.from_environment(cpu=next(denoiser(pipe).parameters()).device.type == "cpu")
+    return eraser(pipe, plan, found, target_kind=target_kind, cache=cache, progress=progress, workers=workers)
 
 
 # ------------------------------------------------------------------ methods

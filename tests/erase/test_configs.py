@@ -100,7 +100,7 @@ def test_erase_picks_the_implementation_from_the_configs_type(monkeypatch):
     seen = []
 
     def fake(kind):
-        def run(pipe, plan, found, *, target_kind, cache, progress):
+        def run(pipe, plan, found, *, target_kind, cache, progress, workers):
             seen.append((kind, type(plan.config)))
             return kind
 

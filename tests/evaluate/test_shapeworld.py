@@ -291,6 +291,11 @@ def test_report_after_a_causal_erase_shows_the_paper_fia_beside_it(tiny, tmp_pat
         {lm.name: made.to_dense(lm.name) for lm in made.layers},
         concepts=["circle", "square"], config=cfg.to_dict(), target_kind="ffn2",
     )  # fmt: skip
+    # as the main process of a launched erase writes it: alone, though the launcher started two processes
+    import accelerate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda *a, **k: pytest.fail("the report looked for other processes"))
     before = {n: p.clone() for n, p in tiny.unet.named_parameters()}
     path = report_after_erase(tmp_path, tiny, mask, ["circle", "square"], cfg, mask_applied=False, images_per_prompt=1, prompts_per_concept=1, settings=ONE_STEP_REPORT)
     assert all(torch.equal(before[n], p) for n, p in tiny.unet.named_parameters())

@@ -21,8 +21,9 @@ from fia.config import FIAConfig, as_variant
 from fia.errors import FIAError
 from fia.evaluate.build import build_suite
 from fia.evaluate.generate import GenerationSettings
-from fia.evaluate.runner import evaluate, mask_fingerprint
+from fia.evaluate.runner import OneProcess, evaluate, mask_fingerprint
 from fia.io import atomic_write_text
+from fia.parallel import Workers
 from fia.shapeworld import GENERATION_DEFAULTS
 from fia.shapeworld.vocab import (
     ATTRIBUTE_NAMES,
@@ -96,7 +97,7 @@ def _report_family(run: _ReportRun, suite: Any, folder: Path, prompts: Any) -> P
             suite, run.pipe, folder / "paper-fia", mask=run.paper_mask, settings=run.settings,
             run_info={"model": run.model, "mask": mask_fingerprint(run.paper_mask), "concepts": run.concepts,
                       "variant": "paper", "pruned_share": run.paper_mask.pruned_share},
-            report=False, overwrite=True,
+            report=False, overwrite=True, state=OneProcess(),
         )  # fmt: skip
         compare.append(("paper FIA", paper_metrics, folder / "paper-fia"))
     _, path = evaluate(
@@ -104,7 +105,7 @@ def _report_family(run: _ReportRun, suite: Any, folder: Path, prompts: Any) -> P
         run_info={"model": run.model, "mask": mask_fingerprint(run.mask), "concepts": run.concepts,
                   "variant": run.variant, "pruned_share": run.mask.pruned_share},
         cache_dir=run.cache_dir, prompts=prompts, overwrite=True, compare=compare,
-        edited_label="edited" if run.paper_mask is None else f"{run.variant} FIA",
+        edited_label="edited" if run.paper_mask is None else f"{run.variant} FIA", state=OneProcess(),
     )  # fmt: skip
     if compare:
         _add_comparison(folder / "metrics.json", compare)
@@ -144,6 +145,9 @@ def report_after_erase(
     model ``pipe`` is (its oracle and CLIP judge; default: the shipped world
     that ``config.world`` names, or, when it names none, the world of
     ``pipe``, as the erase reads it). Returns the path of ``OUT/report.html``.
+
+    It runs in this process alone, also under ``accelerate launch``: the main
+    process of a launched ``fia erase`` writes it after the others are done.
     """
     from fia.shapeworld.task import model_world
 
@@ -166,7 +170,7 @@ def report_after_erase(
 
             paper_cfg = as_variant(config, FIAConfig, world=world,
                                    saliency_steps=min(FIAConfig.saliency_steps, config.num_inference_steps))
-            paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache")
+            paper_mask = erase(pipe, list(concepts), paper_cfg, cache_dir=out / "cache", workers=Workers.single())
         for suite_name, forget in families.items():
             folder = root if len(families) == 1 else root / suite_name
             suite = build_suite(

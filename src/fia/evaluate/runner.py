@@ -34,6 +34,21 @@ from fia.evaluate.suites import Suite
 from fia.io import atomic_write_text
 
 
+class OneProcess:
+    """The state of work this process does alone, whatever launched it (accelerate's ``PartialState`` interface).
+
+    The report after ``fia erase`` is one: under ``accelerate launch`` only
+    the erase's main process writes it, while the others have finished.
+    """
+
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        """No other process to wait for."""
+
+
 def _state(state: Any = None) -> Any:
     if state is not None:
         return state
