@@ -99,7 +99,7 @@ def config_for(method: str):
     return cfg.replace(repair=None) if method == "mask" else cfg
 
 
-def edit_for(pipe, method: str, erased: list[str]):
+def edit_for(pipe, method: str, erased: list[str], cache_dir: Path | None = None):
     """The edit of ``method`` for ``erased``: ``fia.erase`` with :func:`config_for`, or for ``speed``
     the SPEED baseline at its paper's settings, told to keep every other kind (its retain set)."""
     if method in ("speed", "speed-words"):  # speed-words: the concept's word tokens only, not its end-of-text row
@@ -107,7 +107,7 @@ def edit_for(pipe, method: str, erased: list[str]):
 
         config = SPEEDConfig(tokens="concept") if method == "speed-words" else None
         return fia.unlearn(pipe, erased, "speed", config, preserve=[o for o in KINDS if o not in erased])
-    return fia.erase(pipe, erased, config_for(method))
+    return fia.erase(pipe, erased, config_for(method), cache_dir=cache_dir)
 
 
 # ----------------------------------------------------------------- the images
@@ -336,6 +336,8 @@ def main() -> None:
     ap.add_argument("--cost-tasks", default="star+arrow",
                     help="tasks whose erases are also measured alone in a fresh process (seconds, peak RSS); '' for none")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--cache", type=Path,
+                    help="per-concept cache of the erases: runs that differ only in the repair reuse the causal rounds")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md of an existing result file")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other methods' rows of the existing result file (each row records its commit)")
@@ -359,6 +361,8 @@ def main() -> None:
     previous = json.loads(out.read_text()) if args.merge and out.exists() else None
     if previous is not None and (previous["split"], previous["images"], previous["quality_images"]) != (args.split, args.images, args.quality):
         raise SystemExit("--merge needs the same --split, --images and --quality as the existing file")
+    if previous is not None:  # the tasks not run now, as they were measured
+        results["tasks"] = {t: rows for t, rows in previous["tasks"].items() if t not in args.tasks.split(",")}
     _, _, q_factors = split.quality_set()
     reference = shapeworld_reference_features(judges["oracle"], q_factors, 1, seed=7)
     base_kinds = measure_kinds(pipe, judges, split)
@@ -379,7 +383,7 @@ def main() -> None:
             methods = [m for m in methods if m not in ("paper", "mask")]
         for method in methods:
             t0 = time.perf_counter()
-            edit = edit_for(pipe, method, erased)
+            edit = edit_for(pipe, method, erased, args.cache)
             seconds = time.perf_counter() - t0
             with edit.applied(pipe):
                 m = measure(pipe, judges, clip, split, erased, reference)
