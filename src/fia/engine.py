@@ -46,6 +46,7 @@ def erase(
     prompts: Mapping[str, ConceptPrompts] | None = None,
     targets: Any = None,
     progress: Progress | None = None,
+    max_memory: str | int | None = None,
 ) -> ConceptMask:
     """Find the FIA edit that erases ``concepts`` from ``pipe``'s denoiser.
 
@@ -67,6 +68,10 @@ def erase(
         targets: a target filter ``(module, name) -> bool`` instead of
             ``config.targets``.
         progress: ``progress(done, total, message)`` (:mod:`fia.progress`).
+        max_memory: the memory the run may take (bytes or ``"24GB"``); the
+            paper and causal variants estimate their peak before any work
+            and raise :class:`~fia.errors.FIAError` when it exceeds this, or,
+            left out, the device's free memory (:mod:`fia.memory`).
 
     Returns:
         The :class:`ConceptMask`; ``mask.stats`` holds the run's statistics
@@ -78,7 +83,7 @@ def erase(
         plan = concepts
     else:
         plan = plan_erase(concepts, config, concept_prompts=concept_prompts, base_prompts=base_prompts, prompts=prompts)
-    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress)
+    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress, max_memory=max_memory)
 
 
 def write_stats(mask: ConceptMask, path: str | Path) -> Path:
