@@ -221,12 +221,17 @@ def denoiser_inputs(config: Mapping[str, Any], rows: int, latent: int, dtype: to
 @functools.lru_cache(maxsize=128)
 def _trace_cached(class_name: str, config_json: str, rows: int, latent: int, dtype_name: str, text_length: int,
                   mode: str, target_kind: str) -> CallTrace | None:  # fmt: skip
-    dtype = getattr(torch, dtype_name)
-    config = json.loads(config_json)
-    inputs = denoiser_inputs(config, rows, latent, dtype, text_length)
+    # the caller may run under no_grad or inference_mode; the trace needs autograd
+    with torch.inference_mode(False), torch.enable_grad():
+        return _trace(class_name, config_json, rows, latent, getattr(torch, dtype_name), text_length, mode, target_kind)
+
+
+def _trace(class_name: str, config_json: str, rows: int, latent: int, dtype: torch.dtype, text_length: int, mode: str,
+           target_kind: str) -> CallTrace | None:  # fmt: skip
+    inputs = denoiser_inputs(json.loads(config_json), rows, latent, dtype, text_length)
     if inputs is None:
         return None
-    model = _meta_denoiser(class_name, config_json, dtype_name)
+    model = _meta_denoiser(class_name, config_json, str(dtype).removeprefix("torch."))
     params = list(model.parameters())
     targets = find_targets(model, target_kind)
     sample, timestep, kwargs = inputs

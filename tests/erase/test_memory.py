@@ -162,3 +162,16 @@ def test_a_bad_max_memory_is_refused_before_the_model_loads(tmp_path):
     args = ["erase", "--concepts", "golf ball", "--out", str(out), "--model", str(tmp_path / "nowhere"),
             "--task", "object", "--max-memory", "lots"]  # fmt: skip
     cli_refuses(args, out, "--max-memory 'lots' is not an amount of memory")
+
+
+def test_the_trace_runs_under_inference_mode(tiny_dir):
+    """A caller inside torch.inference_mode() (a benchmark harness, say) still gets the backward trace."""
+    from fia.memory import _trace_cached
+
+    unet = _tiny_unet(tiny_dir)
+    _trace_cached.cache_clear()
+    with torch.inference_mode():
+        inside = trace_call(unet, rows=7, latent=8, dtype=torch.float32, mode="evidence", exact=True)
+    _trace_cached.cache_clear()
+    outside = trace_call(unet, rows=7, latent=8, dtype=torch.float32, mode="evidence", exact=True)
+    assert inside == outside and inside.saved > 0
