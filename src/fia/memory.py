@@ -403,9 +403,10 @@ def causal_estimate(
     k = len(config.evidence_timesteps)
     graph = (config.score_steps * 2 * b * 3 + k * (1 + m) * b * 4) * latent_bytes + k * (1 + m) * b * text_length * width * s
     rounds = {"masks": n_weights * (1 + concepts), "anchor scores": 4 * n_weights if config.anchor_weight > 0 else 0}
+    gradient = {"target gradients": n_weights * (4 + s), "sampler graph": graph,
+                "activations (one call)": max(evidence.peak, sampler.peak)}  # fmt: skip
     phases = {
-        "gradient pass": rounds | {"target gradients": n_weights * (4 + s), "sampler graph": graph,
-                                   "activations (one call)": max(evidence.peak, sampler.peak)},  # fmt: skip
+        "gradient pass": rounds | gradient,
         "selection": rounds | {"selection workspace": SELECTION_BYTES_PER_WEIGHT * n_weights},
     }
     if config.repair is not None:
@@ -426,9 +427,9 @@ def _repair_phases(unet: Any, config: FIACausalConfig, latent: int, dtype: torch
     forward = trace_call(unet, rows=rows, latent=latent, dtype=dtype, mode="forward", text_length=text_length,
                          target_kind=config.targets)  # fmt: skip
     hook = 8 * max(forward.target_inputs.values()) + 8 * widest * widest  # x in float64, then x^T x
+    statistics = {"Gram average copy": gram_set, "activations (statistics batch)": forward.peak, "hook copies": hook}
     return {
-        "repair statistics": {"Gram average copy": gram_set, "activations (statistics batch)": forward.peak,
-                              "hook copies": hook},  # fmt: skip
+        "repair statistics": statistics,
         "repair solve": {"masks": n_weights, "solve workspace": 4 * 8 * widest * widest},
     }
 
