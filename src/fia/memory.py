@@ -483,12 +483,13 @@ def parse_memory(text: str | int) -> int:
     return int(float(found.group(1)) * _UNITS[found.group(2)])
 
 
-def pipeline_parameters(pipe: Any) -> dict[str, int]:
-    """Bytes of parameters (and buffers) of each module of ``pipe`` (its denoiser, text encoders, VAE)."""
+def pipeline_parameters(pipe: Any, device: torch.device | None = None) -> dict[str, int]:
+    """Bytes of parameters (and buffers) of each module of ``pipe`` (its denoiser, text encoders, VAE),
+    only those on ``device`` when it is given."""
     out = {}
     for name, module in getattr(pipe, "components", {}).items():
         if isinstance(module, torch.nn.Module):
-            tensors = [*module.parameters(), *module.buffers()]
+            tensors = [t for t in (*module.parameters(), *module.buffers()) if device is None or t.device == device]
             out[name] = sum(t.numel() * t.element_size() for t in tensors)
     return out
 
@@ -561,14 +562,15 @@ def check_memory(pipe: Any, plan: Any, max_memory: str | int | None = None) -> M
         free = available_memory(device)
         if free is None:
             return estimate
-        budget, source = free + sum(pipeline_parameters(pipe).values()), f"free on {device.type} with the loaded model"
+        budget, source = free + sum(pipeline_parameters(pipe, device).values()), f"free on {device.type} with the loaded model"
     if estimate.total <= budget:
         return estimate
     need = f"the {estimate.variant} variant needs about {estimate.summary()} at batch size {estimate.batch_size}"
     smaller = _largest_fitting(lambda b: estimate_erase(pipe, config, len(plan.concepts), prompts, b),
                                estimate.batch_size, budget)  # fmt: skip
     if smaller is None:
-        fix = "no batch size fits: use --dtype float16, a device with more memory, or raise --max-memory if it is wrong"
+        half = "--dtype float16, " if next(denoiser(pipe).parameters()).dtype == torch.float32 else ""
+        fix = f"no batch size fits: use {half}a device with more memory, or raise --max-memory if it is wrong"
     else:
         fix = f"pass --batch-size {smaller[0]} (about {gib(smaller[1])}), or raise --max-memory if it is wrong"
     raise FIAError(f"{need}, but {gib(budget)} is available ({source}); {fix}")
