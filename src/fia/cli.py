@@ -118,6 +118,8 @@ def erase(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch: memory and speed only, the mask is the same."),
+    max_memory: str | None = typer.Option(None, "--max-memory", help="Memory the erase may take, e.g. 24GB (default: "
+        "the device's free memory); a larger estimated peak stops it before any work, naming a --batch-size that fits."),
     saliency: str | None = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
     cfg_rows: str | None = typer.Option(None, "--cfg-rows", help="Rows of a guided run scored: cond or both."),
     targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
@@ -162,22 +164,26 @@ def erase(
     # everything is checked before heavy work and before anything is written
     model, world_dir, plan, report = _checked_erase(
         flags, concepts, out, model, task, shapeworld, config, preset, variant, device, dtype, concept_prompts,
-        base_prompts, no_report,
+        base_prompts, no_report, max_memory,
     )  # fmt: skip
     run_erase(
         model=model, plan=plan, out=out, device=device, dtype=dtype, save_pipeline=save_pipeline, report=report,
-        world_dir=world_dir,
+        world_dir=world_dir, max_memory=max_memory,
     )  # fmt: skip
 
 
 def _checked_erase(
     flags: EraseFlags, concepts: str, out: Path, model: str | None, task: str | None, shapeworld: str | None,
     config: Path | None, preset: str | None, variant: str | None, device: str, dtype: str,
-    concept_prompts: Path | None, base_prompts: Path | None, no_report: bool,
+    concept_prompts: Path | None, base_prompts: Path | None, no_report: bool, max_memory: str | None = None,
 ) -> tuple[str, Path | None, Any, bool]:
     """``fia erase``'s inputs checked, nothing loaded or written: ``(model, world folder, plan, report?)``."""
     from fia.engine import plan_erase
+    from fia.memory import parse_memory
     from fia.models import check_load_args
+
+    if max_memory is not None:
+        parse_memory(max_memory)
 
     model, world_dir = _model_and_world(model, shapeworld)
     world = None
@@ -293,7 +299,8 @@ class EraseFlags:
 
 
 def run_erase(
-    *, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False, world_dir=None
+    *, model, plan, out: Path, device: str, dtype: str, save_pipeline: bool, report: bool = False, world_dir=None,
+    max_memory: str | None = None,
 ) -> None:
     """Run a checked erase plan: load the model, erase, write OUT (mask, stats, report).
 
@@ -314,7 +321,7 @@ def run_erase(
         note = workers.idle_note(len(plan.concepts))
         if note is not None:
             typer.echo(note, err=True)
-        pipe, mask = _erase_in_process(workers, model, plan, out, workers.device_for(device), dtype)
+        pipe, mask = _erase_in_process(workers, model, plan, out, workers.device_for(device), dtype, max_memory)
     finally:
         # the processes are done together; what follows is the main process's alone (the report's metrics
         # would otherwise try to sync with processes that have left)
@@ -323,11 +330,12 @@ def run_erase(
         _write_erase(pipe, mask, plan, out, save_pipeline, report, world_dir)
 
 
-def _erase_in_process(workers, model: str, plan, out: Path, device: str, dtype: str):
+def _erase_in_process(workers, model: str, plan, out: Path, device: str, dtype: str, max_memory: str | None):
     """This process's part of the erase: load the model, run the plan over the processes; ``(pipe, mask)``."""
     import contextlib
 
     from fia.engine import erase
+    from fia.memory import check_memory
     from fia.models import load_pipeline
     from fia.progress import rich_bar
     from fia.targets import denoiser, find_targets
@@ -336,13 +344,14 @@ def _erase_in_process(workers, model: str, plan, out: Path, device: str, dtype: 
     with console.status("loading the model...") if workers.is_main else contextlib.nullcontext():
         pipe = load_pipeline(model, device=device, dtype=dtype)
     find_targets(denoiser(pipe), plan.config.targets)  # fails early, before OUT exists
+    check_memory(pipe, plan, max_memory)  # before any work (erase checks again, from the traces it keeps)
 
     unit = {FIACausalConfig: "rounds", FIARewriteConfig: "steps"}.get(type(plan.config), "concepts")
     processes = f" on {workers.size} processes" if workers.launched else ""
     bar = rich_bar(f"erasing {len(plan.concepts)} concept(s){processes}, {unit}", console)
     with bar if workers.is_main else contextlib.nullcontext() as progress:
         try:
-            mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress, workers=workers)
+            mask = erase(pipe, plan, cache_dir=out / "cache", progress=progress, workers=workers, max_memory=max_memory)
         except KeyboardInterrupt:
             if workers.is_main:
                 typer.echo(

@@ -48,6 +48,7 @@ def erase(
     targets: Any = None,
     progress: Progress | None = None,
     workers: Workers | None = None,
+    max_memory: str | int | None = None,
 ) -> ConceptMask:
     """Find the FIA edit that erases ``concepts`` from ``pipe``'s denoiser.
 
@@ -72,6 +73,10 @@ def erase(
         workers: the processes the concepts are split over (:mod:`fia.parallel`);
             left out, those an ``accelerate launch`` or ``torchrun`` started, else
             one process. Every process returns the same mask (docs/parallel.md).
+        max_memory: the memory the run may take (bytes or ``"24GB"``); the
+            paper and causal variants estimate their peak before any work
+            and raise :class:`~fia.errors.FIAError` when it exceeds this, or,
+            left out, the device's free memory (:mod:`fia.memory`).
 
     Returns:
         The :class:`ConceptMask`; ``mask.stats`` holds the run's statistics
@@ -83,7 +88,7 @@ def erase(
         plan = concepts
     else:
         plan = plan_erase(concepts, config, concept_prompts=concept_prompts, base_prompts=base_prompts, prompts=prompts)
-    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress, workers=workers)
+    return run_plan(pipe, plan, cache_dir=cache_dir, targets=targets, progress=progress, workers=workers, max_memory=max_memory)
 
 
 def write_stats(mask: ConceptMask, path: str | Path) -> Path:

@@ -30,6 +30,7 @@ from fia.causal import causal_erase
 from fia.config import AnchoredSettings, FIACausalConfig, FIAConfig, FIARewriteConfig
 from fia.errors import FIAError
 from fia.mask import ConceptMask, denoiser
+from fia.memory import check_memory
 from fia.paper import paper_erase
 from fia.parallel import Workers, launched_size
 from fia.plan import ErasePlan, plan_erase
@@ -70,12 +71,14 @@ def eraser_for(config: Any) -> Callable[..., ConceptMask]:
 
 def run_plan(
     pipe: Any, plan: ErasePlan, *, cache_dir: str | Path | None = None, targets: Any = None,
-    progress: Progress | None = None, workers: Workers | None = None,
+    progress: Progress | None = None, workers: Workers | None = None, max_memory: str | int | None = None,
 ) -> ConceptMask:
     """Run a checked plan on ``pipe`` (left unchanged) with the implementation of its config's type.
 
     What the settings leave to the model is read from it first (on
-    ShapeWorld, its world), before any work. ``workers``: the processes the
+    ShapeWorld, its world), before any work; then the memory the run will
+    need is checked against ``max_memory`` or the device's free memory
+    (:func:`fia.memory.check_memory`: the paper and causal variants). ``workers``: the processes the
     concepts are split over; left out, those a launcher started
     (:meth:`Workers.from_environment`), one process when not launched.
     """
@@ -84,6 +87,8 @@ def run_plan(
     if config != plan.config:
         plan = dataclasses.replace(plan, config=config)
     found = find_targets(denoiser(pipe), targets if targets is not None else config.targets)
+    if targets is None:  # the estimate knows the named target kinds, not a custom filter
+        check_memory(pipe, plan, max_memory)
     target_kind = config.targets if targets is None else "custom"
     cache = ConceptCache(cache_dir) if cache_dir is not None else None
     if workers is None:
