@@ -74,7 +74,7 @@ SD 1.5 and 2.1 run in float32.
 Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sd_scale.py            # everything (about an hour on one core)
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sd_scale.py --quick    # a few minutes: fewer sizes, no SD 2.1
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sd_scale.py --quick    # about 20 minutes: fewer sizes, no SD 2.1
     python benchmarks/sd_scale.py --sections estimate                    # the estimator's table only (seconds)
 
 It writes ``benchmarks/results/sd_scale.json`` (``--json``; ``--quick`` writes

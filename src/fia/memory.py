@@ -56,9 +56,11 @@ when the prompts run in several chunks); the forward-only activations of
 one sampler batch (``2 x`` the prompts of the batch with guidance); the
 hook's float32 copies of one prompt's target input and output.
 
-Not counted: the Python and torch runtime (a few hundred MB of host
-memory; on CUDA, the context, which the free memory already excludes), the
-caching allocator's fragmentation, and the rewrite variant (not checked).
+Not counted: the Python and torch runtime (tens of MB of host memory; on
+CUDA, the context, which the free memory already excludes), the
+allocator's fragmentation (glibc's default kept up to a third more than the
+live tensors in ``benchmarks/sd_scale.py``; CUDA's caching allocator has its
+own), and the rewrite variant (not checked).
 The pre-flight check (:func:`check_memory`) compares the total with the
 memory available: ``--max-memory`` when given, else the device's free
 memory plus the loaded model's own parameters (CUDA:
