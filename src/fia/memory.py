@@ -365,8 +365,10 @@ def _model_dtype(unet: Any, dtype: torch.dtype | None) -> torch.dtype:
     return param.dtype if param is not None else torch.float32
 
 
-def _latent(unet: Any, latent: int | None) -> int:
-    return int(latent if latent is not None else _unet_config(unet)["sample_size"])
+def _latent(unet: Any, latent: int | None) -> int | None:
+    """The latent side: ``latent`` when given, else the denoiser's config (``None``: it has none)."""
+    side = latent if latent is not None else _unet_config(unet).get("sample_size")
+    return None if side is None else int(side)
 
 
 def causal_micro_batch(config: FIACausalConfig) -> int:
@@ -390,6 +392,8 @@ def causal_estimate(
         config = config.replace(batch_size=batch_size)
     b = causal_micro_batch(config)
     latent, dtype = _latent(unet, latent), _model_dtype(unet, dtype)
+    if latent is None or not {"cross_attention_dim", "in_channels"} <= _unet_config(unet).keys():
+        return None  # a denoiser without a diffusers config: nothing to trace
     s, m = torch.empty((), dtype=dtype).element_size(), config.contrasts
     trace = functools.partial(trace_call, unet, latent=latent, dtype=dtype, text_length=text_length, target_kind=config.targets)
     evidence, sampler = trace(rows=(1 + m) * b, mode="evidence"), trace(rows=2 * b, mode="sampler")
@@ -448,6 +452,8 @@ def paper_estimate(
         config = config.replace(batch_size=batch_size)
     b = min(config.batch_size or prompts, prompts)
     latent, dtype = _latent(unet, latent), _model_dtype(unet, dtype)
+    if latent is None:
+        return None  # a denoiser without a diffusers config: nothing to trace
     rows = b * (2 if config.guidance_scale > 1 else 1)
     forward = trace_call(unet, rows=rows, latent=latent, dtype=dtype, mode="forward", text_length=text_length,
                          target_kind=config.targets)  # fmt: skip
@@ -523,7 +529,10 @@ def estimate_erase(pipe: Any, config: Any, concepts: int, prompts: int = 0, batc
     ``prompts``: the paper variant's concept and base prompts of its largest concept; ``kept_groups``:
     the causal variant's balanced repair's groups of kept prompts.
     """
-    unet = denoiser(pipe)
+    unet = next((m for m in (getattr(pipe, "unet", None), getattr(pipe, "transformer", None), pipe)
+                 if isinstance(m, torch.nn.Module)), None)  # fmt: skip
+    if unet is None:
+        return None  # not a pipeline the estimate knows; the erase names what is wrong
     others = sum(v for k, v in pipeline_parameters(pipe).items() if getattr(pipe, k, None) is not unet)
     tokenizer = getattr(pipe, "tokenizer", None)
     text_length = int(getattr(tokenizer, "model_max_length", 77) or 77)

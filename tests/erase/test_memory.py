@@ -150,6 +150,18 @@ def test_the_paper_variant_is_checked_too(tiny_dir):
         check_memory(pipe, plan, "1MB")
 
 
+def test_what_the_estimate_cannot_read_is_not_checked_rather_than_crashed_on(tiny_dir):
+    """A denoiser without a diffusers config (no ``sample_size``) or an object that is no pipeline: ``None``."""
+    pipe = load_tiny(tiny_dir)
+    bare = torch.nn.Sequential(torch.nn.Linear(4, 4))  # a denoiser without a config
+    for config in (tiny_causal_config(), small_config()):
+        assert estimate_erase(pipe, config, 1, prompts=4) is not None
+        assert estimate_erase(bare, config, 1, prompts=4) is None
+        assert estimate_erase(object(), config, 1, prompts=4) is None
+    assert causal_estimate(bare, tiny_causal_config(), concepts=1) is None
+    assert paper_estimate(bare, small_config(), prompts=4) is None
+
+
 def test_erase_stops_before_any_work_when_it_cannot_fit(tiny_dir, tmp_path):
     out = tmp_path / "out"
     args = ["erase", "--concepts", "golf ball", "--out", str(out), "--model", str(tiny_dir), "--task", "object",
