@@ -32,12 +32,15 @@ and kept; the others are zeroed. Then the next round re-scores on the edited
 model: first-order scores go stale as weights go, and re-scoring is what
 turns a weight set that dents the concept into one that removes it.
 
-Cost per round: one backward pass through the sampler per concept and one
-for the anchors. Finished rounds are cached, so an interrupted run resumes.
+Cost per round: one backward pass through the sampler per concept, and one
+for the anchors unless ``rescore_anchors`` is off (then the anchors are
+scored once, on the unedited model, and their ``g_a`` serves every round).
+Finished rounds are cached, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -251,6 +254,19 @@ class _Model:
             for t in self.targets:
                 t.module.weight.copy_(self.pristine[f"{t.name}.weight"])
 
+    @contextlib.contextmanager
+    def as_unedited(self):
+        """The target weights as the unedited model's inside the block, as they were after it."""
+        with torch.no_grad():
+            now = [t.module.weight.detach().clone() for t in self.targets]
+            self.restore_()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, w in zip(self.targets, now):
+                    t.module.weight.copy_(w)
+
 
 # ------------------------------------------------------------------------- erase
 def evidence_and_anchors(
@@ -326,6 +342,7 @@ class _Job:
     key: str  # the rounds' cache key
     workers: Workers
     progress: Progress | None
+    anchor_gradient: dict[str, Tensor] | None = None  # the unedited model's g_a, kept when anchors are scored once
 
     @property
     def units_per_round(self) -> int:
@@ -337,22 +354,30 @@ class _Job:
         return self.units_per_round * len(self.sizes)
 
 
-def _anchor_gradient(job: _Job) -> dict[str, Tensor] | None:
+def _anchor_gradient(job: _Job, edited: bool) -> dict[str, Tensor] | None:
     """The anchors' per-prompt mean ``g_a``: scored by the main process, sent to the others bit for bit.
 
     The anchors' prompts are not split: a gradient summed over shares would round differently.
+    Without ``rescore_anchors`` it is scored once, on the unedited model (``edited``: weights are
+    zeroed already, as in a run resumed from cached rounds), and kept for every later round.
     """
     if job.anchors is None:
         return None
+    if not job.config.rescore_anchors and job.anchor_gradient is not None:
+        return job.anchor_gradient
     model, workers = job.model, job.workers
     if workers.is_main:
-        g_anchor = {n: g / len(job.anchors.prompts) for n, g in model.evidence_gradient(job.anchors).items()}
+        unedited = model.as_unedited() if edited and not job.config.rescore_anchors else contextlib.nullcontext()
+        with unedited:
+            g_anchor = {n: g / len(job.anchors.prompts) for n, g in model.evidence_gradient(job.anchors).items()}
     else:  # filled by the main process's broadcast below
         g_anchor = {t.name: torch.empty(t.module.weight.shape, device=t.module.weight.device,
                                         dtype=torch.promote_types(t.module.weight.dtype, torch.float32))
                     for t in model.targets}  # fmt: skip
     for t in model.targets:
         workers.broadcast_(g_anchor[t.name])
+    if not job.config.rescore_anchors:
+        job.anchor_gradient = g_anchor
     return g_anchor
 
 
@@ -389,10 +414,11 @@ def _score_round(
     """
     workers, names = job.workers, job.names
     running = [c for c in names if c not in state.stopped]  # a stopped concept's evidence is gone: it takes no more
-    job.model.embed_as_scored(([job.anchors] if job.anchors is not None else []) + [job.plans[c] for c in running])
-    g_anchor = _anchor_gradient(job)
+    anchors_now = job.anchors is not None and (job.config.rescore_anchors or job.anchor_gradient is None)
+    job.model.embed_as_scored(([job.anchors] if anchors_now else []) + [job.plans[c] for c in running])
+    g_anchor = _anchor_gradient(job, edited=any(bool(p.any()) for p in state.pruned.values()))
     if g_anchor is not None:
-        tick("anchors scored")
+        tick("anchors scored" if anchors_now else "anchors as scored before")
     mine = {}
     for p in workers.share(len(running)):
         mine[p] = _score_concept(job, running[p], g_anchor, k, state)

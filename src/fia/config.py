@@ -115,6 +115,11 @@ class RepairConfig(_SettingsBlock):
             object-less scenes, ...), so that no kept kind absorbs the change
             alone (:mod:`fia.core.balance`; 0: one solve on the pooled kept
             prompts). Recorded in a mask only when not 0.
+        steps: sampler steps of the pass that reads the kept and concept
+            prompts' layer inputs (``None``: the schedule's own,
+            ``num_inference_steps``). Fewer steps walk the same trajectory
+            more coarsely and cost proportionally less. Recorded in a mask
+            only when set.
     """
 
     NAME: ClassVar[str] = "repair"
@@ -124,6 +129,7 @@ class RepairConfig(_SettingsBlock):
     concept_prompts_per_concept: int = 12
     every_round: bool = False
     balance_rounds: int = 0
+    steps: int | None = None
 
     def validate(self) -> "RepairConfig":
         for name in ("concept_weight", "damping"):
@@ -136,6 +142,8 @@ class RepairConfig(_SettingsBlock):
             check_positive_int(f"repair.{name}", getattr(self, name))
         if not isinstance(self.balance_rounds, int) or isinstance(self.balance_rounds, bool) or self.balance_rounds < 0:
             raise FIAError(f"repair.balance_rounds must be an integer >= 0, got {self.balance_rounds!r}; e.g. 6")
+        if self.steps is not None:
+            check_positive_int("repair.steps", self.steps)
         return self
 
 
@@ -387,6 +395,10 @@ class FIACausalConfig(AnchoredSettings):
             edited model after each.
         anchor_weight: lambda of the anchor penalty; a weight's score drops by
             lambda times the evidence it carries for the anchors.
+        rescore_anchors: score the anchors again on the edited model every
+            round (``True``), or once, on the unedited model, for every round
+            (``False``: a round then costs only its concepts' gradients; the
+            anchors are what must stay as the unedited model draws them).
         score_steps: length of the sampler schedule whose final images are
             scored (the whole schedule runs, with gradients).
         contrasts: how many other prompts each scored prompt is contrasted
@@ -410,6 +422,7 @@ class FIACausalConfig(AnchoredSettings):
     budget: float = 0.0075
     rounds: int = 8
     anchor_weight: float = 2.0
+    rescore_anchors: bool = True
     score_steps: int = 10
     contrasts: int = 3
     concept_prompts_per_concept: int = 24
@@ -433,6 +446,8 @@ class FIACausalConfig(AnchoredSettings):
             check_positive_int(name, getattr(self, name))
         if not (isinstance(self.anchor_weight, (int, float)) and self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
             raise FIAError(f"anchor_weight must be a finite number >= 0, got {self.anchor_weight!r}")
+        if not isinstance(self.rescore_anchors, bool):
+            raise FIAError(f"rescore_anchors must be true or false, got {self.rescore_anchors!r}")
         ts = self.evidence_timesteps
         if not isinstance(ts, tuple) or not ts or any(not isinstance(t, float) or not (0 < t < 1) for t in ts):
             raise FIAError(
@@ -553,7 +568,8 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
     """The settings a mask records of ``config``, as JSON-ready values (format v1, see above).
 
     The optional blocks (``repair``, ``stop_evidence``) are recorded only
-    when set, so a run without them records what it always did.
+    when set, and ``rescore_anchors`` only when false, so a run without them
+    records what it always did.
     """
     data = dict(_V1_OTHER_VARIANTS_FIELDS)
     data.update(dataclasses.asdict(config))  # nested blocks become dicts
@@ -570,8 +586,12 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
     for key in ("repair", "stop_evidence"):
         if data.get(key) is None:
             data.pop(key, None)
-    if isinstance(data.get("repair"), dict) and not data["repair"].get("balance_rounds"):
-        data["repair"].pop("balance_rounds", None)  # an unbalanced repair records what it always did
+    if data.get("rescore_anchors") is True:
+        data.pop("rescore_anchors")  # anchors scored every round, as masks without the field were made
+    if isinstance(data.get("repair"), dict):  # an unbalanced repair at the schedule's steps records what it always did
+        for key, unset in (("balance_rounds", 0), ("steps", None)):
+            if data["repair"].get(key) == unset:
+                data["repair"].pop(key, None)
     return data
 
 

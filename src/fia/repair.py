@@ -185,7 +185,8 @@ class RepairGrams:
 
 def repair_grams(pipe: Any, targets: Sequence[TargetLinear], concepts: Sequence[str], config: Any) -> RepairGrams:
     """``G_k`` and ``G_c`` of every target on ``pipe`` (unedited), from the task's repair prompts
-    (:meth:`fia.tasks.Task.repair_prompts`), at the config's schedule and guidance."""
+    (:meth:`fia.tasks.Task.repair_prompts`), at the config's guidance and its schedule (``repair.steps``
+    steps when set)."""
     from fia.tasks import task_of
 
     if config.repair is None:
@@ -195,7 +196,7 @@ def repair_grams(pipe: Any, targets: Sequence[TargetLinear], concepts: Sequence[
         raise FIAError("the repair has no kept prompts (every concept is erased); drop --repair or keep some concepts")
     # a fixed batch, whatever config.batch_size: batched kernels round a sample's activations by the batch
     # it runs in, and the repaired rows must not depend on the memory knob (tests/erase/test_batching.py)
-    sampler = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
+    sampler = {"num_inference_steps": config.repair.steps or config.num_inference_steps, "guidance_scale": config.guidance_scale,
                "batch_size": GRAM_BATCH}  # fmt: skip
     concept = collect_grams(pipe, targets, rp.concept, rp.concept_seeds, rows="cond", **sampler)
     if config.repair.balance_rounds > 0:

@@ -9,6 +9,7 @@ import fia
 from fia.causal import _Model
 from fia.causal import evidence_and_anchors
 from fia.config import FIACausalConfig
+from fia.errors import FIAError
 from fia.targets import find_targets
 from tests.helpers import load_tiny, tiny_causal_config
 
@@ -148,3 +149,40 @@ def test_prompt_files_are_refused_by_the_causal_variant(tiny_dir, tmp_path):
     lines.write_text("a {concept} on the grass\n")
     with pytest.raises(FIAError, match="apply to --variant paper"):
         fia.erase(load_tiny(tiny_dir), ["golf ball"], tiny_causal_config(), concept_prompts=lines)
+
+
+def test_anchors_scored_once_serve_every_round_and_a_resumed_run_scores_them_unedited(tiny_dir, tmp_path, monkeypatch):
+    """rescore_anchors=False: one anchor gradient, of the unedited model, for every round, even after a resume."""
+    from fia.causal import _Model as Model
+
+    cfg = tiny_causal_config(rounds=3, rescore_anchors=False)
+    scored = []
+    real = Model.evidence_gradient
+
+    def counting(self, ep):
+        scored.append("anchors" if len(ep.prompts) == cfg.anchor_prompts and ep.prompts == anchors.prompts else "concept")
+        return real(self, ep)
+
+    anchors = anchor_prompts(["golf ball"], cfg)
+    monkeypatch.setattr(Model, "evidence_gradient", counting)
+    mask = fia.erase(load_tiny(tiny_dir), ["golf ball"], cfg, cache_dir=tmp_path / "cache")
+    assert scored.count("anchors") == 1 and scored.count("concept") == 3
+    assert mask.config["rescore_anchors"] is False
+    every_round = fia.erase(load_tiny(tiny_dir), ["golf ball"], cfg.replace(rescore_anchors=True))
+    assert "rescore_anchors" not in every_round.config  # the default records what masks always did
+    assert scored.count("anchors") == 4  # one per round when re-scored
+
+    # interrupted after round 1: the resumed run zeroes round 1's weights, then scores the anchors on the unedited model
+    (last, middle) = sorted((tmp_path / "cache").glob("causal-*-round[12].safetensors"), reverse=True)
+    last.unlink()
+    middle.unlink()
+    scored.clear()
+    resumed = fia.erase(load_tiny(tiny_dir), ["golf ball"], cfg, cache_dir=tmp_path / "cache")
+    assert [r["cached"] for r in resumed.stats["rounds"]] == [True, False, False]
+    assert scored == ["anchors", "concept", "concept"]
+    assert resumed.to_bytes() == mask.to_bytes()
+
+
+def test_rescore_anchors_must_be_a_bool():
+    with pytest.raises(FIAError, match="rescore_anchors must be true or false"):
+        tiny_causal_config(rescore_anchors="no")

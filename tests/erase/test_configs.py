@@ -49,6 +49,9 @@ def test_every_variant_records_the_settings_layout_of_format_v1():
     assert causal.to_dict() == want
     balanced = causal.replace(repair=RepairConfig(balance_rounds=6))
     assert balanced.to_dict()["repair"] == want["repair"] | {"balance_rounds": 6}
+    # rescore_anchors and repair.steps joined later too: recorded only off their old behaviour
+    quick = causal.replace(rescore_anchors=False, repair=RepairConfig(steps=10))
+    assert quick.to_dict() == want | {"rescore_anchors": False, "repair": want["repair"] | {"steps": 10}}
     rewrite = FIARewriteConfig(anchors=["dog"])
     assert rewrite.to_dict() == V1_PAPER_OBJECT | {"variant": "rewrite", "anchors": ["dog"], "rewrite": RewriteConfig().to_dict()}
     json.dumps(causal.to_dict())  # JSON-ready, as a mask header stores it

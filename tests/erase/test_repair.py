@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -165,3 +167,20 @@ def test_balanced_repair_is_one_reversible_edit_that_records_its_rounds(tiny_dir
         assert any(not torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
     assert all(torch.equal(w, before[n]) for n, w in _ffn2(pipe).items())
     assert fia.erase(pipe, ["golf ball"], cfg).to_bytes() == mask.to_bytes()
+
+
+def test_the_statistics_pass_runs_at_repair_steps(tiny_dir):
+    """repair.steps=k reads the same Gram matrices as a schedule of k steps does; an unset one, the schedule's."""
+    from fia.repair import repair_grams
+
+    pipe = load_tiny(tiny_dir)
+    targets = find_targets(pipe.unet, "ffn2")
+    cfg = tiny_causal_config(repair=REPAIR, num_inference_steps=4)
+    at_steps = repair_grams(pipe, targets, ["golf ball"], cfg.replace(repair=dataclasses.replace(REPAIR, steps=2)))
+    schedule = repair_grams(pipe, targets, ["golf ball"], cfg.replace(num_inference_steps=2))
+    full = repair_grams(pipe, targets, ["golf ball"], cfg)
+    for name in at_steps.keep:
+        assert torch.equal(at_steps.keep[name], schedule.keep[name]) and torch.equal(at_steps.concept[name], schedule.concept[name])
+        assert not torch.equal(at_steps.keep[name], full.keep[name])
+    with pytest.raises(FIAError, match="repair.steps must be a positive integer"):
+        dataclasses.replace(REPAIR, steps=0).validate()
