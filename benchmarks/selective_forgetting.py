@@ -8,7 +8,8 @@ Tasks on ShapeWorld 2 (32 kinds on a long tail):
   ones (drop, five, arrow, em, mushroom) at once.
 
 Methods (``config_for``): ``default`` (the ShapeWorld preset as ``fia erase``
-runs it: today the causal pruning with the closed-form repair), ``paper``
+runs it: today the causal pruning with the closed-form repair), ``previous``
+(the same before its cost levers: 8 rounds of 10 scored steps), ``paper``
 (the paper's FIA), ``causal`` (the causal pruning with the repair, named),
 ``mask`` (that pruning alone, ``--no-repair``), ``rewrite`` (the
 closed-form rewrite, ``--variant rewrite``) and ``speed`` (the SPEED
@@ -88,10 +89,16 @@ def config_for(method: str):
     ``default``: the ShapeWorld preset as ``fia erase`` runs it; ``paper``:
     the paper's FIA; ``causal``: causal pruning with the closed-form repair;
     ``unbalanced``: the same with the repair's kept groups not balanced;
-    ``mask``: the same pruning alone; ``rewrite``: the closed-form rewrite.
+    ``mask``: the same pruning alone; ``rewrite``: the closed-form rewrite;
+    ``previous``: the default before its cost levers (8 rounds of 10 scored
+    steps, the anchors re-scored every round, the repair's statistics over
+    the 25-step schedule; ``causal_cost_levers.py``).
     """
     if method == "default":
         return resolve_config("shapeworld", overrides={"world": WORLD.name})
+    if method == "previous":
+        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
+        return cfg.replace(rounds=8, score_steps=10, rescore_anchors=True, repair=dataclasses.replace(cfg.repair, steps=None))
     variant = {"paper": "paper", "causal": "causal", "unbalanced": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
     cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": variant})
     if method == "unbalanced":
@@ -266,7 +273,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite", "default"]
+    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite", "previous", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
