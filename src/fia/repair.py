@@ -57,7 +57,8 @@ class _GramAccumulator:
         self.counts[name] += x.shape[0]
 
     def means(self) -> dict[str, Tensor]:
-        return {n: s / max(1, self.counts[n]) for n, s in self.sums.items()}
+        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
+        return {n: (s / max(1, self.counts[n])).cpu() for n, s in self.sums.items()}
 
 
 def collect_grams(
@@ -109,7 +110,7 @@ class _GroupGramAccumulator:
             counts[name] = counts.get(name, 0) + xg.shape[0]
 
     def means(self) -> dict[str, dict[str, Tensor]]:
-        return {g: {n: s / max(1, self.counts[g][n]) for n, s in layers.items()} for g, layers in self.sums.items()}
+        return {g: {n: (s / max(1, self.counts[g][n])).cpu() for n, s in layers.items()} for g, layers in self.sums.items()}
 
 
 def collect_group_grams(

@@ -71,7 +71,9 @@ class _PairedMoments:
             self.gram[name], self.cross[name], self.count[name] = g, c, xc.shape[0]
 
     def means(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        return ({n: g / self.count[n] for n, g in self.gram.items()}, {n: c / self.count[n] for n, c in self.cross.items()})
+        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
+        return ({n: (g / self.count[n]).cpu() for n, g in self.gram.items()},
+                {n: (c / self.count[n]).cpu() for n, c in self.cross.items()})  # fmt: skip
 
 
 def paired_moments(
