@@ -41,6 +41,19 @@ def _umask() -> int:
     return current
 
 
+def proc_field_bytes(path: str | os.PathLike, field: str) -> int | None:
+    """A ``kB`` field of a Linux ``/proc`` status file in bytes (``/proc/meminfo``'s ``MemAvailable``,
+    ``/proc/self/status``'s ``VmRSS``), or ``None`` where the file or the field cannot be read."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -87,6 +87,7 @@ from torch.utils._pytree import tree_flatten
 
 from fia.config import FIACausalConfig, FIAConfig
 from fia.errors import FIAError
+from fia.io import proc_field_bytes
 from fia.targets import denoiser, find_targets
 from fia.tasks import task_of
 
@@ -512,13 +513,7 @@ def available_memory(device: torch.device) -> int | None:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+        return proc_field_bytes("/proc/meminfo", "MemAvailable")
     return None
 
 

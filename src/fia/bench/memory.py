@@ -6,17 +6,13 @@ import platform
 import resource
 import threading
 
+from fia.io import proc_field_bytes
+
 
 def rss_bytes() -> int:
     """Current resident set size (Linux /proc; falls back to the peak)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
+    now = proc_field_bytes("/proc/self/status", "VmRSS")
+    return now if now is not None else peak_rss_bytes()
 
 
 def peak_rss_bytes() -> int:
