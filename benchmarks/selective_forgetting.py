@@ -155,10 +155,12 @@ class Split:
                     out[name][2].append(o)
         return out
 
-    def quality_set(self) -> tuple[list[str], list[int], list[dict]]:
-        """``quality`` prompts: a fifth object-less scenes, the rest the kinds no task erases, in turn
-        (one set for every task, so the unedited model's figures are shared)."""
-        kept = [o for o in KINDS if not any(o in erased for erased in TASKS.values())]
+    def quality_set(self, kept: list[str] | None = None, seed_offset: int = 80_000) -> tuple[list[str], list[int], list[dict]]:
+        """``quality`` prompts: a fifth object-less scenes, the rest ``kept`` in turn (default: the kinds no
+        task erases, one set for every task, so the unedited model's figures are shared); seeds from
+        the split's base plus ``seed_offset``."""
+        if kept is None:
+            kept = [o for o in KINDS if not any(o in erased for erased in TASKS.values())]
         prompts, seeds, factors = [], [], []
         n_empty = self.quality // 5
         for k in range(self.quality):
@@ -172,7 +174,7 @@ class Split:
                 color, place = factor_cycle(j // len(kept), KINDS.index(obj), self.shift)
                 prompts.append(prompt_for(obj, color, place))
                 factors.append({"object": obj, "color": color, "place": place})
-            seeds.append(self.seed_base + 80_000 + k)
+            seeds.append(self.seed_base + seed_offset + k)
         return prompts, seeds, factors
 
 
