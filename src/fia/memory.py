@@ -524,9 +524,9 @@ def estimate_erase(pipe: Any, config: Any, concepts: int, prompts: int = 0, batc
     ``prompts``: the paper variant's concept and base prompts of its largest concept; ``kept_groups``:
     the causal variant's balanced repair's groups of kept prompts.
     """
-    unet = next((m for m in (getattr(pipe, "unet", None), getattr(pipe, "transformer", None), pipe)
-                 if isinstance(m, torch.nn.Module)), None)  # fmt: skip
-    if unet is None:
+    try:
+        unet = denoiser(pipe)
+    except FIAError:
         return None  # not a pipeline the estimate knows; the erase names what is wrong
     others = sum(v for k, v in pipeline_parameters(pipe).items() if getattr(pipe, k, None) is not unet)
     tokenizer = getattr(pipe, "tokenizer", None)
