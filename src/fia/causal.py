@@ -363,12 +363,12 @@ def _anchor_gradient(job: _Job, edited: bool) -> dict[str, Tensor] | None:
     """
     if job.anchors is None:
         return None
-    if not job.config.rescore_anchors and job.anchor_gradient is not None:
+    if job.anchor_gradient is not None:  # kept only when the anchors are scored once
         return job.anchor_gradient
+    once = not job.config.rescore_anchors
     model, workers = job.model, job.workers
     if workers.is_main:
-        unedited = model.as_unedited() if edited and not job.config.rescore_anchors else contextlib.nullcontext()
-        with unedited:
+        with model.as_unedited() if once and edited else contextlib.nullcontext():
             g_anchor = {n: g / len(job.anchors.prompts) for n, g in model.evidence_gradient(job.anchors).items()}
     else:  # filled by the main process's broadcast below
         g_anchor = {t.name: torch.empty(t.module.weight.shape, device=t.module.weight.device,
@@ -376,7 +376,7 @@ def _anchor_gradient(job: _Job, edited: bool) -> dict[str, Tensor] | None:
                     for t in model.targets}  # fmt: skip
     for t in model.targets:
         workers.broadcast_(g_anchor[t.name])
-    if not job.config.rescore_anchors:
+    if once:
         job.anchor_gradient = g_anchor
     return g_anchor
 
@@ -414,7 +414,7 @@ def _score_round(
     """
     workers, names = job.workers, job.names
     running = [c for c in names if c not in state.stopped]  # a stopped concept's evidence is gone: it takes no more
-    anchors_now = job.anchors is not None and (job.config.rescore_anchors or job.anchor_gradient is None)
+    anchors_now = job.anchors is not None and job.anchor_gradient is None
     job.model.embed_as_scored(([job.anchors] if anchors_now else []) + [job.plans[c] for c in running])
     g_anchor = _anchor_gradient(job, edited=any(bool(p.any()) for p in state.pruned.values()))
     if g_anchor is not None:
