@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,6 @@ import fia  # noqa: E402
 from fia.io import atomic_write_text  # noqa: E402
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge  # noqa: E402
 
-PREVIOUS = {"rounds": 8, "score_steps": 10, "rescore_anchors": True, "repair_steps": None}
 # (label, changes from the previous default); the last row is the present default
 LEVERS = [
     ("previous default", {}),
@@ -67,11 +65,13 @@ OUT = sf.RESULTS / "causal_cost_levers.json"
 
 
 def config_of(changes: dict):
-    """The default's settings with the previous default's cost settings, then ``changes``."""
-    settings = PREVIOUS | changes
-    cfg = sf.config_for("default")
-    repair = dataclasses.replace(cfg.repair, steps=settings.pop("repair_steps"))
-    return cfg.replace(repair=repair, **settings)
+    """The previous default's settings (``selective_forgetting.config_for("previous")``) with ``changes``
+    (``repair_steps``: the repair's ``steps``)."""
+    cfg = sf.config_for("previous")
+    changes = dict(changes)
+    if "repair_steps" in changes:
+        cfg = cfg.replace(repair=dataclasses.replace(cfg.repair, steps=changes.pop("repair_steps")))
+    return cfg.replace(**changes)
 
 
 def run(pipe, judges, split: sf.Split, erased: list[str], label: str, unedited: dict) -> dict:
@@ -123,8 +123,7 @@ def main() -> None:
     judges = {"oracle": load_oracle(world=sf.WORLD.name), "judge2": load_second_judge(world=sf.WORLD.name)}
     split = sf.Split("tune", a.images, 0)
     unedited = sf.measure_kinds(pipe, judges, split)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=sf.ROOT).stdout.strip()
-    results = {"images": a.images, "split": "tune", "commit": commit, "tasks": {}}
+    results = {"images": a.images, "split": "tune", "commit": sf.commit(), "tasks": {}}
     for task in a.tasks.split(","):
         results["tasks"][task] = [run(pipe, judges, split, sf.TASKS[task], label, unedited) for label in TASK_LEVERS[task]]
         atomic_write_text(a.out, json.dumps(results, indent=1) + "\n")  # each finished task is kept

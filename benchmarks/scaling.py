@@ -25,19 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import selective_forgetting as sf  # noqa: E402
 
 import fia  # noqa: E402
-from fia.evaluate.metrics import frechet_distance, kernel_distance  # noqa: E402
 from fia.evaluate.suites.shapeworld import shapeworld_reference_features  # noqa: E402
 from fia.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge  # noqa: E402
@@ -55,14 +52,7 @@ def quality_set(split: sf.Split) -> tuple[list[str], list[int], list[dict]]:
 
 
 def quality(pipe, judges, split: sf.Split, reference: torch.Tensor) -> dict:
-    prompts, seeds, factors = quality_set(split)
-    labels, x = sf.judged(pipe, judges, prompts, seeds)
-    fidelity = [np.mean([labels["oracle"][h][i] == v for h, v in f.items() if h in labels["oracle"]]) for i, f in enumerate(factors)]
-    with torch.no_grad():
-        feats = judges["oracle"].features(x).double()
-    kid, _ = kernel_distance(feats, reference)
-    return {"n_images": len(prompts), "kid_x1000": round(1000 * kid, 3), "fid": round(frechet_distance(feats, reference), 3),
-            "prompt_fidelity": round(float(np.mean(fidelity)), 4)}  # fmt: skip
+    return sf.measure_quality(pipe, judges, None, split, reference, quality_set(split))
 
 
 def point(pipe, judges, split, reference, x: int, unedited_hits: dict) -> dict:
@@ -162,7 +152,7 @@ def main() -> None:
     reference = shapeworld_reference_features(judges["oracle"], quality_set(split)[2], 1, seed=7)
     unedited_hits = sf.measure_kinds(pipe, judges, split)
     results = {"split": "heldout", "images": a.images, "quality_images": a.quality, "order": ORDER,
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=sf.ROOT).stdout.strip(),
+               "commit": sf.commit(),
                "unedited_quality": quality(pipe, judges, split, reference), "points": []}  # fmt: skip
     for x in sizes:
         results["points"].append(point(pipe, judges, split, reference, x, unedited_hits))

@@ -214,8 +214,14 @@ def measure_phrasings(pipe, judges, split: Split, erased: list[str]) -> dict:
     return out
 
 
-def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor) -> dict:
-    q_prompts, q_seeds, q_factors = split.quality_set()
+def commit() -> str:
+    """The repository's commit, as the result files record it."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor, quality_set=None) -> dict:
+    """KID, FID, prompt fidelity and (with a ``clip``) CLIP score on ``quality_set`` (default ``split.quality_set()``)."""
+    q_prompts, q_seeds, q_factors = quality_set or split.quality_set()
     lab, x = judged(pipe, judges, q_prompts, q_seeds)
     oracle = judges["oracle"]
     fidelity = [
@@ -225,14 +231,16 @@ def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor) -
     with torch.no_grad():
         feats = oracle.features(x).double()
     kid, kid_std = kernel_distance(feats, reference)
-    return {
+    out = {
         "n_images": len(q_prompts),
         "kid_x1000": round(1000 * kid, 3),
         "kid_std_x1000": round(1000 * kid_std, 3),
         "fid": round(frechet_distance(feats, reference), 3),
         "prompt_fidelity": round(float(np.mean(fidelity)), 4),
-        "clip_score": round(float(clip_score(clip, x, q_prompts).mean()), 3),
     }
+    if clip is not None:
+        out["clip_score"] = round(float(clip_score(clip, x, q_prompts).mean()), 3)
+    return out
 
 
 def measure(pipe, judges, clip, split: Split, erased: list[str], reference: torch.Tensor, kinds=None, quality=None) -> dict:
@@ -364,7 +372,7 @@ def main() -> None:
     results = {
         "split": args.split, "images": args.images, "quality_images": args.quality, "world": WORLD.name,
         "phrasing_images": args.phrasing_images,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "commit": commit(),
         "tasks": {},
     }
     previous = json.loads(out.read_text()) if args.merge and out.exists() else None
