@@ -12,6 +12,7 @@ import torch
 
 from fia.evaluate import GenerationSettings, ImageStore, build_suite, evaluate
 from fia.evaluate.judges import ShapeWorldJudge
+from fia.errors import FIAError
 from fia.evaluate.suites import shapeworld_suite
 from tests.standins import StandInOracle, random_mask, write_concept_cache
 
@@ -131,6 +132,36 @@ def test_all_objects_erased_quality_uses_places_alone():
     # fidelity = mean over images of the share of named factors (object "none", place) read back
     assert m["quality"]["prompt_fidelity"]["base"] == 1.0
     assert m["quality"]["prompt_fidelity"]["edited"] == pytest.approx((4 * 1.0 + 4 * 0.5) / 8)
+
+
+def test_quality_on_the_kept_kinds_images_is_topped_up_with_object_less_prompts():
+    from fia.shapeworld.vocab import PLACE_NAMES
+
+    judge = ShapeWorldJudge(StandInOracle())
+    # 2 kept kinds x 2 prompts x 2 images = 8 kept images; 13 wanted: 5 object-less ones more
+    suite = shapeworld_suite("shapeworld-objects", judge, "circle", "star, heart", images_per_prompt=2, prompts_per_concept=2,
+                             quality_images=13, quality_from_kept=True)  # fmt: skip
+    kept = [it for it in suite.items if it.role == "preserve"]
+    extra = [it for it in suite.items if it.role == "quality"]
+    assert len(kept) == 8 and len(extra) == 5
+    assert all(it.meta["factors"]["object"] == "none" and it.prompt in {f"the {p}" for p in PLACE_NAMES} for it in extra)
+    assert len({(it.prompt, it.seed) for it in suite.items}) == len(suite.items)
+    records = {"base": {}, "edited": {}}
+    for it in suite.items:
+        f = it.meta["factors"]
+        records["base"][it.id] = _rec(judge.heads, **f)
+        # edited: the kept kinds' objects are lost (their colour and place stay), the object-less images intact
+        records["edited"][it.id] = _rec(judge.heads, **{**f, "object": "none"}) if it.role != "quality" else _rec(judge.heads, **f)
+    q = suite.summarize(suite.items, records)["quality"]
+    assert q["n_images"] == 13
+    # kept images: 2 of their 3 factors read back; object-less: both of their 2
+    assert q["prompt_fidelity"] == {"base": 1.0, "edited": pytest.approx((8 * 2 / 3 + 5 * 1.0) / 13)}
+    # enough kept images: none drawn for quality alone
+    enough = shapeworld_suite("shapeworld-objects", judge, "circle", "star, heart", images_per_prompt=2, prompts_per_concept=2,
+                              quality_images=8, quality_from_kept=True)  # fmt: skip
+    assert not [it for it in enough.items if it.role == "quality"]
+    with pytest.raises(FIAError, match="object suite and quality_images"):
+        shapeworld_suite("shapeworld-styles", judge, "Ovalli", images_per_prompt=1, quality_images=8, quality_from_kept=True)
 
 
 def test_prompt_start_gives_a_disjoint_split():

@@ -30,6 +30,7 @@ from fia.bench.tasks import (
     TUNING_SEED,
     TUNING_SHIFT,
     UPPER_BOUND,
+    WORLD,
     Sizes,
     Task,
     build_task_suite,
@@ -43,14 +44,12 @@ from fia.config import FIAConfig
 from fia.methods import get_method, unlearn
 from fia.presets import resolve_config
 from fia.shapeworld import (
-    FIRST_WORLD,
     GENERATION_DEFAULTS,
     load_oracle,
     load_pipeline,
     load_second_judge,
 )
 from fia.shapeworld.render import parse_prompt
-from fia.shapeworld.vocab import SHAPEWORLD
 
 # FIAConfig fields that make a paper FIA family member what it is (its registered preset)
 _FIA_PRESET_FIELDS = ("saliency", "selection", "fusion")
@@ -72,7 +71,7 @@ def oracle_evidence(pipe: Any, oracle: Any) -> Callable:
     def evidence(z, prompts, contrasts):
         x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
         logp = oracle((x.clamp(-1, 1) + 1) / 2)["object"].log_softmax(-1)
-        world = getattr(oracle, "world", SHAPEWORLD)
+        world = oracle.world
         own = torch.tensor([heads.index(parse_prompt(p, world)["object"]) for p in prompts])
         alt = torch.tensor([[heads.index(parse_prompt(c, world)["object"]) for c in cs] for cs in contrasts])
         return (logp.gather(1, own[:, None])[:, 0] - logp.gather(1, alt).mean(1)).sum()
@@ -80,17 +79,21 @@ def oracle_evidence(pipe: Any, oracle: Any) -> Callable:
     return evidence
 
 
+def _drawn_as(item: EvalItem) -> tuple:
+    """What makes an item's image: its prompt, seed and guidance."""
+    return item.prompt, item.seed, item.guidance
+
+
 class Bench:
     """The pipeline, the two judges and the cached base records."""
 
     def __init__(self, sizes: Sizes, work: Path, log: Callable[[str], None]):
         self.sizes, self.work, self.log = sizes, work, log
-        # the bench tasks name the first world's ten shapes
-        self.pipe = load_pipeline(world=FIRST_WORLD)
-        self.oracle = load_oracle(world=FIRST_WORLD)
+        self.pipe = load_pipeline(world=WORLD.name)
+        self.oracle = load_oracle(world=WORLD.name)
         self.judges = {
             "oracle": ShapeWorldJudge(self.oracle),
-            "judge2": ShapeWorldJudge(load_second_judge(world=FIRST_WORLD)),
+            "judge2": ShapeWorldJudge(load_second_judge(world=WORLD.name)),
         }
         self.judge = self.judges["oracle"]
         self.settings = GenerationSettings(
@@ -101,21 +104,22 @@ class Bench:
             batch_size=sizes.batch_size,
         )
         # the paper's FIA and its ablations (ShapeWorld's preset defaults to the causal variant)
-        self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": FIRST_WORLD})
+        self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": WORLD.name})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
-        # the causal variant with the shipped preset's settings (this benchmark's default FIA on the first world)
-        self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": FIRST_WORLD})
+        # the causal variant with the shipped preset's settings (the default FIA on ShapeWorld)
+        self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": WORLD.name})
         if sizes.causal:
             self.causal_cfg = self.causal_cfg.replace(**sizes.causal)
         self._base: dict[tuple, dict[str, dict[str, dict]]] = {}
+        self._base_images: dict[tuple, dict[str, dict]] = {}
         self.images_generated = 0
 
     # ---------------------------------------------------------- judging
-    def suites(self, task: Task, seed: int, shift: int, ipp: int) -> dict[str, Suite]:
+    def suites(self, task: Task, seed: int, shift: int) -> dict[str, Suite]:
         """The task's suite for each judge (same items; quality figures from the oracle's features only)."""
         return {
-            name: build_task_suite(task, judge, self.oracle, ipp, seed, shift, renders=self.sizes.reference_renders,
+            name: build_task_suite(task, judge, self.oracle, seed, shift, renders=self.sizes.reference_renders,
                                    quality=name == "oracle" and task.has_quality)
             for name, judge in self.judges.items()
         }  # fmt: skip
@@ -137,9 +141,18 @@ class Bench:
         return out
 
     def base_records(self, key: tuple, items: list[EvalItem]) -> dict[str, dict[str, dict]]:
-        """The unedited model's records (made once; call it while no edit is applied)."""
+        """The unedited model's records (call it while no edit is applied).
+
+        An image is drawn once per prompt and seed: the object tasks give every
+        kind the same prompts and seeds whatever is erased, so T1, T2 and F4's
+        points share their unedited images.
+        """
         if key not in self._base:
-            self._base[key] = self.records(items)
+            todo = [it for it in items if _drawn_as(it) not in self._base_images]
+            made = self.records(todo)
+            for it in todo:
+                self._base_images[_drawn_as(it)] = {judge: made[judge][it.id] for judge in self.judges}
+            self._base[key] = {judge: {it.id: self._base_images[_drawn_as(it)][judge] for it in items} for judge in self.judges}
         return self._base[key]
 
     def measure(self, suites: dict[str, Suite], key: tuple) -> tuple[dict[str, Any], dict[str, dict[str, dict]]]:
@@ -245,9 +258,8 @@ def tune(bench: Bench, methods: list[str], log) -> dict[str, dict[str, Any]]:
     """Each tunable method: its candidates scored by T2 Overall (oracle) on the tuning split."""
     sizes = bench.sizes
     task = Task("T2-tune", "shapeworld-objects", "objects", list(T2_FORGET), sizes.tune_prompts_per_concept,
-                keep_roles=("forget", "preserve"))  # fmt: skip
-    suites = {"oracle": build_task_suite(task, bench.judge, bench.oracle, sizes.tune_images_per_prompt, TUNING_SEED,
-                                         TUNING_SHIFT, quality=False)}  # fmt: skip
+                sizes.tune_images_per_prompt, keep_roles=("forget", "preserve"))  # fmt: skip
+    suites = {"oracle": build_task_suite(task, bench.judge, bench.oracle, TUNING_SEED, TUNING_SHIFT, quality=False)}
     bench.base_records(("tune",), suites["oracle"].items)
     chosen: dict[str, dict[str, Any]] = {}
     for method in methods:

@@ -14,7 +14,6 @@ from fia.bench.intervals import unpack_hits, versus
 from fia.bench.tasks import DEFAULT_FIA, UPPER_BOUND
 from fia.errors import FIAError
 from fia.io import atomic_write_bytes
-from fia.shapeworld.vocab import OBJECT_NAMES
 
 
 def fmt(v: Any) -> str:
@@ -43,7 +42,7 @@ def diff(d: dict[str, Any] | None) -> str:
 
 
 def f4_points(r: dict[str, Any]) -> tuple[list[str], list[int]]:
-    """The tasks on F4's curve and their x: the F4-x tasks, T2 (x = 5: the first five objects) and T1 (x = 10)."""
+    """The tasks on F4's curve and their x: the F4-x tasks, T2 (x = 5: F4's first five kinds) and T1 (x = 10)."""
     points = {int(k.split("-")[1]): k for k in r if k.startswith("F4-")}
     if "T2" in r:
         points.setdefault(5, "T2")
@@ -154,10 +153,13 @@ class _Tables:
         self.lines.append("")
 
     def t1(self) -> None:
-        self.table("T1: erase all 10 objects (forgetting accuracy, lower is better; quality on object-less prompts)",
-                   self.jcols("F") + ["KID", "FID", "fidelity"], lambda m: self.both("T1", "F", m) + self.quality("T1", m))  # fmt: skip
-        classes = list(OBJECT_NAMES)
-        self.lines.extend(["**T1 per class (forgetting accuracy, oracle)**", ""])
+        kept = len(self.res["kinds"]) - len(self.res["t1_forget"])
+        self.table(f"T1: erase 10 kinds, 5 common and 5 rare ({', '.join(self.res['t1_forget'])}); forgetting accuracy F "
+                   f"(lower is better), the {kept} kept kinds' accuracy P; quality on the kept kinds' images",
+                   self.jcols("F") + self.jcols("P") + ["KID", "FID", "fidelity"],
+                   lambda m: self.both("T1", "F", m) + self.both("T1", "P", m) + self.quality("T1", m))  # fmt: skip
+        classes = list(self.res["t1_forget"])
+        self.lines.extend(["**T1 per erased kind (forgetting accuracy, oracle)**", ""])
         self.row(["method"] + classes)
         self.row(["---"] * (len(classes) + 1))
         first = next(iter(self.r["T1"].values()))
@@ -170,7 +172,8 @@ class _Tables:
 
     def t2_to_t4(self) -> None:
         jcols, both, quality = self.jcols, self.both, self.quality
-        self.table(f"T2: erase {', '.join(self.res['t2_forget'])}, keep the other 5",
+        kept = len(self.res["kinds"]) - len(self.res["t2_forget"])
+        self.table(f"T2: erase {', '.join(self.res['t2_forget'])}, keep the other {kept}",
                    jcols("F") + jcols("P") + jcols("Overall") + jcols("synonym F") + ["KID", "FID", "fidelity"],
                    lambda m: both("T2", "F", m) + both("T2", "P", m) + both("T2", "Overall", m) + both("T2", "synonym", m)
                    + quality("T2", m))  # fmt: skip
@@ -184,13 +187,24 @@ class _Tables:
 
     def f4_and_t5(self) -> None:
         f4, xs = f4_points(self.r)
-        for j in self.judges:
-            self.header(f"F4: forgetting accuracy F when forgetting the first x objects ({j}; x = 5 is T2, x = 10 is T1)",
-                        [f"x={x}" for x in xs])  # fmt: skip
-            for m in self.rows:
-                self.row([_label(m) if m else "(original model)"]
-                         + [ci(self.iv(k, m, "F", j)) if (m is None or m in self.r[k]) else "  -  " for k in f4])  # fmt: skip
+        rows = [None] + [m for m in self.methods if all(m in self.r[k] for k in f4)]
+        order = ", ".join(self.res.get("f4_order", [])[: max(xs)])
+        cost = self.res["costs"]
+
+        def table(title: str, cell: Callable[[str, str | None], str]) -> None:
+            self.header(title, [f"x={x}" for x in xs])
+            for m in rows:
+                self.row([_label(m) if m else "(original model)"] + [cell(k, m) for k in f4])
             self.lines.append("")
+
+        for key, what in (("F", "forgetting accuracy F of the erased kinds"), ("P", "accuracy P on the kinds kept")):
+            for j in self.judges:
+                table(f"F4: {what} when erasing the first x kinds of {order} ({j}; x = 5 is T2, x = 10 is T1)",
+                      lambda k, m, key=key, j=j: ci(self.iv(k, m, key, j)))  # fmt: skip
+        table("F4: KID on the kept kinds' images (topped up with object-less ones to the quality count)",
+              lambda k, m: self.value(k, m, "KID"))  # fmt: skip
+        table("F4: seconds of the edit per erased concept",
+              lambda k, m: "" if m is None else f"{cost[m][k]['seconds_per_concept']:.2f}")  # fmt: skip
         rob = self.res.get("robustness")
         if rob:
             self.header(f"T5: attack success rate of each probe after erasing {', '.join(rob['concepts'])} "
@@ -240,6 +254,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot_f4(res: dict[str, Any], path: Path) -> None:
+    """F4's curves: forgetting, kept kinds, KID and seconds per concept against the number of kinds erased."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,21 +262,32 @@ def plot_f4(res: dict[str, Any], path: Path) -> None:
 
     r = res["results"]
     keys, xs = f4_points(r)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (("F", "forgetting accuracy F (lower is better)"), ("P", "kept kinds' accuracy P (higher is better)"),
+              ("KID", "KID (lower is better)"), ("seconds", "seconds per concept"))  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+
+    def series(m: str, key: str) -> list[float]:
+        if key == "seconds":
+            return [res["costs"][m][k]["seconds_per_concept"] for k in keys]
+        return [np.nan if (v := edited(r[k][m]["headline"].get(key))) is None else v for k in keys]
+
     for m in res["methods"]:
         if not all(m in r[k] for k in keys):
             continue
-        f = [edited(r[k][m]["headline"].get("F")) for k in keys]
-        o = [edited(r[k][m]["headline"].get("Overall")) for k in keys]
         style = "-o" if m == res.get("default_fia") else ("--" if m == "random" else "-")
-        axes[0].plot(xs, [np.nan if v is None else v for v in f], style, label=_label(m))
-        axes[1].plot(xs, [np.nan if v is None else v for v in o], style, label=_label(m))
-    base_f = [r[k][res["methods"][0]]["headline"]["F"]["base"] for k in keys]
-    axes[0].plot(xs, base_f, ":k", label="original model")
-    axes[0].set(xlabel="objects forgotten (x of 10)", ylabel="forgetting accuracy F (lower is better)", ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="objects forgotten (x of 10)", ylabel="Overall (higher is better)", ylim=(-0.02, 1.02))
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(xs, series(m, key), style, label=_label(m))
+    first = res["methods"][0]
+    for ax, key in zip(axes[:3], ("F", "P", "KID")):
+        ax.plot(xs, [r[k][first]["headline"][key]["base"] for k in keys], ":k", label="original model")
+    n = len(res.get("kinds", [])) or "?"
+    for ax, (key, label) in zip(axes, panels):
+        ax.set(xlabel=f"kinds erased (x of {n})", ylabel=label)
+        if key in ("F", "P"):
+            ax.set_ylim(-0.02, 1.02)
+    axes[-1].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"ShapeWorld F4 ({res['date']}, {res['commit']})")
+    fig.suptitle(f"ShapeWorld 2 F4 ({res['date']}, {res['commit']})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -1,8 +1,8 @@
 """T5: the robustness audit inside the benchmark: attack every method's edit with every probe.
 
-Each method erases ``T5_FORGET`` (two objects and a style) with its tuned
+Each method erases ``T5_FORGET`` (two kinds and a style; ``--quick``: a kind and the style) with its tuned
 setting; :func:`fia.attack.run_attack` then tries to bring each concept back
-with the five probes, judged by the oracle. The unedited model is attacked
+with every probe of ``fia attack``, judged by the oracle. The unedited model is attacked
 too: its attack success rate is the ceiling. A probe's ASR is pooled over
 the concepts (successes / attempts, with a Wilson interval).
 """
@@ -12,13 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fia.bench.tasks import T5_FORGET, T5_METHODS, Task
+from fia.bench.tasks import T5_METHODS, Task
 from fia.evaluate.stats import wilson
 
 UNEDITED_ROW = "(unedited model: the ceiling)"
-# the probes the benchmark's published T5 figures were measured with; revival,
-# added to fia attack later, is measured there (docs/attack.md)
-T5_PROBES = ("paraphrase", "prompt-attack", "concept-vector", "textual-inversion", "completion")
 
 
 def _pooled(result: Any, probes: list[str], concepts: list[str], target: str) -> dict[str, Any]:
@@ -37,18 +34,18 @@ def _pooled(result: Any, probes: list[str], concepts: list[str], target: str) ->
 
 def run_t5(bench: Any, order: list[str], chosen: dict[str, Any], log) -> dict[str, Any]:
     """ASR of every probe against the unedited model and every T5 method's edit."""
-    from fia.attack import EDITED, UNEDITED, AttackConfig, ShapeWorldConceptJudge, run_attack
+    from fia.attack import EDITED, UNEDITED, AttackConfig, ShapeWorldConceptJudge, probe_names, run_attack
 
     t0 = time.time()
     sizes = bench.sizes
-    concepts = list(T5_FORGET)
+    concepts = list(sizes.t5_forget)
     sampler = {"num_inference_steps": bench.settings.num_inference_steps, "guidance_scale": bench.settings.guidance_scale}
     if sizes.attack_quick:
-        config = AttackConfig.quick(**sampler)
+        config = AttackConfig.quick(**{**sampler, **(sizes.attack or {})})
     else:
         config = AttackConfig(**{**sampler, **(sizes.attack or {})}).validate()
     judge = ShapeWorldConceptJudge(bench.oracle)
-    probes = list(T5_PROBES)
+    probes = probe_names()
     task = Task("T5", "mixed", "mixed", concepts, 1, keep_roles=())
     log(f"T5: attack {', '.join(concepts)} with {', '.join(probes)}")
     rows: dict[str, Any] = {}

@@ -255,14 +255,14 @@ def _fidelity(rec: dict, factors: dict[str, str]) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
-def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | None) -> dict:
-    """Prompt fidelity on the quality prompts and, with ``reference``, their KID and FID.
+def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | None, roles: tuple[str, ...] = ("quality",)) -> dict:
+    """Prompt fidelity on the quality images (the items of ``roles``) and, with ``reference``, their KID and FID.
 
     KID (unbiased; :func:`fia.evaluate.metrics.kernel_distance`) is the
     headline: with a few hundred images the Frechet distance is dominated by
     its bias, which grows as the sample shrinks.
     """
-    q = [it for it in items if it.role == "quality"]
+    q = [it for it in items if it.role in roles]
     out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
     out["prompt_fidelity"] = {v: mean(_fidelity(records[v][it.id], it.meta["factors"]) for it in q) for v in VARIANTS}
     if _has_clip(records):
@@ -424,6 +424,42 @@ def _concept_blocks(
     return items, grids
 
 
+def _quality_block(
+    family: Family, world: World, preserve_l: list[str], quality_prompts: int, qipp: int, quality_images: int | None,
+    quality_images_per_prompt: int | None, seed: int,
+) -> list[EvalItem]:
+    """The held-out quality prompts: ``qipp`` images each, or enough for ``quality_images`` in all."""
+    offsets = offsets_for(len(world.object_names))
+    # quality prompts never draw an erased object
+    quality_objects = preserve_l if family.concept_factor is None else list(world.object_names)
+
+    def quality_items(per_prompt: int) -> list[EvalItem]:
+        if quality_objects:
+            return _heldout_items(quality_objects, quality_prompts, per_prompt, seed, world)
+        # every object is erased: quality is judged on what is left to draw, the places alone
+        return _place_items(quality_prompts, per_prompt, seed, offsets.place_quality)
+
+    if quality_images is not None:
+        if quality_images_per_prompt is not None:
+            raise FIAError("give the quality images in all or per prompt, not both")
+        check_count("quality_images", quality_images, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT * MAX_PROMPTS_PER_BLOCK)
+        qipp = -(-quality_images // len(quality_items(1)))
+        check_count("quality images per prompt", qipp, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT)
+    return quality_items(qipp)
+
+
+def _kept_quality_top_up(family: Family, items: list[EvalItem], quality_images: int | None, seed: int, offset: int) -> list[EvalItem]:
+    """Object-less quality prompts that bring the kept kinds' images up to ``quality_images`` (none when they reach it)."""
+    if family.concept_factor is not None or quality_images is None:
+        raise FIAError("quality on the kept kinds' images needs an object suite and quality_images (the total wanted)")
+    missing = quality_images - sum(it.role == "preserve" for it in items)
+    if missing <= 0:
+        return []
+    per_prompt = -(-missing // MAX_PROMPTS_PER_BLOCK)
+    check_count("object-less quality images per prompt", per_prompt, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT)
+    return _place_items(-(-missing // per_prompt), per_prompt, seed, offset)
+
+
 def shapeworld_suite(
     name: str,
     judge: Any,
@@ -437,6 +473,7 @@ def shapeworld_suite(
     prompt_shift: int = 0,
     quality_images_per_prompt: int | None = None,
     quality_images: int | None = None,
+    quality_from_kept: bool = False,
 ) -> Suite:
     """Build a ShapeWorld suite.
 
@@ -452,7 +489,11 @@ def shapeworld_suite(
     prompts. ``quality_images`` (instead of ``quality_images_per_prompt``)
     asks for at least that many quality images in all: each quality prompt
     gets the share it takes (KID and FID need about 500, see
-    :data:`fia.evaluate.report.MIN_QUALITY_IMAGES`).
+    :data:`fia.evaluate.report.MIN_QUALITY_IMAGES`). ``quality_from_kept``
+    measures quality on the kept kinds' own images instead, topped up with
+    object-less prompts ('the grass') to ``quality_images``: no image is
+    drawn for quality alone while the kept kinds give enough (the benchmark's
+    object tasks, where every kind but the erased is kept).
     """
     if name not in FAMILIES:
         raise FIAError(f"unknown ShapeWorld suite {name!r}; use one of: {', '.join(FAMILIES)}")
@@ -470,33 +511,23 @@ def shapeworld_suite(
 
     items, grids = _concept_blocks(family, world, forget_l, preserve_l, prompts_per_concept, ipp, seed, prompt_shift)
 
-    # quality prompts never draw an erased object
-    quality_objects = preserve_l if family.concept_factor is None else list(object_names)
-
-    def quality_items(per_prompt: int) -> list[EvalItem]:
-        if quality_objects:
-            return _heldout_items(quality_objects, quality_prompts, per_prompt, seed, world)
-        # every object is erased: quality is judged on what is left to draw, the places alone
-        return _place_items(quality_prompts, per_prompt, seed, offsets.place_quality)
-
-    if quality_images is not None:
-        if quality_images_per_prompt is not None:
-            raise FIAError("give the quality images in all or per prompt, not both")
-        check_count("quality_images", quality_images, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT * MAX_PROMPTS_PER_BLOCK)
-        qipp = -(-quality_images // len(quality_items(1)))
-        check_count("quality images per prompt", qipp, QUALITY_BLOCKS * MAX_IMAGES_PER_PROMPT)
-    items += quality_items(qipp)
+    if quality_from_kept:
+        items += _kept_quality_top_up(family, items, quality_images, seed, offsets.place_quality)
+        quality_roles: tuple[str, ...] = ("preserve", "quality")
+    else:
+        items += _quality_block(family, world, preserve_l, quality_prompts, qipp, quality_images, quality_images_per_prompt, seed)
+        quality_roles = ("quality",)
     grids.append(("held-out non-target prompts", "quality:quality"))
     items = number_items(items)
 
     def summarize(items: list[EvalItem], records: Records) -> dict[str, Any]:
-        quality_factors = [it.meta["factors"] for it in items if it.role == "quality"]
+        quality_factors = [it.meta["factors"] for it in items if it.role in quality_roles]
         ref = reference
         if callable(reference):
             ref = reference(quality_factors) if len(quality_factors) >= 2 else None
         out: dict[str, Any] = {"suite": name, "forget": forget_l, "preserve": preserve_l, "judge": judge.name}
         out.update(family.numbers(items, records, forget_l, preserve_l, judge))
-        out["quality"] = _quality(items, records, ref)
+        out["quality"] = _quality(items, records, ref, quality_roles)
         return out
 
     return Suite(name, items, judge, summarize, forget_l, preserve_l, grids)
