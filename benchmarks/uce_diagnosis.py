@@ -16,13 +16,16 @@ erased ones moves everything. This script measures:
    projections' output on every token of held-out prompts: those of the
    erased shapes, of the kept shapes, and object-less prompts ("the grass").
 
-    python benchmarks/uce_diagnosis.py
+    python benchmarks/uce_diagnosis.py [--world shapeworld2]
 
-Results: ``results/uce_diagnosis.json``.
+Results: ``results/uce_diagnosis.json`` (the first world, ten shapes, and its
+T2); with ``--world shapeworld2`` (32 kinds, a frozen ShapeWorld CLIP text
+encoder, the benchmark's T2 on it) ``results/uce_diagnosis_shapeworld2.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from pathlib import Path
@@ -31,12 +34,13 @@ import torch
 
 from fia.baselines._common import text_embeddings
 from fia.baselines.uce import UCEConfig, concept_embeddings, token_positions
+from fia.bench.tasks import T2_FORGET as BENCH_T2_FORGET
 from fia.io import atomic_write_text
 from fia.methods import unlearn
 from fia.shapeworld import FIRST_WORLD, load_pipeline
-from fia.shapeworld.vocab import COLORS, OBJECT_NAMES, PLACE_NAMES, place_phrase
+from fia.shapeworld.vocab import COLORS, OBJECT_NAMES, PLACE_NAMES, WORLDS, get_world, place_phrase
 
-# the first world's T2 (its first five shapes), which this study was made for
+# the first world's T2 (its first five shapes), which this study was first made for
 T2_FORGET = OBJECT_NAMES[:5]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,20 +53,27 @@ def mean_pairwise_cosine(rows: torch.Tensor) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", default=FIRST_WORLD, choices=list(WORLDS))
+    args = parser.parse_args()
     torch.set_num_threads(2)
-    pipe = load_pipeline(world=FIRST_WORLD)
+    pipe = load_pipeline(world=args.world)
+    kinds = get_world(args.world).object_names
+    erased = T2_FORGET if args.world == FIRST_WORLD else BENCH_T2_FORGET
     words, eos = [], []
-    for obj in OBJECT_NAMES:
+    for obj in kinds:
         pos = token_positions(pipe, obj, "concept_eos")
         rows = concept_embeddings(pipe, obj, pos)
         words.append(rows[:-1].mean(0))
         eos.append(rows[-1])
     color = next(iter(COLORS))
-    scenes = [f"a {color} {obj} {place_phrase(PLACE_NAMES[0])}" for obj in OBJECT_NAMES]
+    scenes = [f"a {color} {obj} {place_phrase(PLACE_NAMES[0])}" for obj in kinds]
     length = [len(pipe.tokenizer(s).input_ids) for s in scenes]
     scene_emb = text_embeddings(pipe, scenes)
     scene_eos = torch.stack([scene_emb[i, length[i] - 1] for i in range(len(scenes))])
     out = {
+        "world": args.world,
+        "t2_forget": list(erased),
         "embedding_dim": int(scene_emb.shape[-1]),
         "cosine": {
             "shape words (the rows UCE edits)": mean_pairwise_cosine(torch.stack(words)),
@@ -70,16 +81,16 @@ def main() -> None:
             "end-of-text of scene prompts": mean_pairwise_cosine(scene_eos),
         },
     }
-    kept = [o for o in OBJECT_NAMES if o not in T2_FORGET]
+    kept = [o for o in kinds if o not in erased]
     places = PLACE_NAMES
     probes = {
-        "erased shapes' scene prompts": [f"a {color} {o} {place_phrase(p)}" for o in T2_FORGET for p in places],
+        "erased shapes' scene prompts": [f"a {color} {o} {place_phrase(p)}" for o in erased for p in places],
         "kept shapes' scene prompts": [f"a {color} {o} {place_phrase(p)}" for o in kept for p in places],
         "object-less prompts": [f"the {p}" for p in places],
     }
     out["relative_key_change_after_T2_edit"] = {}
     for tokens in ("concept_eos", "concept"):
-        delta = unlearn(pipe, list(T2_FORGET), "uce", UCEConfig(tokens=tokens), preserve=kept)
+        delta = unlearn(pipe, list(erased), "uce", UCEConfig(tokens=tokens), preserve=kept)
         keys = lambda: {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if n.endswith("attn2.to_k.weight")}  # noqa: E731
         before = keys()
         delta.apply_(pipe)
@@ -96,7 +107,8 @@ def main() -> None:
             return sum(ratios) / len(ratios)
 
         out["relative_key_change_after_T2_edit"][f"tokens={tokens}"] = {k: reach(v) for k, v in probes.items()}
-    atomic_write_text(RESULTS / "uce_diagnosis.json", json.dumps(out, indent=1) + "\n")
+    name = "uce_diagnosis.json" if args.world == FIRST_WORLD else f"uce_diagnosis_{args.world}.json"
+    atomic_write_text(RESULTS / name, json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 
 

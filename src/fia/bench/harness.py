@@ -230,7 +230,9 @@ class Bench:
                 prompts = concept_prompts(task.forget, task.family, self.fia_cfg)
                 edit = unlearn(
                     self.pipe, task.forget, method, cfg, preserve=keep, prompts=prompts,
-                    cache_dir=self.work / "cache",  # shared: the keys keep methods and settings apart
+                    # one cache per task and method: each edit's seconds are its whole cost, never another's work
+                    # reused (the paper's FIA would find a concept's saliency from an earlier task)
+                    cache_dir=self.work / "cache" / task.key / method,
                 )  # fmt: skip
         info["seconds"] = time.perf_counter() - t0
         info["peak_rss_growth_mb"] = mem.growth_mb
