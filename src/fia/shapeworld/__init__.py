@@ -69,8 +69,7 @@ def assets_path() -> Path:
 # long tail of kinds) and meets the quality gate (docs/shapeworld2.md). The
 # first world stays shipped and reachable by name (--shapeworld shapeworld, or
 # an edit made on it, which finds its world by itself:
-# :func:`shipped_world_of_edit`); the side-by-side benchmark (fia bench) is
-# still written for its ten shapes.
+# :func:`shipped_world_of_edit`).
 DEFAULT_WORLD = "shapeworld2"
 FIRST_WORLD = "shapeworld"
 
