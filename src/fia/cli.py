@@ -819,11 +819,11 @@ def bench(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder for unlearning.{json,md} and f4_forgetting.png."),
     quick: bool = typer.Option(False, "--quick", help="A few images per stage: checks the harness, not the figures."),
     methods: str = typer.Option("", "--methods", help="Comma-separated subset of the methods (default: all)."),
-    work: Path | None = typer.Option(None, "--work", help="Folder for per-concept caches (default: a temporary folder)."),
+    work: Path | None = typer.Option(None, "--work", help="Folder for the edits' caches, one per task and method (default: a temporary folder)."),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     merge: Path | None = typer.Option(None, "--merge", help="An earlier unlearning.json: re-measure --methods and replace their rows in it."),
 ) -> None:
-    """Run the side-by-side benchmark on ShapeWorld: every method, every task, base vs edited."""
+    """Run the side-by-side benchmark on the default world's 32 kinds: every method, every task, base vs edited."""
     import time
 
     from fia.bench import METHOD_ORDER, markdown, run_and_write
