@@ -138,10 +138,8 @@ def _measure_method(bench: Bench, method: str, setting: Any, task: Any, suites: 
 def methods_for(task: Task, order: Sequence[str]) -> list[str]:
     """The methods measured on ``task``: the upper bound where the judge can guide it, the random control on
     the object tables (T1, T2), F4's own points on its curve's methods."""
-    out = [m for m in order if (m != UPPER_BOUND or task.upper_bound) and (m != "random" or task.key in ("T1", "T2"))]
-    if task.key.startswith("F4-"):
-        out = [m for m in out if m in F4_METHODS]
-    return out
+    out = [m for m in order if (m != UPPER_BOUND or task.upper_bound) and (m != "random" or task.random_control)]
+    return [m for m in out if m in F4_METHODS] if task.curve_point else out
 
 
 def _measure_task(bench: Bench, task: Task, order: Sequence[str], chosen: dict, masks: dict, log) -> tuple[dict, dict, dict]:

@@ -205,6 +205,8 @@ class Task:
     keep_roles: tuple[str, ...] = ("forget", "preserve", "synonym", "quality")
     alpha: float | None = None
     upper_bound: bool = False  # the judge-guided reference row is measured (object tasks it can guide)
+    random_control: bool = False  # the random control is measured (the object tables)
+    curve_point: bool = False  # one of F4's own points: only F4_METHODS are measured
 
     @property
     def has_quality(self) -> bool:
@@ -221,15 +223,18 @@ def tasks_for(sizes: Sizes) -> list[Task]:
     heldout = min(_HELDOUT_PROMPTS, q)
     no_synonyms = ("forget", "preserve", "quality")
     out = [
-        Task("T1", "shapeworld-objects", "objects", list(T1_FORGET), ppc, ipp, q, keep_roles=no_synonyms),  # F4 at x = 10
-        Task("T2", "shapeworld-objects", "objects", list(T2_FORGET), ppc, ipp, q, upper_bound=True),  # F4 at x = 5
+        Task("T1", "shapeworld-objects", "objects", list(T1_FORGET), ppc, ipp, q, keep_roles=no_synonyms,
+             random_control=True),  # F4 at x = 10
+        Task("T2", "shapeworld-objects", "objects", list(T2_FORGET), ppc, ipp, q, upper_bound=True,
+             random_control=True),  # F4 at x = 5
         Task("T3", "shapeworld-styles", "styles", list(STYLE_NAMES), ppc, ipp, q,
              heldout, alpha=0.8),
         Task("T4", "shapeworld-attribute", "attribute", list(ATTRIBUTE_NAMES), sizes.t4_prompts,
              sizes.t4_images_per_prompt, q, heldout),
     ]  # fmt: skip
     for x in sizes.f4_sizes:
-        out.append(Task(f"F4-{x}", "shapeworld-objects", "objects", list(F4_ORDER[:x]), ppc, ipp, q, keep_roles=no_synonyms))
+        out.append(Task(f"F4-{x}", "shapeworld-objects", "objects", list(F4_ORDER[:x]), ppc, ipp, q, keep_roles=no_synonyms,
+                        curve_point=True))
     return out
 
 
@@ -245,7 +250,7 @@ def build_task_suite(task: Task, judge, oracle, seed: int, shift: int, *, render
     suite = shapeworld_suite(
         task.suite, judge, task.forget, kept, task.images_per_prompt, task.prompts_per_concept, task.quality_prompts,
         seed=seed, reference=reference if quality else None, prompt_shift=shift,
-        quality_images=max(1, task.quality_images), quality_from_kept=objects,
+        quality_images=task.quality_images, quality_from_kept=objects,
     )  # fmt: skip
     suite.items = [it for it in suite.items if it.role in task.keep_roles]
     return suite
