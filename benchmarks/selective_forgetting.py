@@ -96,6 +96,9 @@ def config_for(method: str):
     """
     if method == "default":
         return resolve_config("shapeworld", overrides={"world": WORLD.name})
+    if method == "rewrite-scene":  # the rewrite's first preset: the scenes' trajectories only, no negative guidance
+        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite"})
+        return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=0.3, concept_trajectory=False, negative_guidance=0.0))
     if method == "previous":
         cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
         return cfg.replace(rounds=8, score_steps=10, rescore_anchors=True, repair=dataclasses.replace(cfg.repair, steps=None))
@@ -283,7 +286,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite", "previous", "default"]
+    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite-scene", "rewrite", "previous", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 

@@ -164,6 +164,12 @@ class RewriteConfig(_SettingsBlock):
         concept_prompts_per_concept: prompts per erased concept: its name,
             synonyms, bare word and compositional prompts, each paired with
             its scene.
+        concept_trajectory: also pair each concept prompt with its scene
+            along the concept's own trajectory (where the concept is being
+            drawn), not only the scene's.
+        negative_guidance: ``eta`` >= 0: the concept's target is its
+            scene's output pushed away from the concept's,
+            ``w x_t - eta (w x_c - w x_t)`` (0: the scene's output).
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -172,9 +178,14 @@ class RewriteConfig(_SettingsBlock):
     balance_rounds: int = 5
     keep_prompts_per_kind: int = 4
     concept_prompts_per_concept: int = 24
+    concept_trajectory: bool = False
+    negative_guidance: float = 0.0
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
+        check_nonnegative("rewrite.negative_guidance", self.negative_guidance)
+        if not isinstance(self.concept_trajectory, bool):
+            raise FIAError(f"rewrite.concept_trajectory must be true or false, got {self.concept_trajectory!r}")
         check_nonnegative("rewrite.damping", self.damping)
         if not self.damping > 0:
             raise FIAError(f"rewrite.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.03")

@@ -15,7 +15,14 @@ with forward hooks on the target linears (:func:`fia.sampling.capture`):
 
 Following the scene's trajectory matters: those are the latents the edited
 model should produce, so the rewrite teaches it, at each of them, to answer
-the concept prompt as it answers the scene.
+the concept prompt as it answers the scene. Those latents never hold the
+concept, though, and on colour/place pairs the fit never saw a concept the
+edited model starts to draw is outside what it was taught.
+``rewrite.concept_trajectory`` adds the same pairs along the *concept's*
+own trajectory (the unedited model guided to the concept prompt), so the
+rewrite also learns to answer as the scene where the concept is already
+forming; ``rewrite.negative_guidance`` then aims past the scene
+(:mod:`fia.core.rewrite`).
 
 No weight is pruned. The result is a :class:`~fia.mask.ConceptMask` with no
 pruned entry whose every row carries its rewritten and its original values
@@ -79,14 +86,17 @@ class _PairedMoments:
 def paired_moments(
     pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int = 16,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents."""
+    """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents
+    (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both)."""
     acc = _PairedMoments()
+    guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
     with capture(targets, acc.hook):
-        for s in range(0, len(prompts.concept), batch_size):
-            paired_steps(
-                pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
-                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-            )
+        for guide in guides:
+            for s in range(0, len(prompts.concept), batch_size):
+                paired_steps(
+                    pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
+                    num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
+                )
     return acc.means()
 
 
@@ -134,7 +144,7 @@ def rewrite_erase(
     unedited = {n: w.detach().cpu() for n, w in weights.items()}
     try:
         result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, concept_weight=rc.concept_weight,
-                                  damping=rc.damping, rounds=rc.balance_rounds)
+                                  damping=rc.damping, rounds=rc.balance_rounds, negative_guidance=rc.negative_guidance)
     except RepairError as exc:
         raise FIAError(f"the rewrite cannot be fitted: {exc}") from None
     report(progress, 3, 3, "rewrite: done")

@@ -187,11 +187,13 @@ def paired_steps(
     *,
     num_inference_steps: int,
     guidance_scale: float,
+    guide_by: str = "follow",
 ) -> None:
     """Run the guided sampler along ``follow``'s trajectories and show the denoiser ``prompts`` at the same latents.
 
     Image ``k`` starts from seed ``k``'s noise (the module's seeding rule) and
-    is denoised with guidance towards ``follow[k]``; at every step the
+    is denoised with guidance towards ``follow[k]`` (``guide_by="prompts"``:
+    towards ``prompts[k]``, the same batch on the other trajectory); at every step the
     denoiser sees one batch ``[unconditional; prompts; follow]`` on the same
     latents, so hooks (:func:`capture`) receive each layer's input under
     ``prompts[k]`` and ``follow[k]`` at the same latent and timestep, in
@@ -202,6 +204,8 @@ def paired_steps(
     """
     import copy
 
+    if guide_by not in ("follow", "prompts"):
+        raise FIAError(f"guide_by must be 'follow' or 'prompts', got {guide_by!r}")
     if not len(prompts) == len(follow) == len(seeds):
         raise FIAError(f"got {len(prompts)} prompts, {len(follow)} trajectories and {len(seeds)} seeds; give one of each per image")
     unet = pipe.unet
@@ -217,8 +221,9 @@ def paired_steps(
         lat = initial_latents(unet, seeds) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat, lat]), t)
-            u, _, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(3)
-            lat = sched.step(u + guidance_scale * (f - u), t, lat).prev_sample
+            u, p, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(3)
+            c = f if guide_by == "follow" else p
+            lat = sched.step(u + guidance_scale * (c - u), t, lat).prev_sample
 
 
 def _named(modules: Mapping[str, Any] | Iterable[TargetLinear]) -> dict[str, Any]:

@@ -13,15 +13,16 @@ def _moments(xk, xc, xt):
     return xk.T @ xk / len(xk), xc.T @ xc / len(xc), xt.T @ xc / len(xc)
 
 
-def _brute(w, xk, xc, xt, lam, damping):
-    """Row by row: ordinary least squares on the stacked system whose squared residual is J(w')."""
+def _brute(w, xk, xc, xt, lam, damping, eta=0.0):
+    """Row by row: ordinary least squares on the stacked system whose squared residual is J(w');
+    the concept rows' target is ``w x_t - eta (w x_c - w x_t)``."""
     gk, gc, _ = _moments(xk, xc, xt)
     ridge = damping * float((gk + lam * gc).diagonal().mean())
     n_in = w.shape[1]
     a = torch.cat([xk / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * xc, ridge**0.5 * torch.eye(n_in, dtype=w.dtype)])
     rows = []
     for r in w:
-        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r), ridge**0.5 * r])
+        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r - eta * (xc @ r - xt @ r)), ridge**0.5 * r])
         rows.append(torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1))
     return torch.stack(rows)
 
@@ -35,6 +36,34 @@ def test_rewrite_matches_brute_force_least_squares(lam):
     gk, gc, cross = _moments(xk, xc, xt)
     got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=0.01)
     assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01), atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.5, 2.0])
+def test_negative_guidance_matches_brute_force_least_squares(eta):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(30, 6, generator=g, dtype=torch.float64)
+    xt = xc + 0.5 * torch.randn(30, 6, generator=g, dtype=torch.float64)
+    gk, gc, cross = _moments(xk, xc, xt)
+    got = rewrite_layer(w, gk, gc, cross, concept_weight=0.7, damping=0.01, negative_guidance=eta)
+    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, 0.7, 0.01, eta), atol=1e-5)
+    # where the concept's input is the scene's, the push has no direction: the layer stays
+    gk, gc, _ = _moments(xk, xc, xc)
+    assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=5.0, damping=0.01, negative_guidance=eta).double(), w, atol=1e-5)
+
+
+def test_negative_guidance_sends_the_concept_past_the_scene():
+    """One concept direction, free of kept inputs: its output goes exactly to w x_t - eta (w x_c - w x_t)."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    xk = torch.cat([torch.randn(50, 3, generator=g, dtype=torch.float64), torch.zeros(50, 1, dtype=torch.float64)], 1)
+    xc = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64).repeat(10, 1)
+    xt = 0.5 * xc  # the scene's input: half the concept's
+    gk, gc, cross = _moments(xk, xc, xt)
+    new = rewrite_layer(w, gk, gc, cross, concept_weight=100.0, damping=1e-8, negative_guidance=1.0).double()
+    # target: w x_t - (w x_c - w x_t) = 0.5 w x_c - 0.5 w x_c = 0
+    assert (xc @ new.T).abs().max() < 1e-3
+    assert torch.allclose(xk @ new.T, xk @ w.T, atol=1e-4)
 
 
 def test_rewrite_leaves_the_layer_alone_without_a_concept_term_or_when_scene_equals_concept():
@@ -65,6 +94,8 @@ def test_bad_rewrite_inputs():
     w, gram = torch.randn(2, 3), torch.eye(3)
     with pytest.raises(RepairError, match="damping"):
         rewrite_layer(w, gram, gram, gram, concept_weight=1.0, damping=0.0)
+    with pytest.raises(RepairError, match="negative guidance"):
+        rewrite_layer(w, gram, gram, gram, concept_weight=1.0, damping=0.01, negative_guidance=-1.0)
     with pytest.raises(RepairError, match="zero"):
         rewrite_layer(w, torch.zeros(3, 3), gram, gram, concept_weight=1.0, damping=0.01)
     with pytest.raises(ValueError, match="G_c has shape"):

@@ -80,6 +80,43 @@ def test_rewrite_solves_the_system_of_its_own_statistics(tiny_dir):
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
 
 
+def _paired_means(pipe, targets, rp, guide_by):
+    """Mean ``x_c x_c^T`` and ``x_t x_c^T`` per target along one kind of trajectory, collected here by hand."""
+    from fia.sampling import capture, paired_steps
+
+    sums = {}
+
+    def hook(name, _module, args, _output):
+        _, xc, xt = (x.reshape(-1, x.shape[-1]).double() for x in args[0].detach().chunk(3))
+        g, c, n = sums.get(name, (0, 0, 0))
+        sums[name] = (g + xc.T @ xc, c + xt.T @ xc, n + xc.shape[0])
+
+    with capture(targets, hook):
+        paired_steps(pipe, rp.concept, rp.scene, rp.concept_seeds, num_inference_steps=3, guidance_scale=3.0, guide_by=guide_by)
+    return {n: (g / k, c / k) for n, (g, c, k) in sums.items()}
+
+
+def test_concept_trajectory_and_negative_guidance_solve_the_system_of_both_trajectories(tiny_dir):
+    """With concept_trajectory, G_c and C are the mean over the scene's and the concept's trajectories
+    (equal counts); negative_guidance reaches the solve."""
+    pipe = load_tiny(tiny_dir)
+    rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
+                       concept_prompts_per_concept=2, concept_trajectory=True, negative_guidance=1.5)
+    cfg = tiny_rewrite_config(rewrite=rc)
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    assert mask.config["rewrite"]["concept_trajectory"] is True and mask.config["rewrite"]["negative_guidance"] == 1.5
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = rewrite_prompts(["golf ball"], cfg)
+    gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
+    scene, concept = _paired_means(pipe, targets, rp, "follow"), _paired_means(pipe, targets, rp, "prompts")
+    for t in targets:
+        assert not torch.allclose(scene[t.name][0], concept[t.name][0])  # the two trajectories differ
+        gc = (scene[t.name][0] + concept[t.name][0]) / 2
+        cross = (scene[t.name][1] + concept[t.name][1]) / 2
+        expected = rewrite_layer(t.module.weight, gk[t.name], gc, cross, concept_weight=0.7, damping=0.05, negative_guidance=1.5)
+        assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
     with pytest.raises(FIAError, match="belong to --variant rewrite"):
         config_for_variant("causal", {"rewrite": RewriteConfig()})
@@ -87,6 +124,10 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
         tiny_rewrite_config(rewrite={"damping": 0.0})
     with pytest.raises(FIAError, match="balance_rounds"):
         tiny_rewrite_config(rewrite={"balance_rounds": -1})
+    with pytest.raises(FIAError, match="negative_guidance must be a finite number >= 0"):
+        tiny_rewrite_config(rewrite={"negative_guidance": -0.5})
+    with pytest.raises(FIAError, match="concept_trajectory must be true or false"):
+        tiny_rewrite_config(rewrite={"concept_trajectory": "yes"})
     with pytest.raises(FIAError, match="unknown setting"):
         tiny_rewrite_config(rewrite={"lambda": 1.0})
     prompts = tmp_path / "p.txt"

@@ -16,10 +16,16 @@ concept prompt as the unedited one answers the target: the concept's
 contribution is rewritten into the scene's. ``delta s`` (``s`` the mean
 diagonal of ``G_k + lambda G_c``) keeps the system well posed.
 
+*Negative guidance* ``eta`` (ESD's target, at one layer) aims the concept
+term past the scene, away from the concept: the target output is
+``w x_t - eta (w x_c - w x_t)`` instead of ``w x_t``. ``eta = 0`` is the
+plain rewrite; with ``eta > 0`` a concept prompt whose input already
+matches its scene's is still pushed off what the concept adds.
+
 Setting the gradient to zero, with ``G_k = mean x_k x_k^T``,
 ``G_c = mean x_c x_c^T`` and the cross moment ``C = mean x_t x_c^T``:
 
-    w' (G_k + lambda G_c + delta s I) = w G_k + lambda w C + delta s w
+    w' (G_k + lambda G_c + delta s I) = w G_k + lambda w ((1 + eta) C - eta G_c) + delta s w
 
 one symmetric positive definite system shared by every row. With
 ``lambda = 0`` (or ``X_t = X_c``) the solution is ``w' = w``.
@@ -58,6 +64,7 @@ def rewrite_layer(
     *,
     concept_weight: float,
     damping: float,
+    negative_guidance: float = 0.0,
 ) -> Tensor:
     """The rewritten weight of one layer (module docstring), float32 ``(out, in)``.
 
@@ -68,6 +75,7 @@ def rewrite_layer(
         cross: ``(in, in)`` ``C = mean x_t x_c^T`` (target input times concept input).
         concept_weight: ``lambda``.
         damping: ``delta``, a share of the mean diagonal of ``G_k + lambda G_c``.
+        negative_guidance: ``eta`` >= 0: the concept's target is pushed past the scene's output.
     """
     n_in = weight.shape[1]
     for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross)):
@@ -75,10 +83,13 @@ def rewrite_layer(
             raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
     if damping <= 0:
         raise RepairError("the rewrite needs damping > 0")
+    if negative_guidance < 0:
+        raise RepairError(f"the rewrite's negative guidance must be >= 0, got {negative_guidance}")
     h = damped_system(gram_keep, gram_concept, concept_weight, damping)
     ridge = float(h.diagonal().mean()) * damping / (1 + damping)  # delta * s, s the undamped mean diagonal
     w = weight.detach().to(torch.float64)
-    rhs = w @ gram_keep.to(torch.float64) + concept_weight * (w @ cross.to(torch.float64)) + ridge * w
+    target = (1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64)
+    rhs = w @ gram_keep.to(torch.float64) + concept_weight * (w @ target) + ridge * w
     try:
         chol = torch.linalg.cholesky(h)
     except RuntimeError as exc:  # pragma: no cover - damping > 0 makes H positive definite
@@ -109,6 +120,7 @@ def balanced_rewrite(
     concept_weight: float,
     damping: float,
     rounds: int,
+    negative_guidance: float = 0.0,
 ) -> Rewrite:
     """:func:`rewrite_layer` on every layer, with ``rounds`` reweightings of the kept groups (module docstring).
 
@@ -118,6 +130,7 @@ def balanced_rewrite(
         sizes: prompts per group (a group's weight starts proportional to it).
         gram_concept / cross: ``G_c`` and ``C`` by layer name.
         rounds: reweighting rounds; 0 is the plain rewrite with the pooled ``G_k``.
+        negative_guidance: ``eta`` (module docstring).
     """
     if not group_grams:
         raise RepairError("the rewrite has no kept prompts: nothing tells it what must stay")
@@ -125,7 +138,7 @@ def balanced_rewrite(
     def solve(alpha: Mapping[str, float]) -> dict[str, Tensor]:
         return {
             name: rewrite_layer(w, mix_grams(group_grams, sizes, alpha, name), gram_concept[name], cross[name],
-                                concept_weight=concept_weight, damping=damping)
+                                concept_weight=concept_weight, damping=damping, negative_guidance=negative_guidance)
             for name, w in weights.items()
         }
 
