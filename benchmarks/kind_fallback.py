@@ -9,8 +9,9 @@ taking the word's meaning away cannot, by itself, take a common kind away.
    without a kind word ("a red on the grass"), with a word no world names
    ("a red zed on the grass", "a red cup on the grass"), with the word
    "thing", and for object-less prompts ("the grass").
-2. After the default erase of circle + star (``fia erase`` with ShapeWorld's
-   preset), the verdicts for circle's, star's and house's own prompts,
+2. After the causal variant's erase of circle + star (``--variant causal``
+   with ShapeWorld's preset: pruning and its repair, the default when this
+   was measured), the verdicts for circle's, star's and house's own prompts,
    beside the unedited model's.
 
 Every image is on the tuning split of ``selective_forgetting.py`` (the
@@ -81,7 +82,7 @@ def main() -> None:
     seeds = {name: [seed_base + SEED_OFFSET + 1000 * j + k for k in range(args.images)] for j, name in enumerate(sets)}
     t0 = time.perf_counter()
     unedited = {name: verdicts(pipe, judges, prompts, seeds[name]) for name, prompts in sets.items()}
-    edit = sf.edit_for(pipe, "default", ["circle", "star"])
+    edit = sf.edit_for(pipe, "causal", ["circle", "star"])
     edit.apply_(pipe)
     try:
         kinds = [name for name in sets if name.endswith("'s prompts")]
@@ -94,11 +95,11 @@ def main() -> None:
         "images": args.images,
         "examples": {name: prompts[:2] for name, prompts in sets.items()},
         "unedited": unedited,
-        "after erasing circle + star (default)": erased,
+        "after erasing circle + star (causal)": erased,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(OUT, json.dumps(result, indent=1) + "\n")
-    for title in ("unedited", "after erasing circle + star (default)"):
+    for title in ("unedited", "after erasing circle + star (causal)"):
         print(title)
         for name, by_judge in result[title].items():
             print(f"  {name:24s} " + "  |  ".join(f"{j}: " + ", ".join(f"{o} {n}" for o, n in list(c.items())[:5]) for j, c in by_judge.items()))

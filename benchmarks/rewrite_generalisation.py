@@ -8,17 +8,23 @@ of those pairs (places colour + 1 and colour + 3) and the judged images use
 the other 6 (place colour + 5), with seeds from 400,000: pairs and seeds
 neither the fitting nor the held-out split (the even pairs) uses.
 
-    python benchmarks/rewrite_generalisation.py [--concepts star,arrow] [--images 8]
-        [--settings "0.3,0.03,5,4,24;0.6,0.03,5,4,24"] [--context-free N]
+    python benchmarks/rewrite_generalisation.py [--concepts star,arrow] [--images 8] [--erased-images N]
+        [--settings "0.3,0.03,5,4,24;0.05,0.03,5,4,24,1,1;causal"] [--context-free N] [--out FILE]
 
 ``--context-free N`` adds N prompts per erased kind that name it without its
 full scene, a lever the library does not offer yet: "a red star" and the bare
 "a star" (their scene: the empty prompt), "a star near the road" (its scene:
 "the road").
 
-Each setting is ``concept_weight,damping,balance_rounds,keep_prompts_per_kind,concept_prompts_per_concept``.
-Writes benchmarks/results/rewrite_generalisation.json: per setting F and P
-(oracle and second judge), the erased kinds' hits and the largest kept drops.
+Each setting is ``concept_weight,damping,balance_rounds,keep_prompts_per_kind,concept_prompts_per_concept``,
+optionally followed by ``,concept_trajectory,negative_guidance`` (``1,1``: the
+concept's own trajectory too, eta 1; left out: ``0,0``, the first preset's
+form); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+whose evidence prompts are held to the same 12 pairs. ``--erased-images``
+judges the erased kinds on more images than the kept ones (default: as
+many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
+per setting F and P (oracle and second judge), the erased kinds' hits and
+the largest kept drops.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import fia
@@ -49,12 +56,13 @@ def fitting_pairs(k: int) -> tuple[str, str]:
     return vocab.COLORS[c], vocab.PLACE_NAMES[(c + 1 + 2 * ((k // len(vocab.COLORS)) % 2)) % len(vocab.PLACE_NAMES)]
 
 
-def judged_images(images: int) -> tuple[list[str], list[int], list[str]]:
-    """Per kind, ``images`` canonical prompts on the 6 odd pairs with place = colour + 5, seeds from 400,000."""
+def judged_images(images: int, erased: Sequence[str] = (), erased_images: int | None = None) -> tuple[list[str], list[int], list[str]]:
+    """Per kind, ``images`` canonical prompts (``erased_images`` for the erased kinds) on the 6 odd pairs
+    with place = colour + 5, seeds from 400,000."""
     prompts, seeds, truth = [], [], []
     for i, kind in enumerate(KINDS):
         k = n = 0
-        while n < images:
+        while n < (erased_images or images if kind in erased else images):
             color, place = factor_cycle(k, i, 1)
             if (vocab.PLACE_NAMES.index(place) - vocab.COLORS.index(color)) % 6 == 5:
                 prompts.append(prompt_for(kind, color, place))
@@ -102,16 +110,30 @@ def hits_per_kind(pipe, judges, prompts, seeds, truth) -> dict[str, dict[str, in
     return out
 
 
-def rates(hits: dict, images: int, erased: list[str]) -> dict:
+def rates(hits: dict, images: int, erased: list[str], erased_images: int | None = None) -> dict:
     kept = [o for o in KINDS if o not in erased]
-    return {name: {"F": round(sum(h[o] for o in erased) / (images * len(erased)), 3),
+    return {name: {"F": round(sum(h[o] for o in erased) / ((erased_images or images) * len(erased)), 3),
                    "P": round(sum(h[o] for o in kept) / (images * len(kept)), 3)} for name, h in hits.items()}
+
+
+def config_for(setting: str):
+    """The erase config of one ``--settings`` entry (module docstring)."""
+    if setting == "causal":
+        return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
+    fields = setting.split(",")
+    if len(fields) not in (5, 7):
+        raise SystemExit(f"a setting has 5 or 7 comma-separated fields, or is 'causal'; got {setting!r}")
+    lam, damping, rounds, keep, concept = fields[:5]
+    trajectory, eta = fields[5:] or ("0", "0")
+    rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept), bool(int(trajectory)), float(eta))
+    return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concepts", default="star,arrow")
     ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--erased-images", type=int, help="images per erased kind (default: --images)")
     ap.add_argument("--settings", default="0.3,0.03,5,4,24;0.6,0.03,5,4,24;0.3,0.03,5,4,48;1.0,0.03,5,4,24;1.0,0.03,5,8,48")
     ap.add_argument("--context-free", type=int, default=0, help="context-free prompts per erased kind (docstring)")
     ap.add_argument("--out", type=Path)
@@ -124,14 +146,15 @@ def main() -> None:
         fia.shapeworld.task.concept_phrasings = with_context_free(args.context_free)
     pipe = load_pipeline(world=WORLD.name)
     judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
-    images = judged_images(args.images)
+    n_erased = args.erased_images or args.images
+    images = judged_images(args.images, erased, n_erased)
     base = hits_per_kind(pipe, judges, *images)
-    results = {"concepts": erased, "images": args.images, "context_free": args.context_free, "unedited": rates(base, args.images, erased), "settings": []}
+    results = {"concepts": erased, "images": args.images, "erased_images": n_erased, "context_free": args.context_free,
+               "unedited": rates(base, args.images, erased, n_erased),
+               "unedited_erased_hits": {o: {j: base[j][o] for j in base} for o in erased}, "settings": []}
     print("unedited", results["unedited"], flush=True)
     for setting in args.settings.split(";"):
-        lam, damping, rounds, keep, concept = setting.split(",")
-        rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept))
-        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
+        cfg = config_for(setting)
         t0 = time.perf_counter()
         mask = fia.erase(pipe, erased, cfg)
         seconds = time.perf_counter() - t0
@@ -141,7 +164,8 @@ def main() -> None:
         finally:
             mask.restore_(pipe)
         drops = sorted(((hits["oracle"][o] - base["oracle"][o]) / args.images, o) for o in KINDS if o not in erased)[:3]
-        row = {"rewrite": rc.to_dict(), "seconds": round(seconds, 1), "rates": rates(hits, args.images, erased),
+        row = {"setting": setting, "variant": cfg.VARIANT,
+               **({"rewrite": cfg.rewrite.to_dict()} if cfg.VARIANT == "rewrite" else {}), "seconds": round(seconds, 1), "rates": rates(hits, args.images, erased, n_erased),
                "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased},
                "largest_kept_drops": [{"kind": o, "change": d} for d, o in drops]}
         results["settings"].append(row)

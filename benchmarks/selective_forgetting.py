@@ -100,7 +100,7 @@ def config_for(method: str):
         cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite"})
         return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=0.3, concept_trajectory=False, negative_guidance=0.0))
     if method == "previous":
-        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name})
+        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
         return cfg.replace(rounds=8, score_steps=10, rescore_anchors=True, repair=dataclasses.replace(cfg.repair, steps=None))
     variant = {"paper": "paper", "causal": "causal", "unbalanced": "causal", "mask": "causal", "rewrite": "rewrite"}[method]
     cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": variant})

@@ -177,22 +177,25 @@ def test_shapeworld_is_the_default_model(tmp_path):
 
     out = tmp_path / "o"
     res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(out), "--saliency-steps", "1", "--steps", "2",
-                              "--rounds", "1", "--score-steps", "2", "--no-report"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    mask = ConceptMask.load(out / "mask.safetensors")
-    assert mask.config["task"] == "shapeworld"  # the default task follows the default model
-    assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are the contrasts
-    shipped = find_targets(load_shapeworld().unet, "ffn2")
-    assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
-    assert mask.config["variant"] == "causal" and mask.repaired  # ShapeWorld's default: pruning, then the repair
-    # the rewrite variant on the same world: every FFN2 row carried, nothing pruned
-    rw = tmp_path / "rw"
-    res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(rw), "--steps", "2", "--saliency-steps", "1",
-                              "--variant", "rewrite", "--rewrite-weight", "0.5", "--no-report"])  # fmt: skip
+                              "--rewrite-weight", "0.5", "--no-report"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "rewrite variant" in res.output and "no weight pruned" in res.output
-    rewritten = ConceptMask.load(rw / "mask.safetensors")
-    assert rewritten.config["variant"] == "rewrite" and rewritten.pruned == 0 and rewritten.repaired
+    mask = ConceptMask.load(out / "mask.safetensors")
+    assert mask.config["task"] == "shapeworld"  # the default task follows the default model
+    assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are what it keeps
+    shipped = find_targets(load_shapeworld().unet, "ffn2")
+    assert mask.fingerprint == fingerprint_weights({t.name: t.module.weight for t in shipped})
+    # ShapeWorld's default: the rewrite with its preset (every FFN2 row carried, nothing pruned), the weight from the flag
+    assert mask.config["variant"] == "rewrite" and mask.pruned == 0 and mask.repaired
+    assert mask.config["rewrite"]["concept_weight"] == 0.5 and mask.config["rewrite"]["negative_guidance"] == 1.0
+    assert mask.config["rewrite"]["concept_trajectory"] is True
+    # the causal variant on the same world: pruning, then the repair
+    causal = tmp_path / "causal"
+    res = runner.invoke(app, ["erase", "--concepts", "circle", "--out", str(causal), "--steps", "2", "--saliency-steps", "1",
+                              "--variant", "causal", "--rounds", "1", "--score-steps", "2", "--no-report"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pruned = ConceptMask.load(causal / "mask.safetensors")
+    assert pruned.config["variant"] == "causal" and pruned.pruned > 0 and pruned.repaired
     assert rewritten.config["rewrite"]["concept_weight"] == 0.5 and "repair" not in rewritten.config
     # a flag of another variant is refused before any work, not silently ignored
     bad = tmp_path / "bad"

@@ -110,7 +110,8 @@ def test_shapeworld_preset_gives_each_variant_its_own_settings():
     def with_repair_options(cfg, repair, repair_weight):
         return EraseFlags(repair=repair, repair_weight=repair_weight).with_blocks(cfg)
 
-    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2"})
+    assert type(resolve_config("shapeworld", overrides={"world": "shapeworld2"})) is FIARewriteConfig  # the default
+    causal = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "causal"})
     assert type(causal) is FIACausalConfig and causal.repair is not None and causal.stop_evidence == 0.2
     assert not hasattr(causal, "rewrite") and "rewrite" not in causal.to_dict()
     rewrite = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "rewrite"})
