@@ -125,12 +125,13 @@ def erase(
     targets: str | None = typer.Option(None, "--targets", help="Layers scored and pruned: ffn2, ffn1, attn_kv."),
     variant: str | None = typer.Option(
         None, "--variant", help="paper (Eq. 1-8), causal (prunes weights by the model's own evidence, then repairs) or "
-        "rewrite (no pruning: a closed-form rewrite of FFN2 that answers the concept's prompts as their scenes)."
+        "rewrite (no pruning: a closed-form rewrite of FFN2 that answers the concept's prompts as their scenes, "
+        "pushed past them). Default: the task preset's (ShapeWorld: rewrite; real models: paper)."
     ),
     budget: float | None = typer.Option(None, "--budget", help="causal: share of all target weights pruned per concept."),
     rounds: int | None = typer.Option(None, "--rounds", help="causal: rounds of scoring and pruning."),
     anchor_weight: float | None = typer.Option(None, "--anchor-weight", help="causal: penalty on weights the anchors need."),
-    anchors: str | None = typer.Option(None, "--anchors", help='causal: concepts that must stay, comma separated.'),
+    anchors: str | None = typer.Option(None, "--anchors", help='causal and rewrite: concepts that must stay, comma separated.'),
     score_steps: int | None = typer.Option(None, "--score-steps", help="causal: sampler steps of the scored images."),
     repair: bool | None = typer.Option(
         None, "--repair/--no-repair",
@@ -142,7 +143,7 @@ def erase(
     ),
     rewrite_weight: float | None = typer.Option(
         None, "--rewrite-weight",
-        help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.3).",
+        help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.05).",
     ),
     concept_prompts: Path | None = typer.Option(None, "--concept-prompts", help="Concept prompts, one a line ({concept})."),
     base_prompts: Path | None = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),

@@ -99,8 +99,8 @@ def test_quick_run_writes_every_table(bench_module, tmp_path):
             assert cost["seconds_per_concept"] == pytest.approx(cost["seconds"] / len(entry["metrics"]["forget"]), abs=0.01)
         assert default not in {m for m in measured if "vs_default" in res["results"][task][m]}
         if "random" in measured:
-            # the control prunes exactly as many weights per layer as the default FIA: same share
-            ref, rnd = res["results"][task][default]["edit"], res["results"][task]["random"]["edit"]
+            # the control prunes exactly as many weights per layer as the causal variant: same share
+            ref, rnd = res["results"][task][bench_module.CAUSAL_FIA]["edit"], res["results"][task]["random"]["edit"]
             assert rnd["pruned_share"] == pytest.approx(ref["pruned_share"], abs=0) and ref["pruned_share"] > 0
     # T5: every probe against the unedited model (the ceiling) and every attacked method's edit
     rob = res["robustness"]
@@ -158,28 +158,65 @@ def _check_merge(bench_module, res):
         assert merged["results"][task]["esd-x"]["vs_default"] == res["results"][task]["esd-x"]["vs_default"], task
     assert merged["robustness"]["rows"] == res["robustness"]["rows"]
     assert merged["remeasured"][-1]["methods"] == ["esd-x"]
+    _check_merge_of_a_new_default(bench_module, res)
+
+
+def _check_merge_of_a_new_default(bench_module, res):
+    """A run measured before the default existed, merged with the default's rows: every row's difference
+    is taken again against the new default, and the merged run reads as the run that measured everything."""
+    import copy
+
+    default, causal = bench_module.DEFAULT_FIA, bench_module.CAUSAL_FIA
+    previous = copy.deepcopy(res)
+    previous["default_fia"], previous["methods"] = causal, [m for m in res["methods"] if m != default]
+    previous["f4_methods"] = [m for m in res["f4_methods"] if m != default]
+    for by_method in previous["results"].values():
+        del by_method[default]
+        for entry in by_method.values():
+            entry.pop("vs_default", None)
+        if causal in by_method:  # the old run's differences were taken against the causal variant
+            by_method[causal]["vs_default"] = {"oracle": "stale"}
+    del previous["costs"][default], previous["robustness"]["rows"][default]
+    new = copy.deepcopy(res)
+    new["methods"], new["f4_methods"] = [default], [default]
+    new["results"] = {t: {default: copy.deepcopy(by_method[default])} for t, by_method in res["results"].items()}
+    new["costs"] = {default: res["costs"][default]}
+    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == default}
+    merged = bench_module.merge(previous, new)
+    assert merged["default_fia"] == default and merged["methods"] == res["methods"] and merged["f4_methods"] == res["f4_methods"]
+    assert list(merged["robustness"]["rows"]) == list(res["robustness"]["rows"])
+    for task, by_method in res["results"].items():
+        assert list(merged["results"][task]) == list(by_method), task
+        for m, entry in by_method.items():
+            assert merged["results"][task][m].get("vs_default") == entry.get("vs_default"), (task, m)
+    # the same tables as the run that measured everything, with one line saying which rows came later
+    lines = bench_module.markdown(merged).split("\n")
+    later = [line for line in lines if line.startswith(f"Rows of {default} re-measured")]
+    assert len(later) == 1
+    assert [line for line in lines if line not in later][1:] == bench_module.markdown(res).split("\n")[1:]
 
 
 def _check_wiring(bench_module, res, tmp_path):
     """Assertions that fail when a method or a task is wired wrongly, whatever the figures."""
     r = res["results"]
-    default = bench_module.DEFAULT_FIA
-    pruning = [m for m in res["methods"] if "pruned_share" in r["T2"][m]["edit"]]
-    assert {"fia", default, "random", "conceptprune", bench_module.UPPER_BOUND} <= set(pruning)
+    causal = bench_module.CAUSAL_FIA
+    pruning = [m for m in res["methods"] if r["T2"][m]["edit"].get("pruned_share")]
+    assert {"fia", causal, "random", "conceptprune", bench_module.UPPER_BOUND} <= set(pruning)
+    assert r["T2"][bench_module.DEFAULT_FIA]["edit"]["pruned_share"] == 0  # the rewrite prunes nothing
     for task, by_method in r.items():
-        ref = by_method[default]["headline"]
+        ref = by_method[causal]["headline"]
         # every method edits the judged model: an edit that never reached it would leave
         # the FID (a continuous function of every pixel) exactly at the base figure
         for m, entry in by_method.items():
             fid = entry["headline"]["FID"]
             assert fid["edited"] != fid["base"], (task, m, fid)
-        # the control prunes other weights than the default's mask (same counts, so only the figures tell)
+        # the control prunes other weights than the causal variant's mask (same counts, so only the figures tell)
         if "random" in by_method:
             assert by_method["random"]["headline"]["FID"]["edited"] != ref["FID"]["edited"], task
     # tasks get their own concepts: one concept in T4 and F4-1, ten in T1, five in T2
     assert len(r["T4"]["fia"]["metrics"]["forget"]) == 1 and len(r["F4-1"]["fia"]["metrics"]["forget"]) == 1
     assert len(r["T1"]["fia"]["metrics"]["forget"]) == 10 and len(r["T2"]["fia"]["metrics"]["forget"]) == 5
-    assert r["T2"][default]["edit"]["pruned_share"] != r["T1"][default]["edit"]["pruned_share"]
+    assert r["T2"][causal]["edit"]["pruned_share"] != r["T1"][causal]["edit"]["pruned_share"]
     # the base figures are the unedited model's: measure the unedited model itself as a "method"
     # that edits nothing, on T1's prompts and seeds (whose unedited images T1 drew itself, as the
     # first object task); every figure equals the base. F4-1 drew none of its own: its kinds'

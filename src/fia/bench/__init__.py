@@ -51,6 +51,7 @@ from fia.bench.report import edited as edited_value
 from fia.bench.report import fmt, markdown, merge, plot_f4
 from fia.bench.robustness import run_t5
 from fia.bench.tasks import (
+    CAUSAL_FIA,
     DEFAULT_FIA,
     F4_METHODS,
     F4_ORDER,
@@ -76,6 +77,7 @@ from fia.errors import FIAError
 from fia.io import atomic_write_text
 
 __all__ = [
+    "CAUSAL_FIA",
     "DEFAULT_FIA",
     "HELDOUT_SEED",
     "HELDOUT_SHIFT",
@@ -172,8 +174,8 @@ def run(sizes: Sizes, methods: Sequence[str], work: Path, log: Callable[[str], N
     """Tune, then measure every task for every method with both judges; returns the results as a JSON-ready dict."""
     t_start = time.time()
     order = [m for m in KNOWN_METHODS if m in methods]
-    if "random" in order and DEFAULT_FIA not in order:
-        raise FIAError(f"the random control copies the per-layer counts of {DEFAULT_FIA}: keep it in --methods")
+    if "random" in order and CAUSAL_FIA not in order:
+        raise FIAError(f"the random control copies the per-layer counts of {CAUSAL_FIA}: keep it in --methods")
     bench = Bench(sizes, work, log)
     log(f"tuning ({sizes.candidates} candidates per method, T2 Overall on the tuning split)")
     chosen = tune(bench, order, log)

@@ -24,6 +24,7 @@ import torch
 from fia.bench.memory import PeakRSS
 from fia.bench.report import fmt
 from fia.bench.tasks import (
+    CAUSAL_FIA,
     DEFAULT_FIA,
     T2_FORGET,
     TUNING,
@@ -107,10 +108,16 @@ class Bench:
         self.fia_cfg = resolve_config("shapeworld", overrides={"variant": "paper", "world": WORLD.name})
         if sizes.saliency_steps:
             self.fia_cfg = self.fia_cfg.replace(saliency_steps=sizes.saliency_steps)
-        # the causal variant with the shipped preset's settings (the default FIA on ShapeWorld)
+        # the causal variant with the shipped preset's settings (the pruning variant; the upper bound's attribution)
         self.causal_cfg = resolve_config("shapeworld", overrides={"variant": "causal", "world": WORLD.name})
         if sizes.causal:
             self.causal_cfg = self.causal_cfg.replace(**sizes.causal)
+        # the rewrite with the shipped preset's settings (the default FIA on ShapeWorld)
+        self.rewrite_cfg = resolve_config("shapeworld", overrides={"variant": "rewrite", "world": WORLD.name})
+        if sizes.rewrite:
+            self.rewrite_cfg = self.rewrite_cfg.replace(rewrite=dataclasses.replace(self.rewrite_cfg.rewrite, **sizes.rewrite))
+        if sizes.sample_steps:  # its statistics walk the sampler's schedule: --quick's shorter one
+            self.rewrite_cfg = self.rewrite_cfg.replace(num_inference_steps=sizes.sample_steps)
         self._base: dict[tuple, dict[str, dict[str, dict]]] = {}
         self._base_images: dict[tuple, dict[str, dict]] = {}
         self.images_generated = 0
@@ -172,8 +179,10 @@ class Bench:
         """``method``'s config for ``task``: its registered default scaled to ShapeWorld, with the tuned knob."""
         knob, _ = TUNING.get(method, (None, ()))
         alpha = {"alpha": task.alpha} if task.alpha is not None else {}
-        if method in (DEFAULT_FIA, UPPER_BOUND):
+        if method in (CAUSAL_FIA, UPPER_BOUND):
             return self.causal_cfg.replace(**alpha)
+        if method == DEFAULT_FIA:  # no fusion step: alpha plays no part
+            return self.rewrite_cfg
         cfg = get_method(method).default_config()
         if isinstance(cfg, FIAConfig):  # the paper's FIA and its ablations
             preset = {f: getattr(cfg, f) for f in _FIA_PRESET_FIELDS}
@@ -236,7 +245,7 @@ class Bench:
                 )  # fmt: skip
         info["seconds"] = time.perf_counter() - t0
         info["peak_rss_growth_mb"] = mem.growth_mb
-        if method == DEFAULT_FIA:
+        if method == CAUSAL_FIA:  # the random control copies its per-layer counts
             masks[task.key] = edit
         if hasattr(edit, "pruned_share"):
             info["pruned_share"] = edit.pruned_share

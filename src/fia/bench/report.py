@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fia.bench.intervals import unpack_hits, versus
-from fia.bench.tasks import DEFAULT_FIA, UPPER_BOUND
+from fia.bench.tasks import DEFAULT_FIA, KNOWN_METHODS, UPPER_BOUND
 from fia.errors import FIAError
 from fia.io import atomic_write_bytes
 
@@ -300,6 +300,9 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
     The base images are made again by the new run; with the same model,
     prompts and seeds they must give the same base figures, which is checked.
+    When ``new`` names another default FIA than ``previous`` did, every
+    row's paired difference is taken again against the new default's stored
+    outcomes; otherwise only the re-measured rows'.
     """
     for task, by_method in new["results"].items():
         old_first = next(iter(previous["results"][task].values()))["headline"]
@@ -311,20 +314,35 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                     "the model, prompts or seeds changed since that run: rerun every method"
                 )
     out = json.loads(json.dumps(previous))
-    default, resamples = previous.get("default_fia"), previous.get("sizes", {}).get("bootstrap", 2000)
+    default, resamples = new.get("default_fia", previous.get("default_fia")), previous.get("sizes", {}).get("bootstrap", 2000)
+    # a new default (the run that measured it names another) changes every row's paired difference
+    again = "all" if default != previous.get("default_fia") else "new"
+    out["default_fia"] = default
     for task, by_method in new["results"].items():
         out["results"][task].update(by_method)
+    for task, by_method in out["results"].items():
         # a re-measured method's difference from the default is computed against the default's stored outcomes
-        ref = out["results"][task].get(default, {}).get("hits")
+        ref = by_method.get(default, {}).get("hits")
         for m, entry in by_method.items():
-            if m != default and ref and entry.get("hits"):
-                entry = out["results"][task][m]
+            if again == "new" and m not in new["results"].get(task, {}):
+                continue
+            if m == default:
+                entry.pop("vs_default", None)
+            elif ref and entry.get("hits"):
                 entry["vs_default"] = {
                     judge: versus(unpack_hits(entry["hits"][judge]), unpack_hits(ref[judge]), resamples) for judge in ref
                 }
+    # a method new to the run joins it in the benchmark's order
+    out["methods"] = [m for m in KNOWN_METHODS if m in previous["methods"] or m in new["methods"]]
+    out["results"] = {task: {m: by_method[m] for m in out["methods"] if m in by_method} for task, by_method in out["results"].items()}
+    if "f4_methods" in previous:
+        out["f4_methods"] = [m for m in out["methods"] if m in previous["f4_methods"] or m in new.get("f4_methods", ())]
     if new.get("robustness") and previous.get("robustness"):
         # the unedited model's row is the same in both runs (same model, prompts and seeds)
-        out["robustness"]["rows"].update({m: v for m, v in new["robustness"]["rows"].items() if m in new["methods"]})
+        rows = out["robustness"]["rows"]
+        rows.update({m: v for m, v in new["robustness"]["rows"].items() if m in new["methods"]})
+        first = next(iter(previous["robustness"]["rows"]))
+        out["robustness"]["rows"] = {first: rows[first], **{m: rows[m] for m in out["methods"] if m in rows and m != first}}
     for m in new["methods"]:
         out["costs"][m] = new["costs"][m]
         if m in new["tuning"]:
