@@ -165,7 +165,8 @@ def main() -> None:
             mask.restore_(pipe)
         drops = sorted(((hits["oracle"][o] - base["oracle"][o]) / args.images, o) for o in KINDS if o not in erased)[:3]
         row = {"setting": setting, "variant": cfg.VARIANT,
-               **({"rewrite": cfg.rewrite.to_dict()} if cfg.VARIANT == "rewrite" else {}), "seconds": round(seconds, 1), "rates": rates(hits, args.images, erased, n_erased),
+               **({"rewrite": cfg.rewrite.to_dict()} if cfg.VARIANT == "rewrite" else {}),
+               "seconds": round(seconds, 1), "rates": rates(hits, args.images, erased, n_erased),
                "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased},
                "largest_kept_drops": [{"kind": o, "change": d} for d, o in drops]}
         results["settings"].append(row)

@@ -403,7 +403,9 @@ def _print_rewrite_summary(mask, stats: dict, out: Path) -> None:
     prompts, secs = stats.get("prompts", {}), stats.get("seconds", {})
     console.print(
         f"fitted on {prompts.get('keep', 0)} kept prompts in {prompts.get('groups', 0)} groups and "
-        f"{prompts.get('concept', 0)} concept prompts paired with their scenes; {secs.get('total', 0):.1f} s in all"
+        f"{prompts.get('concept', 0)} concept prompts paired with their scenes"
+        f"{' along both trajectories' if mask.config.get('rewrite', {}).get('concept_trajectory') else ''}; "
+        f"{secs.get('total', 0):.1f} s in all"
     )
     most = stats.get("balance", {}).get("most_changed_groups", {})
     if most:

@@ -180,6 +180,7 @@ def test_shapeworld_is_the_default_model(tmp_path):
                               "--rewrite-weight", "0.5", "--no-report"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "rewrite variant" in res.output and "no weight pruned" in res.output
+    assert "paired with their scenes along both trajectories" in " ".join(res.output.split())
     mask = ConceptMask.load(out / "mask.safetensors")
     assert mask.config["task"] == "shapeworld"  # the default task follows the default model
     assert mask.config["world"] == "shapeworld2"  # and the default world's kinds are what it keeps
@@ -196,12 +197,12 @@ def test_shapeworld_is_the_default_model(tmp_path):
     assert res.exit_code == 0, res.output
     pruned = ConceptMask.load(causal / "mask.safetensors")
     assert pruned.config["variant"] == "causal" and pruned.pruned > 0 and pruned.repaired
-    assert rewritten.config["rewrite"]["concept_weight"] == 0.5 and "repair" not in rewritten.config
+    assert "repair" not in mask.config and "rewrite" not in pruned.config  # each variant's settings stay its own
     # a flag of another variant is refused before any work, not silently ignored
     bad = tmp_path / "bad"
-    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--variant", "rewrite", "--rounds", "2"], bad,
-         "--rounds set(s) the causal variant")
-    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--rewrite-weight", "1"], bad,
+    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--rounds", "2"], bad,
+         "--rounds set(s) the causal variant")  # the default is the rewrite
+    _bad(["erase", "--concepts", "circle", "--out", str(bad), "--variant", "causal", "--rewrite-weight", "1"], bad,
          "--rewrite-weight set(s) the rewrite variant")
 
 

@@ -27,29 +27,16 @@ def _brute(w, xk, xc, xt, lam, damping, eta=0.0):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("lam", [0.1, 1.0, 5.0])
-def test_rewrite_matches_brute_force_least_squares(lam):
+@pytest.mark.parametrize(("lam", "eta"), [(0.1, 0.0), (1.0, 0.0), (5.0, 0.0), (0.7, 0.5), (0.7, 2.0)])
+def test_rewrite_matches_brute_force_least_squares(lam, eta):
+    """With and without negative guidance (eta: the concept rows' target is w x_t - eta (w x_c - w x_t))."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(5, 7, generator=g, dtype=torch.float64)
     xk, xc = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g, dtype=torch.float64)
     xt = xc + 0.5 * torch.randn(30, 7, generator=g, dtype=torch.float64)
     gk, gc, cross = _moments(xk, xc, xt)
-    got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=0.01)
-    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01), atol=1e-5)
-
-
-@pytest.mark.parametrize("eta", [0.5, 2.0])
-def test_negative_guidance_matches_brute_force_least_squares(eta):
-    g = torch.Generator().manual_seed(3)
-    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    xk, xc = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(30, 6, generator=g, dtype=torch.float64)
-    xt = xc + 0.5 * torch.randn(30, 6, generator=g, dtype=torch.float64)
-    gk, gc, cross = _moments(xk, xc, xt)
-    got = rewrite_layer(w, gk, gc, cross, concept_weight=0.7, damping=0.01, negative_guidance=eta)
-    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, 0.7, 0.01, eta), atol=1e-5)
-    # where the concept's input is the scene's, the push has no direction: the layer stays
-    gk, gc, _ = _moments(xk, xc, xc)
-    assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=5.0, damping=0.01, negative_guidance=eta).double(), w, atol=1e-5)
+    got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=0.01, negative_guidance=eta)
+    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01, eta), atol=1e-5)
 
 
 def test_negative_guidance_sends_the_concept_past_the_scene():
@@ -72,8 +59,10 @@ def test_rewrite_leaves_the_layer_alone_without_a_concept_term_or_when_scene_equ
     xk, xc = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randn(20, 6, generator=g, dtype=torch.float64)
     gk, gc, _ = _moments(xk, xc, xc)
     assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=0.0, damping=0.01).double(), w, atol=1e-5)
-    # the scene's input equals the concept's: nothing to rewrite, whatever lambda
-    assert torch.allclose(rewrite_layer(w, gk, gc, gc, concept_weight=10.0, damping=0.01).double(), w, atol=1e-5)
+    # the scene's input equals the concept's: nothing to rewrite, whatever lambda, and no direction to push past it
+    for eta in (0.0, 2.0):
+        same = rewrite_layer(w, gk, gc, gc, concept_weight=10.0, damping=0.01, negative_guidance=eta)
+        assert torch.allclose(same.double(), w, atol=1e-5)
 
 
 def test_rewrite_moves_concept_outputs_to_the_scene_and_keeps_kept_outputs():
