@@ -62,7 +62,7 @@ def judged_images(images: int, erased: Sequence[str] = (), erased_images: int | 
     prompts, seeds, truth = [], [], []
     for i, kind in enumerate(KINDS):
         k = n = 0
-        while n < (erased_images or images if kind in erased else images):
+        while n < ((erased_images or images) if kind in erased else images):
             color, place = factor_cycle(k, i, 1)
             if (vocab.PLACE_NAMES.index(place) - vocab.COLORS.index(color)) % 6 == 5:
                 prompts.append(prompt_for(kind, color, place))

@@ -316,7 +316,7 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(previous))
     default, resamples = new.get("default_fia", previous.get("default_fia")), previous.get("sizes", {}).get("bootstrap", 2000)
     # a new default (the run that measured it names another) changes every row's paired difference
-    again = "all" if default != previous.get("default_fia") else "new"
+    every_row = default != previous.get("default_fia")
     out["default_fia"] = default
     for task, by_method in new["results"].items():
         out["results"][task].update(by_method)
@@ -324,7 +324,7 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         # a re-measured method's difference from the default is computed against the default's stored outcomes
         ref = by_method.get(default, {}).get("hits")
         for m, entry in by_method.items():
-            if again == "new" and m not in new["results"].get(task, {}):
+            if not every_row and m not in new["results"].get(task, {}):
                 continue
             if m == default:
                 entry.pop("vs_default", None)
