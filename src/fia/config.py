@@ -394,6 +394,15 @@ class AnchoredSettings(FIASettings):
     def check_concepts(self, names: list[str]) -> None:
         """Raise :class:`FIAError` when the erased ``names`` and these settings cannot go together (nothing here)."""
 
+    def refuse_erased_anchors(self, names: list[str], what: str) -> None:
+        """An edit that keeps the anchors cannot erase one of them too: name the concepts that are both."""
+        both = sorted({c.casefold() for c in names} & {a.casefold() for a in self.anchors})
+        if both:
+            raise FIAError(
+                f"{', '.join(both)} is both erased and an anchor; {what} cannot keep and erase "
+                "the same concept: drop it from --anchors"
+            )
+
 
 @dataclass(frozen=True)
 class FIACausalConfig(AnchoredSettings):
@@ -473,14 +482,8 @@ class FIACausalConfig(AnchoredSettings):
 
     def check_concepts(self, names: list[str]) -> None:
         """The repair cannot restore and erase one concept: an erased concept may not be an anchor too."""
-        if self.repair is None:
-            return
-        both = sorted({c.casefold() for c in names} & {a.casefold() for a in self.anchors})
-        if both:
-            raise FIAError(
-                f"{', '.join(both)} is both erased and an anchor; the repair cannot restore and erase "
-                "the same concept: drop it from --anchors"
-            )
+        if self.repair is not None:
+            self.refuse_erased_anchors(names, "the repair")
 
 
 @dataclass(frozen=True)
@@ -498,6 +501,10 @@ class FIARewriteConfig(AnchoredSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "rewrite", RewriteConfig.from_value(self.rewrite) or RewriteConfig())
+
+    def check_concepts(self, names: list[str]) -> None:
+        """The rewrite holds the anchors' outputs while it moves the concepts': none may be both."""
+        self.refuse_erased_anchors(names, "the rewrite")
 
     def validate(self) -> "FIARewriteConfig":
         super().validate()

@@ -204,6 +204,8 @@ def test_shapeworld_is_the_default_model(tmp_path):
          "--rounds set(s) the causal variant")  # the default is the rewrite
     _bad(["erase", "--concepts", "circle", "--out", str(bad), "--variant", "causal", "--rewrite-weight", "1"], bad,
          "--rewrite-weight set(s) the rewrite variant")
+    _bad(["erase", "--concepts", "star, arrow", "--anchors", "Star, circle", "--out", str(bad)], bad,
+         "star is both erased and an anchor; the rewrite cannot keep and erase")
 
 
 def test_a_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):

@@ -134,4 +134,7 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
     prompts.write_text("a {concept}\n")
     with pytest.raises(FIAError, match="prompt files apply to --variant paper; the rewrite variant"):
         fia.plan_erase(["golf ball"], tiny_rewrite_config(), concept_prompts=prompts)
+    with pytest.raises(FIAError, match="golf ball is both erased and an anchor; the rewrite cannot keep and erase"):
+        fia.plan_erase(["golf ball", "tower"], tiny_rewrite_config(anchors=["Golf Ball", "church"]))
+    fia.plan_erase(["tower"], tiny_rewrite_config(anchors=["Golf Ball", "church"]))  # disjoint: planned
     assert FIARewriteConfig().validate().rewrite == RewriteConfig()  # the defaults fill in
