@@ -383,6 +383,8 @@ class AnchoredSettings(FIASettings):
             (ShapeWorld: every kind not erased; other tasks: the base prompts).
     """
 
+    ANCHOR_KEEPER: ClassVar[str] = ""  # what keeps the anchors' outputs, named when a concept is erased and kept
+
     anchors: list[str] = field(default_factory=list)
 
     def validate(self) -> Any:
@@ -392,14 +394,11 @@ class AnchoredSettings(FIASettings):
         return self
 
     def check_concepts(self, names: list[str]) -> None:
-        """Raise :class:`FIAError` when the erased ``names`` and these settings cannot go together (nothing here)."""
-
-    def refuse_erased_anchors(self, names: list[str], what: str) -> None:
-        """An edit that keeps the anchors cannot erase one of them too: name the concepts that are both."""
+        """An edit that keeps the anchors cannot erase one of them too: :class:`FIAError` naming the concepts that are both."""
         both = sorted({c.casefold() for c in names} & {a.casefold() for a in self.anchors})
         if both:
             raise FIAError(
-                f"{', '.join(both)} is both erased and an anchor; {what} cannot keep and erase "
+                f"{', '.join(both)} is both erased and an anchor; {self.ANCHOR_KEEPER} cannot keep and erase "
                 "the same concept: drop it from --anchors"
             )
 
@@ -437,6 +436,7 @@ class FIACausalConfig(AnchoredSettings):
     """
 
     VARIANT: ClassVar[str] = "causal"
+    ANCHOR_KEEPER: ClassVar[str] = "the repair"
 
     alpha: float = 0.6
     budget: float = 0.0075
@@ -481,9 +481,9 @@ class FIACausalConfig(AnchoredSettings):
         return self
 
     def check_concepts(self, names: list[str]) -> None:
-        """The repair cannot restore and erase one concept: an erased concept may not be an anchor too."""
+        """Only the repair keeps the anchors' outputs; the pruning alone merely scores against them."""
         if self.repair is not None:
-            self.refuse_erased_anchors(names, "the repair")
+            super().check_concepts(names)
 
 
 @dataclass(frozen=True)
@@ -495,16 +495,13 @@ class FIARewriteConfig(AnchoredSettings):
     """
 
     VARIANT: ClassVar[str] = "rewrite"
+    ANCHOR_KEEPER: ClassVar[str] = "the rewrite"
 
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "rewrite", RewriteConfig.from_value(self.rewrite) or RewriteConfig())
-
-    def check_concepts(self, names: list[str]) -> None:
-        """The rewrite holds the anchors' outputs while it moves the concepts': none may be both."""
-        self.refuse_erased_anchors(names, "the rewrite")
 
     def validate(self) -> "FIARewriteConfig":
         super().validate()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from fia.bench.intervals import unpack_hits, versus
+from fia.bench.robustness import UNEDITED_ROW
 from fia.bench.tasks import DEFAULT_FIA, KNOWN_METHODS, UPPER_BOUND
 from fia.errors import FIAError
 from fia.io import atomic_write_bytes
@@ -295,6 +296,19 @@ def plot_f4(res: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _versus_default(by_method: dict[str, Any], default: str, retake: Iterable[str], resamples: int) -> None:
+    """Each method of ``retake``: its paired difference from ``default``, against the default's stored outcomes."""
+    ref = by_method.get(default, {}).get("hits")
+    for m in retake:
+        entry = by_method[m]
+        if m == default:
+            entry.pop("vs_default", None)
+        elif ref and entry.get("hits"):
+            entry["vs_default"] = {
+                judge: versus(unpack_hits(entry["hits"][judge]), unpack_hits(ref[judge]), resamples) for judge in ref
+            }
+
+
 def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``previous`` with the methods of ``new`` re-measured in it.
 
@@ -321,17 +335,8 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     for task, by_method in new["results"].items():
         out["results"][task].update(by_method)
     for task, by_method in out["results"].items():
-        # a re-measured method's difference from the default is computed against the default's stored outcomes
-        ref = by_method.get(default, {}).get("hits")
-        for m, entry in by_method.items():
-            if not every_row and m not in new["results"].get(task, {}):
-                continue
-            if m == default:
-                entry.pop("vs_default", None)
-            elif ref and entry.get("hits"):
-                entry["vs_default"] = {
-                    judge: versus(unpack_hits(entry["hits"][judge]), unpack_hits(ref[judge]), resamples) for judge in ref
-                }
+        retake = by_method if every_row else new["results"].get(task, {})
+        _versus_default(by_method, default, retake, resamples)
     # a method new to the run joins it in the benchmark's order
     out["methods"] = [m for m in KNOWN_METHODS if m in previous["methods"] or m in new["methods"]]
     out["results"] = {task: {m: by_method[m] for m in out["methods"] if m in by_method} for task, by_method in out["results"].items()}
@@ -341,8 +346,7 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         # the unedited model's row is the same in both runs (same model, prompts and seeds)
         rows = out["robustness"]["rows"]
         rows.update({m: v for m, v in new["robustness"]["rows"].items() if m in new["methods"]})
-        first = next(iter(previous["robustness"]["rows"]))
-        out["robustness"]["rows"] = {first: rows[first], **{m: rows[m] for m in out["methods"] if m in rows and m != first}}
+        out["robustness"]["rows"] = {UNEDITED_ROW: rows[UNEDITED_ROW], **{m: rows[m] for m in out["methods"] if m in rows}}
     for m in new["methods"]:
         out["costs"][m] = new["costs"][m]
         if m in new["tuning"]:
