@@ -26,6 +26,21 @@ levers:
   multiplies ``a_c`` by ``r_c / median r`` (capped at 4, renormalised to
   mean 1), ``R`` rounds: a concept the edit fits worst gets more weight.
   The kept groups are balanced inside each solve as in the library.
+* **Refitting the kept term on the edited model's inputs** (``^N``). The
+  library solves every layer on the unedited model's inputs, so an edit of
+  one layer also moves the inputs of the layers after it, and nothing holds
+  the kept prompts there. Here the kept prompts then run along the unedited
+  model's trajectories with the unedited and the edited denoiser called on
+  the same latents at every step, giving per layer the edited input ``x'``
+  beside the unedited ``x``, and each layer is solved again so that
+  ``W'' x' = W x`` on them (error-correcting calibration, as GPTQ does
+  layer by layer):
+
+      W'' (G'_k + lambda G_c + delta s I) = W X + lambda W ((1 + eta) C - eta G_c) + delta s W,
+      G'_k = E[x' x'^T],  X = E[x x'^T]
+
+  (the groups pooled with the first solve's balance weights; the concept
+  statistics stay the unedited model's), ``N`` times.
 
 Protocol of ``rewrite_generalisation.py``: the rewrite's prompts use 12 of
 the 18 odd colour/place pairs, the judged images the other 6 (seeds from
@@ -35,17 +50,19 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
         [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--out FILE]
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
-``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``) and
+``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
-term). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
+term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
-largest kept drops per judge and, with ``#R``, each round's ``r_c``.
+largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
+each refit's relative move of every layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -56,8 +73,12 @@ import torch
 import fia
 import fia.rewrite
 import fia.shapeworld.task
+from fia.core.balance import mix_grams
+from fia.core.repair import damped_system
+from fia.core.rewrite import Rewrite
 from fia.io import atomic_write_text
-from fia.sampling import capture, paired_steps
+from fia.repair import GRAM_BATCH
+from fia.sampling import capture, initial_latents, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
 from rewrite_generalisation import KINDS, WORLD, config_for, fitting_pairs, hits_per_kind, judged_images, rates
 
@@ -136,6 +157,93 @@ def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[No
         fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite = plain_moments, plain_solve
 
 
+class _EditedInputs:
+    """Per layer, sums of ``x' x'^T`` and ``x x'^T``: every batch goes through the denoiser unedited (``x``), then edited (``x'``)."""
+
+    def __init__(self) -> None:
+        self.edited = False
+        self.unedited_input: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, list] = {}
+
+    def hook(self, name, _module, args, _output) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+        if not self.edited:
+            self.unedited_input[name] = x
+            return
+        parts = [x.T @ x, self.unedited_input.pop(name).T @ x, x.shape[0]]
+        self.sums[name] = [a + b for a, b in zip(self.sums[name], parts)] if name in self.sums else parts
+
+
+def edited_kept_moments(pipe, targets, prompts, config, new) -> tuple[dict, dict]:
+    """Per kept group and layer, ``G'_g`` and ``X_g`` (module docstring) along the unedited model's guided trajectories."""
+    unet, modules = pipe.unet, {t.name: t.module for t in targets}
+    unedited = {n: m.weight.data for n, m in modules.items()}
+    members: dict[str, list] = {}
+    for p, seed, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
+        members.setdefault(g, []).append((p, seed))
+    grams, crosses = {}, {}
+    for group, pairs in members.items():
+        acc = _EditedInputs()
+        with capture(targets, acc.hook), torch.no_grad():
+            for i in range(0, len(pairs), GRAM_BATCH):
+                batch, seeds = zip(*pairs[i : i + GRAM_BATCH])
+                sched = copy.deepcopy(pipe.scheduler)
+                sched.set_timesteps(config.num_inference_steps)
+                uncond = pipe.encode_prompt([""], unet.device, 1, False)[0].expand(len(batch), -1, -1)
+                emb = torch.cat([uncond, pipe.encode_prompt(list(batch), unet.device, 1, False)[0]])
+                lat = initial_latents(unet, seeds) * sched.init_noise_sigma
+                for t in sched.timesteps:
+                    inp = sched.scale_model_input(torch.cat([lat, lat]), t)
+                    acc.edited = False
+                    u, c = unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
+                    acc.edited = True
+                    try:
+                        for n, m in modules.items():
+                            m.weight.data = new[n].to(m.weight.dtype)
+                        unet(inp, t, encoder_hidden_states=emb)
+                    finally:
+                        for n, m in modules.items():
+                            m.weight.data = unedited[n]
+                    lat = sched.step(u + config.guidance_scale * (c - u), t, lat).prev_sample
+        grams[group] = {n: g.cpu() / count for n, (g, _, count) in acc.sums.items()}
+        crosses[group] = {n: x.cpu() / count for n, (_, x, count) in acc.sums.items()}
+    return grams, crosses
+
+
+@contextlib.contextmanager
+def kept_refit(rounds: int, log: list) -> Iterator[None]:
+    """Within the block, ``fia.rewrite`` solves again ``rounds`` times with its kept term on the edited inputs (module docstring)."""
+    plain_grams, plain_solve = fia.rewrite.group_grams, fia.rewrite.balanced_rewrite
+    seen: dict = {}
+
+    def group_grams(pipe, targets, prompts, config):
+        seen.update(pipe=pipe, targets=targets, prompts=prompts, config=config)
+        return plain_grams(pipe, targets, prompts, config)
+
+    def solve(weights, group_grams_, sizes, gram_c, cross, *, concept_weight, damping, negative_guidance=0.0, **kw):
+        result = plain_solve(weights, group_grams_, sizes, gram_c, cross, concept_weight=concept_weight, damping=damping,
+                             negative_guidance=negative_guidance, **kw)
+        for _ in range(rounds):
+            grams, crosses = edited_kept_moments(seen["pipe"], seen["targets"], seen["prompts"], seen["config"], result.weights)
+            new = {}
+            for name, w in weights.items():
+                h = damped_system(mix_grams(grams, sizes, result.group_weights, name), gram_c[name], concept_weight, damping)
+                ridge = float(h.diagonal().mean()) * damping / (1 + damping)
+                w64, gc = w.detach().to(torch.float64), gram_c[name].to(torch.float64)
+                target = (1 + negative_guidance) * cross[name].to(torch.float64) - negative_guidance * gc
+                rhs = w64 @ mix_grams(crosses, sizes, result.group_weights, name) + concept_weight * (w64 @ target) + ridge * w64
+                new[name] = torch.cholesky_solve(rhs.T.contiguous(), torch.linalg.cholesky(h)).T.to(torch.float32)
+            log.append({n: round(float((new[n] - result.weights[n]).norm() / result.weights[n].norm()), 4) for n in new})
+            result = Rewrite(new, result.group_weights, result.group_change)
+        return result
+
+    fia.rewrite.group_grams, fia.rewrite.balanced_rewrite = group_grams, solve
+    try:
+        yield
+    finally:
+        fia.rewrite.group_grams, fia.rewrite.balanced_rewrite = plain_grams, plain_solve
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it (how the command is recorded in the results)."""
     try:
@@ -144,14 +252,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def parse(setting: str) -> tuple[str, str, int]:
-    """``(rewrite_generalisation setting, targets, concept rounds)`` of one ``--settings`` entry."""
-    base, _, rounds = setting.partition("#")
+def parse(setting: str) -> tuple[str, str, int, int]:
+    """``(rewrite_generalisation setting, targets, concept rounds, kept refits)`` of one ``--settings`` entry."""
+    base, _, refits = setting.partition("^")
+    base, _, rounds = base.partition("#")
     base, _, targets = base.partition("@")
     targets = targets or "ffn2"
     if targets not in TARGETS:
         raise SystemExit(f"unknown targets {targets!r} in {setting!r}; use one of: {', '.join(TARGETS)}")
-    return base, targets, int(rounds or 0)
+    if rounds and refits:
+        raise SystemExit(f"{setting!r} asks for concept reweighting (#) and kept refits (^) at once; measure one lever at a time")
+    return base, targets, int(rounds or 0), int(refits or 0)
 
 
 def main() -> None:
@@ -174,10 +285,11 @@ def main() -> None:
                           f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}",
                "unedited": rates(base, args.images, erased, args.erased_images), "settings": []}
     print("unedited", results["unedited"], flush=True)
-    for text, (setting, targets, rounds) in zip(args.settings.split(";"), settings):
+    for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
         log: list = []
+        lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with concept_reweighting(erased, rounds, log) if rounds else contextlib.nullcontext():
+        with lever:
             mask = fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets])
         seconds = time.perf_counter() - t0
         mask.apply_(pipe)
@@ -187,10 +299,10 @@ def main() -> None:
             mask.restore_(pipe)
         drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / args.images, 4)}
                      for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
-        row = {"setting": text, "targets": targets, "concept_rounds": rounds, "seconds": round(seconds, 1),
+        row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
                "rates": rates(hits, args.images, erased, args.erased_images),
                "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased}, "largest_kept_drops": drops,
-               **({"concept_residuals": log} if rounds else {})}
+               **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {})}
         results["settings"].append(row)
         print(text, row["rates"], row["erased_hits"], drops, flush=True)
         atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True))

@@ -30,10 +30,13 @@ def test_residual_from_moments_equals_the_mean_over_pairs(eta):
 
 
 def test_settings_name_their_targets_and_rounds():
-    assert rewrite_levers.parse("0.05,0.03,5,4,24,1,1") == ("0.05,0.03,5,4,24,1,1", "ffn2", 0)
-    assert rewrite_levers.parse("0.05,0.03,5,4,24,1,1@ffn2+attn_out#3") == ("0.05,0.03,5,4,24,1,1", "ffn2+attn_out", 3)
+    assert rewrite_levers.parse("0.05,0.03,5,4,24,1,1") == ("0.05,0.03,5,4,24,1,1", "ffn2", 0, 0)
+    assert rewrite_levers.parse("0.05,0.03,5,4,24,1,1@ffn2+attn_out#3") == ("0.05,0.03,5,4,24,1,1", "ffn2+attn_out", 3, 0)
+    assert rewrite_levers.parse("0.05,0.03,5,4,24,1,1^2") == ("0.05,0.03,5,4,24,1,1", "ffn2", 0, 2)
     with pytest.raises(SystemExit, match="unknown targets 'attn' .*ffn2, attn_out, ffn2\\+attn_out"):
         rewrite_levers.parse("0.05,0.03,5,4,24@attn")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.parse("0.05,0.03,5,4,24#2^1")
 
 
 def test_the_target_filters_pick_the_named_linears():
@@ -42,10 +45,37 @@ def test_the_target_filters_pick_the_named_linears():
     assert picked == {"attn_out": ["down.0.attn2.to_out.0"], "ffn2+attn_out": ["down.0.attn2.to_out.0", "down.0.ff.net.2"]}
 
 
-def test_concept_reweighting_puts_the_library_back_even_on_error():
-    plain = (fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite)
+@pytest.mark.parametrize("lever", [lambda: rewrite_levers.concept_reweighting(["star"], 2, []), lambda: rewrite_levers.kept_refit(1, [])])
+def test_the_levers_put_the_library_back_even_on_error(lever):
+    plain = (fia.rewrite.paired_moments, fia.rewrite.group_grams, fia.rewrite.balanced_rewrite)
     with pytest.raises(RuntimeError, match="inside"):
-        with rewrite_levers.concept_reweighting(["star"], 2, []):
-            assert (fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite) != plain
+        with lever():
+            assert (fia.rewrite.paired_moments, fia.rewrite.group_grams, fia.rewrite.balanced_rewrite) != plain
             raise RuntimeError("inside")
-    assert (fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite) == plain
+    assert (fia.rewrite.paired_moments, fia.rewrite.group_grams, fia.rewrite.balanced_rewrite) == plain
+
+
+def test_edited_inputs_under_the_unedited_weights_are_the_kept_grams(tiny_dir, one_thread):
+    """With W' = W the edited call sees x' = x: X_g equals G'_g, and both equal the library's G_g of the same prompts."""
+    from fia.config import FIARewriteConfig, RewriteConfig
+    from fia.repair import collect_grams
+    from fia.targets import find_targets
+    from fia.tasks import task_of
+    from tests.helpers import load_tiny
+
+    pipe = load_tiny(tiny_dir)
+    cfg = FIARewriteConfig(task="object", num_inference_steps=3, guidance_scale=3.0,
+                           rewrite=RewriteConfig(keep_prompts_per_kind=2, concept_prompts_per_concept=2)).validate()
+    prompts = task_of(cfg).rewrite_prompts(["golf ball"], cfg.rewrite, anchors=cfg.anchors, seed=cfg.seed)
+    targets = find_targets(pipe.unet, "ffn2")
+    unedited = {t.name: t.module.weight.detach().clone() for t in targets}
+    grams, crosses = rewrite_levers.edited_kept_moments(pipe, targets, prompts, cfg, unedited)
+    group = prompts.keep_groups[0]
+    members = [k for k, g in enumerate(prompts.keep_groups) if g == group]
+    expected = collect_grams(pipe, targets, [prompts.keep[k] for k in members], [prompts.keep_seeds[k] for k in members],
+                             rows="all", num_inference_steps=3, guidance_scale=3.0)
+    assert set(grams) == set(prompts.keep_groups)
+    for name in unedited:
+        assert torch.equal(crosses[group][name], grams[group][name])
+        assert torch.allclose(grams[group][name], expected[name].to(torch.float64), rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(t.module.weight, unedited[t.name]) for t in targets)  # the weights are put back
