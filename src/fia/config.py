@@ -381,6 +381,9 @@ class AnchoredSettings(FIASettings):
     Attributes:
         anchors: concepts that must stay; empty means the task's default
             (ShapeWorld: every kind not erased; other tasks: the base prompts).
+            ShapeWorld's rewrite keeps every kind not erased in any case: there
+            the anchors only narrow the causal variant's, and are refused when
+            they name an erased concept.
     """
 
     ANCHOR_KEEPER: ClassVar[str] = ""  # what keeps the anchors' outputs, named when a concept is erased and kept
