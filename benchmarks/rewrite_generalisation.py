@@ -110,6 +110,19 @@ def hits_per_kind(pipe, judges, prompts, seeds, truth) -> dict[str, dict[str, in
     return out
 
 
+def erase_and_judge(pipe, judges, images, erase) -> tuple[dict[str, dict[str, int]], float]:
+    """:func:`hits_per_kind` of the model edited by ``erase()`` (which returns the edit), and the erase's seconds.
+    The model is restored afterwards."""
+    t0 = time.perf_counter()
+    mask = erase()
+    seconds = time.perf_counter() - t0
+    mask.apply_(pipe)
+    try:
+        return hits_per_kind(pipe, judges, *images), seconds
+    finally:
+        mask.restore_(pipe)
+
+
 def rates(hits: dict, images: int, erased: list[str], erased_images: int | None = None) -> dict:
     kept = [o for o in KINDS if o not in erased]
     return {name: {"F": round(sum(h[o] for o in erased) / ((erased_images or images) * len(erased)), 3),
@@ -155,14 +168,7 @@ def main() -> None:
     print("unedited", results["unedited"], flush=True)
     for setting in args.settings.split(";"):
         cfg = config_for(setting)
-        t0 = time.perf_counter()
-        mask = fia.erase(pipe, erased, cfg)
-        seconds = time.perf_counter() - t0
-        mask.apply_(pipe)
-        try:
-            hits = hits_per_kind(pipe, judges, *images)
-        finally:
-            mask.restore_(pipe)
+        hits, seconds = erase_and_judge(pipe, judges, images, lambda: fia.erase(pipe, erased, cfg))
         drops = sorted(((hits["oracle"][o] - base["oracle"][o]) / args.images, o) for o in KINDS if o not in erased)[:3]
         row = {"setting": setting, "variant": cfg.VARIANT,
                **({"rewrite": cfg.rewrite.to_dict()} if cfg.VARIANT == "rewrite" else {}),

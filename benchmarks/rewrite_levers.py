@@ -64,9 +64,9 @@ import argparse
 import contextlib
 import copy
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -80,7 +80,7 @@ from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
 from fia.sampling import capture, initial_latents, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
-from rewrite_generalisation import KINDS, WORLD, config_for, fitting_pairs, hits_per_kind, judged_images, rates
+from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs, hits_per_kind, judged_images, rates
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {
@@ -117,7 +117,7 @@ class _PerConcept:
 @contextlib.contextmanager
 def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[None]:
     """Within the block, ``fia.rewrite`` collects its concept pairs per concept and reweights them (module docstring)."""
-    plain_moments, plain_solve = fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite
+    plain_solve = fia.rewrite.balanced_rewrite
     per: dict[str, dict[str, tuple]] = {}
 
     def moments(pipe, targets, prompts, config, batch_size=16):
@@ -150,11 +150,8 @@ def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[No
             a = {c: v * len(a) / sum(a.values()) for c, v in a.items()}
         return result
 
-    fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite = moments, solve
-    try:
+    with mock.patch.multiple(fia.rewrite, paired_moments=moments, balanced_rewrite=solve):
         yield
-    finally:
-        fia.rewrite.paired_moments, fia.rewrite.balanced_rewrite = plain_moments, plain_solve
 
 
 class _EditedInputs:
@@ -237,11 +234,8 @@ def kept_refit(rounds: int, log: list) -> Iterator[None]:
             result = Rewrite(new, result.group_weights, result.group_change)
         return result
 
-    fia.rewrite.group_grams, fia.rewrite.balanced_rewrite = group_grams, solve
-    try:
+    with mock.patch.multiple(fia.rewrite, group_grams=group_grams, balanced_rewrite=solve):
         yield
-    finally:
-        fia.rewrite.group_grams, fia.rewrite.balanced_rewrite = plain_grams, plain_solve
 
 
 def _shown(path: Path) -> str:
@@ -288,15 +282,9 @@ def main() -> None:
     for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
         log: list = []
         lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
-        t0 = time.perf_counter()
         with lever:
-            mask = fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets])
-        seconds = time.perf_counter() - t0
-        mask.apply_(pipe)
-        try:
-            hits = hits_per_kind(pipe, judges, *images)
-        finally:
-            mask.restore_(pipe)
+            hits, seconds = erase_and_judge(pipe, judges, images,
+                                            lambda: fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
         drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / args.images, 4)}
                      for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
