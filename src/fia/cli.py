@@ -131,8 +131,7 @@ def erase(
     budget: float | None = typer.Option(None, "--budget", help="causal: share of all target weights pruned per concept."),
     rounds: int | None = typer.Option(None, "--rounds", help="causal: rounds of scoring and pruning."),
     anchor_weight: float | None = typer.Option(None, "--anchor-weight", help="causal: penalty on weights the anchors need."),
-    anchors: str | None = typer.Option(None, "--anchors", help="causal and rewrite: concepts that must stay, comma separated "
-                                           "(ShapeWorld's rewrite keeps every kind not erased whatever this lists)."),
+    anchors: str | None = typer.Option(None, "--anchors", help="causal and rewrite: concepts that must stay, comma separated (ShapeWorld's rewrite keeps all other kinds anyway)."),
     score_steps: int | None = typer.Option(None, "--score-steps", help="causal: sampler steps of the scored images."),
     repair: bool | None = typer.Option(
         None, "--repair/--no-repair",
