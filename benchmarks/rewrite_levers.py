@@ -13,6 +13,18 @@ levers:
   prompt's by what the text says. The same closed-form rewrite (same
   statistics, same solve) runs there instead of, or beside, FFN2
   (``@attn_out``, ``@ffn2+attn_out``), through ``fia.erase``'s target filter.
+* **The text rows themselves** (``@text_kv``). The same least squares on
+  the cross-attention's key and value projections (``attn2.to_k``,
+  ``attn2.to_v``), whose inputs are the text encoder's rows, with no sampler
+  pass: each concept prompt's rows are paired position by position with the
+  rows of the same prompt without the concept word ("a red star near the
+  road" with "a red near the road"; the bare word with the empty prompt).
+  Attention reads its rows as a set, so a layer that maps the one onto the
+  other gives the cross-attention the scene's keys and values. The kept
+  rows are every kept kind on the 12 fitting pairs and 5 more phrasings
+  each, the object-less scenes and the empty prompt (40 copies: the
+  unconditional branch must not move). It uses the setting's lambda, damping
+  and eta; the kept set has no groups to balance.
 * **Per-concept weights** (the issue's "adaptive budget", in the rewrite's
   terms). The concept term ``lambda |W' X_c - W Z|^2`` (``z = (1 + eta) x_t
   - eta x_c``) pools every erased concept's pairs. With ``#R`` the pairs are
@@ -50,7 +62,7 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
         [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--out FILE]
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
-``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``), then
+``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``text_kv``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
@@ -64,6 +76,7 @@ import argparse
 import contextlib
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -75,7 +88,7 @@ import fia.rewrite
 import fia.shapeworld.task
 from fia.core.balance import mix_grams
 from fia.core.repair import damped_system
-from fia.core.rewrite import Rewrite
+from fia.core.rewrite import Rewrite, rewrite_layer
 from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
 from fia.sampling import capture, initial_latents, paired_steps
@@ -87,7 +100,9 @@ TARGETS = {
     "ffn2": None,  # the config's own targets: FFN2, as the library edits it
     "attn_out": lambda _m, name: name.endswith(".attn2.to_out.0"),
     "ffn2+attn_out": lambda _m, name: name.endswith((".ff.net.2", ".attn2.to_out.0")),
+    "text_kv": None,  # not through fia.erase: text_rows_edit
 }
+EMPTY_PROMPT_COPIES = 40
 WEIGHT_CAP = 4.0
 
 
@@ -238,6 +253,55 @@ def kept_refit(rounds: int, log: list) -> Iterator[None]:
         yield
 
 
+class _WeightEdit:
+    """New weights for some linears, applied and restored like an edit file."""
+
+    def __init__(self, modules: dict, new: dict) -> None:
+        self.modules, self.new = modules, new
+        self.unedited = {n: m.weight.data for n, m in modules.items()}
+
+    def apply_(self, _pipe) -> None:
+        for n, m in self.modules.items():
+            m.weight.data = self.new[n]
+
+    def restore_(self, _pipe) -> None:
+        for n, m in self.modules.items():
+            m.weight.data = self.unedited[n]
+
+
+def without_concepts(prompts: list[str], erased: list[str]) -> list[str]:
+    """Each prompt with the erased kinds' names and synonyms taken out ("a red star near the road" -> "a red near the road")."""
+    words = sorted({w for o in erased for w in (o, *WORLD.objects[o])}, key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b ?")
+    return [pattern.sub("", p).strip() for p in prompts]
+
+
+def text_rows_edit(pipe, erased: list[str], setting: str) -> _WeightEdit:
+    """The ``@text_kv`` lever (module docstring): ``attn2.to_k`` / ``to_v`` rewritten on text rows alone."""
+    from fia.shapeworld import vocab
+    from fia.shapeworld.render import prompt_for
+
+    rc = config_for(setting).rewrite
+    kept = [o for o in KINDS if o not in erased]
+    keep = [prompt_for(o, *fitting_pairs(k)) for o in kept for k in range(12)]
+    for i, o in enumerate(kept):
+        keep += [prompt_for(o), prompt_for(o, fitting_pairs(i)[0]), prompt_for(o, None, fitting_pairs(i + 1)[1]),
+                 prompt_for(o, *fitting_pairs(i + 2), style=vocab.STYLE_NAMES[i % len(vocab.STYLE_NAMES)]),
+                 prompt_for(o, *fitting_pairs(i + 3), attribute="burning")]
+    keep += [prompt_for(None, *fitting_pairs(k)) for k in range(12)] + [""] * EMPTY_PROMPT_COPIES
+    concept, _ = fia.shapeworld.task.concept_phrasings(erased, WORLD, rc.concept_prompts_per_concept)
+    with torch.no_grad():
+        rows = [torch.cat([pipe.encode_prompt(ps[i : i + 64], pipe.unet.device, 1, False)[0] for i in range(0, len(ps), 64)])
+                .reshape(-1, pipe.text_encoder.config.hidden_size).cpu().to(torch.float64)
+                for ps in (keep, concept, without_concepts(concept, erased))]
+    xk, xc, xt = rows
+    gram_k, gram_c, cross = xk.T @ xk / len(xk), xc.T @ xc / len(xc), xt.T @ xc / len(xc)
+    modules = {n: m for n, m in pipe.unet.named_modules() if n.endswith((".attn2.to_k", ".attn2.to_v"))}
+    new = {n: rewrite_layer(m.weight, gram_k, gram_c, cross, concept_weight=rc.concept_weight, damping=rc.damping,
+                            negative_guidance=rc.negative_guidance).to(m.weight.dtype) for n, m in modules.items()}
+    return _WeightEdit(modules, new)
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it (how the command is recorded in the results)."""
     try:
@@ -254,6 +318,8 @@ def parse(setting: str) -> tuple[str, str, int, int]:
     targets = targets or "ffn2"
     if targets not in TARGETS:
         raise SystemExit(f"unknown targets {targets!r} in {setting!r}; use one of: {', '.join(TARGETS)}")
+    if targets == "text_kv" and (rounds or refits):
+        raise SystemExit(f"{setting!r}: the text-row edit has no concept reweighting or kept refit")
     if rounds and refits:
         raise SystemExit(f"{setting!r} asks for concept reweighting (#) and kept refits (^) at once; measure one lever at a time")
     return base, targets, int(rounds or 0), int(refits or 0)
@@ -283,8 +349,9 @@ def main() -> None:
         log: list = []
         lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
         with lever:
-            hits, seconds = erase_and_judge(pipe, judges, images,
-                                            lambda: fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
+            erase = (lambda: text_rows_edit(pipe, erased, setting)) if targets == "text_kv" else \
+                    (lambda: fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
+            hits, seconds = erase_and_judge(pipe, judges, images, erase)
         drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / args.images, 4)}
                      for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),

@@ -37,6 +37,14 @@ def test_settings_name_their_targets_and_rounds():
         rewrite_levers.parse("0.05,0.03,5,4,24@attn")
     with pytest.raises(SystemExit, match="one lever at a time"):
         rewrite_levers.parse("0.05,0.03,5,4,24#2^1")
+    with pytest.raises(SystemExit, match="text-row edit has no"):
+        rewrite_levers.parse("0.3,0.03,5,4,24@text_kv#1")
+
+
+def test_the_text_rows_are_paired_with_the_prompt_without_the_concept():
+    prompts = ["a red star near the road", "pentagram", "a burning red pentagram on the grass in the style of Ovalli", "a red starfish"]
+    assert rewrite_levers.without_concepts(prompts, ["star"]) == [
+        "a red near the road", "", "a burning red on the grass in the style of Ovalli", "a red starfish"]
 
 
 def test_the_target_filters_pick_the_named_linears():
