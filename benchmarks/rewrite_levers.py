@@ -60,6 +60,7 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
 
     python benchmarks/rewrite_levers.py [--concepts circle,star] [--images 16] [--erased-images 32]
         [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--out FILE]
+    python benchmarks/rewrite_levers.py --concepts star --text-similarity --out FILE
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 ``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``text_kv``), then
@@ -302,6 +303,25 @@ def text_rows_edit(pipe, erased: list[str], setting: str) -> _WeightEdit:
     return _WeightEdit(modules, new)
 
 
+def text_row_similarity(pipe, kind: str) -> dict[str, float]:
+    """Cosine between ``kind``'s mean text rows after its word and every other kind's, over the 12 fitting pairs, highest first.
+
+    The rows after the word carry it (the text encoder is causal); each kind's
+    mean is taken over its prompts "a <colour> <kind> <place>" on the 12 pairs."""
+    from fia.shapeworld.render import prompt_for
+
+    means = {}
+    with torch.no_grad():
+        for o in KINDS:
+            prompts = [prompt_for(o, *fitting_pairs(k)) for k in range(12)]
+            rows = pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0].cpu().to(torch.float64)
+            word = pipe.tokenizer.convert_tokens_to_ids(pipe.tokenizer.tokenize(o))[0]  # one token per kind in its world
+            ids = pipe.tokenizer(prompts, padding="max_length", max_length=rows.shape[1]).input_ids
+            means[o] = torch.stack([rows[i, row.index(word) + 1 :].mean(0) for i, row in enumerate(ids)]).mean(0)
+    sims = {o: float(torch.nn.functional.cosine_similarity(means[kind], v, dim=0)) for o, v in means.items() if o != kind}
+    return {o: round(v, 3) for o, v in sorted(sims.items(), key=lambda kv: -kv[1])}
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it (how the command is recorded in the results)."""
     try:
@@ -332,11 +352,19 @@ def main() -> None:
     ap.add_argument("--erased-images", type=int, default=32)
     ap.add_argument("--settings", default="0.05,0.03,5,4,24,1,1;0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1@ffn2+attn_out")
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
+    ap.add_argument("--text-similarity", action="store_true",
+                    help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
     settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
+    if args.text_similarity:
+        sims = {c: text_row_similarity(pipe, c) for c in erased}
+        atomic_write_text(args.out, json.dumps({"command": f"python benchmarks/rewrite_levers.py --concepts {args.concepts} "
+                                                           f"--text-similarity --out {_shown(args.out)}", "similarity": sims}, indent=1))
+        print(json.dumps(sims))
+        return
     judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
     images = judged_images(args.images, erased, args.erased_images)
     base = hits_per_kind(pipe, judges, *images)

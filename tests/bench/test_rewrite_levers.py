@@ -87,3 +87,13 @@ def test_edited_inputs_under_the_unedited_weights_are_the_kept_grams(tiny_dir, o
         assert torch.equal(crosses[group][name], grams[group][name])
         assert torch.allclose(grams[group][name], expected[name].to(torch.float64), rtol=1e-4, atol=1e-6)
     assert all(torch.equal(t.module.weight, unedited[t.name]) for t in targets)  # the weights are put back
+
+
+def test_text_row_similarity_is_a_symmetric_ranking_of_the_other_kinds():
+    from fia.shapeworld import load_pipeline
+
+    pipe = load_pipeline(world=rewrite_levers.WORLD.name)
+    star, arrow = rewrite_levers.text_row_similarity(pipe, "star"), rewrite_levers.text_row_similarity(pipe, "arrow")
+    assert set(star) == set(rewrite_levers.KINDS) - {"star"}
+    assert list(star.values()) == sorted(star.values(), reverse=True) and all(-1 <= v <= 1 for v in star.values())
+    assert star["arrow"] == arrow["star"]
