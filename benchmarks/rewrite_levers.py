@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import re
 from collections.abc import Iterator
@@ -88,11 +87,10 @@ import fia
 import fia.rewrite
 import fia.shapeworld.task
 from fia.core.balance import mix_grams
-from fia.core.repair import damped_system
 from fia.core.rewrite import Rewrite, rewrite_layer
 from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
-from fia.sampling import capture, initial_latents, paired_steps
+from fia.sampling import capture, generate, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
 from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs, hits_per_kind, judged_images, rates
 
@@ -188,38 +186,46 @@ class _EditedInputs:
 
 
 def edited_kept_moments(pipe, targets, prompts, config, new) -> tuple[dict, dict]:
-    """Per kept group and layer, ``G'_g`` and ``X_g`` (module docstring) along the unedited model's guided trajectories."""
+    """Per kept group and layer, ``G'_g`` and ``X_g`` (module docstring) along the unedited model's guided trajectories.
+
+    The pipeline samples the kept prompts as the library's kept pass does
+    (:func:`fia.repair.collect_grams`); a hook on the denoiser calls it a
+    second time on the same inputs under the weights ``new``."""
     unet, modules = pipe.unet, {t.name: t.module for t in targets}
     unedited = {n: m.weight.data for n, m in modules.items()}
-    members: dict[str, list] = {}
+    members: dict[str, tuple[list, list]] = {}
     for p, seed, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
-        members.setdefault(g, []).append((p, seed))
+        members.setdefault(g, ([], []))
+        members[g][0].append(p)
+        members[g][1].append(seed)
+    acc = _EditedInputs()
+
+    def again_edited(module, args, kwargs, _output):
+        if acc.edited:  # the edited call's own return
+            return
+        acc.edited = True
+        try:
+            for n, m in modules.items():
+                m.weight.data = new[n].to(m.weight.dtype)
+            module(*args, **kwargs)
+        finally:
+            for n, m in modules.items():
+                m.weight.data = unedited[n]
+            acc.edited = False
+
     grams, crosses = {}, {}
-    for group, pairs in members.items():
-        acc = _EditedInputs()
-        with capture(targets, acc.hook), torch.no_grad():
-            for i in range(0, len(pairs), GRAM_BATCH):
-                batch, seeds = zip(*pairs[i : i + GRAM_BATCH])
-                sched = copy.deepcopy(pipe.scheduler)
-                sched.set_timesteps(config.num_inference_steps)
-                uncond = pipe.encode_prompt([""], unet.device, 1, False)[0].expand(len(batch), -1, -1)
-                emb = torch.cat([uncond, pipe.encode_prompt(list(batch), unet.device, 1, False)[0]])
-                lat = initial_latents(unet, seeds) * sched.init_noise_sigma
-                for t in sched.timesteps:
-                    inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-                    acc.edited = False
-                    u, c = unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
-                    acc.edited = True
-                    try:
-                        for n, m in modules.items():
-                            m.weight.data = new[n].to(m.weight.dtype)
-                        unet(inp, t, encoder_hidden_states=emb)
-                    finally:
-                        for n, m in modules.items():
-                            m.weight.data = unedited[n]
-                    lat = sched.step(u + config.guidance_scale * (c - u), t, lat).prev_sample
-        grams[group] = {n: g.cpu() / count for n, (g, _, count) in acc.sums.items()}
-        crosses[group] = {n: x.cpu() / count for n, (_, x, count) in acc.sums.items()}
+    handle = unet.register_forward_hook(again_edited, with_kwargs=True)
+    try:
+        for group, (batch, seeds) in members.items():
+            acc.sums = {}
+            with capture(targets, acc.hook):
+                for i in range(0, len(batch), GRAM_BATCH):
+                    generate(pipe, batch[i : i + GRAM_BATCH], seeds[i : i + GRAM_BATCH], output_type="latent",
+                             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
+            grams[group] = {n: g.cpu() / count for n, (g, _, count) in acc.sums.items()}
+            crosses[group] = {n: x.cpu() / count for n, (_, x, count) in acc.sums.items()}
+    finally:
+        handle.remove()
     return grams, crosses
 
 
@@ -238,14 +244,11 @@ def kept_refit(rounds: int, log: list) -> Iterator[None]:
                              negative_guidance=negative_guidance, **kw)
         for _ in range(rounds):
             grams, crosses = edited_kept_moments(seen["pipe"], seen["targets"], seen["prompts"], seen["config"], result.weights)
-            new = {}
-            for name, w in weights.items():
-                h = damped_system(mix_grams(grams, sizes, result.group_weights, name), gram_c[name], concept_weight, damping)
-                ridge = float(h.diagonal().mean()) * damping / (1 + damping)
-                w64, gc = w.detach().to(torch.float64), gram_c[name].to(torch.float64)
-                target = (1 + negative_guidance) * cross[name].to(torch.float64) - negative_guidance * gc
-                rhs = w64 @ mix_grams(crosses, sizes, result.group_weights, name) + concept_weight * (w64 @ target) + ridge * w64
-                new[name] = torch.cholesky_solve(rhs.T.contiguous(), torch.linalg.cholesky(h)).T.to(torch.float32)
+            a = result.group_weights
+            new = {name: rewrite_layer(w, mix_grams(grams, sizes, a, name), gram_c[name], cross[name], concept_weight=concept_weight,
+                                       damping=damping, negative_guidance=negative_guidance,
+                                       keep_cross=mix_grams(crosses, sizes, a, name))
+                   for name, w in weights.items()}  # fmt: skip
             log.append({n: round(float((new[n] - result.weights[n]).norm() / result.weights[n].norm()), 4) for n in new})
             result = Rewrite(new, result.group_weights, result.group_change)
         return result

@@ -39,6 +39,30 @@ def test_rewrite_matches_brute_force_least_squares(lam, eta):
     assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01, eta), atol=1e-5)
 
 
+def test_a_kept_cross_term_holds_the_kept_outputs_of_other_inputs():
+    """keep_cross: the kept term |w' x'_k - w x_k|^2 (the layer sees x'_k, must answer w x_k), against brute force."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xk_seen = xk + 0.3 * torch.randn(40, 7, generator=g, dtype=torch.float64)
+    xt = xc + 0.5 * torch.randn(30, 7, generator=g, dtype=torch.float64)
+    lam, damping, eta = 0.7, 0.01, 1.0
+    _, gc, cross = _moments(xk, xc, xt)
+    gk_seen, keep_cross = xk_seen.T @ xk_seen / 40, xk.T @ xk_seen / 40
+    got = rewrite_layer(w, gk_seen, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, keep_cross=keep_cross)
+    ridge = damping * float((gk_seen + lam * gc).diagonal().mean())
+    a = torch.cat([xk_seen / 40**0.5, (lam / 30) ** 0.5 * xc, ridge**0.5 * torch.eye(7, dtype=w.dtype)])
+    want = torch.stack([
+        torch.linalg.lstsq(a, torch.cat([xk @ r / 40**0.5, (lam / 30) ** 0.5 * (xt @ r - eta * (xc @ r - xt @ r)),
+                                         ridge**0.5 * r]).unsqueeze(1)).solution.squeeze(1)
+        for r in w
+    ])
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    plain = rewrite_layer(w, gk_seen, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta)
+    assert torch.equal(rewrite_layer(w, gk_seen, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta,
+                                     keep_cross=gk_seen), plain)  # X = G_k is the plain rewrite
+
+
 def test_negative_guidance_sends_the_concept_past_the_scene():
     """One concept direction, free of kept inputs: its output goes exactly to w x_t - eta (w x_c - w x_t)."""
     g = torch.Generator().manual_seed(4)

@@ -30,6 +30,12 @@ Setting the gradient to zero, with ``G_k = mean x_k x_k^T``,
 one symmetric positive definite system shared by every row. With
 ``lambda = 0`` (or ``X_t = X_c``) the solution is ``w' = w``.
 
+When the layer's kept inputs are not the ones whose outputs must be held
+(a refit on an edited model, where the layer sees ``x'`` but should still
+answer ``w x``), the kept term is ``|w' X'_k - w X_k|^2``: ``G_k`` becomes
+``mean x' x'^T`` and the right-hand side's ``w G_k`` becomes ``w X`` with
+``X = mean x x'^T`` (``keep_cross``; ``None`` means ``X = G_k``).
+
 Kept prompts come in groups (one per kept kind, the object-less scenes,
 ...). A plain mean lets the edit fall on the few groups that look most like
 the concept (on ShapeWorld: house when circle goes). :func:`balanced_rewrite`
@@ -65,6 +71,7 @@ def rewrite_layer(
     concept_weight: float,
     damping: float,
     negative_guidance: float = 0.0,
+    keep_cross: Tensor | None = None,
 ) -> Tensor:
     """The rewritten weight of one layer (module docstring), float32 ``(out, in)``.
 
@@ -76,9 +83,12 @@ def rewrite_layer(
         concept_weight: ``lambda``.
         damping: ``delta``, a share of the mean diagonal of ``G_k + lambda G_c``.
         negative_guidance: ``eta`` >= 0: the concept's target is pushed past the scene's output.
+        keep_cross: ``(in, in)`` ``X = mean x x'^T`` when the kept outputs to hold are ``w x`` while the
+            layer sees ``x'`` (``gram_keep`` then being ``mean x' x'^T``); ``None``: ``x' = x``.
     """
     n_in = weight.shape[1]
-    for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross)):
+    keep_cross = gram_keep if keep_cross is None else keep_cross
+    for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross), ("X", keep_cross)):
         if m.shape != (n_in, n_in):
             raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
     if damping <= 0:
@@ -89,7 +99,7 @@ def rewrite_layer(
     ridge = float(h.diagonal().mean()) * damping / (1 + damping)  # delta * s, s the undamped mean diagonal
     w = weight.detach().to(torch.float64)
     target = (1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64)
-    rhs = w @ gram_keep.to(torch.float64) + concept_weight * (w @ target) + ridge * w
+    rhs = w @ keep_cross.to(torch.float64) + concept_weight * (w @ target) + ridge * w
     try:
         chol = torch.linalg.cholesky(h)
     except RuntimeError as exc:  # pragma: no cover - damping > 0 makes H positive definite
