@@ -13,6 +13,8 @@ levers:
   prompt's by what the text says. The same closed-form rewrite (same
   statistics, same solve) runs there instead of, or beside, FFN2
   (``@attn_out``, ``@ffn2+attn_out``), through ``fia.erase``'s target filter.
+  ``@ffn2_up1`` edits only the two FFN2 layers of ``up_blocks.1``, where the
+  preset's weights move most: does the edit live there?
 * **The text rows themselves** (``@text_kv``). The same least squares on
   the cross-attention's key and value projections (``attn2.to_k``,
   ``attn2.to_v``), whose inputs are the text encoder's rows, with no sampler
@@ -63,7 +65,7 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
     python benchmarks/rewrite_levers.py --concepts star --text-similarity --out FILE
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
-``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``text_kv``), then
+``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``text_kv``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
@@ -99,6 +101,7 @@ TARGETS = {
     "ffn2": None,  # the config's own targets: FFN2, as the library edits it
     "attn_out": lambda _m, name: name.endswith(".attn2.to_out.0"),
     "ffn2+attn_out": lambda _m, name: name.endswith((".ff.net.2", ".attn2.to_out.0")),
+    "ffn2_up1": lambda _m, name: name.endswith(".ff.net.2") and name.startswith("up_blocks.1."),  # where the edit moves most
     "text_kv": None,  # not through fia.erase: text_rows_edit
 }
 EMPTY_PROMPT_COPIES = 40
@@ -128,6 +131,30 @@ class _PerConcept:
         self.sums[key] = [a + b for a, b in zip(self.sums[key], parts)] if key in self.sums else parts
 
 
+def per_concept_moments(pipe, targets, prompts, config, names: list[str], batch_size: int = 16) -> dict[str, dict[str, tuple]]:
+    """``concept -> layer -> (G_c, C, G_t)``: the library's paired pass (``fia.rewrite.paired_moments``), summed per concept."""
+    acc, n = _PerConcept(), config.rewrite.concept_prompts_per_concept  # the prompts come concept by concept
+    guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
+    with capture(targets, acc.hook):
+        for i, concept in enumerate(names):
+            acc.concept = concept
+            shown, scene, seeds = (v[i * n : (i + 1) * n] for v in (prompts.concept, prompts.scene, prompts.concept_seeds))
+            for guide, s in ((g, s) for g in guides for s in range(0, n, batch_size)):
+                paired_steps(pipe, shown[s : s + batch_size], scene[s : s + batch_size], seeds[s : s + batch_size],
+                             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide)
+    per: dict[str, dict[str, tuple]] = {}
+    for (concept, layer), (g, c, t, count) in acc.sums.items():
+        per.setdefault(concept, {})[layer] = (g.cpu() / count, c.cpu() / count, t.cpu() / count)
+    return per
+
+
+def mix_concepts(per: dict[str, dict[str, tuple]], a: dict[str, float]) -> tuple[dict, dict]:
+    """``G_c`` and ``C`` by layer of the concept term ``sum_c a_c |W' X_c^(c) - W Z^(c)|^2 / n_concepts``: with every
+    ``a_c = 1`` the library's pooled term (each concept has as many prompts)."""
+    layers = per[next(iter(per))]
+    return tuple({l: sum(a[c] * per[c][l][k] for c in per) / len(per) for l in layers} for k in (0, 1))
+
+
 @contextlib.contextmanager
 def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[None]:
     """Within the block, ``fia.rewrite`` collects its concept pairs per concept and reweights them (module docstring)."""
@@ -135,33 +162,19 @@ def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[No
     per: dict[str, dict[str, tuple]] = {}
 
     def moments(pipe, targets, prompts, config, batch_size=16):
-        acc, n = _PerConcept(), config.rewrite.concept_prompts_per_concept  # the prompts come concept by concept
-        guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
-        with capture(targets, acc.hook):
-            for i, concept in enumerate(names):
-                acc.concept = concept
-                shown, scene, seeds = (v[i * n : (i + 1) * n] for v in (prompts.concept, prompts.scene, prompts.concept_seeds))
-                for guide, s in ((g, s) for g in guides for s in range(0, n, batch_size)):
-                    paired_steps(pipe, shown[s : s + batch_size], scene[s : s + batch_size], seeds[s : s + batch_size],
-                                 num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide)
-        for (concept, layer), (g, c, t, count) in acc.sums.items():
-            per.setdefault(concept, {})[layer] = (g.cpu() / count, c.cpu() / count, t.cpu() / count)
-        return mixed({c: 1.0 for c in names})
-
-    def mixed(a):
-        layers = per[names[0]]
-        return tuple({l: sum(a[c] * per[c][l][k] for c in names) / sum(a.values()) for l in layers} for k in (0, 1))
+        per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
+        return mix_concepts(per, {c: 1.0 for c in names})
 
     def solve(weights, group_grams, sizes, _gram_c, _cross, *, negative_guidance=0.0, **kw):
         a = {c: 1.0 for c in names}
         for r in range(rounds + 1):
-            result = plain_solve(weights, group_grams, sizes, *mixed(a), negative_guidance=negative_guidance, **kw)
+            result = plain_solve(weights, group_grams, sizes, *mix_concepts(per, a), negative_guidance=negative_guidance, **kw)
             rel = {c: sum(residual(w, result.weights[l], *per[c][l], negative_guidance) for l, w in weights.items())
                       / sum(residual(w, w, *per[c][l], negative_guidance) for l, w in weights.items()) for c in names}
             log.append({"round": r, "weights": {c: round(v, 3) for c, v in a.items()}, "residual": {c: round(v, 4) for c, v in rel.items()}})
             median = sorted(rel.values())[len(rel) // 2]
             a = {c: min(WEIGHT_CAP, a[c] * rel[c] / median) for c in names}
-            a = {c: v * len(a) / sum(a.values()) for c, v in a.items()}
+            a = {c: v * len(a) / sum(a.values()) for c, v in a.items()}  # mean 1: the concept term keeps its total weight
         return result
 
     with mock.patch.multiple(fia.rewrite, paired_moments=moments, balanced_rewrite=solve):

@@ -48,9 +48,26 @@ def test_the_text_rows_are_paired_with_the_prompt_without_the_concept():
 
 
 def test_the_target_filters_pick_the_named_linears():
-    names = ["down.0.attn2.to_out.0", "down.0.ff.net.2", "down.0.attn1.to_out.0", "down.0.ff.net.0.proj"]
+    names = ["down.0.attn2.to_out.0", "down.0.ff.net.2", "down.0.attn1.to_out.0", "down.0.ff.net.0.proj", "up_blocks.1.attentions.0.ff.net.2",
+             "up_blocks.10.ff.net.2"]
     picked = {k: [n for n in names if f(None, n)] for k, f in rewrite_levers.TARGETS.items() if f is not None}
-    assert picked == {"attn_out": ["down.0.attn2.to_out.0"], "ffn2+attn_out": ["down.0.attn2.to_out.0", "down.0.ff.net.2"]}
+    assert picked == {"attn_out": ["down.0.attn2.to_out.0"],
+                      "ffn2+attn_out": ["down.0.attn2.to_out.0", "down.0.ff.net.2", "up_blocks.1.attentions.0.ff.net.2", "up_blocks.10.ff.net.2"],
+                      "ffn2_up1": ["up_blocks.1.attentions.0.ff.net.2"]}
+
+
+def test_mixed_concept_moments_with_equal_weights_are_the_pooled_means():
+    """Each concept's moments averaged with a_c = 1 equal the moments over all pairs pooled (equal pair counts); a_c scales one term."""
+    g = torch.Generator().manual_seed(5)
+    xs = {c: torch.randn(30, 4, generator=g, dtype=torch.float64) for c in ("star", "circle", "bolt")}
+    per = {c: {"layer": (x.T @ x / len(x), 2 * x.T @ x / len(x), 3 * x.T @ x / len(x))} for c, x in xs.items()}
+    pooled = torch.cat(list(xs.values()))
+    gram, cross = rewrite_levers.mix_concepts(per, {c: 1.0 for c in xs})
+    assert torch.allclose(gram["layer"], pooled.T @ pooled / len(pooled), rtol=1e-12)
+    assert torch.allclose(cross["layer"], 2 * pooled.T @ pooled / len(pooled), rtol=1e-12)
+    gram, _ = rewrite_levers.mix_concepts(per, {"star": 4.0, "circle": 1.0, "bolt": 1.0})
+    x = xs["star"]
+    assert torch.allclose(gram["layer"], (pooled.T @ pooled / 30 + 3 * x.T @ x / 30) / 3, rtol=1e-12)
 
 
 @pytest.mark.parametrize("lever", [lambda: rewrite_levers.concept_reweighting(["star"], 2, []), lambda: rewrite_levers.kept_refit(1, [])])
