@@ -64,12 +64,12 @@ import fia.shapeworld.task
 from fia.core.balance import mix_grams
 from fia.core.rewrite import Rewrite, rewrite_layer
 from fia.io import atomic_write_text
-from fia.shapeworld import load_oracle, load_pipeline, load_second_judge, world_path
+from fia.shapeworld import load_pipeline, world_path
 from fia.shapeworld.clip import load_clip
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for
-from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs, hits_per_kind, judged_images, rates
-from rewrite_levers import _shown, mix_concepts, per_concept_moments
+from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs
+from rewrite_levers import _shown, judged_fields, judged_start, mix_concepts, per_concept_moments
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVIDENCE_SEED = 700_000
@@ -190,25 +190,19 @@ def main() -> None:
     settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
-    judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
+    command = (f"python benchmarks/rewrite_evidence.py --concepts {args.concepts} --images {args.images} --erased-images "
+               f"{args.erased_images} --evidence-images {args.evidence_images} --settings \"{args.settings}\" --out {_shown(args.out)}")
+    judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
+    results["evidence_images"] = args.evidence_images
     evidence = KindEvidence(pipe, load_clip(world_path(WORLD.name) / "clip"), args.evidence_images)
-    images = judged_images(args.images, erased, args.erased_images)
-    base = hits_per_kind(pipe, judges, *images)
-    results = {"concepts": erased, "images": args.images, "erased_images": args.erased_images, "evidence_images": args.evidence_images,
-               "command": f"python benchmarks/rewrite_evidence.py --concepts {args.concepts} --images {args.images} --erased-images "
-                          f"{args.erased_images} --evidence-images {args.evidence_images} --settings \"{args.settings}\" --out {_shown(args.out)}",
-               "unedited": rates(base, args.images, erased, args.erased_images), "settings": []}
-    print("unedited", results["unedited"], flush=True)
     for text, (setting, rounds, gamma_keep, gamma_concept) in zip(args.settings.split(";"), settings):
         log: list = []
         with evidence_guided(erased, evidence, rounds, gamma_keep, gamma_concept, log):
             hits, seconds = erase_and_judge(pipe, judges, images, lambda: fia.erase(pipe, erased, config_for(setting)))
-        drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / args.images, 4)}
-                     for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
-        row = {"setting": text, "seconds": round(seconds, 1), "rates": rates(hits, args.images, erased, args.erased_images),
-               "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased}, "largest_kept_drops": drops, "evidence": log}
+        row = {"setting": text, "seconds": round(seconds, 1), **judged_fields(hits, base, erased, args.images, args.erased_images),
+               "evidence": log}
         results["settings"].append(row)
-        print(text, row["rates"], row["erased_hits"], drops, flush=True)
+        print(text, row["rates"], row["erased_hits"], row["largest_kept_drops"], flush=True)
         atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True))
 
 

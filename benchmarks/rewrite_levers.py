@@ -338,6 +338,25 @@ def text_row_similarity(pipe, kind: str) -> dict[str, float]:
     return {o: round(v, 3) for o, v in sorted(sims.items(), key=lambda kv: -kv[1])}
 
 
+def judged_start(pipe, erased: list[str], images: int, erased_images: int, command: str):
+    """The judges, the judged images, the unedited model's hits on them, and the results record a run fills in."""
+    judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
+    shown = judged_images(images, erased, erased_images)
+    base = hits_per_kind(pipe, judges, *shown)
+    results = {"concepts": erased, "images": images, "erased_images": erased_images, "command": command,
+               "unedited": rates(base, images, erased, erased_images), "settings": []}
+    print("unedited", results["unedited"], flush=True)
+    return judges, shown, base, results
+
+
+def judged_fields(hits: dict, base: dict, erased: list[str], images: int, erased_images: int) -> dict:
+    """A setting's judged figures: F and P per judge, the erased kinds' hits, the four largest kept drops per judge."""
+    drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / images, 4)}
+                 for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
+    return {"rates": rates(hits, images, erased, erased_images), "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased},
+            "largest_kept_drops": drops}
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it (how the command is recorded in the results)."""
     try:
@@ -381,14 +400,9 @@ def main() -> None:
                                                            f"--text-similarity --out {_shown(args.out)}", "similarity": sims}, indent=1))
         print(json.dumps(sims))
         return
-    judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
-    images = judged_images(args.images, erased, args.erased_images)
-    base = hits_per_kind(pipe, judges, *images)
-    results = {"concepts": erased, "images": args.images, "erased_images": args.erased_images,
-               "command": f"python benchmarks/rewrite_levers.py --concepts {args.concepts} --images {args.images} "
-                          f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}",
-               "unedited": rates(base, args.images, erased, args.erased_images), "settings": []}
-    print("unedited", results["unedited"], flush=True)
+    command = (f"python benchmarks/rewrite_levers.py --concepts {args.concepts} --images {args.images} "
+               f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}")
+    judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
         log: list = []
         lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
@@ -396,14 +410,11 @@ def main() -> None:
             erase = (lambda: text_rows_edit(pipe, erased, setting)) if targets == "text_kv" else \
                     (lambda: fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
             hits, seconds = erase_and_judge(pipe, judges, images, erase)
-        drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / args.images, 4)}
-                     for _, o in sorted((hits[j][o] - base[j][o], o) for o in KINDS if o not in erased)[:4]] for j in hits}
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
-               "rates": rates(hits, args.images, erased, args.erased_images),
-               "erased_hits": {o: {j: hits[j][o] for j in hits} for o in erased}, "largest_kept_drops": drops,
+               **judged_fields(hits, base, erased, args.images, args.erased_images),
                **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {})}
         results["settings"].append(row)
-        print(text, row["rates"], row["erased_hits"], drops, flush=True)
+        print(text, row["rates"], row["erased_hits"], row["largest_kept_drops"], flush=True)
         atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True))
 
 
