@@ -69,7 +69,7 @@ from fia.shapeworld.clip import load_clip
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for
 from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs
-from rewrite_levers import _shown, judged_fields, judged_start, mix_concepts, per_concept_moments
+from rewrite_levers import _shown, judged_fields, judged_start, mix_concepts, per_concept_moments, swapped_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVIDENCE_SEED = 700_000
@@ -102,15 +102,8 @@ class KindEvidence:
 
     @torch.no_grad()
     def __call__(self, weights: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        modules = dict(self.pipe.unet.named_modules())
-        unedited = {n: modules[n].weight.data for n in weights or {}}
-        try:
-            for n, w in (weights or {}).items():
-                modules[n].weight.data = w.to(unedited[n].dtype)
+        with swapped_weights(dict(self.pipe.unet.named_modules()), weights or {}):
             x = generate(self.pipe, self.prompts, self.seeds)
-        finally:
-            for n, w in unedited.items():
-                modules[n].weight.data = w
         emb = torch.cat([self.clip.encode_image(x[i : i + 256]) for i in range(0, len(x), 256)])
         own = torch.stack([(self.clip.scale() * self.captions[p] @ emb[j]).softmax(-1)[KINDS.index(o)]
                            for j, (p, o) in enumerate(zip(self.pairs, self.kinds))])

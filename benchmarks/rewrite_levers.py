@@ -198,38 +198,42 @@ class _EditedInputs:
         self.sums[name] = [a + b for a, b in zip(self.sums[name], parts)] if name in self.sums else parts
 
 
+@contextlib.contextmanager
+def swapped_weights(modules: dict, new: dict) -> Iterator[None]:
+    """Within the block the linears ``modules`` (name -> module) carry the weights ``new`` (cast to their dtype);
+    their own weights are back after it, also on error."""
+    unedited = {n: modules[n].weight.data for n in new}
+    try:
+        for n, w in new.items():
+            modules[n].weight.data = w.to(unedited[n].dtype)
+        yield
+    finally:
+        for n, w in unedited.items():
+            modules[n].weight.data = w
+
+
 def edited_kept_moments(pipe, targets, prompts, config, new) -> tuple[dict, dict]:
     """Per kept group and layer, ``G'_g`` and ``X_g`` (module docstring) along the unedited model's guided trajectories.
 
     The pipeline samples the kept prompts as the library's kept pass does
     (:func:`fia.repair.collect_grams`); a hook on the denoiser calls it a
     second time on the same inputs under the weights ``new``."""
-    unet, modules = pipe.unet, {t.name: t.module for t in targets}
-    unedited = {n: m.weight.data for n, m in modules.items()}
-    members: dict[str, tuple[list, list]] = {}
-    for p, seed, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
-        members.setdefault(g, ([], []))
-        members[g][0].append(p)
-        members[g][1].append(seed)
-    acc = _EditedInputs()
+    modules, acc = {t.name: t.module for t in targets}, _EditedInputs()
 
     def again_edited(module, args, kwargs, _output):
         if acc.edited:  # the edited call's own return
             return
         acc.edited = True
         try:
-            for n, m in modules.items():
-                m.weight.data = new[n].to(m.weight.dtype)
-            module(*args, **kwargs)
+            with swapped_weights(modules, new):
+                module(*args, **kwargs)
         finally:
-            for n, m in modules.items():
-                m.weight.data = unedited[n]
             acc.edited = False
 
     grams, crosses = {}, {}
-    handle = unet.register_forward_hook(again_edited, with_kwargs=True)
+    handle = pipe.unet.register_forward_hook(again_edited, with_kwargs=True)
     try:
-        for group, (batch, seeds) in members.items():
+        for group, (batch, seeds) in fia.rewrite.kept_members(prompts).items():
             acc.sums = {}
             with capture(targets, acc.hook):
                 for i in range(0, len(batch), GRAM_BATCH):

@@ -100,13 +100,19 @@ def paired_moments(
     return acc.means()
 
 
-def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
-    """Each kept group's ``G_g`` per target, and its prompt count."""
+def kept_members(prompts: RewritePrompts) -> dict[str, tuple[list[str], list[int]]]:
+    """Each kept group's prompts and seeds, groups in first-seen order."""
     members: dict[str, tuple[list[str], list[int]]] = {}
     for p, s, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
         members.setdefault(g, ([], []))
         members[g][0].append(p)
         members[g][1].append(s)
+    return members
+
+
+def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
+    """Each kept group's ``G_g`` per target, and its prompt count."""
+    members = kept_members(prompts)
     grams = {
         g: collect_grams(pipe, targets, ps, ss, rows="all",
                          num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)

@@ -114,3 +114,15 @@ def test_text_row_similarity_is_a_symmetric_ranking_of_the_other_kinds():
     assert set(star) == set(rewrite_levers.KINDS) - {"star"}
     assert list(star.values()) == sorted(star.values(), reverse=True) and all(-1 <= v <= 1 for v in star.values())
     assert star["arrow"] == arrow["star"]
+
+
+def test_swapped_weights_carry_the_new_weights_inside_and_the_own_ones_after_even_on_error():
+    modules = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(2, 2)}
+    own = {n: m.weight.data_ptr() for n, m in modules.items()}  # the same storage, not merely equal values
+    new = {"a": torch.ones(2, 3, dtype=torch.float64)}
+    with pytest.raises(RuntimeError, match="inside"):
+        with rewrite_levers.swapped_weights(modules, new):
+            assert modules["a"].weight.dtype == torch.float32 and torch.equal(modules["a"].weight, torch.ones(2, 3))
+            assert modules["b"].weight.data_ptr() == own["b"]  # not named: untouched
+            raise RuntimeError("inside")
+    assert {n: m.weight.data_ptr() for n, m in modules.items()} == own
