@@ -4,9 +4,9 @@
 :func:`rewrite_erase`. Two kinds of sampler passes of the unedited model,
 with forward hooks on the target linears (:func:`fia.sampling.capture`):
 
-* the kept prompts, one pass per group (each kept kind, the object-less
-  scenes, ...), accumulate each group's ``G_g = mean x x^T`` over every
-  token, step and guidance row;
+* the kept prompts, in shared batches, accumulate each group's (each kept
+  kind, the object-less scenes, ...) ``G_g = mean x x^T`` over every token,
+  step and guidance row;
 * the concept prompts run along their scenes' trajectories
   (:func:`fia.sampling.paired_steps`), so each concept prompt's layer input
   ``x_c`` has a partner ``x_t``, the scene's input at the same latent and
@@ -50,11 +50,14 @@ from fia.errors import FIAError
 from fia.mask import ConceptMask
 from fia.progress import Progress, report
 from fia.prompts import RewritePrompts
-from fia.repair import collect_grams
+from fia.repair import GRAM_BATCH, collect_group_grams
 from fia.sampling import capture, paired_steps
 from fia.targets import TargetLinear
 from fia.tasks import task_of
 from fia.weights import fingerprint_weights
+
+# prompts per paired batch when the config sets no batch_size (the denoiser sees three times as many rows)
+PAIRED_BATCH = 16
 
 
 class _PairedMoments:
@@ -84,10 +87,11 @@ class _PairedMoments:
 
 
 def paired_moments(
-    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int = 16,
+    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents
     (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both)."""
+    batch_size = batch_size or config.batch_size or PAIRED_BATCH
     acc = _PairedMoments()
     guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
     with capture(targets, acc.hook):
@@ -111,14 +115,16 @@ def kept_members(prompts: RewritePrompts) -> dict[str, tuple[list[str], list[int
 
 
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
-    """Each kept group's ``G_g`` per target, and its prompt count."""
-    members = kept_members(prompts)
-    grams = {
-        g: collect_grams(pipe, targets, ps, ss, rows="all",
-                         num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
-        for g, (ps, ss) in members.items()
-    }  # fmt: skip
-    return grams, {g: len(ps) for g, (ps, _) in members.items()}
+    """Each kept group's ``G_g`` per target, and its prompt count.
+
+    One pass over all kept prompts in shared batches (each sample's rows go to
+    its group), not one pass per group: a group holds 4-8 prompts, and on a
+    CPU the sampler's small batches cost more than the rows they add
+    (ShapeWorld 2, star + arrow: the erase takes 29 s instead of 45 s)."""
+    grams = collect_group_grams(pipe, targets, prompts.keep, prompts.keep_seeds, prompts.keep_groups,
+                                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                                batch_size=config.batch_size or GRAM_BATCH)
+    return grams, {g: len(ps) for g, (ps, _) in kept_members(prompts).items()}
 
 
 def rewrite_erase(

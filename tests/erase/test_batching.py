@@ -59,3 +59,23 @@ def test_the_recorded_settings_leave_the_batch_out():
     a = _causal(batch_size=3).to_dict()
     b = _causal().to_dict()
     assert a == b and a["batch_size"] is None
+
+
+def test_rewrite_batches_give_the_same_edit(world):
+    """The rewrite's kept groups share sampler batches (each sample's rows go to its group) and its paired pass
+    is chunked: any batch size gives one pass per group's statistics up to the order of float sums. Float sums
+    feed a solve, not a threshold, so the edits agree to rounding, not byte for byte."""
+    import torch
+
+    from fia.config import FIARewriteConfig, RewriteConfig
+
+    rc = RewriteConfig(concept_weight=0.05, damping=0.03, balance_rounds=2, keep_prompts_per_kind=1,
+                       concept_prompts_per_concept=3, concept_trajectory=True, negative_guidance=1.0)
+    cfg = FIARewriteConfig(task="shapeworld", num_inference_steps=3, rewrite=rc).validate()
+    whole = fia.erase(world, ["star"], cfg)
+    assert len(whole.stats["balance"]["group_weights"]) > 30  # every kept kind, the scenes, the styles: groups share batches
+    for size in (7, 1):
+        split = fia.erase(world, ["star"], cfg.replace(batch_size=size))
+        assert split.config == whole.config and whole.config["batch_size"] is None
+        for layer in whole.layers:
+            assert torch.allclose(split.layer(layer.name).row_values, layer.row_values, rtol=1e-4, atol=1e-6), (size, layer.name)
