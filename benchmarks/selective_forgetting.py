@@ -8,8 +8,9 @@ Tasks on ShapeWorld 2 (32 kinds on a long tail):
   ones (drop, five, arrow, em, mushroom) at once.
 
 Methods (``config_for``): ``default`` (the ShapeWorld preset as ``fia erase``
-runs it: today the causal pruning with the closed-form repair), ``previous``
-(the same before its cost levers: 8 rounds of 10 scored steps), ``paper``
+runs it: today the closed-form rewrite), ``previous`` (the causal
+pruning with its repair before its cost levers: 8 rounds of 10 scored
+steps), ``paper``
 (the paper's FIA), ``causal`` (the causal pruning with the repair, named),
 ``mask`` (that pruning alone, ``--no-repair``), ``rewrite`` (the
 closed-form rewrite, ``--variant rewrite``) and ``speed`` (the SPEED
