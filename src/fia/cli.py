@@ -117,7 +117,7 @@ def erase(
     seed: int | None = typer.Option(None, "--seed", help="Base seed; paired prompts share seed + k."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, mps."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch: memory and speed only, the mask is the same."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per sampler batch: memory and speed only, the mask is the same (the rewrite's to float rounding)."),
     max_memory: str | None = typer.Option(None, "--max-memory", help="Memory the erase may take, e.g. 24GB (default: "
         "the device's free memory); a larger estimated peak stops it before any work, naming a --batch-size that fits."),
     saliency: str | None = typer.Option(None, "--saliency", help="energy (Eq. 1) or wanda."),
