@@ -1,4 +1,4 @@
-"""``batch_size`` is a memory knob: on the shipped default world it gives the unbatched mask, byte for byte.
+"""``batch_size`` is a memory knob: on the shipped default world it gives the unbatched edit (byte for byte, the rewrite to rounding).
 
 The causal variant sums its evidence gradient over micro-batches of prompts
 (each one a backward pass through the checkpointed sampler), and the paper's
@@ -7,6 +7,8 @@ whatever the chunking; batched kernels may differ from unbatched ones in the
 last bits of a float, which could in principle move a weight across a
 selection threshold. These tests pin that it does not on ShapeWorld 2, at
 sizes that split the prompts unevenly (a last chunk smaller than the rest).
+The rewrite solves a linear system on such sums, so its edit agrees to
+float rounding rather than byte for byte.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def test_the_recorded_settings_leave_the_batch_out():
 
 def test_rewrite_batches_give_the_same_edit(world):
     """The rewrite's kept groups share sampler batches (each sample's rows go to its group) and its paired pass
-    is chunked: any batch size gives one pass per group's statistics up to the order of float sums. Float sums
-    feed a solve, not a threshold, so the edits agree to rounding, not byte for byte."""
+    is chunked: any batch size gives the same statistics up to the order of float sums. Those sums feed a
+    solve, not a threshold, so the edits agree to rounding, not byte for byte."""
     import torch
 
     from fia.config import FIARewriteConfig, RewriteConfig
