@@ -69,7 +69,7 @@ from fia.shapeworld.clip import load_clip
 from fia.shapeworld.evaluate import generate
 from fia.shapeworld.render import prompt_for
 from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs
-from rewrite_levers import _shown, judged_fields, judged_start, mix_concepts, per_concept_moments, swapped_weights
+from rewrite_levers import _shown, judged_fields, judged_start, mix_concepts, per_concept_pass, swapped_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVIDENCE_SEED = 700_000
@@ -127,9 +127,7 @@ def evidence_guided(names: list[str], evidence: KindEvidence, rounds: int, gamma
     plain_solve, per = fia.rewrite.balanced_rewrite, {}
     before = evidence.unedited()
 
-    def moments(pipe, targets, prompts, config, batch_size=16):
-        per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
-        return mix_concepts(per, {c: 1.0 for c in names})
+    moments = per_concept_pass(names, per)
 
     def solve(weights, group_grams, sizes, gram_c, cross, *, concept_weight, damping, negative_guidance=0.0, **kw):
         result = plain_solve(weights, group_grams, sizes, gram_c, cross, concept_weight=concept_weight, damping=damping,

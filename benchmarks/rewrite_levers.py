@@ -79,7 +79,7 @@ import argparse
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -148,6 +148,18 @@ def per_concept_moments(pipe, targets, prompts, config, names: list[str], batch_
     return per
 
 
+def per_concept_pass(names: list[str], per: dict) -> Callable:
+    """A stand-in for ``fia.rewrite.paired_moments`` that also fills ``per`` with :func:`per_concept_moments`
+    and returns the library's pooled ``G_c`` and ``C`` (every concept weighted 1)."""
+
+    def moments(pipe, targets, prompts, config, batch_size=None):
+        batch_size = batch_size or config.batch_size or fia.rewrite.PAIRED_BATCH
+        per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
+        return mix_concepts(per, {c: 1.0 for c in names})
+
+    return moments
+
+
 def mix_concepts(per: dict[str, dict[str, tuple]], a: dict[str, float]) -> tuple[dict, dict]:
     """``G_c`` and ``C`` by layer of the concept term ``sum_c a_c |W' X_c^(c) - W Z^(c)|^2 / n_concepts``: with every
     ``a_c = 1`` the library's pooled term (each concept has as many prompts)."""
@@ -160,10 +172,7 @@ def concept_reweighting(names: list[str], rounds: int, log: list) -> Iterator[No
     """Within the block, ``fia.rewrite`` collects its concept pairs per concept and reweights them (module docstring)."""
     plain_solve = fia.rewrite.balanced_rewrite
     per: dict[str, dict[str, tuple]] = {}
-
-    def moments(pipe, targets, prompts, config, batch_size=16):
-        per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
-        return mix_concepts(per, {c: 1.0 for c in names})
+    moments = per_concept_pass(names, per)
 
     def solve(weights, group_grams, sizes, _gram_c, _cross, *, negative_guidance=0.0, **kw):
         a = {c: 1.0 for c in names}
@@ -212,11 +221,22 @@ def swapped_weights(modules: dict, new: dict) -> Iterator[None]:
             modules[n].weight.data = w
 
 
+def kept_members(prompts) -> dict[str, tuple[list[str], list[int]]]:
+    """Each kept group's prompts and seeds, groups in first-seen order."""
+    members: dict[str, tuple[list[str], list[int]]] = {}
+    for p, s, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
+        members.setdefault(g, ([], []))
+        members[g][0].append(p)
+        members[g][1].append(s)
+    return members
+
+
 def edited_kept_moments(pipe, targets, prompts, config, new) -> tuple[dict, dict]:
     """Per kept group and layer, ``G'_g`` and ``X_g`` (module docstring) along the unedited model's guided trajectories.
 
-    The pipeline samples the kept prompts as the library's kept pass does
-    (:func:`fia.repair.collect_grams`); a hook on the denoiser calls it a
+    The pipeline samples each kept group's prompts in a pass of its own (as the
+    library's kept pass did when the refit figures were measured; it now shares
+    batches across groups, the same statistics to rounding); a hook on the denoiser calls it a
     second time on the same inputs under the weights ``new``."""
     modules, acc = {t.name: t.module for t in targets}, _EditedInputs()
 
@@ -233,7 +253,7 @@ def edited_kept_moments(pipe, targets, prompts, config, new) -> tuple[dict, dict
     grams, crosses = {}, {}
     handle = pipe.unet.register_forward_hook(again_edited, with_kwargs=True)
     try:
-        for group, (batch, seeds) in fia.rewrite.kept_members(prompts).items():
+        for group, (batch, seeds) in kept_members(prompts).items():
             acc.sums = {}
             with capture(targets, acc.hook):
                 for i in range(0, len(batch), GRAM_BATCH):

@@ -37,6 +37,7 @@ for the concepts (ShapeWorld 2: 31 groups x 7 layers, about 250 MB).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,16 +105,6 @@ def paired_moments(
     return acc.means()
 
 
-def kept_members(prompts: RewritePrompts) -> dict[str, tuple[list[str], list[int]]]:
-    """Each kept group's prompts and seeds, groups in first-seen order."""
-    members: dict[str, tuple[list[str], list[int]]] = {}
-    for p, s, g in zip(prompts.keep, prompts.keep_seeds, prompts.keep_groups):
-        members.setdefault(g, ([], []))
-        members[g][0].append(p)
-        members[g][1].append(s)
-    return members
-
-
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
     """Each kept group's ``G_g`` per target, and its prompt count.
 
@@ -124,7 +115,7 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
     grams = collect_group_grams(pipe, targets, prompts.keep, prompts.keep_seeds, prompts.keep_groups,
                                 num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                                 batch_size=config.batch_size or GRAM_BATCH)
-    return grams, {g: len(ps) for g, (ps, _) in kept_members(prompts).items()}
+    return grams, dict(Counter(prompts.keep_groups))
 
 
 def rewrite_erase(
