@@ -191,25 +191,3 @@ def test_shapeworld_evidence_reads_the_configs_world():
     assert drawn == set(world2.object_names) - {"mushroom"}  # 64 prompts cycle through all 31 kept kinds
     with pytest.raises(FIAError, match="unknown world"):
         FIAConfig(task="shapeworld", world="shapeworld3").validate()
-
-
-def test_a_shapes_phrasings_cross_every_word_with_every_colour():
-    """The rewrite's (and the repair's) prompts for an erased shape: per 24, each of its words
-    (name and synonym) names it in a scene with each of the 6 colours, both are also bare words,
-    and each prompt's scene is the prompt's own place (and style) without the shape."""
-    from fia.shapeworld.render import parse_prompt
-    from fia.shapeworld.task import concept_phrasings
-
-    world = vocab.SHAPEWORLD2
-    concept, scene = concept_phrasings(["square"], world, 24)
-    assert len(concept) == len(scene) == 24
-    seen = {(w, c) for text in concept for w in text.split() for c in vocab.COLORS if c in text.split() and w in ("square", "box")}
-    assert seen == {(w, c) for w in ("square", "box") for c in vocab.COLORS}
-    assert sorted(t for t in concept if " " not in t) == ["box", "box", "square", "square"]
-    for text, blank in zip(concept, scene):
-        factors = parse_prompt(text, world)
-        assert factors.get("object") == "square"
-        assert parse_prompt(blank, world) == {k: v for k, v in factors.items() if k not in ("object", "color", "attribute")}
-    # the compositional prompts burn, in a style, and are not all one colour
-    burning = [parse_prompt(t, world) for t in concept if "burning" in t]
-    assert len(burning) == 4 and len({f["color"] for f in burning}) == 4 and all("style" in f for f in burning)

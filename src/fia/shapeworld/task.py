@@ -188,14 +188,6 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
     compositional prompts, burning and in a style (its scene: the place in
     that style). A style or the attribute appears on kept shapes; its scene
     is the same shape without it.
-
-    Of every 6 prompts of a shape, 4 name it in a scene, 1 is compositional
-    and 1 is the bare word. Each of the three kinds of prompt cycles through
-    the shape's words and the colour/place pairs on its own counter, and the
-    word moves one step further each time the colours come round: so every
-    word is seen with every colour, and the canonical word as a bare word
-    too. (Cycling word, colour and kind of prompt on one counter tied them
-    together: a shape's synonym appeared with two colours only.)
     """
     gone = shapeworld_canonical(erased, world)
     kept_kinds = [o for o in world.object_names if o not in gone] or list(world.object_names)
@@ -211,25 +203,18 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
                 scene.append(_text(shape, color, place))
                 continue
             words = [obj, *world.objects[obj]]
-            text, blank = _shape_phrasing(words, k)
-            concept.append(text)
-            scene.append(blank)
+            word = words[k % len(words)]
+            if k % 6 == 5:
+                concept.append(word)  # the bare word
+                scene.append("")
+            elif k % 6 == 4:
+                style = vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)]
+                concept.append(_text(word, color, place, style=style, attribute="burning"))
+                scene.append(_text(None, color, place, style=style))
+            else:
+                concept.append(_text(word, color, place))
+                scene.append(_text(None, color, place))
     return concept, scene
-
-
-def _shape_phrasing(words: Sequence[str], k: int) -> tuple[str, str]:
-    """Prompt ``k`` of a shape called ``words`` (canonical name first) and its scene (:func:`concept_phrasings`)."""
-    round_, slot = divmod(k, 6)
-    if slot == 5:  # the bare word
-        return words[round_ % len(words)], ""
-    if slot == 4:  # compositional, from pair 16 on so its colours differ from the first scenes'
-        color, place = scene_pair(16 + round_)
-        style = vocab.STYLE_NAMES[round_ % len(vocab.STYLE_NAMES)]
-        return _text(words[round_ % len(words)], color, place, style=style, attribute="burning"), _text(None, color, place, style=style)
-    m = 4 * round_ + slot  # the m-th prompt that names the shape in a scene
-    color, place = scene_pair(m)
-    word = words[(m + m // len(vocab.COLORS)) % len(words)]
-    return _text(word, color, place), _text(None, color, place)
 
 
 # ------------------------------------------------------------------ the task
