@@ -50,21 +50,33 @@ KINDS = list(WORLD.object_names)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# place - colour (mod 6) of the judged odd pairs; the rewrite is fitted on the other two odd offsets.
+# 5 is the split every recorded figure uses; --judged-offset 1 or 3 rotates the fold.
+JUDGED_OFFSET = 5
+
+
+def fitting_offsets() -> tuple[int, int]:
+    """The two odd place - colour offsets the rewrite's prompts use (those not judged)."""
+    return tuple(d for d in (1, 3, 5) if d != JUDGED_OFFSET)
+
+
 def fitting_pairs(k: int) -> tuple[str, str]:
-    """The rewrite's colour/place pair ``k``, from the 12 odd pairs with place = colour + 1 or + 3 (mod 6)."""
+    """The rewrite's colour/place pair ``k``, from the 12 odd pairs with place = colour + 1 or + 3 (mod 6)
+    (with ``--judged-offset``: the two odd offsets not judged)."""
     c = k % len(vocab.COLORS)
-    return vocab.COLORS[c], vocab.PLACE_NAMES[(c + 1 + 2 * ((k // len(vocab.COLORS)) % 2)) % len(vocab.PLACE_NAMES)]
+    offset = fitting_offsets()[(k // len(vocab.COLORS)) % 2]
+    return vocab.COLORS[c], vocab.PLACE_NAMES[(c + offset) % len(vocab.PLACE_NAMES)]
 
 
 def judged_images(images: int, erased: Sequence[str] = (), erased_images: int | None = None) -> tuple[list[str], list[int], list[str]]:
     """Per kind, ``images`` canonical prompts (``erased_images`` for the erased kinds) on the 6 odd pairs
-    with place = colour + 5, seeds from 400,000."""
+    with place = colour + 5 (``JUDGED_OFFSET``), seeds from 400,000."""
     prompts, seeds, truth = [], [], []
     for i, kind in enumerate(KINDS):
         k = n = 0
         while n < ((erased_images or images) if kind in erased else images):
             color, place = factor_cycle(k, i, 1)
-            if (vocab.PLACE_NAMES.index(place) - vocab.COLORS.index(color)) % 6 == 5:
+            if (vocab.PLACE_NAMES.index(place) - vocab.COLORS.index(color)) % 6 == JUDGED_OFFSET:
                 prompts.append(prompt_for(kind, color, place))
                 seeds.append(400_000 + 1000 * i + k)
                 truth.append(kind)

@@ -60,9 +60,13 @@ Protocol of ``rewrite_generalisation.py``: the rewrite's prompts use 12 of
 the 18 odd colour/place pairs, the judged images the other 6 (seeds from
 400,000); no held-out image is used.
 
-    python benchmarks/rewrite_levers.py [--concepts circle,star] [--images 16] [--erased-images 32]
+    python benchmarks/rewrite_levers.py [--concepts circle,star] [--images 16] [--erased-images 32] [--judged-offset 5]
         [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--out FILE]
     python benchmarks/rewrite_levers.py --concepts star --text-similarity --out FILE
+
+``--judged-offset 1`` or ``3`` rotates the fold: the judged images use the
+odd pairs with place = colour + 1 (or + 3), the rewrite's prompts the other
+two odd offsets (default 5, the split of every recorded figure).
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 ``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``text_kv``), then
@@ -94,6 +98,7 @@ from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
 from fia.sampling import capture, generate, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
+import rewrite_generalisation
 from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs, hits_per_kind, judged_images, rates
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -411,11 +416,14 @@ def main() -> None:
     ap.add_argument("--erased-images", type=int, default=32)
     ap.add_argument("--settings", default="0.05,0.03,5,4,24,1,1;0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1@ffn2+attn_out")
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
+    ap.add_argument("--judged-offset", type=int, choices=(1, 3, 5), default=5,
+                    help="the fold: judge the odd pairs with place = colour + this, fit on the other two offsets (default 5)")
     ap.add_argument("--text-similarity", action="store_true",
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
     settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    rewrite_generalisation.JUDGED_OFFSET = args.judged_offset
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
     if args.text_similarity:
@@ -425,7 +433,8 @@ def main() -> None:
         print(json.dumps(sims))
         return
     command = (f"python benchmarks/rewrite_levers.py --concepts {args.concepts} --images {args.images} "
-               f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}")
+               f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}"
+               + (f" --judged-offset {args.judged_offset}" if args.judged_offset != 5 else ""))
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
         log: list = []

@@ -126,3 +126,30 @@ def test_swapped_weights_carry_the_new_weights_inside_and_the_own_ones_after_eve
             assert modules["b"].weight.data_ptr() == own["b"]  # not named: untouched
             raise RuntimeError("inside")
     assert {n: m.weight.data_ptr() for n, m in modules.items()} == own
+
+
+@pytest.mark.parametrize("judged", [1, 3, 5])
+def test_a_fold_fits_on_two_odd_offsets_and_judges_the_third(judged, monkeypatch):
+    """--judged-offset: the rewrite's 12 pairs and the judged images' pairs are disjoint odd pairs,
+    together all 18; the default fold (5) is the pairs every recorded figure used (place = colour + 1, + 3)."""
+    import rewrite_generalisation as rg
+
+    from fia.shapeworld import vocab
+
+    def offset(color, place):
+        return (vocab.PLACE_NAMES.index(place) - vocab.COLORS.index(color)) % 6
+
+    monkeypatch.setattr(rg, "JUDGED_OFFSET", judged)
+    fitted = {rg.fitting_pairs(k) for k in range(24)}
+    assert len(fitted) == 12 and {offset(*p) for p in fitted} == {1, 3, 5} - {judged}
+    prompts, _, truth = rg.judged_images(2, erased=["star"], erased_images=3)
+    judged_pairs = set()
+    for text, kind in zip(prompts, truth):
+        color = next(c for c in vocab.COLORS if f" {c} " in f" {text} ")
+        place = next(p for p in vocab.PLACE_NAMES if text.endswith(p))
+        assert offset(color, place) == judged
+        judged_pairs.add((color, place))
+    assert truth.count("star") == 3 and truth.count("circle") == 2
+    assert not judged_pairs & fitted
+    if judged == 5:
+        assert [rg.fitting_pairs(k) for k in (0, 6)] == [("red", "sand"), ("red", "water")]
