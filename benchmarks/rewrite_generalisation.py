@@ -7,9 +7,12 @@ rewrite fits its own prompts. Here the rewrite's prompts are restricted to 12
 of those pairs (places colour + 1 and colour + 3) and the judged images use
 the other 6 (place colour + 5), with seeds from 400,000: pairs and seeds
 neither the fitting nor the held-out split (the even pairs) uses.
+``--judged-offset 1`` or ``3`` rotates that fold: the judged images use the
+odd pairs with place = colour + 1 (or + 3), the rewrite's prompts the other
+two odd offsets.
 
     python benchmarks/rewrite_generalisation.py [--concepts star,arrow] [--images 8] [--erased-images N]
-        [--settings "0.3,0.03,5,4,24;0.05,0.03,5,4,24,1,1;causal"] [--context-free N] [--out FILE]
+        [--settings "0.3,0.03,5,4,24;0.05,0.03,5,4,24,1,1;causal"] [--context-free N] [--judged-offset 5] [--out FILE]
 
 ``--context-free N`` adds N prompts per erased kind that name it without its
 full scene, a lever the library does not offer yet: "a red star" and the bare
@@ -161,8 +164,12 @@ def main() -> None:
     ap.add_argument("--erased-images", type=int, help="images per erased kind (default: --images)")
     ap.add_argument("--settings", default="0.3,0.03,5,4,24;0.6,0.03,5,4,24;0.3,0.03,5,4,48;1.0,0.03,5,4,24;1.0,0.03,5,8,48")
     ap.add_argument("--context-free", type=int, default=0, help="context-free prompts per erased kind (docstring)")
+    ap.add_argument("--judged-offset", type=int, choices=(1, 3, 5), default=5,
+                    help="the fold: judge the odd pairs with place = colour + this, fit on the other two offsets (default 5)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    global JUDGED_OFFSET
+    JUDGED_OFFSET = args.judged_offset
     erased = [c.strip() for c in args.concepts.split(",")]
     suffix = f"_context_free_{args.context_free}" if args.context_free else ""
     out = args.out or RESULTS / f"rewrite_generalisation{suffix}.json"
@@ -175,6 +182,7 @@ def main() -> None:
     images = judged_images(args.images, erased, n_erased)
     base = hits_per_kind(pipe, judges, *images)
     results = {"concepts": erased, "images": args.images, "erased_images": n_erased, "context_free": args.context_free,
+               "judged_offset": JUDGED_OFFSET,
                "unedited": rates(base, args.images, erased, n_erased),
                "unedited_erased_hits": {o: {j: base[j][o] for j in base} for o in erased}, "settings": []}
     print("unedited", results["unedited"], flush=True)
