@@ -191,3 +191,21 @@ def test_shapeworld_evidence_reads_the_configs_world():
     assert drawn == set(world2.object_names) - {"mushroom"}  # 64 prompts cycle through all 31 kept kinds
     with pytest.raises(FIAError, match="unknown world"):
         FIAConfig(task="shapeworld", world="shapeworld3").validate()
+
+
+def test_a_bare_words_scene_is_an_object_less_place():
+    """The rewrite pairs "box" with a place and no object, never with the empty prompt,
+    which on ShapeWorld draws the commonest kinds; every other pair drops the shape and keeps the place."""
+    from fia.shapeworld.render import parse_prompt
+    from fia.shapeworld.task import concept_phrasings
+
+    world = vocab.SHAPEWORLD2
+    concept, scene = concept_phrasings(["square"], world, 24)
+    bare = [(c, s) for c, s in zip(concept, scene) if " " not in c]
+    assert len(bare) == 4 and all(c in ("square", "box") for c, _ in bare)
+    for text, blank in zip(concept, scene):
+        assert blank != ""
+        place = parse_prompt(blank, world)
+        assert "object" not in place and "place" in place
+        if " " in text:
+            assert parse_prompt(text, world)["place"] == place["place"]

@@ -184,10 +184,10 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
     """Each erased concept's prompts and, paired with each, the same scene without the concept.
 
     A shape appears in the canonical prompt (its scene: "the road"), under
-    each synonym, as a bare word (its scene: the empty prompt) and in
-    compositional prompts, burning and in a style (its scene: the place in
-    that style). A style or the attribute appears on kept shapes; its scene
-    is the same shape without it.
+    each synonym, as a bare word (its scene: an object-less place, "the
+    sand") and in compositional prompts, burning and in a style (its scene:
+    the place in that style). A style or the attribute appears on kept
+    shapes; its scene is the same shape without it.
     """
     gone = shapeworld_canonical(erased, world)
     kept_kinds = [o for o in world.object_names if o not in gone] or list(world.object_names)
@@ -205,8 +205,10 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
             words = [obj, *world.objects[obj]]
             word = words[k % len(words)]
             if k % 6 == 5:
-                concept.append(word)  # the bare word
-                scene.append("")
+                # the bare word, shown as an object-less place: the empty prompt would draw the
+                # model's commonest kinds (benchmarks/README.md, "the bare word's scene")
+                concept.append(word)
+                scene.append(_text(None, color, place))
             elif k % 6 == 4:
                 style = vocab.STYLE_NAMES[k % len(vocab.STYLE_NAMES)]
                 concept.append(_text(word, color, place, style=style, attribute="burning"))
