@@ -130,8 +130,8 @@ def test_swapped_weights_carry_the_new_weights_inside_and_the_own_ones_after_eve
 
 @pytest.mark.parametrize("judged", [1, 3, 5])
 def test_a_fold_fits_on_two_odd_offsets_and_judges_the_third(judged, monkeypatch):
-    """--judged-offset: the rewrite's 12 pairs and the judged images' pairs are disjoint odd pairs,
-    together all 18; the default fold (5) is the pairs every recorded figure used (place = colour + 1, + 3)."""
+    """--judged-offset: the rewrite's 12 pairs and the judged images' pairs are disjoint odd pairs;
+    the default fold (5) is the pairs every recorded figure used (place = colour + 1, + 3)."""
     import rewrite_generalisation as rg
 
     from fia.shapeworld import vocab
