@@ -58,6 +58,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 JUDGED_OFFSET = 5
 
 
+def add_fold_option(ap: argparse.ArgumentParser) -> None:
+    """``--judged-offset``, shared with ``rewrite_levers.py``; :func:`use_fold` applies it."""
+    ap.add_argument("--judged-offset", type=int, choices=(1, 3, 5), default=5,
+                    help="the fold: judge the odd pairs with place = colour + this, fit on the other two offsets (default 5)")
+
+
+def use_fold(judged_offset: int) -> None:
+    """Judge the odd pairs with place = colour + ``judged_offset``; fit on the other two offsets."""
+    global JUDGED_OFFSET
+    JUDGED_OFFSET = judged_offset
+
+
 def fitting_offsets() -> tuple[int, int]:
     """The two odd place - colour offsets the rewrite's prompts use (those not judged)."""
     return tuple(d for d in (1, 3, 5) if d != JUDGED_OFFSET)
@@ -164,12 +176,10 @@ def main() -> None:
     ap.add_argument("--erased-images", type=int, help="images per erased kind (default: --images)")
     ap.add_argument("--settings", default="0.3,0.03,5,4,24;0.6,0.03,5,4,24;0.3,0.03,5,4,48;1.0,0.03,5,4,24;1.0,0.03,5,8,48")
     ap.add_argument("--context-free", type=int, default=0, help="context-free prompts per erased kind (docstring)")
-    ap.add_argument("--judged-offset", type=int, choices=(1, 3, 5), default=5,
-                    help="the fold: judge the odd pairs with place = colour + this, fit on the other two offsets (default 5)")
+    add_fold_option(ap)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    global JUDGED_OFFSET
-    JUDGED_OFFSET = args.judged_offset
+    use_fold(args.judged_offset)
     erased = [c.strip() for c in args.concepts.split(",")]
     suffix = f"_context_free_{args.context_free}" if args.context_free else ""
     out = args.out or RESULTS / f"rewrite_generalisation{suffix}.json"

@@ -98,8 +98,8 @@ from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
 from fia.sampling import capture, generate, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
-import rewrite_generalisation
-from rewrite_generalisation import KINDS, WORLD, config_for, erase_and_judge, fitting_pairs, hits_per_kind, judged_images, rates
+from rewrite_generalisation import (KINDS, WORLD, add_fold_option, config_for, erase_and_judge, fitting_pairs, hits_per_kind,
+                                    judged_images, rates, use_fold)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {
@@ -416,14 +416,13 @@ def main() -> None:
     ap.add_argument("--erased-images", type=int, default=32)
     ap.add_argument("--settings", default="0.05,0.03,5,4,24,1,1;0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1@ffn2+attn_out")
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
-    ap.add_argument("--judged-offset", type=int, choices=(1, 3, 5), default=5,
-                    help="the fold: judge the odd pairs with place = colour + this, fit on the other two offsets (default 5)")
+    add_fold_option(ap)
     ap.add_argument("--text-similarity", action="store_true",
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
     settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
-    rewrite_generalisation.JUDGED_OFFSET = args.judged_offset
+    use_fold(args.judged_offset)
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
     if args.text_similarity:
