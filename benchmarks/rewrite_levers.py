@@ -155,12 +155,14 @@ def per_concept_moments(pipe, targets, prompts, config, names: list[str], batch_
 
 def per_concept_pass(names: list[str], per: dict) -> Callable:
     """A stand-in for ``fia.rewrite.paired_moments`` that also fills ``per`` with :func:`per_concept_moments`
-    and returns the library's pooled ``G_c`` and ``C`` (every concept weighted 1)."""
+    and returns the library's pooled ``G_c`` and ``C`` (every concept weighted 1), the push relative to the scene."""
 
     def moments(pipe, targets, prompts, config, batch_size=None):
+        if config.rewrite.anchored_guidance:
+            raise SystemExit("the per-concept levers measure the push relative to the scene; set anchored guidance to 0")
         batch_size = batch_size or config.batch_size or fia.rewrite.PAIRED_BATCH
         per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
-        return mix_concepts(per, {c: 1.0 for c in names})
+        return (*mix_concepts(per, {c: 1.0 for c in names}), None)
 
     return moments
 
@@ -281,14 +283,15 @@ def kept_refit(rounds: int, log: list) -> Iterator[None]:
         seen.update(pipe=pipe, targets=targets, prompts=prompts, config=config)
         return plain_grams(pipe, targets, prompts, config)
 
-    def solve(weights, group_grams_, sizes, gram_c, cross, *, concept_weight, damping, negative_guidance=0.0, **kw):
+    def solve(weights, group_grams_, sizes, gram_c, cross, *, concept_weight, damping, negative_guidance=0.0, reference=None, **kw):
         result = plain_solve(weights, group_grams_, sizes, gram_c, cross, concept_weight=concept_weight, damping=damping,
-                             negative_guidance=negative_guidance, **kw)
+                             negative_guidance=negative_guidance, reference=reference, **kw)
         for _ in range(rounds):
             grams, crosses = edited_kept_moments(seen["pipe"], seen["targets"], seen["prompts"], seen["config"], result.weights)
             a = result.group_weights
             new = {name: rewrite_layer(w, mix_grams(grams, sizes, a, name), gram_c[name], cross[name], concept_weight=concept_weight,
                                        damping=damping, negative_guidance=negative_guidance,
+                                       reference=None if reference is None else reference[name],
                                        keep_cross=mix_grams(crosses, sizes, a, name))
                    for name, w in weights.items()}  # fmt: skip
             log.append({n: round(float((new[n] - result.weights[n]).norm() / result.weights[n].norm()), 4) for n in new})

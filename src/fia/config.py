@@ -169,7 +169,14 @@ class RewriteConfig(_SettingsBlock):
             drawn), not only the scene's.
         negative_guidance: ``eta`` >= 0: the concept's target is its
             scene's output pushed away from the concept's,
-            ``w x_t - eta (w x_c - w x_t)`` (0: the scene's output).
+            ``w x_t - eta (w x_c - w x_r)`` (0: the scene's output).
+        anchored_guidance: ``beta`` in [0, 1]: what negative guidance pushes
+            away from. The reference ``x_r = (1 - beta) x_t + beta x_a`` mixes
+            the scene's input ``x_t`` with ``x_a``, the same prompt with a kept
+            concept in the erased one's place, at the same latents. With
+            ``beta = 1`` the push removes what the concept adds over another
+            kept kind, not what any object adds over an empty scene (0: the
+            scene, the push of ESD).
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -180,10 +187,14 @@ class RewriteConfig(_SettingsBlock):
     concept_prompts_per_concept: int = 24
     concept_trajectory: bool = False
     negative_guidance: float = 0.0
+    anchored_guidance: float = 0.0
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
         check_nonnegative("rewrite.negative_guidance", self.negative_guidance)
+        check_nonnegative("rewrite.anchored_guidance", self.anchored_guidance)
+        if self.anchored_guidance > 1:
+            raise FIAError(f"rewrite.anchored_guidance is a share between 0 and 1, got {self.anchored_guidance!r}; e.g. 1")
         if not isinstance(self.concept_trajectory, bool):
             raise FIAError(f"rewrite.concept_trajectory must be true or false, got {self.concept_trajectory!r}")
         check_nonnegative("rewrite.damping", self.damping)

@@ -96,6 +96,9 @@ class RewritePrompts:
     ``keep[k]`` (from seed ``keep_seeds[k]``) belongs to kept group
     ``keep_groups[k]``; ``concept[k]`` is shown at the latents of
     ``scene[k]``'s trajectory, from seed ``concept_seeds[k]``.
+    ``anchor[k]`` is ``concept[k]`` with a kept concept in the erased one's
+    place (its scene where there is none), the reference of anchored
+    negative guidance (``rewrite.anchored_guidance``).
     """
 
     keep: tuple[str, ...]
@@ -104,13 +107,21 @@ class RewritePrompts:
     concept: tuple[str, ...]
     scene: tuple[str, ...]
     concept_seeds: tuple[int, ...]
+    anchor: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.concept) == len(self.scene) == len(self.anchor) == len(self.concept_seeds):
+            raise ValueError(f"{len(self.concept)} concept prompts need as many scenes, anchors and seeds; got "
+                             f"{len(self.scene)}, {len(self.anchor)} and {len(self.concept_seeds)}")
 
     @classmethod
     def seeded(
-        cls, keep: Sequence[str], groups: Sequence[str], concept: Sequence[str], scene: Sequence[str], seed: int
+        cls, keep: Sequence[str], groups: Sequence[str], concept: Sequence[str], scene: Sequence[str], seed: int,
+        anchor: Sequence[str],
     ) -> "RewritePrompts":
         """The sets with their seeds (the repair's offsets: the two never run together)."""
         return cls(
             tuple(keep), tuple(seed + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))), tuple(groups),
             tuple(concept), tuple(scene), tuple(seed + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
+            tuple(anchor),
         )  # fmt: skip

@@ -11,7 +11,9 @@ with forward hooks on the target linears (:func:`fia.sampling.capture`):
   (:func:`fia.sampling.paired_steps`), so each concept prompt's layer input
   ``x_c`` has a partner ``x_t``, the scene's input at the same latent and
   step; they give ``G_c = mean x_c x_c^T`` and ``C = mean x_t x_c^T`` (text
-  rows only: the unconditional row does not depend on the prompt).
+  rows only: the unconditional row does not depend on the prompt); with
+  ``rewrite.anchored_guidance`` each batch also shows the concept prompt
+  with a kept concept in its place, for the push's reference ``R``.
 
 Following the scene's trajectory matters: those are the latents the edited
 model should produce, so the rewrite teaches it, at each of them, to answer
@@ -62,38 +64,41 @@ PAIRED_BATCH = 16
 
 
 class _PairedMoments:
-    """Running ``sum x_c x_c^T`` and ``sum x_t x_c^T`` per layer over a ``[uncond; concept; scene]`` batch."""
+    """Running ``sum x_c x_c^T``, ``sum x_t x_c^T`` (and ``sum x_a x_c^T``) per layer over
+    ``[uncond; concept; scene]`` (``[uncond; concept; scene; anchor]``) batches."""
 
-    def __init__(self) -> None:
-        self.gram: dict[str, Tensor] = {}
-        self.cross: dict[str, Tensor] = {}
+    def __init__(self, anchored: bool = False) -> None:
+        self.parts = 4 if anchored else 3
+        self.sums: dict[str, list[Tensor]] = {}
         self.count: dict[str, int] = {}
 
     def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
-        _, xc, xt = args[0].detach().chunk(3)
-        xc = xc.reshape(-1, xc.shape[-1]).to(torch.float64)
-        xt = xt.reshape(-1, xt.shape[-1]).to(torch.float64)
-        g, c = xc.T @ xc, xt.T @ xc
-        if name in self.gram:
-            self.gram[name] += g
-            self.cross[name] += c
+        xc, *others = (x.reshape(-1, x.shape[-1]).to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
+        moments = [xc.T @ xc, *(x.T @ xc for x in others)]  # G_c, C and, anchored, A
+        if name in self.sums:
+            for total, m in zip(self.sums[name], moments):
+                total += m
             self.count[name] += xc.shape[0]
         else:
-            self.gram[name], self.cross[name], self.count[name] = g, c, xc.shape[0]
+            self.sums[name], self.count[name] = moments, xc.shape[0]
 
-    def means(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def means(self) -> list[dict[str, Tensor]]:
         # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
-        return ({n: (g / self.count[n]).cpu() for n, g in self.gram.items()},
-                {n: (c / self.count[n]).cpu() for n, c in self.cross.items()})  # fmt: skip
+        return [{n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(self.parts - 1)]
 
 
 def paired_moments(
     pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int | None = None,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``G_c`` and ``C`` of every target over the concept prompts, shown at their scenes' latents
-    (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both)."""
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
+    """``G_c``, ``C`` and ``R`` of every target over the concept prompts, shown at their scenes' latents
+    (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both).
+
+    ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta) x_t + beta x_a``
+    with ``beta = rewrite.anchored_guidance`` and ``x_a`` the input under the anchor prompt at the same latents;
+    ``None`` when ``beta`` is 0 (the reference is the scene, and the pass shows no anchors)."""
     batch_size = batch_size or config.batch_size or PAIRED_BATCH
-    acc = _PairedMoments()
+    beta = config.rewrite.anchored_guidance
+    acc = _PairedMoments(anchored=beta > 0)
     guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
     with capture(targets, acc.hook):
         for guide in guides:
@@ -101,8 +106,13 @@ def paired_moments(
                 paired_steps(
                     pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
+                    anchors=prompts.anchor[s : s + batch_size] if beta > 0 else None,
                 )
-    return acc.means()
+    if beta == 0:
+        gram_c, cross = acc.means()
+        return gram_c, cross, None
+    gram_c, cross, anchored = acc.means()
+    return gram_c, cross, {n: (1 - beta) * cross[n] + beta * anchored[n] for n in cross}
 
 
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
@@ -140,14 +150,15 @@ def rewrite_erase(
     report(progress, 0, 3, "rewrite: the kept prompts' layer inputs")
     grams, sizes = group_grams(pipe, found, prompts, config)
     report(progress, 1, 3, "rewrite: the concept prompts at their scenes' latents")
-    gram_c, cross = paired_moments(pipe, found, prompts, config)
+    gram_c, cross, reference = paired_moments(pipe, found, prompts, config)
     t_stats = time.perf_counter() - t_start
     report(progress, 2, 3, "rewrite: solving")
     t_solve = time.perf_counter()
     unedited = {n: w.detach().cpu() for n, w in weights.items()}
     try:
         result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, concept_weight=rc.concept_weight,
-                                  damping=rc.damping, rounds=rc.balance_rounds, negative_guidance=rc.negative_guidance)
+                                  damping=rc.damping, rounds=rc.balance_rounds, negative_guidance=rc.negative_guidance,
+                                  reference=reference)
     except RepairError as exc:
         raise FIAError(f"the rewrite cannot be fitted: {exc}") from None
     report(progress, 3, 3, "rewrite: done")

@@ -188,6 +188,7 @@ def paired_steps(
     num_inference_steps: int,
     guidance_scale: float,
     guide_by: str = "follow",
+    anchors: Sequence[str] | None = None,
 ) -> None:
     """Run the guided sampler along ``follow``'s trajectories and show the denoiser ``prompts`` at the same latents.
 
@@ -197,7 +198,9 @@ def paired_steps(
     denoiser sees one batch ``[unconditional; prompts; follow]`` on the same
     latents, so hooks (:func:`capture`) receive each layer's input under
     ``prompts[k]`` and ``follow[k]`` at the same latent and timestep, in
-    that batch's second and third thirds. Returns nothing: it exists for
+    that batch's second and third thirds. With ``anchors`` (one per image)
+    the batch is ``[unconditional; prompts; follow; anchors]`` and hooks get
+    four quarters. Returns nothing: it exists for
     the hooks (the closed-form rewrite's paired statistics, :mod:`fia.rewrite`).
     Stable Diffusion 1.x/2.x-style pipelines (``encode_prompt``, a UNet
     with ``sample_size``).
@@ -206,8 +209,9 @@ def paired_steps(
 
     if guide_by not in ("follow", "prompts"):
         raise FIAError(f"guide_by must be 'follow' or 'prompts', got {guide_by!r}")
-    if not len(prompts) == len(follow) == len(seeds):
-        raise FIAError(f"got {len(prompts)} prompts, {len(follow)} trajectories and {len(seeds)} seeds; give one of each per image")
+    if not len(prompts) == len(follow) == len(seeds) == len(prompts if anchors is None else anchors):
+        raise FIAError(f"got {len(prompts)} prompts, {len(follow)} trajectories, {len(seeds)} seeds"
+                       + ("" if anchors is None else f" and {len(anchors)} anchors") + "; give one of each per image")
     unet = pipe.unet
     device = next(unet.parameters()).device
     sched = copy.deepcopy(pipe.scheduler)
@@ -217,11 +221,14 @@ def paired_steps(
         shown = pipe.encode_prompt(list(prompts), device, 1, False)[0]
         followed = pipe.encode_prompt(list(follow), device, 1, False)[0]
         uncond = pipe.encode_prompt([""], device, 1, False)[0].expand(n, -1, -1)
-        emb = torch.cat([uncond, shown, followed])
+        parts = [uncond, shown, followed]
+        if anchors is not None:
+            parts.append(pipe.encode_prompt(list(anchors), device, 1, False)[0])
+        emb = torch.cat(parts)
         lat = initial_latents(unet, seeds) * sched.init_noise_sigma
         for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([lat, lat, lat]), t)
-            u, p, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(3)
+            inp = sched.scale_model_input(torch.cat([lat] * len(parts)), t)
+            u, p, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(len(parts))[:3]
             c = f if guide_by == "follow" else p
             lat = sched.step(u + guidance_scale * (c - u), t, lat).prev_sample
 

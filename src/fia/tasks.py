@@ -31,6 +31,7 @@ in concept files); line ``k`` of each file gets seed ``seed + k``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,14 +206,26 @@ class Task:
         """The rewrite's kept prompts (the anchor prompts, one group) and each concept prompt with its scene.
 
         A concept prompt's scene is its paired base prompt (its first
-        contrast). ``rewrite`` is the :class:`fia.config.RewriteConfig`.
+        contrast); its anchor is the prompt with an anchor concept (cycled)
+        in the concept's place, or its scene where there is no anchor or the
+        prompt does not spell the concept out. ``rewrite`` is the
+        :class:`fia.config.RewriteConfig`.
         """
         keep, evidence = self._kept_and_concept(
             erased, anchors, rewrite.keep_prompts_per_kind, rewrite.concept_prompts_per_concept, seed
         )
         concept = [p for ev in evidence for p in ev.prompts]
         scene = [row[0] for ev in evidence for row in ev.contrasts]
-        return RewritePrompts.seeded(keep, ["kept"] * len(keep), concept, scene, seed)
+        named = [c for c, ev in zip(erased, evidence) for _ in ev.prompts]
+        anchor = [_in_place(p, c, anchors[i % len(anchors)]) if anchors else t
+                  for i, (p, c, t) in enumerate(zip(concept, named, scene))]
+        anchor = [a if a != p else t for a, p, t in zip(anchor, concept, scene)]
+        return RewritePrompts.seeded(keep, ["kept"] * len(keep), concept, scene, seed, anchor)
+
+
+def _in_place(prompt: str, concept: str, anchor: str) -> str:
+    """``prompt`` with every spelling of ``concept`` (any case) replaced by ``anchor``."""
+    return re.sub(re.escape(concept), lambda _match: anchor, prompt, flags=re.IGNORECASE)
 
 
 REAL_MODEL_TASKS: dict[str, Task] = {

@@ -39,6 +39,33 @@ def test_rewrite_matches_brute_force_least_squares(lam, eta):
     assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, 0.01, eta), atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0, 2.5])
+def test_a_push_reference_other_than_the_scene_matches_brute_force(eta):
+    """reference R = mean x_r x_c^T: the concept rows' target is w x_t - eta (w x_c - w x_r), against brute force;
+    R = C (the reference is the scene) gives the plain rewrite's weights."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xt = xc + 0.5 * torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xr = xc + 0.8 * torch.randn(30, 7, generator=g, dtype=torch.float64)  # another kept kind's input at the same latents
+    lam, damping = 0.7, 0.01
+    gk, gc, cross = _moments(xk, xc, xt)
+    got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=xr.T @ xc / 30)
+    ridge = damping * float((gk + lam * gc).diagonal().mean())
+    a = torch.cat([xk / 40**0.5, (lam / 30) ** 0.5 * xc, ridge**0.5 * torch.eye(7, dtype=w.dtype)])
+    want = torch.stack([
+        torch.linalg.lstsq(a, torch.cat([xk @ r / 40**0.5, (lam / 30) ** 0.5 * (xt @ r - eta * (xc @ r - xr @ r)),
+                                         ridge**0.5 * r]).unsqueeze(1)).solution.squeeze(1)
+        for r in w
+    ])
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    plain = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta)
+    scene = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=cross)
+    assert torch.allclose(scene, plain, atol=1e-6)
+    with pytest.raises(ValueError, match="R has shape"):
+        rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=cross[:3])
+
+
 def test_a_kept_cross_term_holds_the_kept_outputs_of_other_inputs():
     """keep_cross: the kept term |w' x'_k - w x_k|^2 (the layer sees x'_k, must answer w x_k), against brute force."""
     g = torch.Generator().manual_seed(5)

@@ -209,3 +209,37 @@ def test_a_bare_words_scene_is_an_object_less_place():
         assert "object" not in place and "place" in place
         if " " in text:
             assert parse_prompt(text, world)["place"] == place["place"]
+
+
+def test_the_anchor_prompts_put_a_kept_concept_in_the_erased_ones_place():
+    """Anchored guidance's references: each concept prompt with a kept kind (prompt i: kept kind 7 i mod 30) in place
+    of the erased kind's name or synonym, a kept style in place of an erased style, and the scene where there is no
+    kept concept of that sort (burning)."""
+    from fia.shapeworld.render import parse_prompt
+    from fia.config import RewriteConfig
+    from fia.shapeworld.task import concept_phrasings, kept_in_place, task_in
+
+    world = vocab.SHAPEWORLD2
+    erased = ["circle", "star"]
+    concept, scene = concept_phrasings(erased, world, 24)
+    anchor = kept_in_place(concept, scene, erased, world)
+    kept = [o for o in world.object_names if o not in erased]
+    assert len(kept) == 30 and len(anchor) == 48
+    for i, (text, a) in enumerate(zip(concept, anchor)):
+        want, parsed = parse_prompt(text, world), parse_prompt(a, world)
+        assert parsed["object"] == kept[(7 * i) % 30]  # bare words too: "disc" -> "bell"
+        assert {k: v for k, v in parsed.items() if k != "object"} == {k: v for k, v in want.items() if k != "object"}
+    assert {parse_prompt(a, world)["object"] for a in anchor} == set(kept)  # every kept kind comes up
+    first_kept = next(o for o in world.object_names if o != "circle")
+    assert kept_in_place(["a red disc on the sand"], ["the sand"], ["circle"], world) == [f"a red {first_kept} on the sand"]
+    assert kept_in_place(["the sand"], ["the sand"], ["circle"], world) == ["the sand"]  # nothing to swap: the scene
+    styled, styled_scene = concept_phrasings(["Ovalli"], world, 6)
+    for text, a in zip(styled, kept_in_place(styled, styled_scene, ["Ovalli"], world)):
+        assert parse_prompt(a, world)["style"] != "Ovalli" and a.replace(parse_prompt(a, world)["style"], "Ovalli") == text
+    every_style = list(vocab.STYLE_NAMES)
+    styled, styled_scene = concept_phrasings(every_style, world, 2)
+    assert kept_in_place(styled, styled_scene, every_style, world) == styled_scene  # no style left: the scene
+    burning, burning_scene = concept_phrasings(["burning"], world, 4)
+    assert kept_in_place(burning, burning_scene, ["burning"], world) == burning_scene
+    prompts = task_in(world).rewrite_prompts(erased, RewriteConfig(), anchors=[], seed=0)
+    assert prompts.anchor == tuple(anchor)

@@ -74,7 +74,8 @@ def test_rewrite_solves_the_system_of_its_own_statistics(tiny_dir):
     rp = rewrite_prompts(["golf ball"], cfg)
     assert len(rp.concept) == len(rp.scene) == 2 and all("golf ball" not in s for s in rp.scene)
     gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
-    gc, cross = paired_moments(pipe, targets, rp, cfg)
+    gc, cross, reference = paired_moments(pipe, targets, rp, cfg)
+    assert reference is None  # anchored guidance off: the push is relative to the scene
     for t in targets:
         expected = rewrite_layer(t.module.weight, gk[t.name], gc[t.name], cross[t.name], concept_weight=0.7, damping=0.05)
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
@@ -117,6 +118,48 @@ def test_concept_trajectory_and_negative_guidance_solve_the_system_of_both_traje
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_anchored_guidance_pushes_relative_to_a_kept_concept_in_the_erased_ones_place(tiny_dir):
+    """With anchored_guidance beta, the push's reference is R = (1 - beta) C + beta A, A = mean x_a x_c^T under the
+    anchor prompt ("a golf ball in a park" -> "a dog in a park") at the same latents, collected here by hand."""
+    from fia.sampling import capture, paired_steps
+
+    pipe = load_tiny(tiny_dir)
+    rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
+                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=0.5)
+    cfg = tiny_rewrite_config(rewrite=rc, anchors=["dog"])
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    assert mask.config["rewrite"]["anchored_guidance"] == 0.5
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = rewrite_prompts(["golf ball"], cfg)
+    assert [a.replace("dog", "golf ball") for a in rp.anchor] == list(rp.concept) and all("dog" in a for a in rp.anchor)
+    gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
+    sums = {}
+
+    def hook(name, _module, args, _output):
+        _, xc, xt, xa = (x.reshape(-1, x.shape[-1]).double() for x in args[0].detach().chunk(4))
+        g, c, a, n = sums.get(name, (0, 0, 0, 0))
+        sums[name] = (g + xc.T @ xc, c + xt.T @ xc, a + xa.T @ xc, n + xc.shape[0])
+
+    with capture(targets, hook):
+        paired_steps(pipe, rp.concept, rp.scene, rp.concept_seeds, num_inference_steps=3, guidance_scale=3.0, anchors=rp.anchor)
+    for t in targets:
+        g, c, a, n = sums[t.name]
+        assert not torch.allclose(a, c)  # the anchor's inputs are not the scene's
+        expected = rewrite_layer(t.module.weight, gk[t.name], g / n, c / n, concept_weight=0.7, damping=0.05,
+                                 negative_guidance=1.5, reference=(0.5 * c + 0.5 * a) / n)
+        assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
+    plain = fia.erase(pipe, ["golf ball"], tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_guidance": 0.0}),
+                                                               anchors=["dog"]))
+    assert not torch.allclose(plain.layer(targets[0].name).row_values, mask.layer(targets[0].name).row_values)
+
+
+def test_without_an_anchor_concept_the_push_reference_is_the_scene(tiny_dir):
+    """No anchors named: every anchor prompt is its scene, so anchored guidance changes nothing."""
+    cfg = tiny_rewrite_config(rewrite=RewriteConfig(**{**SMALL.to_dict(), "anchored_guidance": 1.0}))
+    rp = rewrite_prompts(["golf ball"], cfg)
+    assert rp.anchor == rp.scene
+
+
 def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
     with pytest.raises(FIAError, match="belong to --variant rewrite"):
         config_for_variant("causal", {"rewrite": RewriteConfig()})
@@ -126,6 +169,8 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
         tiny_rewrite_config(rewrite={"balance_rounds": -1})
     with pytest.raises(FIAError, match="negative_guidance must be a finite number >= 0"):
         tiny_rewrite_config(rewrite={"negative_guidance": -0.5})
+    with pytest.raises(FIAError, match="anchored_guidance is a share between 0 and 1"):
+        tiny_rewrite_config(rewrite={"anchored_guidance": 1.5})
     with pytest.raises(FIAError, match="concept_trajectory must be true or false"):
         tiny_rewrite_config(rewrite={"concept_trajectory": "yes"})
     with pytest.raises(FIAError, match="unknown setting"):

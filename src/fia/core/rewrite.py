@@ -22,10 +22,20 @@ term past the scene, away from the concept: the target output is
 plain rewrite; with ``eta > 0`` a concept prompt whose input already
 matches its scene's is still pushed off what the concept adds.
 
-Setting the gradient to zero, with ``G_k = mean x_k x_k^T``,
-``G_c = mean x_c x_c^T`` and the cross moment ``C = mean x_t x_c^T``:
+The push's reference need not be the scene. With a reference input ``x_r``
+at the same latent (``rewrite.anchored_guidance``: a mix of the scene and
+the same prompt with a kept concept in the erased one's place) the target
+is ``w x_t - eta (w x_c - w x_r)``: the push removes what the concept adds
+over the reference. On ShapeWorld, pushing a common kind (circle) away from
+an empty scene also pushes every kind away from what any object adds, and
+the rare kinds lose their drawings; pushing it away from another kind does
+not (benchmarks/README.md, "anchored negative guidance").
 
-    w' (G_k + lambda G_c + delta s I) = w G_k + lambda w ((1 + eta) C - eta G_c) + delta s w
+Setting the gradient to zero, with ``G_k = mean x_k x_k^T``,
+``G_c = mean x_c x_c^T``, the cross moment ``C = mean x_t x_c^T`` and the
+reference's ``R = mean x_r x_c^T`` (``R = C`` when the reference is the scene):
+
+    w' (G_k + lambda G_c + delta s I) = w G_k + lambda w (C + eta (R - G_c)) + delta s w
 
 one symmetric positive definite system shared by every row. With
 ``lambda = 0`` (or ``X_t = X_c``) the solution is ``w' = w``.
@@ -71,6 +81,7 @@ def rewrite_layer(
     concept_weight: float,
     damping: float,
     negative_guidance: float = 0.0,
+    reference: Tensor | None = None,
     keep_cross: Tensor | None = None,
 ) -> Tensor:
     """The rewritten weight of one layer (module docstring), float32 ``(out, in)``.
@@ -83,12 +94,13 @@ def rewrite_layer(
         concept_weight: ``lambda``.
         damping: ``delta``, a share of the mean diagonal of ``G_k + lambda G_c``.
         negative_guidance: ``eta`` >= 0: the concept's target is pushed past the scene's output.
+        reference: ``(in, in)`` ``R = mean x_r x_c^T``, what the push is relative to; ``None``: the scene (``R = C``).
         keep_cross: ``(in, in)`` ``X = mean x x'^T`` when the kept outputs to hold are ``w x`` while the
             layer sees ``x'`` (``gram_keep`` then being ``mean x' x'^T``); ``None``: ``x' = x``.
     """
     n_in = weight.shape[1]
     keep_cross = gram_keep if keep_cross is None else keep_cross
-    for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross), ("X", keep_cross)):
+    for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross), ("X", keep_cross)) + ((("R", reference),) if reference is not None else ()):
         if m.shape != (n_in, n_in):
             raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
     if damping <= 0:
@@ -98,7 +110,10 @@ def rewrite_layer(
     h = damped_system(gram_keep, gram_concept, concept_weight, damping)
     ridge = float(h.diagonal().mean()) * damping / (1 + damping)  # delta * s, s the undamped mean diagonal
     w = weight.detach().to(torch.float64)
-    target = (1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64)
+    if reference is None:  # R = C: C + eta (C - G_c), written as before so that such edits keep their bytes
+        target = (1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64)
+    else:
+        target = cross.to(torch.float64) + negative_guidance * (reference.to(torch.float64) - gram_concept.to(torch.float64))
     rhs = w @ keep_cross.to(torch.float64) + concept_weight * (w @ target) + ridge * w
     try:
         chol = torch.linalg.cholesky(h)
@@ -131,6 +146,7 @@ def balanced_rewrite(
     damping: float,
     rounds: int,
     negative_guidance: float = 0.0,
+    reference: Mapping[str, Tensor] | None = None,
 ) -> Rewrite:
     """:func:`rewrite_layer` on every layer, with ``rounds`` reweightings of the kept groups (module docstring).
 
@@ -141,6 +157,7 @@ def balanced_rewrite(
         gram_concept / cross: ``G_c`` and ``C`` by layer name.
         rounds: reweighting rounds; 0 is the plain rewrite with the pooled ``G_k``.
         negative_guidance: ``eta`` (module docstring).
+        reference: ``R`` by layer name (module docstring); ``None``: the scene.
     """
     if not group_grams:
         raise RepairError("the rewrite has no kept prompts: nothing tells it what must stay")
@@ -148,7 +165,8 @@ def balanced_rewrite(
     def solve(alpha: Mapping[str, float]) -> dict[str, Tensor]:
         return {
             name: rewrite_layer(w, mix_grams(group_grams, sizes, alpha, name), gram_concept[name], cross[name],
-                                concept_weight=concept_weight, damping=damping, negative_guidance=negative_guidance)
+                                concept_weight=concept_weight, damping=damping, negative_guidance=negative_guidance,
+                                reference=None if reference is None else reference[name])
             for name, w in weights.items()
         }
 

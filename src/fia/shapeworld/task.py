@@ -16,6 +16,7 @@ pairs only, so no evaluation prompt is one a variant fitted on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -219,6 +220,38 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
     return concept, scene
 
 
+def kept_in_place(concept: Sequence[str], scene: Sequence[str], erased: Sequence[str], world: vocab.World) -> list[str]:
+    """Each concept prompt with a kept concept of the same sort in the erased one's place: the reference of
+    anchored negative guidance (``rewrite.anchored_guidance``).
+
+    An erased shape's name or synonym becomes a kept kind ("a red star near
+    the road" -> "a red bell near the road"; prompt ``i`` takes kept kind
+    ``7 i`` modulo their number, so that neighbouring prompts take kinds far
+    apart in the world's list, and over the prompts every kept kind comes
+    up); an erased style's name becomes a style not erased. Where there is
+    no kept concept of that sort (burning, every style erased, every kind
+    erased) the reference is the prompt's scene, as in plain negative guidance.
+    """
+    gone = shapeworld_canonical(erased, world)
+    kept_kinds = [o for o in world.object_names if o not in gone]
+    gone_styles = sorted({s for s in map(_style, erased) if s is not None})
+    kept_styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles]
+    swaps = []
+    if gone and kept_kinds:
+        words = sorted({w for o in gone for w in (o, *world.objects[o])}, key=len, reverse=True)
+        swaps.append((re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b"), lambda i: kept_kinds[(7 * i) % len(kept_kinds)]))
+    if gone_styles and kept_styles:
+        swaps.append((re.compile(r"\b(" + "|".join(map(re.escape, gone_styles)) + r")\b", re.IGNORECASE),
+                      lambda i: kept_styles[i % len(kept_styles)]))
+    out = []
+    for i, (text, own_scene) in enumerate(zip(concept, scene)):
+        anchor = text
+        for pattern, kept in swaps:
+            anchor = pattern.sub(kept(i), anchor)
+        out.append(own_scene if anchor == text else anchor)
+    return out
+
+
 # ------------------------------------------------------------------ the task
 class ShapeWorldTask(Task):
     """The ShapeWorld task in one world (``world=None``: the world of the model it runs on, see :meth:`settle`)."""
@@ -282,10 +315,12 @@ class ShapeWorldTask(Task):
 
     def rewrite_prompts(self, erased: Sequence[str], rewrite: Any, *, anchors: Sequence[str], seed: int) -> RewritePrompts:
         """Every kind not erased as a group of its own, with the object-less scenes, styles and burning
-        (:func:`keep_prompts`); each concept prompt with the same text without the concept (:func:`concept_phrasings`)."""
+        (:func:`keep_prompts`); each concept prompt with the same text without the concept (:func:`concept_phrasings`)
+        and with a kept concept in its place (:func:`kept_in_place`)."""
         keep, groups = keep_prompts(erased, self.world, rewrite.keep_prompts_per_kind)
         concept, scene = concept_phrasings(erased, self.world, rewrite.concept_prompts_per_concept)
-        return RewritePrompts.seeded(keep, groups, concept, scene, seed)
+        anchor = kept_in_place(concept, scene, erased, self.world)
+        return RewritePrompts.seeded(keep, groups, concept, scene, seed, anchor)
 
 
 def task_in(world: str | vocab.World | None) -> ShapeWorldTask:
