@@ -61,7 +61,7 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
 400,000); no held-out image is used.
 
     python benchmarks/rewrite_levers.py [--concepts circle,star] [--images 16] [--erased-images 32] [--judged-offset 5]
-        [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--out FILE]
+        [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--verdicts bell,cross] [--out FILE]
     python benchmarks/rewrite_levers.py --concepts star --text-similarity --out FILE
 
 ``--judged-offset 1`` or ``3`` rotates the fold: the judged images use the
@@ -74,7 +74,8 @@ Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
 largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
-each refit's relative move of every layer.
+each refit's relative move of every layer; with ``--verdicts KINDS`` what the judges call those kept kinds'
+judged images, unedited and under each setting (``verdicts``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ import argparse
 import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -98,6 +100,7 @@ from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
 from fia.sampling import capture, generate, paired_steps
 from fia.shapeworld import load_oracle, load_pipeline, load_second_judge
+from fia.shapeworld.evaluate import generate as draw
 from rewrite_generalisation import (KINDS, WORLD, add_fold_option, config_for, erase_and_judge, fitting_pairs, hits_per_kind,
                                     judged_images, rates, use_fold)
 
@@ -381,6 +384,19 @@ def judged_start(pipe, erased: list[str], images: int, erased_images: int, comma
     return judges, shown, base, results
 
 
+def verdicts(pipe, judges, shown, kinds: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """``judge -> kind -> {label: images}`` on the judged images of ``kinds``, commonest label first: what a kind
+    that stops being recognised is drawn as instead ("none": the oracle recognises no kind in the image)."""
+    chosen = [(p, s, t) for p, s, t in zip(*shown) if t in kinds]
+    truth = [t for _, _, t in chosen]
+    x = draw(pipe, [p for p, _, _ in chosen], [s for _, s, _ in chosen])
+    out = {}
+    for name, judge in judges.items():
+        labels = judge.labels(judge.predict(x))["object"]
+        out[name] = {k: dict(Counter(label for label, t in zip(labels, truth) if t == k).most_common()) for k in kinds}
+    return out
+
+
 def judged_fields(hits: dict, base: dict, erased: list[str], images: int, erased_images: int) -> dict:
     """A setting's judged figures: F and P per judge, the erased kinds' hits, the four largest kept drops per judge."""
     drops = {j: [{"kind": o, "change": round((hits[j][o] - base[j][o]) / images, 4)}
@@ -420,11 +436,16 @@ def main() -> None:
     ap.add_argument("--settings", default="0.05,0.03,5,4,24,1,1;0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1@ffn2+attn_out")
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
     add_fold_option(ap)
+    ap.add_argument("--verdicts", default="", help="comma-separated kept kinds whose judged images' verdicts are recorded")
     ap.add_argument("--text-similarity", action="store_true",
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
     settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    watched = [k.strip() for k in args.verdicts.split(",") if k.strip()]
+    unknown = [k for k in watched if k not in KINDS]
+    if unknown:
+        raise SystemExit(f"--verdicts names kinds the world does not have: {', '.join(unknown)}")
     use_fold(args.judged_offset)
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
@@ -436,18 +457,33 @@ def main() -> None:
         return
     command = (f"python benchmarks/rewrite_levers.py --concepts {args.concepts} --images {args.images} "
                f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}"
-               + (f" --judged-offset {args.judged_offset}" if args.judged_offset != 5 else ""))
+               + (f" --judged-offset {args.judged_offset}" if args.judged_offset != 5 else "")
+               + (f" --verdicts {args.verdicts}" if args.verdicts else ""))
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
+    if watched:
+        results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
     for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
         log: list = []
         lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
         with lever:
-            erase = (lambda: text_rows_edit(pipe, erased, setting)) if targets == "text_kv" else \
-                    (lambda: fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
+            made: dict = {}
+
+            def erase(setting=setting, targets=targets, made=made):
+                made["edit"] = (text_rows_edit(pipe, erased, setting) if targets == "text_kv" else
+                                fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
+                return made["edit"]
+
             hits, seconds = erase_and_judge(pipe, judges, images, erase)
+        if watched:
+            made["edit"].apply_(pipe)
+            try:
+                made["verdicts"] = verdicts(pipe, judges, images, watched)
+            finally:
+                made["edit"].restore_(pipe)
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
                **judged_fields(hits, base, erased, args.images, args.erased_images),
-               **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {})}
+               **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {}),
+               **({"verdicts": made["verdicts"]} if watched else {})}
         results["settings"].append(row)
         print(text, row["rates"], row["erased_hits"], row["largest_kept_drops"], flush=True)
         atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True))

@@ -153,3 +153,31 @@ def test_a_fold_fits_on_two_odd_offsets_and_judges_the_third(judged, monkeypatch
     assert not judged_pairs & fitted
     if judged == 5:
         assert [rg.fitting_pairs(k) for k in (0, 6)] == [("red", "sand"), ("red", "water")]
+
+
+def test_verdicts_count_each_judges_labels_per_watched_kind(monkeypatch):
+    """Only the watched kinds' images are drawn; each judge's labels are counted per kind, commonest first."""
+    drawn = []
+
+    def fake_draw(_pipe, prompts, seeds):
+        drawn.append((list(prompts), list(seeds)))
+        return torch.zeros(len(prompts), 3, 4, 4)
+
+    class Judge:
+        def __init__(self, labels):
+            self.labels_out = labels
+
+        def predict(self, x):
+            return x
+
+        def labels(self, _logits):
+            return {"object": self.labels_out}
+
+    monkeypatch.setattr(rewrite_levers, "draw", fake_draw)
+    shown = (["a bell", "a star", "a bell", "a cross", "a bell"], [1, 2, 3, 4, 5], ["bell", "star", "bell", "cross", "bell"])
+    judges = {"oracle": Judge(["none", "bell", "cross", "none"]), "judge2": Judge(["bell", "tree", "star", "bell"])}  # bell, bell, cross, bell
+    got = rewrite_levers.verdicts(None, judges, shown, ["bell", "cross"])
+    assert drawn == [(["a bell", "a bell", "a cross", "a bell"], [1, 3, 4, 5])]
+    assert got == {"oracle": {"bell": {"none": 2, "bell": 1}, "cross": {"cross": 1}},
+                   "judge2": {"bell": {"bell": 2, "tree": 1}, "cross": {"star": 1}}}
+    assert list(got["oracle"]["bell"]) == ["none", "bell"]  # commonest first
