@@ -217,9 +217,10 @@ class Task:
         concept = [p for ev in evidence for p in ev.prompts]
         scene = [row[0] for ev in evidence for row in ev.contrasts]
         named = [c for c, ev in zip(erased, evidence) for _ in ev.prompts]
-        anchor = [_in_place(p, c, anchors[i % len(anchors)]) if anchors else t
-                  for i, (p, c, t) in enumerate(zip(concept, named, scene))]
-        anchor = [a if a != p else t for a, p, t in zip(anchor, concept, scene)]
+        anchor = []
+        for i, (text, name, own_scene) in enumerate(zip(concept, named, scene)):
+            swapped = _in_place(text, name, anchors[i % len(anchors)]) if anchors else text
+            anchor.append(swapped if swapped != text else own_scene)
         return RewritePrompts.seeded(keep, ["kept"] * len(keep), concept, scene, seed, anchor)
 
 

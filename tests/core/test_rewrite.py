@@ -13,16 +13,17 @@ def _moments(xk, xc, xt):
     return xk.T @ xk / len(xk), xc.T @ xc / len(xc), xt.T @ xc / len(xc)
 
 
-def _brute(w, xk, xc, xt, lam, damping, eta=0.0):
+def _brute(w, xk, xc, xt, lam, damping, eta=0.0, xr=None):
     """Row by row: ordinary least squares on the stacked system whose squared residual is J(w');
-    the concept rows' target is ``w x_t - eta (w x_c - w x_t)``."""
+    the concept rows' target is ``w x_t - eta (w x_c - w x_r)``, the reference ``x_r`` the scene's ``x_t`` unless given."""
+    xr = xt if xr is None else xr
     gk, gc, _ = _moments(xk, xc, xt)
     ridge = damping * float((gk + lam * gc).diagonal().mean())
     n_in = w.shape[1]
     a = torch.cat([xk / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * xc, ridge**0.5 * torch.eye(n_in, dtype=w.dtype)])
     rows = []
     for r in w:
-        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r - eta * (xc @ r - xt @ r)), ridge**0.5 * r])
+        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r - eta * (xc @ r - xr @ r)), ridge**0.5 * r])
         rows.append(torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1))
     return torch.stack(rows)
 
@@ -51,14 +52,7 @@ def test_a_push_reference_other_than_the_scene_matches_brute_force(eta):
     lam, damping = 0.7, 0.01
     gk, gc, cross = _moments(xk, xc, xt)
     got = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=xr.T @ xc / 30)
-    ridge = damping * float((gk + lam * gc).diagonal().mean())
-    a = torch.cat([xk / 40**0.5, (lam / 30) ** 0.5 * xc, ridge**0.5 * torch.eye(7, dtype=w.dtype)])
-    want = torch.stack([
-        torch.linalg.lstsq(a, torch.cat([xk @ r / 40**0.5, (lam / 30) ** 0.5 * (xt @ r - eta * (xc @ r - xr @ r)),
-                                         ridge**0.5 * r]).unsqueeze(1)).solution.squeeze(1)
-        for r in w
-    ])
-    assert torch.allclose(got.double(), want, atol=1e-5)
+    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, damping, eta, xr=xr), atol=1e-5)
     plain = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta)
     scene = rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=cross)
     assert torch.allclose(scene, plain, atol=1e-6)

@@ -28,8 +28,10 @@ the same prompt with a kept concept in the erased one's place) the target
 is ``w x_t - eta (w x_c - w x_r)``: the push removes what the concept adds
 over the reference. On ShapeWorld, pushing a common kind (circle) away from
 an empty scene also pushes every kind away from what any object adds, and
-the rare kinds lose their drawings; pushing it away from another kind does
-not (benchmarks/README.md, "anchored negative guidance").
+the rare kinds are drawn past recognition; pushing it away from another
+kind costs them about half as much, but erases less wherever the concept
+shares its strokes with kept kinds or several common kinds go at once
+(benchmarks/README.md, "anchored negative guidance").
 
 Setting the gradient to zero, with ``G_k = mean x_k x_k^T``,
 ``G_c = mean x_c x_c^T``, the cross moment ``C = mean x_t x_c^T`` and the
@@ -100,7 +102,8 @@ def rewrite_layer(
     """
     n_in = weight.shape[1]
     keep_cross = gram_keep if keep_cross is None else keep_cross
-    for name, m in (("G_k", gram_keep), ("G_c", gram_concept), ("C", cross), ("X", keep_cross)) + ((("R", reference),) if reference is not None else ()):
+    moments = {"G_k": gram_keep, "G_c": gram_concept, "C": cross, "X": keep_cross, "R": cross if reference is None else reference}
+    for name, m in moments.items():
         if m.shape != (n_in, n_in):
             raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
     if damping <= 0:
