@@ -74,7 +74,8 @@ Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
 largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
-each refit's relative move of every layer; with ``--verdicts KINDS`` what the judges call those kept kinds'
+each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the setting's eighth field, anchored guidance,
+above 0) anchors the push of those erased concepts only, the others' staying relative to their scenes. With ``--verdicts KINDS`` what the judges call those kept kinds'
 judged images, unedited and under each setting (``verdicts``).
 """
 
@@ -413,6 +414,37 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
+    """``(the rest of the setting, the concepts whose push is anchored)`` of a ``SETTING~KIND+KIND`` entry
+    (no ``~``: every concept, as the library does)."""
+    rest, _, kinds = setting.partition("~")
+    if not kinds:
+        return rest, list(erased)
+    chosen = kinds.split("+")
+    if not set(chosen) <= set(erased):
+        raise SystemExit(f"{setting!r}: ~ names {', '.join(sorted(set(chosen) - set(erased)))}, which --concepts does not erase")
+    if "#" in rest or "^" in rest or "@" in rest or rest == "causal":
+        raise SystemExit(f"{setting!r}: ~ is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if float(config_for(rest).rewrite.anchored_guidance) == 0:
+        raise SystemExit(f"{setting!r}: ~ picks the concepts of anchored guidance; give the setting an eighth field > 0")
+    return rest, chosen
+
+
+@contextlib.contextmanager
+def anchored_for(kinds: list[str], per_concept: int) -> Iterator[None]:
+    """Within the block, only ``kinds``' concept prompts take the library's anchor (a kept kind in their place);
+    every other concept's push stays relative to its scene. The library's prompts come concept by concept,
+    ``per_concept`` each."""
+    plain = fia.shapeworld.task.kept_in_place
+
+    def in_place(concept, scene, erased, world):
+        anchors = plain(concept, scene, erased, world)
+        return [a if erased[i // per_concept] in kinds else t for i, (a, t) in enumerate(zip(anchors, scene))]
+
+    with mock.patch.object(fia.shapeworld.task, "kept_in_place", in_place):
+        yield
+
+
 def parse(setting: str) -> tuple[str, str, int, int]:
     """``(rewrite_generalisation setting, targets, concept rounds, kept refits)`` of one ``--settings`` entry."""
     base, _, refits = setting.partition("^")
@@ -441,7 +473,8 @@ def main() -> None:
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
-    settings = [parse(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    anchored = [anchored_only(s, erased) for s in args.settings.split(";")]  # bad input stops before any model work
+    settings = [parse(rest) for rest, _ in anchored]
     watched = [k.strip() for k in args.verdicts.split(",") if k.strip()]
     unknown = [k for k in watched if k not in KINDS]
     if unknown:
@@ -462,9 +495,11 @@ def main() -> None:
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     if watched:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
-    for text, (setting, targets, rounds, refits) in zip(args.settings.split(";"), settings):
+    for text, (setting, targets, rounds, refits), (_, anchored_kinds) in zip(args.settings.split(";"), settings, anchored):
         log: list = []
-        lever = concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else contextlib.nullcontext()
+        per_concept = config_for(setting).rewrite.concept_prompts_per_concept if setting != "causal" else 0
+        lever = (concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
+                 anchored_for(anchored_kinds, per_concept) if anchored_kinds != erased else contextlib.nullcontext())
         with lever:
             made: dict = {}
 

@@ -181,3 +181,24 @@ def test_verdicts_count_each_judges_labels_per_watched_kind(monkeypatch):
     assert got == {"oracle": {"bell": {"none": 2, "bell": 1}, "cross": {"cross": 1}},
                    "judge2": {"bell": {"bell": 2, "tree": 1}, "cross": {"star": 1}}}
     assert list(got["oracle"]["bell"]) == ["none", "bell"]  # commonest first
+
+
+def test_anchoring_some_concepts_only_gives_the_others_their_scenes_as_reference():
+    """SETTING~KIND: the named erased concepts keep the library's anchors, every other concept's reference is its scene;
+    the setting must turn anchored guidance on, name erased concepts only and carry no other lever."""
+    from fia.shapeworld import vocab
+    from fia.shapeworld.task import concept_phrasings, kept_in_place, task_in
+
+    assert rewrite_levers.anchored_only("0.04,0.03,5,4,24,1,1,1", ["circle", "star"]) == ("0.04,0.03,5,4,24,1,1,1", ["circle", "star"])
+    assert rewrite_levers.anchored_only("0.04,0.03,5,4,24,1,1,1~circle", ["circle", "star"]) == ("0.04,0.03,5,4,24,1,1,1", ["circle"])
+    for bad, why in (("0.04,0.03,5,4,24,1,1,1~heart", "does not erase"), ("0.04,0.03,5,4,24,1,1~circle", "eighth field"),
+                     ("0.04,0.03,5,4,24,1,1,1#2~circle", "one lever at a time")):
+        with pytest.raises(SystemExit, match=why):
+            rewrite_levers.anchored_only(bad, ["circle", "star"])
+    world, erased = vocab.SHAPEWORLD2, ["circle", "star"]
+    concept, scene = concept_phrasings(erased, world, 24)
+    library = kept_in_place(concept, scene, erased, world)
+    with rewrite_levers.anchored_for(["circle"], 24):
+        prompts = task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0)
+    assert prompts.anchor[:24] == tuple(library[:24]) and prompts.anchor[24:] == tuple(scene[24:])
+    assert task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0).anchor == tuple(library)  # put back
