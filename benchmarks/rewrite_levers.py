@@ -74,9 +74,11 @@ Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
 largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
-each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the setting's eighth field, anchored guidance,
-above 0) anchors the push of those erased concepts only, the others' staying relative to their scenes. With ``--verdicts KINDS`` what the judges call those kept kinds'
-judged images, unedited and under each setting (``verdicts``).
+each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the
+setting's eighth field, anchored guidance, above 0) anchors the push of those
+erased concepts only, the others' staying relative to their scenes. With
+``--verdicts KINDS`` the record also holds what the judges call those kept
+kinds' judged images, unedited and under each setting (``verdicts``).
 """
 
 from __future__ import annotations
