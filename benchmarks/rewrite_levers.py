@@ -326,8 +326,7 @@ class _WeightEdit:
 
 def without_concepts(prompts: list[str], erased: list[str]) -> list[str]:
     """Each prompt with the erased kinds' names and synonyms taken out ("a red star near the road" -> "a red near the road")."""
-    words = sorted({w for o in erased for w in (o, *WORLD.objects[o])}, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b ?")
+    pattern = re.compile(fia.shapeworld.task.kind_words(erased, WORLD) + " ?")
     return [pattern.sub("", p).strip() for p in prompts]
 
 
@@ -433,14 +432,14 @@ def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def anchored_for(kinds: list[str], per_concept: int) -> Iterator[None]:
+def anchored_for(kinds: list[str]) -> Iterator[None]:
     """Within the block, only ``kinds``' concept prompts take the library's anchor (a kept kind in their place);
     every other concept's push stays relative to its scene. The library's prompts come concept by concept,
-    ``per_concept`` each."""
+    as many each."""
     plain = fia.shapeworld.task.kept_in_place
 
     def in_place(concept, scene, erased, world):
-        anchors = plain(concept, scene, erased, world)
+        anchors, per_concept = plain(concept, scene, erased, world), len(concept) // len(erased)
         return [a if erased[i // per_concept] in kinds else t for i, (a, t) in enumerate(zip(anchors, scene))]
 
     with mock.patch.object(fia.shapeworld.task, "kept_in_place", in_place):
@@ -499,9 +498,8 @@ def main() -> None:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
     for text, (setting, targets, rounds, refits), (_, anchored_kinds) in zip(args.settings.split(";"), settings, anchored):
         log: list = []
-        per_concept = config_for(setting).rewrite.concept_prompts_per_concept if setting != "causal" else 0
         lever = (concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
-                 anchored_for(anchored_kinds, per_concept) if anchored_kinds != erased else contextlib.nullcontext())
+                 anchored_for(anchored_kinds) if anchored_kinds != erased else contextlib.nullcontext())
         with lever:
             made: dict = {}
 

@@ -198,7 +198,7 @@ def test_anchoring_some_concepts_only_gives_the_others_their_scenes_as_reference
     world, erased = vocab.SHAPEWORLD2, ["circle", "star"]
     concept, scene = concept_phrasings(erased, world, 24)
     library = kept_in_place(concept, scene, erased, world)
-    with rewrite_levers.anchored_for(["circle"], 24):
+    with rewrite_levers.anchored_for(["circle"]):
         prompts = task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0)
     assert prompts.anchor[:24] == tuple(library[:24]) and prompts.anchor[24:] == tuple(scene[24:])
     assert task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0).anchor == tuple(library)  # put back

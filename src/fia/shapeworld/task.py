@@ -220,6 +220,12 @@ def concept_phrasings(erased: Sequence[str], world: vocab.World, n: int) -> tupl
     return concept, scene
 
 
+def kind_words(kinds: Sequence[str], world: vocab.World) -> str:
+    """A regular expression matching any name or synonym of ``kinds`` as a whole word, longest first."""
+    words = sorted({w for o in kinds for w in (o, *world.objects[o])}, key=len, reverse=True)
+    return r"\b(" + "|".join(map(re.escape, words)) + r")\b"
+
+
 def kept_in_place(concept: Sequence[str], scene: Sequence[str], erased: Sequence[str], world: vocab.World) -> list[str]:
     """Each concept prompt with a kept concept of the same sort in the erased one's place: the reference of
     anchored negative guidance (``rewrite.anchored_guidance``).
@@ -238,8 +244,7 @@ def kept_in_place(concept: Sequence[str], scene: Sequence[str], erased: Sequence
     kept_styles = [s for s in vocab.STYLE_NAMES if s not in gone_styles]
     swaps = []
     if gone and kept_kinds:
-        words = sorted({w for o in gone for w in (o, *world.objects[o])}, key=len, reverse=True)
-        swaps.append((re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b"), lambda i: kept_kinds[(7 * i) % len(kept_kinds)]))
+        swaps.append((re.compile(kind_words(gone, world)), lambda i: kept_kinds[(7 * i) % len(kept_kinds)]))
     if gone_styles and kept_styles:
         swaps.append((re.compile(r"\b(" + "|".join(map(re.escape, gone_styles)) + r")\b", re.IGNORECASE),
                       lambda i: kept_styles[i % len(kept_styles)]))
