@@ -22,8 +22,9 @@ full scene, a lever the library does not offer yet: "a red star" and the bare
 Each setting is ``concept_weight,damping,balance_rounds,keep_prompts_per_kind,concept_prompts_per_concept``,
 optionally followed by ``,concept_trajectory,negative_guidance`` (``1,1``: the
 concept's own trajectory too, eta 1; left out: ``0,0``, the first preset's
-form) and then ``,anchored_guidance`` (beta; left out: 0, the push relative
-to the scene); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+form), then ``,anchored_guidance`` (beta; left out: 0, the push relative
+to the scene) and ``,anchored_concepts`` (``all`` or ``stronger``; left out:
+``all``); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
 whose evidence prompts are held to the same 12 pairs. ``--erased-images``
 judges the erased kinds on more images than the kept ones (default: as
 many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
@@ -162,13 +163,14 @@ def config_for(setting: str):
     if setting == "causal":
         return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
     fields = setting.split(",")
-    if len(fields) not in (5, 7, 8):
-        raise SystemExit(f"a setting has 5, 7 or 8 comma-separated fields, or is 'causal'; got {setting!r}")
+    if len(fields) not in (5, 7, 8, 9):
+        raise SystemExit(f"a setting has 5, 7, 8 or 9 comma-separated fields, or is 'causal'; got {setting!r}")
     lam, damping, rounds, keep, concept = fields[:5]
     trajectory, eta = fields[5:7] or ("0", "0")
-    anchored = fields[7] if len(fields) == 8 else "0"
+    anchored = fields[7] if len(fields) >= 8 else "0"
+    which = fields[8] if len(fields) == 9 else "all"
     rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept), bool(int(trajectory)), float(eta),
-                       float(anchored))
+                       float(anchored), which)
     return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
 
 

@@ -168,7 +168,7 @@ def per_concept_pass(names: list[str], per: dict) -> Callable:
             raise SystemExit("the per-concept levers measure the push relative to the scene; set anchored guidance to 0")
         batch_size = batch_size or config.batch_size or fia.rewrite.PAIRED_BATCH
         per.update(per_concept_moments(pipe, targets, prompts, config, names, batch_size))
-        return (*mix_concepts(per, {c: 1.0 for c in names}), None)
+        return (*mix_concepts(per, {c: 1.0 for c in names}), None, {})
 
     return moments
 
@@ -518,7 +518,8 @@ def main() -> None:
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
                **judged_fields(hits, base, erased, args.images, args.erased_images),
                **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {}),
-               **({"verdicts": made["verdicts"]} if watched else {})}
+               **({"verdicts": made["verdicts"]} if watched else {}),
+               **({"anchoring": made["edit"].stats["anchoring"]} if "anchoring" in (getattr(made["edit"], "stats", None) or {}) else {})}
         results["settings"].append(row)
         print(text, row["rates"], row["erased_hits"], row["largest_kept_drops"], flush=True)
         atomic_write_text(args.out, json.dumps(results, indent=1, sort_keys=True))

@@ -98,7 +98,8 @@ class RewritePrompts:
     ``scene[k]``'s trajectory, from seed ``concept_seeds[k]``.
     ``anchor[k]`` is ``concept[k]`` with a kept concept in the erased one's
     place (its scene where there is none), the reference of anchored
-    negative guidance (``rewrite.anchored_guidance``).
+    negative guidance (``rewrite.anchored_guidance``); ``owner[k]`` is the
+    erased concept that ``concept[k]`` phrases.
     """
 
     keep: tuple[str, ...]
@@ -108,20 +109,22 @@ class RewritePrompts:
     scene: tuple[str, ...]
     concept_seeds: tuple[int, ...]
     anchor: tuple[str, ...]
+    owner: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not len(self.concept) == len(self.scene) == len(self.anchor) == len(self.concept_seeds):
-            raise ValueError(f"{len(self.concept)} concept prompts need as many scenes, anchors and seeds; got "
-                             f"{len(self.scene)}, {len(self.anchor)} and {len(self.concept_seeds)}")
+        sizes = (len(self.scene), len(self.anchor), len(self.concept_seeds), len(self.owner))
+        if any(n != len(self.concept) for n in sizes):
+            raise ValueError(f"{len(self.concept)} concept prompts need as many scenes, anchors, seeds and owners; got "
+                             f"{', '.join(map(str, sizes))}")
 
     @classmethod
     def seeded(
         cls, keep: Sequence[str], groups: Sequence[str], concept: Sequence[str], scene: Sequence[str], seed: int,
-        anchor: Sequence[str],
+        anchor: Sequence[str], owner: Sequence[str],
     ) -> "RewritePrompts":
         """The sets with their seeds (the repair's offsets: the two never run together)."""
         return cls(
             tuple(keep), tuple(seed + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))), tuple(groups),
             tuple(concept), tuple(scene), tuple(seed + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
-            tuple(anchor),
+            tuple(anchor), tuple(owner),
         )  # fmt: skip

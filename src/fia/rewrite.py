@@ -64,38 +64,70 @@ PAIRED_BATCH = 16
 
 
 class _PairedMoments:
-    """Running ``sum x_c x_c^T``, ``sum x_t x_c^T`` (and ``sum x_a x_c^T``) per layer over
-    ``[uncond; concept; scene]`` (``[uncond; concept; scene; anchor]``) batches."""
+    """Running sums per layer over ``[uncond; concept; scene]`` (``[...; anchor]``) batches: ``sum x_c x_c^T`` and
+    ``sum x_t x_c^T``; anchored, per concept, ``sum (x_a - x_t) x_c^T`` and the output energies
+    ``sum |W (x_c - x_t)|^2`` and ``sum |W (x_a - x_t)|^2``. ``owners`` names the concept of each image of the
+    batch being run."""
 
     def __init__(self, anchored: bool = False) -> None:
         self.parts = 4 if anchored else 3
         self.sums: dict[str, list[Tensor]] = {}
         self.count: dict[str, int] = {}
+        self.shift: dict[str, dict[str, Tensor]] = {}  # layer -> concept -> sum (x_a - x_t) x_c^T
+        self.energy: dict[str, Tensor] = {}  # concept -> [sum |W (x_c - x_t)|^2, sum |W (x_a - x_t)|^2]
+        self.owners: Sequence[str] = ()
 
-    def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
-        xc, *others = (x.reshape(-1, x.shape[-1]).to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
-        moments = [xc.T @ xc, *(x.T @ xc for x in others)]  # G_c, C and, anchored, A
+    def hook(self, name: str, module: Any, args: tuple, _output: Any) -> None:
+        xc, xt, *xa = (x.to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
+        width = xc.shape[-1]
+        rows_c, rows_t = xc.reshape(-1, width), xt.reshape(-1, width)
+        moments = [rows_c.T @ rows_c, rows_t.T @ rows_c]  # G_c, C
         if name in self.sums:
             for total, m in zip(self.sums[name], moments):
                 total += m
-            self.count[name] += xc.shape[0]
+            self.count[name] += rows_c.shape[0]
         else:
-            self.sums[name], self.count[name] = moments, xc.shape[0]
+            self.sums[name], self.count[name] = moments, rows_c.shape[0]
+        if not xa:
+            return
+        weight = module.weight.detach().to(torch.float64)
+        shifts = self.shift.setdefault(name, {})
+        for concept in dict.fromkeys(self.owners):
+            own = [i for i, o in enumerate(self.owners) if o == concept]
+            c, t, a = (x[own].reshape(-1, width) for x in (xc, xt, xa[0]))
+            shift = (a - t).T @ c
+            shifts[concept] = shifts[concept] + shift if concept in shifts else shift
+            energy = torch.stack([((c - t) @ weight.T).square().sum(), ((a - t) @ weight.T).square().sum()]).cpu()
+            self.energy[concept] = self.energy[concept] + energy if concept in self.energy else energy
 
-    def means(self) -> list[dict[str, Tensor]]:
+    def means(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
-        return [{n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(self.parts - 1)]
+        return tuple({n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(2))  # type: ignore[return-value]
+
+
+def anchored_shares(energy: dict[str, Tensor], beta: float, which: str) -> dict[str, dict[str, float | bool]]:
+    """Per concept, ``anchor_over_concept = E|W (x_a - x_t)|^2 / E|W (x_c - x_t)|^2`` (over its own prompts and
+    every edited layer) and its share ``beta`` of anchoring: every concept's (``which = "all"``), or only those
+    whose own change is the larger (ratio below 1, ``"stronger"``; :class:`fia.config.RewriteConfig`)."""
+    out = {}
+    for concept, (e_concept, e_anchor) in energy.items():
+        ratio = float(e_anchor / e_concept) if e_concept > 0 else float("inf")
+        anchored = which == "all" or ratio < 1
+        out[concept] = {"anchor_over_concept": round(ratio, 4), "anchored": anchored, "beta": beta if anchored else 0.0}
+    return out
 
 
 def paired_moments(
     pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int | None = None,
-) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None, dict[str, dict]]:
     """``G_c``, ``C`` and ``R`` of every target over the concept prompts, shown at their scenes' latents
-    (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both).
+    (and, with ``rewrite.concept_trajectory``, at the concept's own latents too: one mean over both), and
+    per concept what :func:`anchored_shares` found (empty when the push is not anchored).
 
-    ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta) x_t + beta x_a``
-    with ``beta = rewrite.anchored_guidance`` and ``x_a`` the input under the anchor prompt at the same latents;
-    ``None`` when ``beta`` is 0 (the reference is the scene, and the pass shows no anchors)."""
+    ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta_c) x_t + beta_c x_a``
+    with ``x_a`` the input under the anchor prompt at the same latents and ``beta_c`` concept ``c``'s share
+    (``rewrite.anchored_guidance`` where ``rewrite.anchored_concepts`` anchors it, else 0); ``R`` is ``None``
+    when ``rewrite.anchored_guidance`` is 0 (the reference is the scene, and the pass shows no anchors)."""
     batch_size = batch_size or config.batch_size or PAIRED_BATCH
     beta = config.rewrite.anchored_guidance
     acc = _PairedMoments(anchored=beta > 0)
@@ -103,16 +135,20 @@ def paired_moments(
     with capture(targets, acc.hook):
         for guide in guides:
             for s in range(0, len(prompts.concept), batch_size):
+                acc.owners = prompts.owner[s : s + batch_size]
                 paired_steps(
                     pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
                     anchors=prompts.anchor[s : s + batch_size] if beta > 0 else None,
                 )
+    gram_c, cross = acc.means()
     if beta == 0:
-        gram_c, cross = acc.means()
-        return gram_c, cross, None
-    gram_c, cross, anchored = acc.means()
-    return gram_c, cross, {n: (1 - beta) * cross[n] + beta * anchored[n] for n in cross}
+        return gram_c, cross, None, {}
+    shares = anchored_shares(acc.energy, beta, config.rewrite.anchored_concepts)
+    reference = {  # R = C + sum_c beta_c mean (x_a - x_t) x_c^T over concept c's rows (the mean over every concept's)
+        n: cross[n] + sum(shares[c]["beta"] * d.cpu() for c, d in acc.shift[n].items()) / acc.count[n] for n in cross
+    }
+    return gram_c, cross, reference, shares
 
 
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:
@@ -150,7 +186,7 @@ def rewrite_erase(
     report(progress, 0, 3, "rewrite: the kept prompts' layer inputs")
     grams, sizes = group_grams(pipe, found, prompts, config)
     report(progress, 1, 3, "rewrite: the concept prompts at their scenes' latents")
-    gram_c, cross, reference = paired_moments(pipe, found, prompts, config)
+    gram_c, cross, reference, anchoring = paired_moments(pipe, found, prompts, config)
     t_stats = time.perf_counter() - t_start
     report(progress, 2, 3, "rewrite: solving")
     t_solve = time.perf_counter()
@@ -170,6 +206,8 @@ def rewrite_erase(
     rows = {n: LayerRepair(torch.arange(w.shape[0], dtype=torch.int64), result.weights[n]) for n, w in unedited.items()}
     mask = mask.with_repair(unedited, rows)
     mask.stats = _run_stats(names, prompts, result, unedited, t_stats, time.perf_counter() - t_solve, time.perf_counter() - t_start)
+    if anchoring:
+        mask.stats["anchoring"] = anchoring
     return mask
 
 

@@ -221,7 +221,7 @@ class Task:
         for i, (text, name, own_scene) in enumerate(zip(concept, named, scene)):
             swapped = _in_place(text, name, anchors[i % len(anchors)]) if anchors else text
             anchor.append(swapped if swapped != text else own_scene)
-        return RewritePrompts.seeded(keep, ["kept"] * len(keep), concept, scene, seed, anchor)
+        return RewritePrompts.seeded(keep, ["kept"] * len(keep), concept, scene, seed, anchor, named)
 
 
 def _in_place(prompt: str, concept: str, anchor: str) -> str:

@@ -74,8 +74,8 @@ def test_rewrite_solves_the_system_of_its_own_statistics(tiny_dir):
     rp = rewrite_prompts(["golf ball"], cfg)
     assert len(rp.concept) == len(rp.scene) == 2 and all("golf ball" not in s for s in rp.scene)
     gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
-    gc, cross, reference = paired_moments(pipe, targets, rp, cfg)
-    assert reference is None  # anchored guidance off: the push is relative to the scene
+    gc, cross, reference, anchoring = paired_moments(pipe, targets, rp, cfg)
+    assert reference is None and anchoring == {}  # anchored guidance off: the push is relative to the scene
     for t in targets:
         expected = rewrite_layer(t.module.weight, gk[t.name], gc[t.name], cross[t.name], concept_weight=0.7, damping=0.05)
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
@@ -153,6 +153,66 @@ def test_anchored_guidance_pushes_relative_to_a_kept_concept_in_the_erased_ones_
     assert not torch.allclose(plain.layer(targets[0].name).row_values, mask.layer(targets[0].name).row_values)
 
 
+def test_anchored_shares_anchor_only_the_concepts_that_move_the_layers_more_than_their_anchor():
+    """Energies [E|W (x_c - x_t)|^2, E|W (x_a - x_t)|^2] per concept, ratios by hand."""
+    from fia.rewrite import anchored_shares
+
+    energy = {"a": torch.tensor([4.0, 2.0]), "b": torch.tensor([1.0, 3.0]), "c": torch.tensor([2.0, 2.0])}
+    stronger = anchored_shares(energy, 0.8, "stronger")
+    assert {c: v["anchor_over_concept"] for c, v in stronger.items()} == {"a": 0.5, "b": 3.0, "c": 1.0}
+    assert {c: v["beta"] for c, v in stronger.items()} == {"a": 0.8, "b": 0.0, "c": 0.0}  # a tie is not the larger change
+    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, "all").items()} == {"a": True, "b": True, "c": True}
+
+
+def test_stronger_anchors_each_concept_by_its_own_prompts_energies(tiny_dir):
+    """anchored_concepts "stronger": per concept, E|W (x_c - x_t)|^2 and E|W (x_a - x_t)|^2 over its own prompts and every
+    layer decide whether its push is anchored, and R = C + sum_c beta_c mean (x_a - x_t) x_c^T over c's rows;
+    all collected here by hand, image by image."""
+    from fia.sampling import capture, paired_steps
+
+    pipe = load_tiny(tiny_dir)
+    rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
+                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=1.0, anchored_concepts="stronger")
+    cfg = tiny_rewrite_config(rewrite=rc, anchors=["dog"])
+    erased = ["golf ball", "church"]
+    mask = fia.erase(pipe, erased, cfg)
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = rewrite_prompts(erased, cfg)
+    assert rp.owner == ("golf ball", "golf ball", "church", "church")
+    gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
+    energy = {c: torch.zeros(2, dtype=torch.float64) for c in erased}
+    sums, owner = {}, [""]
+
+    def hook(name, module, args, _output):
+        _, xc, xt, xa = (x.reshape(-1, x.shape[-1]).double() for x in args[0].detach().chunk(4))
+        w = module.weight.double()
+        energy[owner[0]] += torch.stack([((xc - xt) @ w.T).square().sum(), ((xa - xt) @ w.T).square().sum()])
+        g, c, d, n = sums.get((owner[0], name), (0, 0, 0, 0))
+        sums[(owner[0], name)] = (g + xc.T @ xc, c + xt.T @ xc, d + (xa - xt).T @ xc, n + xc.shape[0])
+
+    with capture(targets, hook):
+        for k in range(len(rp.concept)):  # one image at a time, so each one's owner is known
+            owner[0] = rp.owner[k]
+            paired_steps(pipe, rp.concept[k : k + 1], rp.scene[k : k + 1], rp.concept_seeds[k : k + 1], num_inference_steps=3,
+                         guidance_scale=3.0, anchors=rp.anchor[k : k + 1])
+    ratio = {c: float(e[1] / e[0]) for c, e in energy.items()}
+    recorded = mask.stats["anchoring"]
+    assert {c: v["anchor_over_concept"] for c, v in recorded.items()} == pytest.approx(ratio, abs=1e-4)
+    assert {c: v["anchored"] for c, v in recorded.items()} == {c: r < 1 for c, r in ratio.items()}
+    assert {v["anchored"] for v in recorded.values()} == {True, False}  # this tiny model has one of each: both branches checked
+    beta = {c: 1.0 if r < 1 else 0.0 for c, r in ratio.items()}
+    for t in targets:
+        n = sum(sums[(c, t.name)][3] for c in erased)
+        g, cross = (sum(sums[(c, t.name)][k] for c in erased) / n for k in (0, 1))
+        reference = cross + sum(beta[c] * sums[(c, t.name)][2] for c in erased) / n
+        expected = rewrite_layer(t.module.weight, gk[t.name], g, cross, concept_weight=0.7, damping=0.05,
+                                 negative_guidance=1.5, reference=reference)
+        assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
+    every = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_concepts": "all"}),
+                                                        anchors=["dog"]))
+    assert all(v["anchored"] for v in every.stats["anchoring"].values())
+
+
 def test_without_an_anchor_concept_the_push_reference_is_the_scene(tiny_dir):
     """No anchors named: every anchor prompt is its scene, so anchored guidance changes nothing."""
     cfg = tiny_rewrite_config(rewrite=RewriteConfig(**{**SMALL.to_dict(), "anchored_guidance": 1.0}))
@@ -171,6 +231,8 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
         tiny_rewrite_config(rewrite={"negative_guidance": -0.5})
     with pytest.raises(FIAError, match="anchored_guidance is a share between 0 and 1"):
         tiny_rewrite_config(rewrite={"anchored_guidance": 1.5})
+    with pytest.raises(FIAError, match="anchored_concepts must be one of all, stronger, got 'some'"):
+        tiny_rewrite_config(rewrite={"anchored_concepts": "some"})
     with pytest.raises(FIAError, match="concept_trajectory must be true or false"):
         tiny_rewrite_config(rewrite={"concept_trajectory": "yes"})
     with pytest.raises(FIAError, match="unknown setting"):

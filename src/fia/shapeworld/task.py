@@ -325,7 +325,8 @@ class ShapeWorldTask(Task):
         keep, groups = keep_prompts(erased, self.world, rewrite.keep_prompts_per_kind)
         concept, scene = concept_phrasings(erased, self.world, rewrite.concept_prompts_per_concept)
         anchor = kept_in_place(concept, scene, erased, self.world)
-        return RewritePrompts.seeded(keep, groups, concept, scene, seed, anchor)
+        owner = [name for name in erased for _ in range(rewrite.concept_prompts_per_concept)]  # concept_phrasings' order
+        return RewritePrompts.seeded(keep, groups, concept, scene, seed, anchor, owner)
 
 
 def task_in(world: str | vocab.World | None) -> ShapeWorldTask:
