@@ -13,7 +13,10 @@ with forward hooks on the target linears (:func:`fia.sampling.capture`):
   step; they give ``G_c = mean x_c x_c^T`` and ``C = mean x_t x_c^T`` (text
   rows only: the unconditional row does not depend on the prompt); with
   ``rewrite.anchored_guidance`` each batch also shows the concept prompt
-  with a kept concept in its place, for the push's reference ``R``.
+  with a kept concept in its place, for the push's reference ``R``, and
+  ``rewrite.anchored_concepts`` decides per concept whether its push takes
+  that reference, from how much its prompts and their anchors move the
+  edited layers (:func:`anchored_shares`; recorded in ``fusion_stats.json``).
 
 Following the scene's trajectory matters: those are the latents the edited
 model should produce, so the rewrite teaches it, at each of them, to answer
