@@ -23,8 +23,8 @@ Each setting is ``concept_weight,damping,balance_rounds,keep_prompts_per_kind,co
 optionally followed by ``,concept_trajectory,negative_guidance`` (``1,1``: the
 concept's own trajectory too, eta 1; left out: ``0,0``, the first preset's
 form), then ``,anchored_guidance`` (beta; left out: 0, the push relative
-to the scene) and ``,anchored_concepts`` (``all`` or ``stronger``; left out:
-``all``); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+to the scene) and ``,anchored_below`` (a number; left out: every concept
+anchored); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
 whose evidence prompts are held to the same 12 pairs. ``--erased-images``
 judges the erased kinds on more images than the kept ones (default: as
 many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
@@ -168,9 +168,9 @@ def config_for(setting: str):
     lam, damping, rounds, keep, concept = fields[:5]
     trajectory, eta = fields[5:7] or ("0", "0")
     anchored = fields[7] if len(fields) >= 8 else "0"
-    which = fields[8] if len(fields) == 9 else "all"
+    below = float(fields[8]) if len(fields) == 9 else None
     rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept), bool(int(trajectory)), float(eta),
-                       float(anchored), which)
+                       float(anchored), below)
     return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
 
 

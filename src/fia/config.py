@@ -148,10 +148,6 @@ class RepairConfig(_SettingsBlock):
 
 
 
-# whose push anchored guidance anchors (RewriteConfig.anchored_concepts)
-ANCHORED_CONCEPTS = ("all", "stronger")
-
-
 @dataclass(frozen=True)
 class RewriteConfig(_SettingsBlock):
     """Settings of the closed-form rewrite (:mod:`fia.core.rewrite`, :mod:`fia.rewrite`): ``--variant rewrite``.
@@ -181,13 +177,13 @@ class RewriteConfig(_SettingsBlock):
             ``beta = 1`` the push removes what the concept adds over another
             kept kind, not what any object adds over an empty scene (0: the
             scene, the push of ESD).
-        anchored_concepts: whose push ``anchored_guidance`` anchors. ``all``:
-            every erased concept's. ``stronger``: only a concept whose prompts
-            move the edited layers' outputs more than the kept concept in its
-            place does (``E|W (x_c - x_t)|^2 > E|W (x_a - x_t)|^2`` over its
-            own prompts, summed over the layers); a concept that moves them
-            less than the kind that replaces it is not told apart from it by
-            the difference, and pushes away from its scene instead.
+        anchored_below: whose push ``anchored_guidance`` anchors. ``None``:
+            every erased concept's. A number ``r``: only a concept whose anchors
+            move the edited layers' outputs less than ``r`` times as much as
+            its own prompts do (``E|W (x_a - x_t)|^2 < r E|W (x_c - x_t)|^2``
+            over its prompts, summed over the layers). A concept that moves
+            them no more than the kind put in its place is not told apart from
+            it by their difference, and pushes away from its scene instead.
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -199,7 +195,7 @@ class RewriteConfig(_SettingsBlock):
     concept_trajectory: bool = False
     negative_guidance: float = 0.0
     anchored_guidance: float = 0.0
-    anchored_concepts: str = "all"
+    anchored_below: float | None = None
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
@@ -207,9 +203,8 @@ class RewriteConfig(_SettingsBlock):
         check_nonnegative("rewrite.anchored_guidance", self.anchored_guidance)
         if self.anchored_guidance > 1:
             raise FIAError(f"rewrite.anchored_guidance is a share between 0 and 1, got {self.anchored_guidance!r}; e.g. 1")
-        if self.anchored_concepts not in ANCHORED_CONCEPTS:
-            raise FIAError(f"rewrite.anchored_concepts must be one of {', '.join(ANCHORED_CONCEPTS)}, "
-                           f"got {self.anchored_concepts!r}")
+        if self.anchored_below is not None:
+            check_nonnegative("rewrite.anchored_below", self.anchored_below)
         if not isinstance(self.concept_trajectory, bool):
             raise FIAError(f"rewrite.concept_trajectory must be true or false, got {self.concept_trajectory!r}")
         check_nonnegative("rewrite.damping", self.damping)

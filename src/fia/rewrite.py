@@ -14,7 +14,7 @@ with forward hooks on the target linears (:func:`fia.sampling.capture`):
   rows only: the unconditional row does not depend on the prompt); with
   ``rewrite.anchored_guidance`` each batch also shows the concept prompt
   with a kept concept in its place, for the push's reference ``R``, and
-  ``rewrite.anchored_concepts`` decides per concept whether its push takes
+  ``rewrite.anchored_below`` decides per concept whether its push takes
   that reference, from how much its prompts and their anchors move the
   edited layers (:func:`anchored_shares`; recorded in ``fusion_stats.json``).
 
@@ -108,14 +108,14 @@ class _PairedMoments:
         return tuple({n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(2))  # type: ignore[return-value]
 
 
-def anchored_shares(energy: dict[str, Tensor], beta: float, which: str) -> dict[str, dict[str, float | bool]]:
+def anchored_shares(energy: dict[str, Tensor], beta: float, below: float | None) -> dict[str, dict[str, float | bool]]:
     """Per concept, ``anchor_over_concept = E|W (x_a - x_t)|^2 / E|W (x_c - x_t)|^2`` (over its own prompts and
-    every edited layer) and its share ``beta`` of anchoring: every concept's (``which = "all"``), or only those
-    whose own change is the larger (ratio below 1, ``"stronger"``; :class:`fia.config.RewriteConfig`)."""
+    every edited layer) and its share ``beta`` of anchoring: every concept's (``below`` ``None``), or only those
+    whose ratio is below ``below`` (``rewrite.anchored_below``, :class:`fia.config.RewriteConfig`)."""
     out = {}
     for concept, (e_concept, e_anchor) in energy.items():
         ratio = float(e_anchor / e_concept) if e_concept > 0 else float("inf")
-        anchored = which == "all" or ratio < 1
+        anchored = below is None or ratio < below
         out[concept] = {"anchor_over_concept": round(ratio, 4), "anchored": anchored, "beta": beta if anchored else 0.0}
     return out
 
@@ -129,7 +129,7 @@ def paired_moments(
 
     ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta_c) x_t + beta_c x_a``
     with ``x_a`` the input under the anchor prompt at the same latents and ``beta_c`` concept ``c``'s share
-    (``rewrite.anchored_guidance`` where ``rewrite.anchored_concepts`` anchors it, else 0); ``R`` is ``None``
+    (``rewrite.anchored_guidance`` where ``rewrite.anchored_below`` anchors it, else 0); ``R`` is ``None``
     when ``rewrite.anchored_guidance`` is 0 (the reference is the scene, and the pass shows no anchors)."""
     batch_size = batch_size or config.batch_size or PAIRED_BATCH
     beta = config.rewrite.anchored_guidance
@@ -147,7 +147,7 @@ def paired_moments(
     gram_c, cross = acc.means()
     if beta == 0:
         return gram_c, cross, None, {}
-    shares = anchored_shares(acc.energy, beta, config.rewrite.anchored_concepts)
+    shares = anchored_shares(acc.energy, beta, config.rewrite.anchored_below)
     reference = {  # R = C + sum_c beta_c mean (x_a - x_t) x_c^T over concept c's rows (the mean over every concept's)
         n: cross[n] + sum(shares[c]["beta"] * d.cpu() for c, d in acc.shift[n].items()) / acc.count[n] for n in cross
     }

@@ -158,21 +158,22 @@ def test_anchored_shares_anchor_only_the_concepts_that_move_the_layers_more_than
     from fia.rewrite import anchored_shares
 
     energy = {"a": torch.tensor([4.0, 2.0]), "b": torch.tensor([1.0, 3.0]), "c": torch.tensor([2.0, 2.0])}
-    stronger = anchored_shares(energy, 0.8, "stronger")
-    assert {c: v["anchor_over_concept"] for c, v in stronger.items()} == {"a": 0.5, "b": 3.0, "c": 1.0}
-    assert {c: v["beta"] for c, v in stronger.items()} == {"a": 0.8, "b": 0.0, "c": 0.0}  # a tie is not the larger change
-    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, "all").items()} == {"a": True, "b": True, "c": True}
+    below_one = anchored_shares(energy, 0.8, 1.0)
+    assert {c: v["anchor_over_concept"] for c, v in below_one.items()} == {"a": 0.5, "b": 3.0, "c": 1.0}
+    assert {c: v["beta"] for c, v in below_one.items()} == {"a": 0.8, "b": 0.0, "c": 0.0}  # a tie is not below
+    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, 0.4).items()} == {"a": False, "b": False, "c": False}
+    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, None).items()} == {"a": True, "b": True, "c": True}
 
 
-def test_stronger_anchors_each_concept_by_its_own_prompts_energies(tiny_dir):
-    """anchored_concepts "stronger": per concept, E|W (x_c - x_t)|^2 and E|W (x_a - x_t)|^2 over its own prompts and every
+def test_anchored_below_anchors_each_concept_by_its_own_prompts_energies(tiny_dir):
+    """anchored_below 1: per concept, E|W (x_c - x_t)|^2 and E|W (x_a - x_t)|^2 over its own prompts and every
     layer decide whether its push is anchored, and R = C + sum_c beta_c mean (x_a - x_t) x_c^T over c's rows;
     all collected here by hand, image by image."""
     from fia.sampling import capture, paired_steps
 
     pipe = load_tiny(tiny_dir)
     rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
-                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=1.0, anchored_concepts="stronger")
+                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=1.0, anchored_below=1.0)
     cfg = tiny_rewrite_config(rewrite=rc, anchors=["dog"])
     erased = ["golf ball", "church"]
     mask = fia.erase(pipe, erased, cfg)
@@ -208,7 +209,7 @@ def test_stronger_anchors_each_concept_by_its_own_prompts_energies(tiny_dir):
         expected = rewrite_layer(t.module.weight, gk[t.name], g, cross, concept_weight=0.7, damping=0.05,
                                  negative_guidance=1.5, reference=reference)
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
-    every = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_concepts": "all"}),
+    every = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_below": None}),
                                                         anchors=["dog"]))
     assert all(v["anchored"] for v in every.stats["anchoring"].values())
 
@@ -231,8 +232,8 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
         tiny_rewrite_config(rewrite={"negative_guidance": -0.5})
     with pytest.raises(FIAError, match="anchored_guidance is a share between 0 and 1"):
         tiny_rewrite_config(rewrite={"anchored_guidance": 1.5})
-    with pytest.raises(FIAError, match="anchored_concepts must be one of all, stronger, got 'some'"):
-        tiny_rewrite_config(rewrite={"anchored_concepts": "some"})
+    with pytest.raises(FIAError, match="anchored_below must be a finite number >= 0, got 'some'"):
+        tiny_rewrite_config(rewrite={"anchored_below": "some"})
     with pytest.raises(FIAError, match="concept_trajectory must be true or false"):
         tiny_rewrite_config(rewrite={"concept_trajectory": "yes"})
     with pytest.raises(FIAError, match="unknown setting"):
