@@ -63,6 +63,7 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
     python benchmarks/rewrite_levers.py [--concepts circle,star] [--images 16] [--erased-images 32] [--judged-offset 5]
         [--settings "0.05,0.03,5,4,24,1,1@attn_out;0.05,0.03,5,4,24,1,1#3"] [--verdicts bell,cross] [--out FILE]
     python benchmarks/rewrite_levers.py --concepts star --text-similarity --out FILE
+    python benchmarks/rewrite_levers.py --anchor-ratios [--judged-offset 5] --out FILE
 
 ``--judged-offset 1`` or ``3`` rotates the fold: the judged images use the
 odd pairs with place = colour + 1 (or + 3), the rewrite's prompts the other
@@ -79,6 +80,10 @@ setting's eighth field, anchored guidance, above 0) anchors the push of those
 erased concepts only, the others' staying relative to their scenes. With
 ``--verdicts KINDS`` the record also holds what the judges call those kept
 kinds' judged images, unedited and under each setting (``verdicts``).
+A row whose setting anchors the push records each concept's
+``fia.rewrite.anchor_ratios`` ratio and whether it was anchored
+(``anchoring``). ``--anchor-ratios`` writes that ratio for every kind of the
+world erased alone, on the fold's fitting pairs, and stops (no image is judged).
 """
 
 from __future__ import annotations
@@ -375,6 +380,20 @@ def text_row_similarity(pipe, kind: str) -> dict[str, float]:
     return {o: round(v, 3) for o, v in sorted(sims.items(), key=lambda kv: -kv[1])}
 
 
+def every_anchor_ratio(pipe) -> dict[str, float]:
+    """Each kind's ``fia.rewrite.anchor_ratios`` ratio, erased alone at the preset's settings, lowest first."""
+    from fia.targets import find_targets
+    from fia.tasks import task_of
+
+    config = config_for("0.04,0.03,5,4,24,1,1,1")
+    targets = find_targets(pipe.unet, config.targets)
+    ratios = {}
+    for kind in KINDS:
+        prompts = task_of(config).rewrite_prompts([kind], config.rewrite, anchors=config.anchors, seed=config.seed)
+        ratios[kind] = fia.rewrite.anchor_ratios(pipe, targets, prompts, config)[kind]
+    return {k: round(v, 4) for k, v in sorted(ratios.items(), key=lambda kv: kv[1])}
+
+
 def judged_start(pipe, erased: list[str], images: int, erased_images: int, command: str):
     """The judges, the judged images, the unedited model's hits on them, and the results record a run fills in."""
     judges = {"oracle": load_oracle(world=WORLD.name), "judge2": load_second_judge(world=WORLD.name)}
@@ -470,6 +489,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
     add_fold_option(ap)
     ap.add_argument("--verdicts", default="", help="comma-separated kept kinds whose judged images' verdicts are recorded")
+    ap.add_argument("--anchor-ratios", action="store_true",
+                    help="write every kind's anchor ratio (fia.rewrite.anchor_ratios), erased alone, and stop")
     ap.add_argument("--text-similarity", action="store_true",
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
@@ -483,6 +504,12 @@ def main() -> None:
     use_fold(args.judged_offset)
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
+    if args.anchor_ratios:
+        ratios = every_anchor_ratio(pipe)
+        command = f"python benchmarks/rewrite_levers.py --anchor-ratios --judged-offset {args.judged_offset} --out {_shown(args.out)}"
+        atomic_write_text(args.out, json.dumps({"command": command, "anchor_over_concept": ratios}, indent=1))
+        print(json.dumps(ratios))
+        return
     if args.text_similarity:
         sims = {c: text_row_similarity(pipe, c) for c in erased}
         atomic_write_text(args.out, json.dumps({"command": f"python benchmarks/rewrite_levers.py --concepts {args.concepts} "

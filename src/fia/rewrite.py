@@ -16,7 +16,8 @@ with forward hooks on the target linears (:func:`fia.sampling.capture`):
   with a kept concept in its place, for the push's reference ``R``, and
   ``rewrite.anchored_below`` decides per concept whether its push takes
   that reference, from how much its prompts and their anchors move the
-  edited layers (:func:`anchored_shares`; recorded in ``fusion_stats.json``).
+  edited layers at the sampler's first step (:func:`anchor_ratios`;
+  recorded in ``fusion_stats.json``).
 
 Following the scene's trajectory matters: those are the latents the edited
 model should produce, so the rewrite teaches it, at each of them, to answer
@@ -67,54 +68,74 @@ PAIRED_BATCH = 16
 
 
 class _PairedMoments:
-    """Running sums per layer over ``[uncond; concept; scene]`` (``[...; anchor]``) batches: ``sum x_c x_c^T`` and
-    ``sum x_t x_c^T``; anchored, per concept, ``sum (x_a - x_t) x_c^T`` and the output energies
-    ``sum |W (x_c - x_t)|^2`` and ``sum |W (x_a - x_t)|^2``. ``owners`` names the concept of each image of the
-    batch being run."""
+    """Running ``sum x_c x_c^T``, ``sum x_t x_c^T`` and ``sum (x_a - x_t) x_c^T`` per layer over
+    ``[uncond; concept; scene]`` batches, or ``[...; anchor]`` ones (``parts``, set per batch: 3 or 4)."""
 
-    def __init__(self, anchored: bool = False) -> None:
-        self.parts = 4 if anchored else 3
+    def __init__(self) -> None:
+        self.parts = 3
         self.sums: dict[str, list[Tensor]] = {}
         self.count: dict[str, int] = {}
-        self.shift: dict[str, dict[str, Tensor]] = {}  # layer -> concept -> sum (x_a - x_t) x_c^T
-        self.energy: dict[str, Tensor] = {}  # concept -> [sum |W (x_c - x_t)|^2, sum |W (x_a - x_t)|^2]
+
+    def hook(self, name: str, _module: Any, args: tuple, _output: Any) -> None:
+        xc, xt, *xa = (x.reshape(-1, x.shape[-1]).to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
+        moments = [xc.T @ xc, xt.T @ xc]  # G_c, C
+        if name not in self.sums:
+            self.sums[name], self.count[name] = [torch.zeros_like(moments[0]) for _ in range(3)], 0
+        if xa:  # the anchors' shift; a batch without anchors (x_a = x_t) adds none
+            moments.append((xa[0] - xt).T @ xc)
+        for total, m in zip(self.sums[name], moments):
+            total += m
+        self.count[name] += xc.shape[0]
+
+    def means(self) -> list[dict[str, Tensor]]:
+        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
+        return [{n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(3)]
+
+
+class _FirstStepEnergy:
+    """Per concept, ``sum |W (x_c - x_t)|^2`` and ``sum |W (x_a - x_t)|^2`` over every target layer, from
+    ``[uncond; concept; scene; anchor]`` batches; ``owners`` names the concept of each image of the batch."""
+
+    def __init__(self) -> None:
+        self.energy: dict[str, Tensor] = {}
         self.owners: Sequence[str] = ()
 
-    def hook(self, name: str, module: Any, args: tuple, _output: Any) -> None:
-        xc, xt, *xa = (x.to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
-        width = xc.shape[-1]
-        rows_c, rows_t = xc.reshape(-1, width), xt.reshape(-1, width)
-        moments = [rows_c.T @ rows_c, rows_t.T @ rows_c]  # G_c, C
-        if name in self.sums:
-            for total, m in zip(self.sums[name], moments):
-                total += m
-            self.count[name] += rows_c.shape[0]
-        else:
-            self.sums[name], self.count[name] = moments, rows_c.shape[0]
-        if not xa:
-            return
+    def hook(self, _name: str, module: Any, args: tuple, _output: Any) -> None:
+        xc, xt, xa = (x.to(torch.float64) for x in args[0].detach().chunk(4)[1:])
         weight = module.weight.detach().to(torch.float64)
-        shifts = self.shift.setdefault(name, {})
         for concept in dict.fromkeys(self.owners):
             own = [i for i, o in enumerate(self.owners) if o == concept]
-            c, t, a = (x[own].reshape(-1, width) for x in (xc, xt, xa[0]))
-            shift = (a - t).T @ c
-            shifts[concept] = shifts[concept] + shift if concept in shifts else shift
+            c, t, a = (x[own].reshape(-1, x.shape[-1]) for x in (xc, xt, xa))
             energy = torch.stack([((c - t) @ weight.T).square().sum(), ((a - t) @ weight.T).square().sum()]).cpu()
             self.energy[concept] = self.energy[concept] + energy if concept in self.energy else energy
 
-    def means(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
-        return tuple({n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(2))  # type: ignore[return-value]
+
+def anchor_ratios(
+    pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig, batch_size: int | None = None,
+) -> dict[str, float]:
+    """Per concept, ``E|W (x_a - x_t)|^2 / E|W (x_c - x_t)|^2`` over its prompts and every target layer: how much
+    the kept concept put in its place moves the layers' outputs, over how much the concept itself does.
+
+    Read at the sampler's first step, where a prompt's trajectories (the scene's, the concept's) all start
+    from the same noise: one denoiser call per batch, not a pass (on ShapeWorld 2 it orders the kinds as the
+    mean over every step of both trajectories does; benchmarks/README.md, "anchored negative guidance")."""
+    batch_size = batch_size or config.batch_size or PAIRED_BATCH
+    acc = _FirstStepEnergy()
+    with capture(targets, acc.hook):
+        for s in range(0, len(prompts.concept), batch_size):
+            acc.owners = prompts.owner[s : s + batch_size]
+            paired_steps(pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size],
+                         prompts.concept_seeds[s : s + batch_size], num_inference_steps=config.num_inference_steps,
+                         guidance_scale=config.guidance_scale, anchors=prompts.anchor[s : s + batch_size], stop_after=1)
+    return {c: float(e[1] / e[0]) if e[0] > 0 else float("inf") for c, e in acc.energy.items()}
 
 
-def anchored_shares(energy: dict[str, Tensor], beta: float, below: float | None) -> dict[str, dict[str, float | bool]]:
-    """Per concept, ``anchor_over_concept = E|W (x_a - x_t)|^2 / E|W (x_c - x_t)|^2`` (over its own prompts and
-    every edited layer) and its share ``beta`` of anchoring: every concept's (``below`` ``None``), or only those
-    whose ratio is below ``below`` (``rewrite.anchored_below``, :class:`fia.config.RewriteConfig`)."""
+def anchored_shares(ratios: dict[str, float], beta: float, below: float | None) -> dict[str, dict[str, float | bool]]:
+    """Per concept, its :func:`anchor_ratios` ratio and its share ``beta`` of anchoring: every concept's
+    (``below`` ``None``), or only those whose ratio is below ``below`` (``rewrite.anchored_below``,
+    :class:`fia.config.RewriteConfig`)."""
     out = {}
-    for concept, (e_concept, e_anchor) in energy.items():
-        ratio = float(e_anchor / e_concept) if e_concept > 0 else float("inf")
+    for concept, ratio in ratios.items():
         anchored = below is None or ratio < below
         out[concept] = {"anchor_over_concept": round(ratio, 4), "anchored": anchored, "beta": beta if anchored else 0.0}
     return out
@@ -130,28 +151,31 @@ def paired_moments(
     ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta_c) x_t + beta_c x_a``
     with ``x_a`` the input under the anchor prompt at the same latents and ``beta_c`` concept ``c``'s share
     (``rewrite.anchored_guidance`` where ``rewrite.anchored_below`` anchors it, else 0); ``R`` is ``None``
-    when ``rewrite.anchored_guidance`` is 0 (the reference is the scene, and the pass shows no anchors)."""
+    when ``rewrite.anchored_guidance`` is 0 (the reference is the scene, and the pass shows no anchors).
+    Only the anchored concepts' prompts are shown with their anchors (the others' ``x_a`` would be ``x_t``),
+    so a task none of whose concepts is anchored costs what one without anchored guidance does."""
     batch_size = batch_size or config.batch_size or PAIRED_BATCH
     beta = config.rewrite.anchored_guidance
-    acc = _PairedMoments(anchored=beta > 0)
+    shares = anchored_shares(anchor_ratios(pipe, targets, prompts, config, batch_size), beta,
+                             config.rewrite.anchored_below) if beta > 0 else {}
+    anchored = {c for c, share in shares.items() if share["anchored"]}
+    acc = _PairedMoments()
     guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
     with capture(targets, acc.hook):
         for guide in guides:
             for s in range(0, len(prompts.concept), batch_size):
-                acc.owners = prompts.owner[s : s + batch_size]
+                owners, anchors, scenes = (v[s : s + batch_size] for v in (prompts.owner, prompts.anchor, prompts.scene))
+                shown = [a if o in anchored else t for o, a, t in zip(owners, anchors, scenes)] if anchored & set(owners) else None
+                acc.parts = 3 if shown is None else 4
                 paired_steps(
-                    pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size], prompts.concept_seeds[s : s + batch_size],
+                    pipe, prompts.concept[s : s + batch_size], scenes, prompts.concept_seeds[s : s + batch_size],
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
-                    anchors=prompts.anchor[s : s + batch_size] if beta > 0 else None,
+                    anchors=shown,
                 )
-    gram_c, cross = acc.means()
+    gram_c, cross, shift = acc.means()
     if beta == 0:
         return gram_c, cross, None, {}
-    shares = anchored_shares(acc.energy, beta, config.rewrite.anchored_below)
-    reference = {  # R = C + sum_c beta_c mean (x_a - x_t) x_c^T over concept c's rows (the mean over every concept's)
-        n: cross[n] + sum(shares[c]["beta"] * d.cpu() for c, d in acc.shift[n].items()) / acc.count[n] for n in cross
-    }
-    return gram_c, cross, reference, shares
+    return gram_c, cross, {n: cross[n] + beta * shift[n] for n in cross}, shares
 
 
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:

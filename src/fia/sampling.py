@@ -189,6 +189,7 @@ def paired_steps(
     guidance_scale: float,
     guide_by: str = "follow",
     anchors: Sequence[str] | None = None,
+    stop_after: int | None = None,
 ) -> None:
     """Run the guided sampler along ``follow``'s trajectories and show the denoiser ``prompts`` at the same latents.
 
@@ -200,7 +201,8 @@ def paired_steps(
     ``prompts[k]`` and ``follow[k]`` at the same latent and timestep, in
     that batch's second and third thirds. With ``anchors`` (one per image)
     the batch is ``[unconditional; prompts; follow; anchors]`` and hooks get
-    four quarters. Returns nothing: it exists for
+    four quarters. ``stop_after`` runs only the schedule's first steps (a
+    probe of the latents every trajectory starts from). Returns nothing: it exists for
     the hooks (the closed-form rewrite's paired statistics, :mod:`fia.rewrite`).
     Stable Diffusion 1.x/2.x-style pipelines (``encode_prompt``, a UNet
     with ``sample_size``).
@@ -226,7 +228,7 @@ def paired_steps(
             parts.append(pipe.encode_prompt(list(anchors), device, 1, False)[0])
         emb = torch.cat(parts)
         lat = initial_latents(unet, seeds) * sched.init_noise_sigma
-        for t in sched.timesteps:
+        for t in sched.timesteps[:stop_after]:
             inp = sched.scale_model_input(torch.cat([lat] * len(parts)), t)
             u, p, f = unet(inp, t, encoder_hidden_states=emb).sample.chunk(len(parts))[:3]
             c = f if guide_by == "follow" else p

@@ -153,27 +153,25 @@ def test_anchored_guidance_pushes_relative_to_a_kept_concept_in_the_erased_ones_
     assert not torch.allclose(plain.layer(targets[0].name).row_values, mask.layer(targets[0].name).row_values)
 
 
-def test_anchored_shares_anchor_only_the_concepts_that_move_the_layers_more_than_their_anchor():
-    """Energies [E|W (x_c - x_t)|^2, E|W (x_a - x_t)|^2] per concept, ratios by hand."""
+def test_anchored_shares_anchor_only_the_concepts_whose_anchors_move_the_layers_less():
     from fia.rewrite import anchored_shares
 
-    energy = {"a": torch.tensor([4.0, 2.0]), "b": torch.tensor([1.0, 3.0]), "c": torch.tensor([2.0, 2.0])}
-    below_one = anchored_shares(energy, 0.8, 1.0)
-    assert {c: v["anchor_over_concept"] for c, v in below_one.items()} == {"a": 0.5, "b": 3.0, "c": 1.0}
+    ratios = {"a": 0.5, "b": 3.0, "c": 1.0}
+    below_one = anchored_shares(ratios, 0.8, 1.0)
     assert {c: v["beta"] for c, v in below_one.items()} == {"a": 0.8, "b": 0.0, "c": 0.0}  # a tie is not below
-    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, 0.4).items()} == {"a": False, "b": False, "c": False}
-    assert {c: v["anchored"] for c, v in anchored_shares(energy, 0.8, None).items()} == {"a": True, "b": True, "c": True}
+    assert {c: v["anchored"] for c, v in anchored_shares(ratios, 0.8, 0.4).items()} == {"a": False, "b": False, "c": False}
+    assert {c: v["anchored"] for c, v in anchored_shares(ratios, 0.8, None).items()} == {"a": True, "b": True, "c": True}
 
 
-def test_anchored_below_anchors_each_concept_by_its_own_prompts_energies(tiny_dir):
-    """anchored_below 1: per concept, E|W (x_c - x_t)|^2 and E|W (x_a - x_t)|^2 over its own prompts and every
-    layer decide whether its push is anchored, and R = C + sum_c beta_c mean (x_a - x_t) x_c^T over c's rows;
-    all collected here by hand, image by image."""
+def test_anchored_below_anchors_each_concept_by_its_first_step_energies(tiny_dir):
+    """anchored_below 1: per concept, E|W (x_c - x_t)|^2 and E|W (x_a - x_t)|^2 over its own prompts and every layer,
+    at the sampler's first step, decide whether its push is anchored; then R = C + beta mean (x_a - x_t) x_c^T with
+    x_a = x_t for the concepts not anchored. All collected here by hand, image by image."""
     from fia.sampling import capture, paired_steps
 
     pipe = load_tiny(tiny_dir)
     rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
-                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=1.0, anchored_below=1.0)
+                       concept_prompts_per_concept=2, negative_guidance=1.5, anchored_guidance=0.6, anchored_below=1.0)
     cfg = tiny_rewrite_config(rewrite=rc, anchors=["dog"])
     erased = ["golf ball", "church"]
     mask = fia.erase(pipe, erased, cfg)
@@ -182,36 +180,44 @@ def test_anchored_below_anchors_each_concept_by_its_own_prompts_energies(tiny_di
     assert rp.owner == ("golf ball", "golf ball", "church", "church")
     gk = collect_grams(pipe, targets, rp.keep, rp.keep_seeds, rows="all", num_inference_steps=3, guidance_scale=3.0)
     energy = {c: torch.zeros(2, dtype=torch.float64) for c in erased}
-    sums, owner = {}, [""]
+    owner, steps = [""], [0]
 
-    def hook(name, module, args, _output):
+    def first_step(name, module, args, _output):
         _, xc, xt, xa = (x.reshape(-1, x.shape[-1]).double() for x in args[0].detach().chunk(4))
         w = module.weight.double()
         energy[owner[0]] += torch.stack([((xc - xt) @ w.T).square().sum(), ((xa - xt) @ w.T).square().sum()])
-        g, c, d, n = sums.get((owner[0], name), (0, 0, 0, 0))
-        sums[(owner[0], name)] = (g + xc.T @ xc, c + xt.T @ xc, d + (xa - xt).T @ xc, n + xc.shape[0])
+        steps[0] += name == targets[0].name
 
-    with capture(targets, hook):
+    with capture(targets, first_step):
         for k in range(len(rp.concept)):  # one image at a time, so each one's owner is known
             owner[0] = rp.owner[k]
             paired_steps(pipe, rp.concept[k : k + 1], rp.scene[k : k + 1], rp.concept_seeds[k : k + 1], num_inference_steps=3,
-                         guidance_scale=3.0, anchors=rp.anchor[k : k + 1])
+                         guidance_scale=3.0, anchors=rp.anchor[k : k + 1], stop_after=1)
+    assert steps[0] == len(rp.concept)  # one denoiser call per image: the first step only
     ratio = {c: float(e[1] / e[0]) for c, e in energy.items()}
     recorded = mask.stats["anchoring"]
     assert {c: v["anchor_over_concept"] for c, v in recorded.items()} == pytest.approx(ratio, abs=1e-4)
     assert {c: v["anchored"] for c, v in recorded.items()} == {c: r < 1 for c, r in ratio.items()}
     assert {v["anchored"] for v in recorded.values()} == {True, False}  # this tiny model has one of each: both branches checked
-    beta = {c: 1.0 if r < 1 else 0.0 for c, r in ratio.items()}
+    sums = {}
+
+    def paired(name, _module, args, _output):
+        _, xc, xt, xa = (x.reshape(-1, x.shape[-1]).double() for x in args[0].detach().chunk(4))
+        g, c, d, n = sums.get(name, (0, 0, 0, 0))
+        sums[name] = (g + xc.T @ xc, c + xt.T @ xc, d + (xa - xt).T @ xc, n + xc.shape[0])
+
+    shown = [a if ratio[o] < 1 else t for o, a, t in zip(rp.owner, rp.anchor, rp.scene)]
+    with capture(targets, paired):
+        paired_steps(pipe, rp.concept, rp.scene, rp.concept_seeds, num_inference_steps=3, guidance_scale=3.0, anchors=shown)
     for t in targets:
-        n = sum(sums[(c, t.name)][3] for c in erased)
-        g, cross = (sum(sums[(c, t.name)][k] for c in erased) / n for k in (0, 1))
-        reference = cross + sum(beta[c] * sums[(c, t.name)][2] for c in erased) / n
-        expected = rewrite_layer(t.module.weight, gk[t.name], g, cross, concept_weight=0.7, damping=0.05,
-                                 negative_guidance=1.5, reference=reference)
+        g, c, d, n = sums[t.name]
+        expected = rewrite_layer(t.module.weight, gk[t.name], g / n, c / n, concept_weight=0.7, damping=0.05,
+                                 negative_guidance=1.5, reference=(c + 0.6 * d) / n)
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
     every = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_below": None}),
                                                         anchors=["dog"]))
     assert all(v["anchored"] for v in every.stats["anchoring"].values())
+    assert not torch.allclose(every.layer(targets[0].name).row_values, mask.layer(targets[0].name).row_values)
 
 
 def test_without_an_anchor_concept_the_push_reference_is_the_scene(tiny_dir):
