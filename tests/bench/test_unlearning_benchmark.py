@@ -159,6 +159,28 @@ def _check_merge(bench_module, res):
     assert merged["robustness"]["rows"] == res["robustness"]["rows"]
     assert merged["remeasured"][-1]["methods"] == ["esd-x"]
     _check_merge_of_a_new_default(bench_module, res)
+    _check_merge_of_the_default_measured_again(bench_module, res)
+
+
+def _check_merge_of_the_default_measured_again(bench_module, res):
+    """Re-measuring the default itself (same name) takes every other row's difference again, against its new outcomes."""
+    import copy
+
+    default = bench_module.DEFAULT_FIA
+    previous = copy.deepcopy(res)
+    for by_method in previous["results"].values():
+        for m, entry in by_method.items():
+            if "vs_default" in entry:
+                entry["vs_default"] = {"oracle": "taken against the default's earlier outcomes"}
+    new = copy.deepcopy(res)
+    new["methods"], new["f4_methods"] = [default], [default]
+    new["results"] = {t: {default: copy.deepcopy(by_method[default])} for t, by_method in res["results"].items()}
+    new["costs"] = {default: res["costs"][default]}
+    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == default}
+    merged = bench_module.merge(previous, new)
+    for task, by_method in res["results"].items():
+        for m, entry in by_method.items():
+            assert merged["results"][task][m].get("vs_default") == entry.get("vs_default"), (task, m)
 
 
 def _check_merge_of_a_new_default(bench_module, res):

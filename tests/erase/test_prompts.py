@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fia.concepts import parse_concepts
@@ -217,7 +219,7 @@ def test_the_anchor_prompts_put_a_kept_concept_in_the_erased_ones_place():
     kept concept of that sort (burning)."""
     from fia.shapeworld.render import parse_prompt
     from fia.config import RewriteConfig
-    from fia.shapeworld.task import concept_phrasings, kept_in_place, task_in
+    from fia.shapeworld.task import concept_phrasings, kept_in_place, kind_words, task_in
 
     world = vocab.SHAPEWORLD2
     erased = ["circle", "star"]
@@ -243,3 +245,5 @@ def test_the_anchor_prompts_put_a_kept_concept_in_the_erased_ones_place():
     assert kept_in_place(burning, burning_scene, ["burning"], world) == burning_scene
     prompts = task_in(world).rewrite_prompts(erased, RewriteConfig(), anchors=[], seed=0)
     assert prompts.anchor == tuple(anchor)
+    for text, owner in zip(prompts.concept, prompts.owner):  # each prompt's owner is the kind it names
+        assert re.search(kind_words([owner], world), text) and not re.search(kind_words(sorted(set(erased) - {owner}), world), text)

@@ -314,9 +314,10 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
     The base images are made again by the new run; with the same model,
     prompts and seeds they must give the same base figures, which is checked.
-    When ``new`` names another default FIA than ``previous`` did, every
-    row's paired difference is taken again against the new default's stored
-    outcomes; otherwise only the re-measured rows'.
+    When ``new`` names another default FIA than ``previous`` did, or
+    re-measures the default itself, every row's paired difference is taken
+    again against the default's new stored outcomes; otherwise only the
+    re-measured rows'.
     """
     for task, by_method in new["results"].items():
         old_first = next(iter(previous["results"][task].values()))["headline"]
@@ -329,8 +330,9 @@ def merge(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                 )
     out = json.loads(json.dumps(previous))
     default, resamples = new.get("default_fia", previous.get("default_fia")), previous.get("sizes", {}).get("bootstrap", 2000)
-    # a new default (the run that measured it names another) changes every row's paired difference
-    every_row = default != previous.get("default_fia")
+    # a new default (the run that measured it names another), or the default measured again, changes every
+    # row's paired difference
+    every_row = default != previous.get("default_fia") or default in new["methods"]
     out["default_fia"] = default
     for task, by_method in new["results"].items():
         out["results"][task].update(by_method)
