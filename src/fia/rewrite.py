@@ -151,7 +151,7 @@ def paired_moments(
     ``R = mean x_r x_c^T`` is the push's reference (:mod:`fia.core.rewrite`), ``x_r = (1 - beta_c) x_t + beta_c x_a``
     with ``x_a`` the input under the anchor prompt at the same latents and ``beta_c`` concept ``c``'s share
     (``rewrite.anchored_guidance`` where ``rewrite.anchored_below`` anchors it, else 0); ``R`` is ``None``
-    when ``rewrite.anchored_guidance`` is 0 (the reference is the scene, and the pass shows no anchors).
+    when no concept is anchored (the reference is the scene, and the pass shows no anchors).
     Only the anchored concepts' prompts are shown with their anchors (the others' ``x_a`` would be ``x_t``),
     so a task none of whose concepts is anchored costs what one without anchored guidance does."""
     batch_size = batch_size or config.batch_size or PAIRED_BATCH
@@ -173,8 +173,8 @@ def paired_moments(
                     anchors=shown,
                 )
     gram_c, cross, shift = acc.means()
-    if beta == 0:
-        return gram_c, cross, None, {}
+    if not anchored:  # the scene is every push's reference: the solve takes R = C exactly, as without anchoring
+        return gram_c, cross, None, shares
     return gram_c, cross, {n: cross[n] + beta * shift[n] for n in cross}, shares
 
 

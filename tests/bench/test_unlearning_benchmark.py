@@ -162,6 +162,26 @@ def _check_merge(bench_module, res):
     _check_merge_of_the_default_measured_again(bench_module, res)
 
 
+def _default_rows_only(bench_module, res):
+    """``res`` as a run that measured the default alone."""
+    import copy
+
+    default = bench_module.DEFAULT_FIA
+    new = copy.deepcopy(res)
+    new["methods"], new["f4_methods"] = [default], [default]
+    new["results"] = {t: {default: copy.deepcopy(by_method[default])} for t, by_method in res["results"].items()}
+    new["costs"] = {default: res["costs"][default]}
+    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == default}
+    return new
+
+
+def _assert_differences_as_in(merged, res):
+    """Every row's paired difference from the default is the one of the run that measured everything."""
+    for task, by_method in res["results"].items():
+        for m, entry in by_method.items():
+            assert merged["results"][task][m].get("vs_default") == entry.get("vs_default"), (task, m)
+
+
 def _check_merge_of_the_default_measured_again(bench_module, res):
     """Re-measuring the default itself (same name) takes every other row's difference again, against its new outcomes."""
     import copy
@@ -169,18 +189,11 @@ def _check_merge_of_the_default_measured_again(bench_module, res):
     default = bench_module.DEFAULT_FIA
     previous = copy.deepcopy(res)
     for by_method in previous["results"].values():
-        for m, entry in by_method.items():
+        for entry in by_method.values():
             if "vs_default" in entry:
                 entry["vs_default"] = {"oracle": "taken against the default's earlier outcomes"}
-    new = copy.deepcopy(res)
-    new["methods"], new["f4_methods"] = [default], [default]
-    new["results"] = {t: {default: copy.deepcopy(by_method[default])} for t, by_method in res["results"].items()}
-    new["costs"] = {default: res["costs"][default]}
-    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == default}
-    merged = bench_module.merge(previous, new)
-    for task, by_method in res["results"].items():
-        for m, entry in by_method.items():
-            assert merged["results"][task][m].get("vs_default") == entry.get("vs_default"), (task, m)
+    merged = bench_module.merge(previous, _default_rows_only(bench_module, res))
+    _assert_differences_as_in(merged, res)
 
 
 def _check_merge_of_a_new_default(bench_module, res):
@@ -199,18 +212,12 @@ def _check_merge_of_a_new_default(bench_module, res):
         if causal in by_method:  # the old run's differences were taken against the causal variant
             by_method[causal]["vs_default"] = {"oracle": "stale"}
     del previous["costs"][default], previous["robustness"]["rows"][default]
-    new = copy.deepcopy(res)
-    new["methods"], new["f4_methods"] = [default], [default]
-    new["results"] = {t: {default: copy.deepcopy(by_method[default])} for t, by_method in res["results"].items()}
-    new["costs"] = {default: res["costs"][default]}
-    new["robustness"]["rows"] = {k: v for k, v in res["robustness"]["rows"].items() if k == default}
-    merged = bench_module.merge(previous, new)
+    merged = bench_module.merge(previous, _default_rows_only(bench_module, res))
     assert merged["default_fia"] == default and merged["methods"] == res["methods"] and merged["f4_methods"] == res["f4_methods"]
     assert list(merged["robustness"]["rows"]) == list(res["robustness"]["rows"])
     for task, by_method in res["results"].items():
         assert list(merged["results"][task]) == list(by_method), task
-        for m, entry in by_method.items():
-            assert merged["results"][task][m].get("vs_default") == entry.get("vs_default"), (task, m)
+    _assert_differences_as_in(merged, res)
     # the same tables as the run that measured everything, with one line saying which rows came later
     lines = bench_module.markdown(merged).split("\n")
     later = [line for line in lines if line.startswith(f"Rows of {default} re-measured")]

@@ -218,6 +218,13 @@ def test_anchored_below_anchors_each_concept_by_its_first_step_energies(tiny_dir
                                                         anchors=["dog"]))
     assert all(v["anchored"] for v in every.stats["anchoring"].values())
     assert not torch.allclose(every.layer(targets[0].name).row_values, mask.layer(targets[0].name).row_values)
+    # no concept below the cut: the edit of the scene's push, byte for byte, with the ratios still recorded
+    none = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_below": 0.0}),
+                                                       anchors=["dog"]))
+    plain = fia.erase(pipe, erased, tiny_rewrite_config(rewrite=RewriteConfig(**{**rc.to_dict(), "anchored_guidance": 0.0}),
+                                                        anchors=["dog"]))
+    assert not any(v["anchored"] for v in none.stats["anchoring"].values()) and "anchoring" not in plain.stats
+    assert all(torch.equal(none.layer(t.name).row_values, plain.layer(t.name).row_values) for t in targets)
 
 
 def test_without_an_anchor_concept_the_push_reference_is_the_scene(tiny_dir):
