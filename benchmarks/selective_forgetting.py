@@ -17,7 +17,13 @@ closed-form rewrite, ``--variant rewrite``) and ``speed`` (the SPEED
 baseline, a null-space-constrained edit of the cross-attention values, told
 to keep every other kind; ``speed-words`` edits the word tokens' rows only),
 each erased in the same
-process, so their seconds compare. ``--merge`` keeps the rows of the methods
+process, so their seconds compare. The default's levers, one at a time:
+``rewrite-unanchored`` (every push relative to its scene, the preset before
+anchoring), ``rewrite-anchored-all`` (every push anchored, no ratio cut),
+``rewrite-unbalanced`` (the kept kinds not balanced), ``rewrite-scene``
+(the rewrite's first preset: lambda 0.3, the scenes' trajectories only, no
+negative guidance); ``causal-fixed-budget`` is the causal pruning without
+its adaptive budget. ``--merge`` keeps the rows of the methods
 not run now from the existing result file; every row records its commit.
 
 Every edited model and the unedited one are judged on one split:
@@ -79,6 +85,13 @@ TASKS = {
     "circle+star": ["circle", "star"],
     "ten": ["circle", "house", "square", "two", "tree", "drop", "five", "arrow", "em", "mushroom"],
 }
+# the default rewrite with one lever changed: the push relative to the scene for every concept (the preset
+# before anchoring), every concept's push anchored (no ratio cut), the kept kinds not balanced
+REWRITE_LEVERS = {
+    "rewrite-unanchored": {"anchored_guidance": 0.0, "anchored_below": None},
+    "rewrite-anchored-all": {"anchored_below": None},
+    "rewrite-unbalanced": {"balance_rounds": 0},
+}
 SPLITS = {"heldout": (0, 200_000), "tune": (1, 300_000)}  # (factor_cycle shift, seed base)
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +112,14 @@ def config_for(method: str):
         return resolve_config("shapeworld", overrides={"world": WORLD.name})
     if method == "rewrite-scene":  # the rewrite's first preset: the scenes' trajectories only, no negative guidance
         cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite"})
-        return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=0.3, concept_trajectory=False, negative_guidance=0.0))
+        return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, concept_weight=0.3, concept_trajectory=False, negative_guidance=0.0,
+                                                       anchored_guidance=0.0, anchored_below=None))
+    if method in REWRITE_LEVERS:  # the default with one of its levers undone (the tuning split's lever table)
+        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite"})
+        return cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, **REWRITE_LEVERS[method]))
+    if method == "causal-fixed-budget":  # the causal pruning without its adaptive budget: every concept takes every round
+        cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
+        return cfg.replace(stop_evidence=None)
     if method == "previous":
         cfg = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
         return cfg.replace(rounds=8, score_steps=10, rescore_anchors=True, repair=dataclasses.replace(cfg.repair, steps=None))
@@ -363,6 +383,12 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other methods' rows of the existing result file (each row records its commit)")
     args = ap.parse_args()
+    for method in args.methods.split(","):  # a misspelt method stops here, before any image is drawn
+        if method not in ("speed", "speed-words"):
+            try:
+                config_for(method)
+            except KeyError:
+                raise SystemExit(f"unknown method {method!r}; see the module docstring for the methods") from None
     out = args.out or RESULTS / f"selective_forgetting_{args.split}.json"
     if args.markdown_only:
         rerender(out)
