@@ -1,0 +1,50 @@
+"""benchmarks/selective_forgetting.py: each lever method is the default with that one lever changed, and a misspelt method stops first."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import selective_forgetting  # noqa: E402  (a script beside its siblings, not a package)
+
+
+def _differences(a, b) -> dict:
+    """Field -> (a's, b's) wherever two configs differ, the rewrite block's fields named ``rewrite.<field>``."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    out = {k: (da[k], db[k]) for k in da if k != "rewrite" and da[k] != db[k]}
+    for k in da.get("rewrite") or {}:
+        if da["rewrite"][k] != db["rewrite"][k]:
+            out[f"rewrite.{k}"] = (da["rewrite"][k], db["rewrite"][k])
+    return out
+
+
+@pytest.mark.parametrize(("method", "changed"), [
+    ("rewrite-unanchored", {"rewrite.anchored_guidance": 0.0, "rewrite.anchored_below": None}),
+    ("rewrite-anchored-all", {"rewrite.anchored_below": None}),
+    ("rewrite-unbalanced", {"rewrite.balance_rounds": 0}),
+])
+def test_a_rewrite_lever_changes_only_its_own_settings(method, changed):
+    default = selective_forgetting.config_for("default")
+    assert default.rewrite.anchored_guidance == 1.0 and default.rewrite.anchored_below == 0.95  # what the levers undo
+    diff = _differences(default, selective_forgetting.config_for(method))
+    assert {k: new for k, (_, new) in diff.items()} == changed
+
+
+def test_the_fixed_budget_is_the_causal_variant_without_its_stop():
+    causal = selective_forgetting.config_for("causal")
+    assert causal.stop_evidence is not None
+    assert _differences(causal, selective_forgetting.config_for("causal-fixed-budget")) == {"stop_evidence": (causal.stop_evidence, None)}
+
+
+def test_the_first_preset_has_no_anchoring():
+    first = selective_forgetting.config_for("rewrite-scene").rewrite
+    assert (first.concept_weight, first.concept_trajectory, first.negative_guidance, first.anchored_guidance) == (0.3, False, 0.0, 0.0)
+
+
+def test_a_misspelt_method_stops_before_any_model_is_loaded(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["selective_forgetting.py", "--methods", "default,rewrite-unanchord"])
+    monkeypatch.setattr(selective_forgetting, "load_pipeline", lambda **_: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit, match="unknown method 'rewrite-unanchord'"):
+        selective_forgetting.main()
