@@ -39,8 +39,9 @@ prompts), kept P (mean over the other kinds) with Wilson 95 % intervals,
 each kept kind's change, and F on each erased kind's synonyms, bare word
 ("star") and compositional prompts ("a burning red star near the road in
 the style of Ovalli"). Quality on ``--quality`` images (a fifth object-less
-scenes, the rest kept kinds): KID (torchmetrics) and FID in the oracle's
-feature space against renders of the scenes the prompts name, prompt
+scenes, the rest kept kinds): KID (torchmetrics, with its jackknife
+standard error) and FID in the oracle's feature space against renders of
+the scenes the prompts name, prompt
 fidelity (share of the named factors the oracle reads) and CLIP score with
 the world's CLIP. Cost: seconds per concept and the erase's peak RSS,
 measured in a fresh process per method (``--cost-tasks``, default the
@@ -67,7 +68,7 @@ import numpy as np
 import torch
 
 import fia
-from fia.evaluate.metrics import frechet_distance, kernel_distance
+from fia.evaluate.metrics import frechet_distance, kernel_distance, kid_standard_error
 from fia.evaluate.stats import wilson
 from fia.evaluate.suites.shapeworld import factor_cycle, shapeworld_reference_features
 from fia.io import atomic_write_text
@@ -254,11 +255,11 @@ def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor, q
     ]
     with torch.no_grad():
         feats = oracle.features(x).double()
-    kid, kid_std = kernel_distance(feats, reference)
+    kid, _ = kernel_distance(feats, reference)  # both sets whole (equal sizes): the subsets' std is 0
     out = {
         "n_images": len(q_prompts),
         "kid_x1000": round(1000 * kid, 3),
-        "kid_std_x1000": round(1000 * kid_std, 3),
+        "kid_se_x1000": round(1000 * kid_standard_error(feats, reference), 3),
         "fid": round(frechet_distance(feats, reference), 3),
         "prompt_fidelity": round(float(np.mean(fidelity)), 4),
     }
@@ -343,7 +344,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {task} | {_label(method, r)} | {r.get('pruned_share', 0) * 100:.2f} % | {fmt(m['forget']['oracle'])} | "
                 f"{fmt(m['forget']['judge2'])} | {fmt(m['kept']['oracle'])} | {fmt(m['kept']['judge2'])} | {drops} | "
-                f"{q['kid_x1000'] / 1000:.2f} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
+                f"{_kid(q)} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
                 f"{c.get('seconds_per_concept', '')} | {c.get('peak_rss_gb', '')} |"
             )
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
@@ -357,6 +358,12 @@ def markdown(results: dict) -> str:
                 ) + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _kid(quality: dict) -> str:
+    """KID with its jackknife standard error (results before the error was recorded show KID alone)."""
+    kid = f"{quality['kid_x1000'] / 1000:.2f}"
+    return kid + (f" ± {quality['kid_se_x1000'] / 1000:.2f}" if "kid_se_x1000" in quality else "")
 
 
 def rerender(path: Path) -> None:

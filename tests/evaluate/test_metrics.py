@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from fia.evaluate.metrics import clip_score, frechet_distance, frechet_from_stats, fsr, jaccard, jaccard_matrix, mean, overall
+from fia.evaluate.metrics import (clip_score, frechet_distance, frechet_from_stats, fsr, jaccard, jaccard_matrix, kernel_distance,
+                                  kid_standard_error, mean, overall)
 
 
 def test_overall_is_the_harmonic_mean_of_p_and_one_minus_f():
@@ -54,3 +55,44 @@ def test_clip_score_and_jaccard():
     assert jaccard(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)) == 1.0
     assert jaccard_matrix([a, b]) == [[1.0, pytest.approx(1 / 3)], [pytest.approx(1 / 3), 1.0]]
     assert mean([]) is None and mean([1, 2]) == 1.5
+
+
+def _kid_by_hand(a, b) -> float:
+    """The unbiased squared MMD with k(x, y) = (x . y / D + 1)^3, pair by pair."""
+    k = lambda x, y: (float(x @ y) / a.shape[1] + 1) ** 3  # noqa: E731
+    m, n = len(a), len(b)
+    s_aa = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j)
+    s_bb = sum(k(b[i], b[j]) for i in range(n) for j in range(n) if i != j)
+    s_ab = sum(k(a[i], b[j]) for i in range(m) for j in range(n))
+    return s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2 * s_ab / (m * n)
+
+
+def test_kid_on_whole_sets_is_the_unbiased_mmd_by_hand():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(8, 3, generator=g, dtype=torch.float64) + 0.7
+    kid, std = kernel_distance(a, b)
+    assert kid == pytest.approx(_kid_by_hand(a, b), rel=1e-9)
+    assert std == pytest.approx(0.0, abs=1e-12)  # every subset is the whole of both sets
+    assert kernel_distance(b, a)[0] == pytest.approx(kid, rel=1e-9)  # symmetric
+
+
+def test_kid_standard_error_is_the_jackknife_over_both_sets():
+    """Against the jackknife by brute force: the estimate recomputed with each image of either set left out."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(7, 4, generator=g, dtype=torch.float64) + 0.5
+    left_a = [_kid_by_hand(torch.cat([a[:i], a[i + 1:]]), b) for i in range(len(a))]
+    left_b = [_kid_by_hand(a, torch.cat([b[:j], b[j + 1:]])) for j in range(len(b))]
+
+    def spread(values):
+        mu = sum(values) / len(values)
+        return (len(values) - 1) / len(values) * sum((v - mu) ** 2 for v in values)
+
+    assert kid_standard_error(a, b) == pytest.approx(math.sqrt(spread(left_a) + spread(left_b)), rel=1e-9)
+    # more images of the same two distributions: a smaller error
+    big_a = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    big_b = torch.randn(400, 4, generator=g, dtype=torch.float64) + 0.5
+    assert kid_standard_error(big_a, big_b) < kid_standard_error(big_a[:40], big_b[:40])
+    with pytest.raises(ValueError, match="at least 3 images"):
+        kid_standard_error(a[:2], b)
