@@ -93,8 +93,8 @@ def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, *, subsets: in
     (its feature extractor is the identity). Unlike the Frechet distance it
     has no bias that grows as the sample shrinks, so a few hundred images
     give a usable figure. ``subset_size`` defaults to the smaller set's size;
-    then every subset is the whole of both sets and the std is 0: the spread
-    of that figure is :func:`kid_standard_error`.
+    with sets of equal size every subset is then the whole of both, and the
+    std is 0: the spread of that figure is :func:`kid_standard_error`.
     """
     import warnings
 
@@ -133,9 +133,9 @@ def kid_standard_error(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
         (m - 1) / m sum_i (theta_(i) - mean theta_(.))^2 + (n - 1) / n sum_j (theta_(j) - mean theta_(.))^2
 
-    (each set's images left out in turn). Subsets of the whole sets, as KID is
-    usually reported with, have no spread when they are the whole sets; this is
-    the spread of the figure actually reported. Needs at least 3 images per set.
+    (each set's images left out in turn). KID is usually given with its spread
+    over random subsets, which is none when the subsets are the whole sets;
+    this is the spread of the whole-set figure. Needs at least 3 images per set.
     """
     a, b = torch.as_tensor(feats_a), torch.as_tensor(feats_b)
     m, n = a.shape[0], b.shape[0]
