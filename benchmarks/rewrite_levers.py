@@ -382,10 +382,12 @@ def text_row_similarity(pipe, kind: str) -> dict[str, float]:
 
 def every_anchor_ratio(pipe) -> dict[str, float]:
     """Each kind's ``fia.rewrite.anchor_ratios`` ratio, erased alone at the preset's settings, lowest first."""
+    from fia.presets import resolve_config
     from fia.targets import find_targets
     from fia.tasks import task_of
 
-    config = config_for("0.04,0.03,5,4,24,1,1,1")
+    # the ratio depends only on the rewrite's prompts and the sampler: the preset's, read from it, not restated
+    config = resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite"})
     targets = find_targets(pipe.unet, config.targets)
     ratios = {}
     for kind in KINDS:
