@@ -234,9 +234,11 @@ class FIASettings:
         batch_size: prompts per sampler batch; ``None`` lets the variant
             choose (the paper's: all prompts of a concept in one batch; the
             causal variant's: micro-batches of 16; the rewrite's: 32 kept
-            and 16 paired prompts). Memory and speed only: the sums are the
-            same, so it is not recorded in the mask (the rewrite's solve
-            reads the sums, so its edit agrees to float rounding).
+            and 16 paired prompts, or 64 and 48 on latents of at most 16
+            px a side, :func:`fia.rewrite.default_batches`). Memory and
+            speed only: the sums are the same, so it is not recorded in the
+            mask (the rewrite's solve reads the sums, so its edit agrees to
+            float rounding).
         targets: which linears are scored and edited (``ffn2`` as in the
             paper; ``ffn1`` and ``attn_kv`` for the layer ablation).
         num_inference_steps: length of the sampler schedule; left out

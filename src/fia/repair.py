@@ -86,10 +86,13 @@ def collect_grams(
 
 
 class _GroupGramAccumulator:
-    """Running ``sum x x^T`` per kept group and layer: each sample's rows (both guidance rows) go to its group."""
+    """Running ``sum x x^T`` per kept group and layer: each sample's rows (both guidance rows) go to its group.
 
-    def __init__(self, guided: bool):
+    Each batch's product is taken in ``product_dtype`` and added to a float64 sum."""
+
+    def __init__(self, guided: bool, product_dtype: torch.dtype = torch.float64):
         self.guided = guided
+        self.product_dtype = product_dtype
         self.batch_groups: list[str] = []  # the group of each prompt in the batch now running
         self.sums: dict[str, dict[str, Tensor]] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -101,12 +104,13 @@ class _GroupGramAccumulator:
             idx = [i for i, gi in enumerate(self.batch_groups) if gi == g]
             if self.guided:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
                 idx = idx + [n + i for i in idx]
-            xg = x[idx].reshape(-1, x.shape[-1]).to(torch.float64)
+            xg = x[idx].reshape(-1, x.shape[-1]).to(self.product_dtype)
+            product = (xg.T @ xg).to(torch.float64)
             sums, counts = self.sums.setdefault(g, {}), self.counts.setdefault(g, {})
             if name in sums:
-                sums[name] += xg.T @ xg
+                sums[name] += product
             else:
-                sums[name] = xg.T @ xg
+                sums[name] = product
             counts[name] = counts.get(name, 0) + xg.shape[0]
 
     def means(self) -> dict[str, dict[str, Tensor]]:
@@ -123,15 +127,18 @@ def collect_group_grams(
     num_inference_steps: int,
     guidance_scale: float,
     batch_size: int = 32,
+    product_dtype: torch.dtype = torch.float64,
 ) -> dict[str, dict[str, Tensor]]:
     """``group -> layer -> G_g``: each group's mean ``x x^T`` (every token, step and guidance row), in shared batches.
 
     The same statistics as one :func:`collect_grams` pass per group (up to the
-    order of float sums), at the cost of one pass over all the prompts.
+    order of float sums), at the cost of one pass over all the prompts. Each
+    batch's ``x^T x`` is computed in ``product_dtype`` (the rewrite takes
+    float32, :data:`fia.rewrite.PRODUCT_DTYPE`) and summed in float64.
     """
     if not prompts:
         raise FIAError("the repair has no prompts to fit on; give it kept prompts (anchors) and concept prompts")
-    acc = _GroupGramAccumulator(guided=guidance_scale > 1)
+    acc = _GroupGramAccumulator(guided=guidance_scale > 1, product_dtype=product_dtype)
     with capture(targets, acc.hook):
         for s in range(0, len(prompts), batch_size):
             acc.batch_groups = list(groups[s : s + batch_size])

@@ -80,4 +80,7 @@ def test_rewrite_batches_give_the_same_edit(world):
         split = fia.erase(world, ["star"], cfg.replace(batch_size=size))
         assert split.config == whole.config and whole.config["batch_size"] is None
         for layer in whole.layers:
-            assert torch.allclose(split.layer(layer.name).row_values, layer.row_values, rtol=1e-4, atol=1e-6), (size, layer.name)
+            # the denoiser's float32 batches and the float32 products round differently per batch size: each
+            # layer's edit moved by up to 2.5e-6 of its size (6e-6 in any weight) on this test's settings
+            new, old = split.layer(layer.name).row_values, layer.row_values
+            assert (new - old).norm() <= 1e-5 * old.norm() and (new - old).abs().max() <= 2e-5, (size, layer.name)

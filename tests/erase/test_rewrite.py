@@ -259,3 +259,45 @@ def test_bad_rewrite_settings_stop_before_any_work(tmp_path):
         fia.plan_erase(["golf ball", "tower"], tiny_rewrite_config(anchors=["Golf Ball", "church"]))
     fia.plan_erase(["tower"], tiny_rewrite_config(anchors=["Golf Ball", "church"]))  # disjoint: planned
     assert FIARewriteConfig().validate().rewrite == RewriteConfig()  # the defaults fill in
+
+
+def test_statistics_take_float32_products_and_float64_sums():
+    """Each batch's ``x^T x`` is computed in float32 and added to a float64 sum: the means match float64
+    products summed by hand to float32 rounding, and stay float64 (many batches add no float32 error)."""
+    from fia.repair import _GroupGramAccumulator
+    from fia.rewrite import PRODUCT_DTYPE, _PairedMoments
+
+    assert PRODUCT_DTYPE == torch.float32
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(6, 5, 8, generator=gen) for _ in range(40)]  # [uncond; concept; scene] x 2 prompts, 5 tokens
+    paired = _PairedMoments()
+    grouped = _GroupGramAccumulator(guided=True, product_dtype=PRODUCT_DTYPE)
+    grouped.batch_groups = ["a", "b", "a"]  # guided: sample i is rows i and 3 + i
+    for x in batches:
+        paired.hook("layer", None, (x,), None)
+        grouped.hook("layer", None, (x,), None)
+    gram_c, cross, shift = (m["layer"] for m in paired.means())
+    rows = [x.double().chunk(3) for x in batches]
+    xc = torch.cat([r[1].reshape(-1, 8) for r in rows])
+    xt = torch.cat([r[2].reshape(-1, 8) for r in rows])
+    assert gram_c.dtype == cross.dtype == torch.float64 and not shift.any()  # no anchors shown: no shift
+    torch.testing.assert_close(gram_c, xc.T @ xc / len(xc), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cross, xt.T @ xc / len(xc), rtol=1e-6, atol=1e-6)
+    group_a = torch.cat([x.double()[[0, 2, 3, 5]].reshape(-1, 8) for x in batches])
+    mean_a = grouped.means()["a"]["layer"]
+    assert mean_a.dtype == torch.float64
+    torch.testing.assert_close(mean_a, group_a.T @ group_a / len(group_a), rtol=1e-6, atol=1e-6)
+
+
+def test_default_batches_grow_only_on_small_latents():
+    """Left unset, the batches are 32 kept / 16 paired prompts on SD-sized latents and 64 / 48 on ShapeWorld's."""
+    from types import SimpleNamespace
+
+    from fia.rewrite import default_batches
+
+    def pipe(side, denoiser="unet"):
+        return SimpleNamespace(**{denoiser: SimpleNamespace(config={"sample_size": side})})
+
+    assert default_batches(pipe(8)) == default_batches(pipe(16)) == (64, 48)
+    assert default_batches(pipe(64)) == default_batches(pipe(32, "transformer")) == (32, 16)
+    assert default_batches(SimpleNamespace()) == (32, 16)  # no denoiser config to read: the SD-sized batches
