@@ -74,9 +74,9 @@ def erase(
             left out, those an ``accelerate launch`` or ``torchrun`` started, else
             one process. Every process returns the same mask (docs/parallel.md).
         max_memory: the memory the run may take (bytes or ``"24GB"``); the
-            paper and causal variants estimate their peak before any work
-            and raise :class:`~fia.errors.FIAError` when it exceeds this, or,
-            left out, the device's free memory (:mod:`fia.memory`).
+            variants estimate their peak before any work and raise
+            :class:`~fia.errors.FIAError` when it exceeds this, or, left
+            out, the device's free memory (:mod:`fia.memory`).
 
     Returns:
         The :class:`ConceptMask`; ``mask.stats`` holds the run's statistics

@@ -56,11 +56,31 @@ when the prompts run in several chunks); the forward-only activations of
 one sampler batch (``2 x`` the prompts of the batch with guidance); the
 hook's float32 copies of one prompt's target input and output.
 
+**Rewrite variant** (:mod:`fia.rewrite`), forward only, statistics in
+float64 (``G = sum_l in_l^2 x 8`` bytes for one ``in x in`` matrix per
+target layer; ``k`` the kept groups, one per kept kind on ShapeWorld, one
+on other tasks):
+
+* lasting: the parameters; each kept group's Gram matrices (``k G``), from
+  the kept pass to the end;
+* kept pass: the forward-only activations of one batch (``2 r`` rows, ``r``
+  the kept batch, :func:`fia.rewrite.default_batches`), the hook's float32
+  copy of the largest target input and its product (``in^2 x 12``);
+* paired passes: the concept sums ``G_c``, ``C``, the anchors' shift and
+  the reference ``R`` made from them (``4 G``), the activations of one
+  ``[uncond; concept; scene; anchor]`` batch (``4 p`` rows, ``p`` the
+  paired batch) and the hook's copies (the anchors' shift, three
+  products);
+* solve: the concept moments (``3 G``), the widest layer's system, its
+  factor, right-hand side and the pooled ``G_k`` (``8 in^2 x 8``), two
+  rounds' rewritten weights and the edit's new and original rows
+  (``4 T x 4``).
+
 Not counted: the Python and torch runtime (tens of MB of host memory; on
 CUDA, the context, which the free memory already excludes), the
 allocator's fragmentation (glibc's default kept up to a third more than the
 live tensors in ``benchmarks/sd_scale.py``; CUDA's caching allocator has its
-own), and the rewrite variant (not checked).
+own).
 The pre-flight check (:func:`check_memory`) compares the total with the
 memory available: ``--max-memory`` when given, else the device's free
 memory plus the loaded model's own parameters (CUDA:
@@ -85,7 +105,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from fia.config import FIACausalConfig, FIAConfig
+from fia.config import FIACausalConfig, FIAConfig, FIARewriteConfig
 from fia.errors import FIAError
 from fia.io import proc_field_bytes
 from fia.targets import denoiser, find_targets
@@ -318,7 +338,7 @@ class MemoryEstimate:
     """A variant's estimated peak memory in named terms of bytes (module docstring).
 
     Attributes:
-        variant: ``causal`` or ``paper``.
+        variant: ``causal``, ``paper`` or ``rewrite``.
         batch_size: the prompts per batch the estimate is for.
         terms: what is alive at the peak: the terms that last the whole run
             and those of the peak phase; ``total`` is their sum.
@@ -473,6 +493,38 @@ def paper_estimate(
     return MemoryEstimate.of("paper", b, terms, {"sampling": {"activations (sampler batch)": forward.peak}})
 
 
+def rewrite_estimate(
+    unet: Any, config: FIARewriteConfig, *, kept_groups: int = 1, batch_size: int | None = None,
+    latent: int | None = None, dtype: torch.dtype | None = None, other_parameters: int = 0, text_length: int = 77,
+) -> MemoryEstimate | None:
+    """The rewrite variant's peak (module docstring); ``kept_groups``: its groups of kept prompts."""
+    from fia.rewrite import default_batches
+
+    latent, dtype = _latent(unet, latent), _model_dtype(unet, dtype)
+    if latent is None:
+        return None  # a denoiser without a diffusers config: nothing to trace
+    chosen = batch_size or config.batch_size  # --batch-size sets both passes' batches
+    kept_batch, paired_batch = (chosen, chosen) if chosen else default_batches(latent)
+    trace = functools.partial(trace_call, unet, latent=latent, dtype=dtype, mode="forward", text_length=text_length,
+                              target_kind=config.targets)  # fmt: skip
+    kept, paired = trace(rows=2 * kept_batch), trace(rows=4 * paired_batch)
+    if kept is None or paired is None:
+        return None
+    widths = [i for _, i in kept.targets.values()]
+    widest, gram_set = max(widths), sum(i * i for i in widths) * 8
+    n_weights = sum(o * i for o, i in kept.targets.values())
+    lasting = {"parameters": kept.parameters + other_parameters, "kept Gram matrices": kept_groups * gram_set}
+    phases = {
+        "kept pass": {"activations (kept batch)": kept.peak,
+                      "hook copies": 4 * max(kept.target_inputs.values()) + 12 * widest * widest},
+        "paired passes": {"concept sums": 4 * gram_set, "activations (paired batch)": paired.peak,
+                          "hook copies": 4 * max(paired.target_inputs.values()) + 3 * 12 * widest * widest},
+        "solve": {"concept moments": 3 * gram_set, "solve workspace": 8 * 8 * widest * widest,
+                  "rewritten weights": 4 * 4 * n_weights},
+    }  # fmt: skip
+    return MemoryEstimate.of("rewrite", paired_batch, lasting, phases)
+
+
 def _hook_copies(row_elements: int, shape: tuple[int, int], config: FIAConfig) -> int:
     """Float32 copies of one prompt's input (and, for Eq. 1, bias-free output) of a target, in the hook."""
     out_features, in_features = shape
@@ -522,7 +574,7 @@ def estimate_erase(pipe: Any, config: Any, concepts: int, prompts: int = 0, batc
     """The estimate of an erase of ``concepts`` concepts on ``pipe`` with ``config`` (``None``: not estimated).
 
     ``prompts``: the paper variant's concept and base prompts of its largest concept; ``kept_groups``:
-    the causal variant's balanced repair's groups of kept prompts.
+    the groups of kept prompts of the causal variant's balanced repair, or of the rewrite.
     """
     try:
         unet = denoiser(pipe)
@@ -534,6 +586,8 @@ def estimate_erase(pipe: Any, config: Any, concepts: int, prompts: int = 0, batc
     common = {"batch_size": batch_size, "other_parameters": others, "text_length": min(text_length, 512)}
     if isinstance(config, FIACausalConfig):
         return causal_estimate(unet, config, concepts=concepts, kept_groups=kept_groups, **common)
+    if isinstance(config, FIARewriteConfig):
+        return rewrite_estimate(unet, config, kept_groups=kept_groups, **common)
     if isinstance(config, FIAConfig):
         return paper_estimate(unet, config, prompts=prompts, **common)
     return None
@@ -554,7 +608,11 @@ def _largest_fitting(estimate_at, now: int, budget: int) -> tuple[int, int] | No
 
 
 def _kept_groups(config: Any, concepts: list[str]) -> int:
-    """How many groups of kept prompts a balanced repair weighs (each holds its own Gram matrices); else 1."""
+    """How many groups of kept prompts a balanced repair or the rewrite weighs (each holds its own Gram
+    matrices); else 1."""
+    if isinstance(config, FIARewriteConfig):
+        prompts = task_of(config).rewrite_prompts(concepts, config.rewrite, anchors=config.anchors, seed=config.seed)
+        return max(1, len(set(prompts.keep_groups)))
     repair = getattr(config, "repair", None)
     if repair is None or repair.balance_rounds == 0:
         return 1
@@ -572,7 +630,8 @@ def check_memory(pipe: Any, plan: Any, max_memory: str | int | None = None) -> M
     """
     config = task_of(plan.config).settle(plan.config, pipe)
     prompts = max((len(p.concept_prompts) + len(p.base_prompts) for p in (plan.prompts or {}).values()), default=2)
-    estimate = estimate_erase(pipe, config, len(plan.concepts), prompts, kept_groups=_kept_groups(config, plan.concepts))
+    groups = _kept_groups(config, plan.concepts)
+    estimate = estimate_erase(pipe, config, len(plan.concepts), prompts, kept_groups=groups)
     if estimate is None:
         return None
     device = next(denoiser(pipe).parameters()).device
@@ -586,7 +645,7 @@ def check_memory(pipe: Any, plan: Any, max_memory: str | int | None = None) -> M
     if estimate.total <= budget:
         return estimate
     need = f"the {estimate.variant} variant needs about {estimate.summary()} at batch size {estimate.batch_size}"
-    smaller = _largest_fitting(lambda b: estimate_erase(pipe, config, len(plan.concepts), prompts, b),
+    smaller = _largest_fitting(lambda b: estimate_erase(pipe, config, len(plan.concepts), prompts, b, groups),
                                estimate.batch_size, budget)  # fmt: skip
     if smaller is None:
         half = "--dtype float16, " if next(denoiser(pipe).parameters()).dtype == torch.float32 else ""

@@ -78,7 +78,7 @@ def run_plan(
     What the settings leave to the model is read from it first (on
     ShapeWorld, its world), before any work; then the memory the run will
     need is checked against ``max_memory`` or the device's free memory
-    (:func:`fia.memory.check_memory`: the paper and causal variants). ``workers``: the processes the
+    (:func:`fia.memory.check_memory`). ``workers``: the processes the
     concepts are split over; left out, those a launcher started
     (:meth:`Workers.from_environment`), one process when not launched.
     """

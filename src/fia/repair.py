@@ -114,7 +114,8 @@ class _GroupGramAccumulator:
             counts[name] = counts.get(name, 0) + xg.shape[0]
 
     def means(self) -> dict[str, dict[str, Tensor]]:
-        return {g: {n: (s / max(1, self.counts[g][n])).cpu() for n, s in layers.items()} for g, layers in self.sums.items()}
+        # divided in place: a group's sums and means are not both held (one set per kept group)
+        return {g: {n: s.div_(max(1, self.counts[g][n])).cpu() for n, s in layers.items()} for g, layers in self.sums.items()}
 
 
 def collect_group_grams(

@@ -77,11 +77,17 @@ SMALL_KEPT_BATCH, SMALL_PAIRED_BATCH, SMALL_LATENT = 64, 48, 16
 PRODUCT_DTYPE = torch.float32
 
 
-def default_batches(pipe: Any) -> tuple[int, int]:
-    """Prompts per batch of the kept pass and of the paired passes when the config sets no ``batch_size``."""
-    side = getattr(getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), "config", {}).get("sample_size")
-    small = isinstance(side, int) and side <= SMALL_LATENT
+def default_batches(latent: int | None) -> tuple[int, int]:
+    """Prompts per batch of the kept pass and of the paired passes when the config sets no ``batch_size``,
+    for latents ``latent`` px a side (``None``: unknown, the SD-sized batches)."""
+    small = isinstance(latent, int) and latent <= SMALL_LATENT
     return (SMALL_KEPT_BATCH, SMALL_PAIRED_BATCH) if small else (KEPT_BATCH, PAIRED_BATCH)
+
+
+def _batches(pipe: Any) -> tuple[int, int]:
+    """:func:`default_batches` for ``pipe``'s denoiser, from its config's ``sample_size``."""
+    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    return default_batches(getattr(model, "config", {}).get("sample_size"))
 
 
 class _PairedMoments:
@@ -106,8 +112,9 @@ class _PairedMoments:
         self.count[name] += xc.shape[0]
 
     def means(self) -> list[dict[str, Tensor]]:
-        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights
-        return [{n: (m[k] / self.count[n]).cpu() for n, m in self.sums.items()} for k in range(3)]
+        # summed where the activations are (a GPU), solved on the CPU beside the unedited weights; divided in
+        # place, so that the sums and the means are not both held
+        return [{n: m[k].div_(self.count[n]).cpu() for n, m in self.sums.items()} for k in range(3)]
 
 
 class _FirstStepEnergy:
@@ -137,7 +144,7 @@ def anchor_ratios(
     Read at the sampler's first step, where a prompt's trajectories (the scene's, the concept's) all start
     from the same noise: one denoiser call per batch, not a pass (on ShapeWorld 2 it orders the kinds as the
     mean over every step of both trajectories does; benchmarks/README.md, "anchored negative guidance")."""
-    batch_size = batch_size or config.batch_size or default_batches(pipe)[1]
+    batch_size = batch_size or config.batch_size or _batches(pipe)[1]
     acc = _FirstStepEnergy()
     with capture(targets, acc.hook):
         for s in range(0, len(prompts.concept), batch_size):
@@ -172,7 +179,7 @@ def paired_moments(
     when no concept is anchored (the reference is the scene, and the pass shows no anchors).
     Only the anchored concepts' prompts are shown with their anchors (the others' ``x_a`` would be ``x_t``),
     so a task none of whose concepts is anchored costs what one without anchored guidance does."""
-    batch_size = batch_size or config.batch_size or default_batches(pipe)[1]
+    batch_size = batch_size or config.batch_size or _batches(pipe)[1]
     beta = config.rewrite.anchored_guidance
     shares = anchored_shares(anchor_ratios(pipe, targets, prompts, config, batch_size), beta,
                              config.rewrite.anchored_below) if beta > 0 else {}
@@ -205,7 +212,7 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
     (ShapeWorld 2, star + arrow: the erase takes 29 s instead of 45 s)."""
     grams = collect_group_grams(pipe, targets, prompts.keep, prompts.keep_seeds, prompts.keep_groups,
                                 num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                                batch_size=config.batch_size or default_batches(pipe)[0], product_dtype=PRODUCT_DTYPE)
+                                batch_size=config.batch_size or _batches(pipe)[0], product_dtype=PRODUCT_DTYPE)
     return grams, dict(Counter(prompts.keep_groups))
 
 

@@ -13,6 +13,7 @@ from fia.memory import (
     estimate_erase,
     paper_estimate,
     parse_memory,
+    rewrite_estimate,
     trace_call,
 )
 from fia.plan import plan_erase
@@ -167,6 +168,8 @@ def test_erase_stops_before_any_work_when_it_cannot_fit(tiny_dir, tmp_path):
     args = ["erase", "--concepts", "golf ball", "--out", str(out), "--model", str(tiny_dir), "--task", "object",
             "--variant", "causal", "--steps", "2", "--score-steps", "1", "--rounds", "1", "--max-memory", "1MB"]  # fmt: skip
     cli_refuses(args, out, "is available (--max-memory); no batch size fits")
+    rewrite = args[: args.index("--variant")] + ["--variant", "rewrite", "--max-memory", "1MB"]
+    cli_refuses(rewrite, out, "the rewrite variant needs about")
 
 
 def test_a_bad_max_memory_is_refused_before_the_model_loads(tmp_path):
@@ -187,3 +190,52 @@ def test_the_trace_runs_under_inference_mode(tiny_dir):
     _trace_cached.cache_clear()
     outside = trace_call(unet, rows=7, latent=8, dtype=torch.float32, mode="evidence", exact=True)
     assert inside == outside and inside.saved > 0
+
+
+def test_the_rewrite_estimate_holds_every_kept_group_and_covers_what_a_real_erase_holds():
+    """On ShapeWorld 2 (33 kept groups, one per kept kind, the scenes, ...) the estimate's terms are the
+    groups' float64 Gram matrices and the phases of the module docstring, and its total, less the
+    parameters, is at least the storage bytes that a real erase (small settings) holds at its peak,
+    counted op by op by the tracer's own counter, and not far above them."""
+    import fia
+    from fia.config import FIARewriteConfig, RewriteConfig
+    from fia.memory import _kept_groups
+    from fia.shapeworld import load_pipeline
+
+    pipe = load_pipeline()
+    rc = RewriteConfig(concept_weight=0.04, damping=0.03, balance_rounds=2, keep_prompts_per_kind=1,
+                       concept_prompts_per_concept=4, concept_trajectory=True, negative_guidance=1.0)
+    cfg = FIARewriteConfig(task="shapeworld", num_inference_steps=2, rewrite=rc).validate()
+    cfg = fia.tasks.task_of(cfg).settle(cfg, pipe)
+    groups = _kept_groups(cfg, ["star", "arrow"])
+    assert groups == 33  # 30 kept kinds, the object-less scenes, the styles, burning
+    est = estimate_erase(pipe, cfg, 2, kept_groups=groups)
+    widths = [t.module.weight.shape[1] for t in find_targets(pipe.unet, "ffn2")]
+    assert est.variant == "rewrite" and est.batch_size == 48  # ShapeWorld's small latents: 48 paired prompts
+    assert est.terms["kept Gram matrices"] == 33 * 8 * sum(i * i for i in widths)
+    assert set(est.phases) == {"kept pass", "paired passes", "solve"} and est.total == sum(est.terms.values())
+    assert est == rewrite_estimate(pipe.unet, cfg, kept_groups=33, other_parameters=est.terms["parameters"]
+                                   - sum(p.numel() * 4 for p in pipe.unet.parameters()))  # fmt: skip
+    held = [t for m in pipe.components.values() if isinstance(m, torch.nn.Module) for t in (*m.parameters(), *m.buffers())]
+    with torch.no_grad(), _LiveBytes(skip=held) as live:
+        fia.erase(pipe, ["star", "arrow"], cfg)
+    beyond_parameters = est.total - est.terms["parameters"]
+    assert live.peak <= beyond_parameters <= 2 * live.peak, (live.peak, est.summary())
+
+
+def test_the_rewrite_is_checked_before_any_work(tiny_dir):
+    from fia.config import FIARewriteConfig, RewriteConfig
+
+    pipe = load_tiny(tiny_dir)
+    rc = RewriteConfig(balance_rounds=0, keep_prompts_per_kind=1, concept_prompts_per_concept=2)
+    cfg = FIARewriteConfig(task="object", num_inference_steps=2, guidance_scale=3.0, rewrite=rc).validate()
+    plan = plan_erase(["golf ball"], cfg)
+    est = estimate_erase(pipe, cfg, 1)
+    assert est.terms["kept Gram matrices"] == 8 * sum(t.module.weight.shape[1] ** 2 for t in find_targets(pipe.unet, "ffn2"))
+    assert est.batch_size == 48  # the tiny model's 8 px latents: the small latents' batches
+    at_sd_size = rewrite_estimate(pipe.unet, cfg, latent=64)
+    assert at_sd_size.batch_size == 16 and at_sd_size.phases["paired passes"] > est.phases["paired passes"]
+    assert rewrite_estimate(pipe.unet, cfg.replace(batch_size=5)).batch_size == 5
+    assert check_memory(pipe, plan, est.total).total == est.total
+    with pytest.raises(FIAError, match="the rewrite variant needs about"):
+        check_memory(pipe, plan, est.total - 1)

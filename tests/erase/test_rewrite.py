@@ -293,11 +293,10 @@ def test_default_batches_grow_only_on_small_latents():
     """Left unset, the batches are 32 kept / 16 paired prompts on SD-sized latents and 64 / 48 on ShapeWorld's."""
     from types import SimpleNamespace
 
-    from fia.rewrite import default_batches
+    from fia.rewrite import _batches, default_batches
 
-    def pipe(side, denoiser="unet"):
-        return SimpleNamespace(**{denoiser: SimpleNamespace(config={"sample_size": side})})
-
-    assert default_batches(pipe(8)) == default_batches(pipe(16)) == (64, 48)
-    assert default_batches(pipe(64)) == default_batches(pipe(32, "transformer")) == (32, 16)
-    assert default_batches(SimpleNamespace()) == (32, 16)  # no denoiser config to read: the SD-sized batches
+    assert default_batches(8) == default_batches(16) == (64, 48)
+    assert default_batches(64) == default_batches(17) == default_batches(None) == (32, 16)
+    pipe = SimpleNamespace(unet=SimpleNamespace(config={"sample_size": 8}))
+    assert _batches(pipe) == (64, 48) and _batches(SimpleNamespace()) == (32, 16)  # no denoiser config: SD-sized
+    assert _batches(SimpleNamespace(transformer=SimpleNamespace(config={"sample_size": 128}))) == (32, 16)
