@@ -66,8 +66,9 @@ on other tasks):
 * kept pass: the forward-only activations of one batch (``2 r`` rows, ``r``
   the kept batch, :func:`fia.rewrite.default_batches`), the hook's float32
   copy of the largest target input and its product (``in^2 x 12``);
-* paired passes: the concept sums ``G_c``, ``C``, the anchors' shift and
-  the reference ``R`` made from them (``4 G``), the activations of one
+* paired passes: the concept sums ``G_c``, ``C`` and the anchors' shift,
+  which becomes the reference ``R`` in place (``3 G``; the shift is held
+  only when a concept is anchored), the activations of one
   ``[uncond; concept; scene; anchor]`` batch (``4 p`` rows, ``p`` the
   paired batch) and the hook's copies (the anchors' shift, three
   products);
@@ -75,6 +76,11 @@ on other tasks):
   factor, right-hand side and the pooled ``G_k`` (``8 in^2 x 8``), two
   rounds' rewritten weights and the edit's new and original rows
   (``4 T x 4``).
+
+Every term is counted as if on one device: on a GPU the statistics are
+summed there and moved to the host when their pass ends (the kept
+groups' before the paired passes), so the GPU needs up to ``k G`` less
+than the total.
 
 Not counted: the Python and torch runtime (tens of MB of host memory; on
 CUDA, the context, which the free memory already excludes), the
@@ -517,7 +523,7 @@ def rewrite_estimate(
     phases = {
         "kept pass": {"activations (kept batch)": kept.peak,
                       "hook copies": 4 * max(kept.target_inputs.values()) + 12 * widest * widest},
-        "paired passes": {"concept sums": 4 * gram_set, "activations (paired batch)": paired.peak,
+        "paired passes": {"concept sums": 3 * gram_set, "activations (paired batch)": paired.peak,
                           "hook copies": 4 * max(paired.target_inputs.values()) + 3 * 12 * widest * widest},
         "solve": {"concept moments": 3 * gram_set, "solve workspace": 8 * 8 * widest * widest,
                   "rewritten weights": 4 * 4 * n_weights},

@@ -92,8 +92,9 @@ def _batches(pipe: Any) -> tuple[int, int]:
 
 class _PairedMoments:
     """Running ``sum x_c x_c^T``, ``sum x_t x_c^T`` and ``sum (x_a - x_t) x_c^T`` per layer over
-    ``[uncond; concept; scene]`` batches, or ``[...; anchor]`` ones (``parts``, set per batch: 3 or 4);
-    each batch's products in :data:`PRODUCT_DTYPE`, their sums in float64."""
+    ``[uncond; concept; scene]`` batches, or ``[...; anchor]`` ones (``parts``, set per batch: 3 or 4; the
+    third sum only once a batch shows anchors); each batch's products in :data:`PRODUCT_DTYPE`, their
+    sums in float64."""
 
     def __init__(self) -> None:
         self.parts = 3
@@ -104,9 +105,11 @@ class _PairedMoments:
         xc, xt, *xa = (x.reshape(-1, x.shape[-1]).to(PRODUCT_DTYPE) for x in args[0].detach().chunk(self.parts)[1:])
         moments = [xc.T @ xc, xt.T @ xc]  # G_c, C
         if name not in self.sums:
-            self.sums[name], self.count[name] = [torch.zeros_like(moments[0], dtype=torch.float64) for _ in range(3)], 0
-        if xa:  # the anchors' shift; a batch without anchors (x_a = x_t) adds none
+            self.sums[name], self.count[name] = [torch.zeros_like(moments[0], dtype=torch.float64) for _ in range(2)], 0
+        if xa:  # the anchors' shift, held from the first batch that shows anchors; one without (x_a = x_t) adds none
             moments.append((xa[0] - xt).T @ xc)
+            if len(self.sums[name]) == 2:
+                self.sums[name].append(torch.zeros_like(self.sums[name][0]))
         for total, m in zip(self.sums[name], moments):
             total += m  # summed in float64
         self.count[name] += xc.shape[0]
@@ -114,7 +117,7 @@ class _PairedMoments:
     def means(self) -> list[dict[str, Tensor]]:
         # summed where the activations are (a GPU), solved on the CPU beside the unedited weights; divided in
         # place, so that the sums and the means are not both held
-        return [{n: m[k].div_(self.count[n]).cpu() for n, m in self.sums.items()} for k in range(3)]
+        return [{n: m[k].div_(self.count[n]).cpu() for n, m in self.sums.items() if k < len(m)} for k in range(3)]
 
 
 class _FirstStepEnergy:
@@ -197,10 +200,10 @@ def paired_moments(
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
                     anchors=shown,
                 )
-    gram_c, cross, shift = acc.means()
+    gram_c, cross, shift = acc.means()  # shift: empty where no batch showed anchors
     if not anchored:  # the scene is every push's reference: the solve takes R = C exactly, as without anchoring
         return gram_c, cross, None, shares
-    return gram_c, cross, {n: cross[n] + beta * shift[n] for n in cross}, shares
+    return gram_c, cross, {n: shift[n].mul_(beta).add_(cross[n]) for n in cross}, shares  # R = C + beta shift, in place
 
 
 def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewritePrompts, config: FIARewriteConfig) -> tuple[dict, dict]:

@@ -276,11 +276,13 @@ def test_statistics_take_float32_products_and_float64_sums():
     for x in batches:
         paired.hook("layer", None, (x,), None)
         grouped.hook("layer", None, (x,), None)
-    gram_c, cross, shift = (m["layer"] for m in paired.means())
+    gram_c, cross, shift = paired.means()
+    assert shift == {}  # no batch showed anchors: no shift is held
+    gram_c, cross = gram_c["layer"], cross["layer"]
     rows = [x.double().chunk(3) for x in batches]
     xc = torch.cat([r[1].reshape(-1, 8) for r in rows])
     xt = torch.cat([r[2].reshape(-1, 8) for r in rows])
-    assert gram_c.dtype == cross.dtype == torch.float64 and not shift.any()  # no anchors shown: no shift
+    assert gram_c.dtype == cross.dtype == torch.float64
     torch.testing.assert_close(gram_c, xc.T @ xc / len(xc), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(cross, xt.T @ xc / len(xc), rtol=1e-6, atol=1e-6)
     group_a = torch.cat([x.double()[[0, 2, 3, 5]].reshape(-1, 8) for x in batches])
