@@ -23,8 +23,9 @@ Each setting is ``concept_weight,damping,balance_rounds,keep_prompts_per_kind,co
 optionally followed by ``,concept_trajectory,negative_guidance`` (``1,1``: the
 concept's own trajectory too, eta 1; left out: ``0,0``, the first preset's
 form), then ``,anchored_guidance`` (beta; left out: 0, the push relative
-to the scene) and ``,anchored_below`` (a number; left out: every concept
-anchored); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+to the scene), ``,anchored_below`` (a number; left out: every concept
+anchored) and ``,keep_guided`` (``1``: the kept term on each kept prompt's
+guided input; left out: ``0``, its rows one by one); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
 whose evidence prompts are held to the same 12 pairs. ``--erased-images``
 judges the erased kinds on more images than the kept ones (default: as
 many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
@@ -163,14 +164,15 @@ def config_for(setting: str):
     if setting == "causal":
         return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
     fields = setting.split(",")
-    if len(fields) not in (5, 7, 8, 9):
-        raise SystemExit(f"a setting has 5, 7, 8 or 9 comma-separated fields, or is 'causal'; got {setting!r}")
+    if len(fields) not in (5, 7, 8, 9, 10):
+        raise SystemExit(f"a setting has 5, 7, 8, 9 or 10 comma-separated fields, or is 'causal'; got {setting!r}")
     lam, damping, rounds, keep, concept = fields[:5]
     trajectory, eta = fields[5:7] or ("0", "0")
     anchored = fields[7] if len(fields) >= 8 else "0"
-    below = float(fields[8]) if len(fields) == 9 else None
+    below = float(fields[8]) if len(fields) >= 9 else None
+    guided = len(fields) == 10 and bool(int(fields[9]))
     rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept), bool(int(trajectory)), float(eta),
-                       float(anchored), below)
+                       float(anchored), below, guided)
     return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
 
 

@@ -184,6 +184,14 @@ class RewriteConfig(_SettingsBlock):
             over its prompts, summed over the layers). A concept that moves
             them no more than the kind put in its place is not told apart from
             it by their difference, and pushes away from its scene instead.
+        keep_guided: hold each kept prompt's *guided* layer input
+            ``x_u + s (x_c - x_u)`` (``s`` the guidance scale), the mix the
+            sampler steps with, instead of its unconditional and conditional
+            rows one by one. What the prompt's text adds, ``x_c - x_u``,
+            reaches the image multiplied by ``s``, so it weighs ``s^2`` as
+            much in the kept term: the edit spares what makes a kept kind
+            that kind rather than what every prompt shares (its scale then
+            asks for a larger ``concept_weight``).
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -196,6 +204,7 @@ class RewriteConfig(_SettingsBlock):
     negative_guidance: float = 0.0
     anchored_guidance: float = 0.0
     anchored_below: float | None = None
+    keep_guided: bool = False
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
@@ -205,8 +214,9 @@ class RewriteConfig(_SettingsBlock):
             raise FIAError(f"rewrite.anchored_guidance is a share between 0 and 1, got {self.anchored_guidance!r}; e.g. 1")
         if self.anchored_below is not None:
             check_nonnegative("rewrite.anchored_below", self.anchored_below)
-        if not isinstance(self.concept_trajectory, bool):
-            raise FIAError(f"rewrite.concept_trajectory must be true or false, got {self.concept_trajectory!r}")
+        for name in ("concept_trajectory", "keep_guided"):
+            if not isinstance(getattr(self, name), bool):
+                raise FIAError(f"rewrite.{name} must be true or false, got {getattr(self, name)!r}")
         check_nonnegative("rewrite.damping", self.damping)
         if not self.damping > 0:
             raise FIAError(f"rewrite.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.03")

@@ -86,13 +86,15 @@ def collect_grams(
 
 
 class _GroupGramAccumulator:
-    """Running ``sum x x^T`` per kept group and layer: each sample's rows (both guidance rows) go to its group.
+    """Running ``sum x x^T`` per kept group and layer: each sample's rows (both guidance rows) go to its group,
+    or, with ``combine`` (the guidance scale), the one row ``x_u + s (x_c - x_u)`` the sampler steps with.
 
     Each batch's product is taken in ``product_dtype`` and added to a float64 sum."""
 
-    def __init__(self, guided: bool, product_dtype: torch.dtype = torch.float64):
+    def __init__(self, guided: bool, product_dtype: torch.dtype = torch.float64, combine: float | None = None):
         self.guided = guided
         self.product_dtype = product_dtype
+        self.combine = combine if guided else None  # an unguided sampler has one row per sample already
         self.batch_groups: list[str] = []  # the group of each prompt in the batch now running
         self.sums: dict[str, dict[str, Tensor]] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -102,9 +104,13 @@ class _GroupGramAccumulator:
         n = len(self.batch_groups)
         for g in dict.fromkeys(self.batch_groups):
             idx = [i for i, gi in enumerate(self.batch_groups) if gi == g]
-            if self.guided:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
-                idx = idx + [n + i for i in idx]
-            xg = x[idx].reshape(-1, x.shape[-1]).to(self.product_dtype)
+            if self.combine is not None:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
+                uncond = x[idx].to(self.product_dtype)
+                xg = (uncond + self.combine * (x[[n + i for i in idx]].to(self.product_dtype) - uncond)).reshape(-1, x.shape[-1])
+            else:
+                if self.guided:
+                    idx = idx + [n + i for i in idx]
+                xg = x[idx].reshape(-1, x.shape[-1]).to(self.product_dtype)
             product = (xg.T @ xg).to(torch.float64)
             sums, counts = self.sums.setdefault(g, {}), self.counts.setdefault(g, {})
             if name in sums:
@@ -129,17 +135,22 @@ def collect_group_grams(
     guidance_scale: float,
     batch_size: int = 32,
     product_dtype: torch.dtype = torch.float64,
+    combine_guidance: bool = False,
 ) -> dict[str, dict[str, Tensor]]:
     """``group -> layer -> G_g``: each group's mean ``x x^T`` (every token, step and guidance row), in shared batches.
 
     The same statistics as one :func:`collect_grams` pass per group (up to the
     order of float sums), at the cost of one pass over all the prompts. Each
     batch's ``x^T x`` is computed in ``product_dtype`` (the rewrite takes
-    float32, :data:`fia.rewrite.PRODUCT_DTYPE`) and summed in float64.
+    float32, :data:`fia.rewrite.PRODUCT_DTYPE`) and summed in float64. With
+    ``combine_guidance`` each sample's two rows count as the one guided row
+    ``x_u + s (x_c - x_u)`` (``s`` = ``guidance_scale``; the rewrite's
+    ``keep_guided``).
     """
     if not prompts:
         raise FIAError("the repair has no prompts to fit on; give it kept prompts (anchors) and concept prompts")
-    acc = _GroupGramAccumulator(guided=guidance_scale > 1, product_dtype=product_dtype)
+    acc = _GroupGramAccumulator(guided=guidance_scale > 1, product_dtype=product_dtype,
+                                combine=guidance_scale if combine_guidance else None)
     with capture(targets, acc.hook):
         for s in range(0, len(prompts), batch_size):
             acc.batch_groups = list(groups[s : s + batch_size])

@@ -215,7 +215,8 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
     (ShapeWorld 2, star + arrow: the erase takes 29 s instead of 45 s)."""
     grams = collect_group_grams(pipe, targets, prompts.keep, prompts.keep_seeds, prompts.keep_groups,
                                 num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                                batch_size=config.batch_size or _batches(pipe)[0], product_dtype=PRODUCT_DTYPE)
+                                batch_size=config.batch_size or _batches(pipe)[0], product_dtype=PRODUCT_DTYPE,
+                                combine_guidance=config.rewrite.keep_guided)
     return grams, dict(Counter(prompts.keep_groups))
 
 

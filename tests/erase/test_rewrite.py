@@ -302,3 +302,66 @@ def test_default_batches_grow_only_on_small_latents():
     pipe = SimpleNamespace(unet=SimpleNamespace(config={"sample_size": 8}))
     assert _batches(pipe) == (64, 48) and _batches(SimpleNamespace()) == (32, 16)  # no denoiser config: SD-sized
     assert _batches(SimpleNamespace(transformer=SimpleNamespace(config={"sample_size": 128}))) == (32, 16)
+
+
+def test_keep_guided_holds_the_mix_the_sampler_steps_with():
+    """With ``combine`` (the guidance scale) each kept sample's rows ``[x_u; x_c]`` count as the one row
+    ``x_u + s (x_c - x_u)``: the group's mean is that row's ``x x^T``, checked against a hand sum."""
+    from fia.repair import _GroupGramAccumulator
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(6, 4, 5, generator=gen) for _ in range(10)]  # 3 samples x [uncond; cond], 4 tokens
+    plain = _GroupGramAccumulator(guided=True)
+    mixed = _GroupGramAccumulator(guided=True, product_dtype=torch.float64, combine=5.0)
+    unguided = _GroupGramAccumulator(guided=False, combine=5.0)  # one row per sample: nothing to combine
+    for acc in (plain, mixed, unguided):
+        acc.batch_groups = ["a", "b", "a"]
+        for x in batches:
+            acc.hook("layer", None, (x.double(),), None)
+    rows = torch.cat([x.double()[[0, 2]] + 5.0 * (x.double()[[3, 5]] - x.double()[[0, 2]]) for x in batches]).reshape(-1, 5)
+    torch.testing.assert_close(mixed.means()["a"]["layer"], rows.T @ rows / len(rows))
+    both = torch.cat([x.double()[[0, 2, 3, 5]] for x in batches]).reshape(-1, 5)
+    torch.testing.assert_close(plain.means()["a"]["layer"], both.T @ both / len(both))
+    first = torch.cat([x.double()[[0, 2]] for x in batches]).reshape(-1, 5)  # unguided: rows i of the group only
+    torch.testing.assert_close(unguided.means()["a"]["layer"], first.T @ first / len(first))
+
+
+def test_keep_guided_is_a_recorded_switch():
+    assert RewriteConfig().keep_guided is False  # edit files made before it read back as they were made
+    cfg = config_for_variant("rewrite", {"task": "object", "rewrite": {"keep_guided": True}})
+    assert cfg.rewrite.keep_guided is True and cfg.to_dict()["rewrite"]["keep_guided"] is True
+    with pytest.raises(FIAError, match="rewrite.keep_guided must be true or false"):
+        RewriteConfig(keep_guided="yes").validate()
+
+
+def test_keep_guided_solves_with_the_kept_prompts_guided_inputs(tiny_dir):
+    """With keep_guided (no balancing), each layer's weight is rewrite_layer on G_k = mean g g^T of the kept
+    prompts' guided rows g = x_u + s (x_c - x_u), collected here by hand, and the concept statistics as before."""
+    import dataclasses
+
+    from fia.sampling import capture, generate
+
+    pipe = load_tiny(tiny_dir)
+    rc = RewriteConfig(concept_weight=0.7, damping=0.05, balance_rounds=0, keep_prompts_per_kind=2,
+                       concept_prompts_per_concept=2, keep_guided=True)
+    cfg = tiny_rewrite_config(rewrite=rc)
+    mask = fia.erase(pipe, ["golf ball"], cfg)
+    plain = fia.erase(pipe, ["golf ball"], cfg.replace(rewrite=dataclasses.replace(rc, keep_guided=False)))
+    targets = find_targets(pipe.unet, "ffn2")
+    rp = rewrite_prompts(["golf ball"], cfg)
+    sums = {}
+
+    def hook(name, _module, args, _output):
+        u, c = args[0].detach().double().chunk(2)
+        g = (u + 3.0 * (c - u)).reshape(-1, u.shape[-1])
+        total, n = sums.get(name, (0, 0))
+        sums[name] = (total + g.T @ g, n + g.shape[0])
+
+    with capture(targets, hook):
+        generate(pipe, rp.keep, rp.keep_seeds, num_inference_steps=3, guidance_scale=3.0, output_type="latent")
+    gc, cross, _, _ = paired_moments(pipe, targets, rp, cfg)
+    for t in targets:
+        gk = sums[t.name][0] / sums[t.name][1]
+        expected = rewrite_layer(t.module.weight, gk, gc[t.name], cross[t.name], concept_weight=0.7, damping=0.05)
+        assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(mask.layer(t.name).row_values, plain.layer(t.name).row_values, atol=1e-4)
