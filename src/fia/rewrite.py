@@ -59,7 +59,7 @@ from fia.progress import Progress, report
 from fia.prompts import RewritePrompts
 from fia.repair import GRAM_BATCH, collect_group_grams
 from fia.sampling import capture, paired_steps
-from fia.targets import TargetLinear
+from fia.targets import TargetLinear, denoiser
 from fia.tasks import task_of
 from fia.weights import fingerprint_weights
 
@@ -86,8 +86,7 @@ def default_batches(latent: int | None) -> tuple[int, int]:
 
 def _batches(pipe: Any) -> tuple[int, int]:
     """:func:`default_batches` for ``pipe``'s denoiser, from its config's ``sample_size``."""
-    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    return default_batches(getattr(model, "config", {}).get("sample_size"))
+    return default_batches(getattr(denoiser(pipe), "config", {}).get("sample_size"))
 
 
 class _PairedMoments:

@@ -297,11 +297,17 @@ def test_default_batches_grow_only_on_small_latents():
 
     from fia.rewrite import _batches, default_batches
 
+    def model(side=None):
+        module = torch.nn.Linear(1, 1)
+        if side is not None:
+            module.config = {"sample_size": side}
+        return module
+
     assert default_batches(8) == default_batches(16) == (64, 48)
     assert default_batches(64) == default_batches(17) == default_batches(None) == (32, 16)
-    pipe = SimpleNamespace(unet=SimpleNamespace(config={"sample_size": 8}))
-    assert _batches(pipe) == (64, 48) and _batches(SimpleNamespace()) == (32, 16)  # no denoiser config: SD-sized
-    assert _batches(SimpleNamespace(transformer=SimpleNamespace(config={"sample_size": 128}))) == (32, 16)
+    assert _batches(SimpleNamespace(unet=model(8))) == (64, 48)
+    assert _batches(SimpleNamespace(transformer=model(128))) == (32, 16)
+    assert _batches(model()) == (32, 16)  # a bare denoiser without a config: the SD-sized batches
 
 
 def test_keep_guided_holds_the_mix_the_sampler_steps_with():
