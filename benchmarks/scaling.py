@@ -53,7 +53,7 @@ def quality_set(split: sf.Split) -> tuple[list[str], list[int], list[dict]]:
 
 
 def quality(pipe, judges, split: sf.Split, reference: torch.Tensor) -> dict:
-    return sf.measure_quality(pipe, judges, None, split, reference, quality_set(split))
+    return sf.measure_quality(pipe, judges, None, split, reference, quality_set(split))[0]
 
 
 def point(pipe, judges, split, reference, x: int, unedited_hits: dict, method: str = "causal") -> dict:

@@ -36,11 +36,14 @@ Every edited model and the unedited one are judged on one split:
 Per task and method, read by the oracle (with its reject option) and the
 second, independently trained judge: forget F (erased kinds, canonical
 prompts), kept P (mean over the other kinds) with Wilson 95 % intervals,
-each kept kind's change, and F on each erased kind's synonyms, bare word
+each kept kind's change, the kept mean's change against the unedited model
+image by image (the same prompts and seeds) with a paired bootstrap
+interval, and F on each erased kind's synonyms, bare word
 ("star") and compositional prompts ("a burning red star near the road in
 the style of Ovalli"). Quality on ``--quality`` images (a fifth object-less
 scenes, the rest kept kinds): KID (torchmetrics, with its jackknife
-standard error) and FID in the oracle's feature space against renders of
+standard error, and its change against the unedited model with the paired
+jackknife error, ``fia.evaluate.metrics.kid_change``) and FID in the oracle's feature space against renders of
 the scenes the prompts name, prompt
 fidelity (share of the named factors the oracle reads) and CLIP score with
 the world's CLIP. Cost: seconds per concept and the erase's peak RSS,
@@ -63,13 +66,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 import fia
-from fia.evaluate.metrics import frechet_distance, kernel_distance, kid_standard_error
-from fia.evaluate.stats import wilson
+from fia.evaluate.metrics import frechet_distance, kernel_distance, kid_change, kid_standard_error
+from fia.evaluate.stats import paired_bootstrap, wilson
 from fia.evaluate.suites.shapeworld import factor_cycle, shapeworld_reference_features
 from fia.io import atomic_write_text
 from fia.presets import resolve_config
@@ -214,11 +218,38 @@ def rate(hits: int, n: int) -> dict:
 
 
 # ---------------------------------------------------------------- measuring
-def measure_kinds(pipe, judges, split: Split) -> dict[str, dict[str, int]]:
-    """Per judge, how many of each kind's canonical images it reads as that kind."""
+def read_right(pipe, judges, split: Split) -> dict[str, list[bool]]:
+    """Per judge, whether it reads each canonical image (``split.kinds()``'s order) as its kind."""
     prompts, seeds, truth = split.kinds()
     labels, _ = judged(pipe, judges, prompts, seeds)
-    return {name: {o: sum(p == t for p, t in zip(lab["object"], truth) if t == o) for o in KINDS} for name, lab in labels.items()}
+    return {name: [p == t for p, t in zip(lab["object"], truth)] for name, lab in labels.items()}
+
+
+def measure_kinds(pipe, judges, split: Split) -> dict[str, dict[str, int]]:
+    """Per judge, how many of each kind's canonical images it reads as that kind."""
+    return kind_hits(read_right(pipe, judges, split), split)
+
+
+def kind_hits(right: dict[str, list[bool]], split: Split) -> dict[str, dict[str, int]]:
+    """Per judge, how many of each kind's canonical images it reads as that kind."""
+    _, _, truth = split.kinds()
+    return {name: {o: sum(r for r, t in zip(rs, truth) if t == o) for o in KINDS} for name, rs in right.items()}
+
+
+def kept_change(right: dict[str, list[bool]], base: dict[str, list[bool]], split: Split, erased: list[str]) -> dict:
+    """Per judge, the kept kinds' mean change against the unedited model, image by image (the same prompts and
+    seeds), with a paired bootstrap 95 % interval that resamples each kind's images within the kind."""
+    _, _, truth = split.kinds()
+    keep = [i for i, t in enumerate(truth) if t not in erased]
+    kinds = [truth[i] for i in keep]
+    out = {}
+    for name in right:
+        ci = paired_bootstrap([right[name][i] for i in keep], [base[name][i] for i in keep],
+                              lambda u, v, _kinds: float(u.mean() - v.mean()), strata=kinds)
+        out[name] = {"change": round(ci.value, 4), "low": round(ci.low, 4), "high": round(ci.high, 4),
+                     "lost": sum(base[name][i] and not right[name][i] for i in keep),
+                     "gained": sum(right[name][i] and not base[name][i] for i in keep), "n": len(keep)}
+    return out
 
 
 def task_numbers(hits: dict[str, dict[str, int]], split: Split, erased: list[str]) -> dict:
@@ -244,8 +275,9 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
-def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor, quality_set=None) -> dict:
-    """KID, FID, prompt fidelity and (with a ``clip``) CLIP score on ``quality_set`` (default ``split.quality_set()``)."""
+def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor, quality_set=None) -> tuple[dict, torch.Tensor]:
+    """KID, FID, prompt fidelity and (with a ``clip``) CLIP score on ``quality_set`` (default ``split.quality_set()``),
+    and the images' features in the oracle's space (for :func:`fia.evaluate.metrics.kid_change`)."""
     q_prompts, q_seeds, q_factors = quality_set or split.quality_set()
     lab, x = judged(pipe, judges, q_prompts, q_seeds)
     oracle = judges["oracle"]
@@ -265,14 +297,35 @@ def measure_quality(pipe, judges, clip, split: Split, reference: torch.Tensor, q
     }
     if clip is not None:
         out["clip_score"] = round(float(clip_score(clip, x, q_prompts).mean()), 3)
-    return out
+    return out, feats
 
 
-def measure(pipe, judges, clip, split: Split, erased: list[str], reference: torch.Tensor, kinds=None, quality=None) -> dict:
-    """Every figure of one model on one task (``kinds`` / ``quality``: the unedited model's, measured once)."""
-    out = task_numbers(kinds or measure_kinds(pipe, judges, split), split, erased)
+class Unedited(NamedTuple):
+    """The unedited model's figures, measured once per run: what every edit is compared with."""
+
+    right: dict[str, list[bool]]  # read_right
+    quality: dict  # measure_quality's figures
+    features: torch.Tensor  # its quality images' features
+
+
+def measure(pipe, judges, clip, split: Split, erased: list[str], reference: torch.Tensor, base: Unedited, *, edited: bool = True) -> dict:
+    """Every figure of one model on one task; ``edited=False``: the unedited model, from ``base`` (phrasings aside).
+
+    An edited model's kept kinds and KID are also compared with ``base``
+    image by image, on the same prompts and seeds (``kept_change``;
+    ``kid_change_x1000`` with its paired jackknife error), which resolves
+    a change far more finely than two separate figures and their intervals.
+    """
+    right = read_right(pipe, judges, split) if edited else base.right
+    out = task_numbers(kind_hits(right, split), split, erased)
     out["phrasings"] = measure_phrasings(pipe, judges, split, erased)
-    out["quality"] = quality or measure_quality(pipe, judges, clip, split, reference)
+    if not edited:
+        out["quality"] = base.quality
+        return out
+    out["kept_change"] = kept_change(right, base.right, split, erased)
+    quality, feats = measure_quality(pipe, judges, clip, split, reference)
+    change, se = kid_change(feats, base.features, reference)
+    out["quality"] = {**quality, "kid_change_x1000": round(1000 * change, 3), "kid_change_se_x1000": round(1000 * se, 3)}
     return out
 
 
@@ -347,6 +400,18 @@ def markdown(results: dict) -> str:
                 f"{_kid(q)} | {q['fid']:.1f} | {q['prompt_fidelity']:.3f} | {q['clip_score']:.1f} | "
                 f"{c.get('seconds_per_concept', '')} | {c.get('peak_rss_gb', '')} |"
             )
+    paired = [(task, method, r) for task, rows in _tasks(results) for method, r in _ordered(rows) if "kept_change" in r["measure"]]
+    if paired:
+        lines += ["", "Change against the unedited model on the same prompts and seeds: the kept kinds' mean with a paired "
+                  "bootstrap 95 % interval (each kind's images resampled within the kind; images lost / gained of n), "
+                  "KID (x 10^3 here) with its paired jackknife standard error:", "",
+                  "| task | method | kept change oracle | kept change judge2 | KID change x 10^3 |", "|---|---|---|---|---|"]
+        for task, method, r in paired:
+            kc, q = r["measure"]["kept_change"], r["measure"]["quality"]
+            cells = [f"{kc[j]['change']:+.3f} [{kc[j]['low']:+.3f}, {kc[j]['high']:+.3f}] ({kc[j]['lost']} / {kc[j]['gained']} of {kc[j]['n']})"
+                     for j in ("oracle", "judge2")]
+            lines.append(f"| {task} | {_label(method, r)} | {cells[0]} | {cells[1]} | "
+                         f"{q['kid_change_x1000']:+.1f} ± {q['kid_change_se_x1000']:.1f} |")
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
               "| task | method | synonym | bare word | compositional |", "|---|---|---|---|---|"]
     for task, rows in _tasks(results):
@@ -419,12 +484,11 @@ def main() -> None:
         results["tasks"] = {t: rows for t, rows in previous["tasks"].items() if t not in args.tasks.split(",")}
     _, _, q_factors = split.quality_set()
     reference = shapeworld_reference_features(judges["oracle"], q_factors, 1, seed=7)
-    base_kinds = measure_kinds(pipe, judges, split)
-    base_quality = measure_quality(pipe, judges, clip, split, reference)
-    print("unedited quality", base_quality, flush=True)
+    base = Unedited(read_right(pipe, judges, split), *measure_quality(pipe, judges, clip, split, reference))
+    print("unedited quality", base.quality, flush=True)
     for task in args.tasks.split(","):
         erased = TASKS[task]
-        rows = {"unedited": {"measure": measure(pipe, judges, clip, split, erased, reference, base_kinds, base_quality)}}
+        rows = {"unedited": {"measure": measure(pipe, judges, clip, split, erased, reference, base, edited=False)}}
         print(task, "unedited", rows["unedited"]["measure"]["forget"], rows["unedited"]["measure"]["kept"], flush=True)
         methods = args.methods.split(",")
         if previous is not None:  # the rows of methods not run now, as they were measured
@@ -440,7 +504,7 @@ def main() -> None:
             edit = edit_for(pipe, method, erased, args.cache)
             seconds = time.perf_counter() - t0
             with edit.applied(pipe):
-                m = measure(pipe, judges, clip, split, erased, reference)
+                m = measure(pipe, judges, clip, split, erased, reference, base)
             rows[method] = {"measure": m, "pruned_share": getattr(edit, "pruned_share", 0.0),
                             "repaired_rows": getattr(edit, "repaired_rows", 0),
                             "seconds_in_run": round(seconds, 1), "commit": results["commit"],

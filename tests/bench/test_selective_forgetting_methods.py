@@ -48,3 +48,29 @@ def test_a_misspelt_method_stops_before_any_model_is_loaded(monkeypatch):
     monkeypatch.setattr(selective_forgetting, "load_pipeline", lambda **_: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit, match="unknown method 'rewrite-unanchord'"):
         selective_forgetting.main()
+
+
+def test_the_kept_change_is_counted_image_by_image_over_the_kept_kinds_only():
+    split = selective_forgetting.Split("tune", images=4, quality=5)
+    _, _, truth = split.kinds()
+    erased = ["star", "arrow"]
+    base = {"oracle": [True] * len(truth), "judge2": [t != "bell" for t in truth]}  # judge2 never reads bell
+    right = {name: list(v) for name, v in base.items()}
+    lost = [i for i, t in enumerate(truth) if t == "cross"][:3]
+    for i in lost:
+        right["oracle"][i] = right["judge2"][i] = False
+    for i, t in enumerate(truth):
+        if t in erased:  # the erased kinds' images do not count
+            right["oracle"][i] = right["judge2"][i] = False
+        if t == "bell":
+            right["judge2"][i] = True  # gained on judge2
+    out = selective_forgetting.kept_change(right, base, split, erased)
+    n = 4 * 30
+    assert out["oracle"]["n"] == out["judge2"]["n"] == n
+    assert (out["oracle"]["lost"], out["oracle"]["gained"]) == (3, 0)
+    assert out["oracle"]["change"] == pytest.approx(round(-3 / n, 4))
+    assert (out["judge2"]["lost"], out["judge2"]["gained"]) == (3, 4)
+    assert out["judge2"]["change"] == pytest.approx(round(1 / n, 4))
+    for figures in out.values():
+        assert figures["low"] <= figures["change"] <= figures["high"]
+    assert out["oracle"]["high"] < 0  # resampled within the kind, nearly every draw keeps some of cross's 3 losses

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fia.evaluate.metrics import (clip_score, frechet_distance, frechet_from_stats, fsr, jaccard, jaccard_matrix, kernel_distance,
-                                  kid_standard_error, mean, overall)
+                                  kid_change, kid_standard_error, mean, overall)
 
 
 def test_overall_is_the_harmonic_mean_of_p_and_one_minus_f():
@@ -96,3 +96,34 @@ def test_kid_standard_error_is_the_jackknife_over_both_sets():
     assert kid_standard_error(big_a, big_b) < kid_standard_error(big_a[:40], big_b[:40])
     with pytest.raises(ValueError, match="at least 3 images"):
         kid_standard_error(a[:2], b)
+
+
+def test_kid_change_is_the_paired_jackknife_of_the_difference():
+    """Against brute force: the two KIDs by hand, left out pair by pair and reference image by image."""
+    g = torch.Generator().manual_seed(3)
+    old = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    new = old + 0.3 * torch.randn(8, 4, generator=g, dtype=torch.float64) + 0.2  # paired with old, shifted
+    ref = torch.randn(6, 4, generator=g, dtype=torch.float64) + 0.5
+    change, se = kid_change(new, old, ref)
+    assert change == pytest.approx(_kid_by_hand(new, ref) - _kid_by_hand(old, ref), rel=1e-9)
+    drop = lambda x, i: torch.cat([x[:i], x[i + 1:]])  # noqa: E731
+    left_pair = [_kid_by_hand(drop(new, i), ref) - _kid_by_hand(drop(old, i), ref) for i in range(len(old))]
+    left_ref = [_kid_by_hand(new, drop(ref, j)) - _kid_by_hand(old, drop(ref, j)) for j in range(len(ref))]
+
+    def spread(values):
+        mu = sum(values) / len(values)
+        return (len(values) - 1) / len(values) * sum((v - mu) ** 2 for v in values)
+
+    assert se == pytest.approx(math.sqrt(spread(left_pair) + spread(left_ref)), rel=1e-9)
+    # the same images twice: no change and no spread
+    assert kid_change(old, old, ref) == (0.0, 0.0)
+    # a small paired change is resolved far more finely than either KID alone is
+    big_old = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    big_new = big_old + 0.05 * torch.randn(300, 4, generator=g, dtype=torch.float64)
+    big_ref = torch.randn(300, 4, generator=g, dtype=torch.float64) + 0.3
+    _, paired = kid_change(big_new, big_old, big_ref)
+    assert paired < 0.2 * kid_standard_error(big_old, big_ref)
+    with pytest.raises(ValueError, match="same shape"):
+        kid_change(new[:5], old, ref)
+    with pytest.raises(ValueError, match="at least 3 pairs"):
+        kid_change(new[:2], old[:2], ref)

@@ -151,6 +151,51 @@ def kid_standard_error(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float(variance.sqrt())
 
 
+def kid_change(feats_new: torch.Tensor, feats_old: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """``KID(new, reference) - KID(old, reference)`` on the whole sets, with its paired jackknife standard error.
+
+    ``feats_new[i]`` and ``feats_old[i]`` must come from the same prompt and
+    seed (an edited and the unedited model), so their errors are shared. Each
+    KID alone has an error larger than the gap between two close models
+    (:func:`kid_standard_error`); their difference, left out pair by pair,
+    does not carry what the two sets have in common. With ``m`` pairs and
+    ``n`` reference images the reference's own term cancels:
+
+        D = (S_nn - S_oo) / (m (m - 1)) - 2 (S_nr - S_or) / (m n)
+
+    (:func:`kid_standard_error`'s sums). Leaving pair ``i`` out removes
+    ``2 sum_{j != i} k(x_i, x_j)`` from ``S_nn`` and ``S_oo`` and row ``i``'s
+    sums from ``S_nr`` and ``S_or``; leaving reference image ``j`` out removes
+    column ``j``'s sums. The variance is the two-sample jackknife's,
+
+        (m - 1) / m sum_i (D_(i) - mean D_(.))^2 + (n - 1) / n sum_j (D_(j) - mean D_(.))^2.
+
+    Needs at least 3 pairs and 3 reference images.
+    """
+    new, old, ref = (torch.as_tensor(f).to(torch.float64) for f in (feats_new, feats_old, reference))
+    if new.shape != old.shape:
+        raise ValueError(f"the paired feature sets must have the same shape, got {tuple(new.shape)} and {tuple(old.shape)}")
+    m, n = new.shape[0], ref.shape[0]
+    if min(m, n) < 3:
+        raise ValueError("the jackknife of a KID change needs at least 3 pairs and 3 reference images")
+
+    def own(x: torch.Tensor) -> torch.Tensor:  # sum_{j != i} k(x_i, x_j), per i
+        k = _kid_kernel(x, x)
+        return k.sum(1) - k.diagonal()
+
+    own_new, own_old = own(new), own(old)
+    k_nr, k_or = _kid_kernel(new, ref), _kid_kernel(old, ref)
+    s_self = own_new.sum() - own_old.sum()  # S_nn - S_oo
+    s_ref = k_nr.sum() - k_or.sum()  # S_nr - S_or
+    change = s_self / (m * (m - 1)) - 2 * s_ref / (m * n)
+    without_pair = ((s_self - 2 * (own_new - own_old)) / ((m - 1) * (m - 2))
+                    - 2 * (s_ref - (k_nr.sum(1) - k_or.sum(1))) / ((m - 1) * n))
+    without_ref = s_self / (m * (m - 1)) - 2 * (s_ref - (k_nr.sum(0) - k_or.sum(0))) / (m * (n - 1))
+    variance = ((m - 1) / m * (without_pair - without_pair.mean()).square().sum()
+                + (n - 1) / n * (without_ref - without_ref.mean()).square().sum())
+    return float(change), float(variance.sqrt())
+
+
 def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
     """Per-pair CLIP score ``100 * max(cos, 0)`` of ``(B, D)`` embeddings."""
     img = torch.nn.functional.normalize(image_embeds.double(), dim=-1)
