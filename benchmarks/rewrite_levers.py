@@ -15,6 +15,9 @@ levers:
   (``@attn_out``, ``@ffn2+attn_out``), through ``fia.erase``'s target filter.
   ``@ffn2_up1`` edits only the two FFN2 layers of ``up_blocks.1``, where the
   preset's weights move most: does the edit live there?
+  ``@ffn1`` edits the feed-forward's first projection (``ff.net.0.proj``)
+  instead: its outputs pass the gate's nonlinearity before they reach the
+  image.
 * **The text rows themselves** (``@text_kv``). The same least squares on
   the cross-attention's key and value projections (``attn2.to_k``,
   ``attn2.to_v``), whose inputs are the text encoder's rows, with no sampler
@@ -70,7 +73,7 @@ odd pairs with place = colour + 1 (or + 3), the rewrite's prompts the other
 two odd offsets (default 5, the split of every recorded figure).
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
-``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``text_kv``), then
+``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``ffn1``; ``text_kv``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
@@ -118,6 +121,7 @@ TARGETS = {
     "attn_out": lambda _m, name: name.endswith(".attn2.to_out.0"),
     "ffn2+attn_out": lambda _m, name: name.endswith((".ff.net.2", ".attn2.to_out.0")),
     "ffn2_up1": lambda _m, name: name.endswith(".ff.net.2") and name.startswith("up_blocks.1."),  # where the edit moves most
+    "ffn1": lambda _m, name: name.endswith(".ff.net.0.proj"),  # before the feed-forward's gate: the edit passes a nonlinearity
     "text_kv": None,  # not through fia.erase: text_rows_edit
 }
 EMPTY_PROMPT_COPIES = 40
