@@ -343,7 +343,7 @@ def test_report_shows_kid_and_fid_from_500_quality_images(tmp_path):
     page = _Page()
     page.feed(path.read_text())
     rows = {r[0]["text"] for r in page.tables["metrics"][1:]}
-    assert {"quality: kid", "quality: fid"} <= rows
+    assert {"quality: kid", "quality: fid", "quality: kid_change", "quality: kid_change_se"} <= rows
     assert "--quality-images" not in path.read_text()
 
 

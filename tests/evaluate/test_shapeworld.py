@@ -6,6 +6,7 @@ ConceptMask that zeroes half of every FFN2 weight.
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -222,6 +223,9 @@ def test_paired_run_resume_and_determinism(tiny, tmp_path):
     # a random tiny model draws nothing like the renders, and the mask changes what it draws
     fid = data["quality"]["fid"]
     assert fid["base"] > 0 and fid["edited"] != fid["base"] and "renders of the scenes" in data["quality"]["fid_reference"]
+    # base and edited images share prompts and seeds: the KID change carries its paired error (fia.evaluate.metrics.kid_change)
+    q = data["quality"]
+    assert math.isfinite(q["kid_change"]) and q["kid_change"] != 0 and 0 < q["kid_change_se"] < math.inf
     # paired: same prompt and seed, different images where the mask acts
     index = json.loads((out / "index.json").read_text())
     assert len(index["items"]) == len(suite.items)

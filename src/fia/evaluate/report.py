@@ -51,7 +51,7 @@ MAX_COLUMNS = 8
 # around 0, FID is dominated by its bias), so they are left out below this
 MIN_QUALITY_IMAGES = 500
 # the quality figures that need MIN_QUALITY_IMAGES
-SAMPLE_SIZE_FIGURES = ("fid", "kid", "kid_std", "fid_reference")
+SAMPLE_SIZE_FIGURES = ("fid", "kid", "kid_std", "kid_change", "kid_change_se", "fid_reference")
 # kept concepts shown as grids: those that lost most
 KEPT_GRIDS = 3
 # the font size of every caption and table text (CSS px)

@@ -34,7 +34,7 @@ import torch
 from fia.concepts import parse_concepts
 from fia.errors import FIAError
 from fia.evaluate.generate import VARIANTS, EvalItem
-from fia.evaluate.metrics import frechet_distance, fsr, kernel_distance, mean
+from fia.evaluate.metrics import frechet_distance, fsr, kernel_distance, kid_change, mean
 from fia.evaluate.suites.base import (
     Records,
     Suite,
@@ -260,7 +260,11 @@ def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | 
 
     KID (unbiased; :func:`fia.evaluate.metrics.kernel_distance`) is the
     headline: with a few hundred images the Frechet distance is dominated by
-    its bias, which grows as the sample shrinks.
+    its bias, which grows as the sample shrinks. The base and edited images
+    share their prompts and seeds, so ``kid_change`` (edited minus base) comes
+    with its paired jackknife error ``kid_change_se``
+    (:func:`fia.evaluate.metrics.kid_change`), far smaller than either KID's
+    own spread.
     """
     q = [it for it in items if it.role in roles]
     out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
@@ -269,10 +273,12 @@ def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | 
         out["clip_score"] = _clip_score(records, q)
     if reference is not None and len(q) >= 2:
         out["fid"], out["kid"], out["kid_std"] = {}, {}, {}
+        feats = {v: torch.tensor([records[v][it.id]["_features"] for it in q], dtype=torch.float64) for v in VARIANTS}
         for v in VARIANTS:
-            feats = torch.tensor([records[v][it.id]["_features"] for it in q], dtype=torch.float64)
-            out["fid"][v] = frechet_distance(feats, reference)
-            out["kid"][v], out["kid_std"][v] = kernel_distance(feats, reference)
+            out["fid"][v] = frechet_distance(feats[v], reference)
+            out["kid"][v], out["kid_std"][v] = kernel_distance(feats[v], reference)
+        if len(q) >= 3 and reference.shape[0] >= 3:
+            out["kid_change"], out["kid_change_se"] = kid_change(feats["edited"], feats["base"], reference)
         out["fid_reference"] = f"oracle features of {reference.shape[0]} renders of the scenes these prompts name"
     return out
 
