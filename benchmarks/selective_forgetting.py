@@ -404,14 +404,14 @@ def markdown(results: dict) -> str:
     if paired:
         lines += ["", "Change against the unedited model on the same prompts and seeds: the kept kinds' mean with a paired "
                   "bootstrap 95 % interval (each kind's images resampled within the kind; images lost / gained of n), "
-                  "KID (x 10^3 here) with its paired jackknife standard error:", "",
-                  "| task | method | kept change oracle | kept change judge2 | KID change x 10^3 |", "|---|---|---|---|---|"]
+                  "and KID (as above) with its paired jackknife standard error:", "",
+                  "| task | method | kept change oracle | kept change judge2 | KID change |", "|---|---|---|---|---|"]
         for task, method, r in paired:
             kc, q = r["measure"]["kept_change"], r["measure"]["quality"]
             cells = [f"{kc[j]['change']:+.3f} [{kc[j]['low']:+.3f}, {kc[j]['high']:+.3f}] ({kc[j]['lost']} / {kc[j]['gained']} of {kc[j]['n']})"
                      for j in ("oracle", "judge2")]
             lines.append(f"| {task} | {_label(method, r)} | {cells[0]} | {cells[1]} | "
-                         f"{q['kid_change_x1000']:+.1f} ± {q['kid_change_se_x1000']:.1f} |")
+                         f"{q['kid_change_x1000'] / 1000:+.2f} ± {q['kid_change_se_x1000'] / 1000:.2f} |")
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
               "| task | method | synonym | bare word | compositional |", "|---|---|---|---|---|"]
     for task, rows in _tasks(results):
