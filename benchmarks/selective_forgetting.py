@@ -246,7 +246,7 @@ def kept_change(right: dict[str, list[bool]], base: dict[str, list[bool]], split
     for name in right:
         ci = paired_bootstrap([right[name][i] for i in keep], [base[name][i] for i in keep],
                               lambda u, v, _kinds: float(u.mean() - v.mean()), strata=kinds)
-        out[name] = {"change": round(ci.value, 4), "low": round(ci.low, 4), "high": round(ci.high, 4),
+        out[name] = {"change": round(ci.value, 6), "low": round(ci.low, 4), "high": round(ci.high, 4),
                      "lost": sum(base[name][i] and not right[name][i] for i in keep),
                      "gained": sum(right[name][i] and not base[name][i] for i in keep), "n": len(keep)}
     return out
@@ -408,8 +408,9 @@ def markdown(results: dict) -> str:
                   "| task | method | kept change oracle | kept change judge2 | KID change |", "|---|---|---|---|---|"]
         for task, method, r in paired:
             kc, q = r["measure"]["kept_change"], r["measure"]["quality"]
-            cells = [f"{kc[j]['change']:+.3f} [{kc[j]['low']:+.3f}, {kc[j]['high']:+.3f}] ({kc[j]['lost']} / {kc[j]['gained']} of {kc[j]['n']})"
-                     for j in ("oracle", "judge2")]
+            # the change from the counts, (gained - lost) / n, so that it is not rounded twice
+            cells = [f"{(kc[j]['gained'] - kc[j]['lost']) / kc[j]['n']:+.3f} [{kc[j]['low']:+.3f}, {kc[j]['high']:+.3f}] "
+                     f"({kc[j]['lost']} / {kc[j]['gained']} of {kc[j]['n']})" for j in ("oracle", "judge2")]
             lines.append(f"| {task} | {_label(method, r)} | {cells[0]} | {cells[1]} | "
                          f"{q['kid_change_x1000'] / 1000:+.2f} ± {q['kid_change_se_x1000'] / 1000:.2f} |")
     lines += ["", "Erased kinds under other phrasings (F, oracle / second judge):", "",
