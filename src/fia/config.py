@@ -192,6 +192,11 @@ class RewriteConfig(_SettingsBlock):
             much in the kept term: the edit spares what makes a kept kind
             that kind rather than what every prompt shares (its scale then
             asks for a larger ``concept_weight``).
+        steps: sampler steps of the passes that read the kept and concept
+            prompts' layer inputs (``None``: the schedule's own,
+            ``num_inference_steps``). Fewer steps walk the same trajectories
+            more coarsely; the passes' cost falls in proportion. Recorded in
+            a mask only when set.
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -205,6 +210,7 @@ class RewriteConfig(_SettingsBlock):
     anchored_guidance: float = 0.0
     anchored_below: float | None = None
     keep_guided: bool = False
+    steps: int | None = None
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
@@ -224,6 +230,8 @@ class RewriteConfig(_SettingsBlock):
             raise FIAError(f"rewrite.balance_rounds must be a whole number >= 0, got {self.balance_rounds!r}")
         for name in ("keep_prompts_per_kind", "concept_prompts_per_concept"):
             check_positive_int(f"rewrite.{name}", getattr(self, name))
+        if self.steps is not None:
+            check_positive_int("rewrite.steps", self.steps)
         return self
 
 
@@ -645,6 +653,8 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
         for key, unset in (("balance_rounds", 0), ("steps", None)):
             if data["repair"].get(key) == unset:
                 data["repair"].pop(key, None)
+    if isinstance(data.get("rewrite"), dict) and data["rewrite"].get("steps") is None:
+        data["rewrite"].pop("steps", None)  # a rewrite read along the whole schedule records what it always did
     return data
 
 

@@ -84,6 +84,11 @@ def default_batches(latent: int | None) -> tuple[int, int]:
     return (SMALL_KEPT_BATCH, SMALL_PAIRED_BATCH) if small else (KEPT_BATCH, PAIRED_BATCH)
 
 
+def statistics_steps(config: FIARewriteConfig) -> int:
+    """Sampler steps of the rewrite's passes: ``rewrite.steps``, or the schedule's own."""
+    return config.rewrite.steps or config.num_inference_steps
+
+
 def _batches(pipe: Any) -> tuple[int, int]:
     """:func:`default_batches` for ``pipe``'s denoiser, from its config's ``sample_size``."""
     return default_batches(getattr(denoiser(pipe), "config", {}).get("sample_size"))
@@ -152,7 +157,7 @@ def anchor_ratios(
         for s in range(0, len(prompts.concept), batch_size):
             acc.owners = prompts.owner[s : s + batch_size]
             paired_steps(pipe, prompts.concept[s : s + batch_size], prompts.scene[s : s + batch_size],
-                         prompts.concept_seeds[s : s + batch_size], num_inference_steps=config.num_inference_steps,
+                         prompts.concept_seeds[s : s + batch_size], num_inference_steps=statistics_steps(config),
                          guidance_scale=config.guidance_scale, anchors=prompts.anchor[s : s + batch_size], stop_after=1)
     return {c: float(e[1] / e[0]) if e[0] > 0 else float("inf") for c, e in acc.energy.items()}
 
@@ -196,7 +201,7 @@ def paired_moments(
                 acc.parts = 3 if shown is None else 4
                 paired_steps(
                     pipe, prompts.concept[s : s + batch_size], scenes, prompts.concept_seeds[s : s + batch_size],
-                    num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, guide_by=guide,
+                    num_inference_steps=statistics_steps(config), guidance_scale=config.guidance_scale, guide_by=guide,
                     anchors=shown,
                 )
     gram_c, cross, shift = acc.means()  # shift: empty where no batch showed anchors
@@ -213,7 +218,7 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
     CPU the sampler's small batches cost more than the rows they add
     (ShapeWorld 2, star + arrow: the erase takes 29 s instead of 45 s)."""
     grams = collect_group_grams(pipe, targets, prompts.keep, prompts.keep_seeds, prompts.keep_groups,
-                                num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                                num_inference_steps=statistics_steps(config), guidance_scale=config.guidance_scale,
                                 batch_size=config.batch_size or _batches(pipe)[0], product_dtype=PRODUCT_DTYPE,
                                 combine_guidance=config.rewrite.keep_guided)
     return grams, dict(Counter(prompts.keep_groups))

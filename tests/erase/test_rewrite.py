@@ -371,3 +371,22 @@ def test_keep_guided_solves_with_the_kept_prompts_guided_inputs(tiny_dir):
         expected = rewrite_layer(t.module.weight, gk, gc[t.name], cross[t.name], concept_weight=0.7, damping=0.05)
         assert torch.allclose(mask.layer(t.name).row_values, expected, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(mask.layer(t.name).row_values, plain.layer(t.name).row_values, atol=1e-4)
+
+
+def test_rewrite_steps_read_the_statistics_along_a_shorter_schedule(tiny_dir):
+    """rewrite.steps=k gives the edit a schedule of k steps gives (the passes are the only use of the schedule);
+    unset, the schedule's own; recorded only when set, so older edit files read back as they were made."""
+    import dataclasses
+
+    pipe = load_tiny(tiny_dir)
+    cfg = tiny_rewrite_config(rewrite=dataclasses.replace(SMALL, negative_guidance=1.0, anchored_guidance=1.0, anchored_below=None))
+    short = fia.erase(pipe, ["golf ball"], cfg.replace(rewrite=dataclasses.replace(cfg.rewrite, steps=2)))
+    schedule = fia.erase(pipe, ["golf ball"], cfg.replace(num_inference_steps=2))
+    full = fia.erase(pipe, ["golf ball"], cfg)
+    for lm in short.layers:
+        assert torch.equal(lm.row_values, schedule.layer(lm.name).row_values)
+        assert not torch.equal(lm.row_values, full.layer(lm.name).row_values)
+    assert short.config["rewrite"]["steps"] == 2 and "steps" not in full.config["rewrite"]
+    assert short.config["num_inference_steps"] == 3  # the schedule a user generates with is not changed
+    with pytest.raises(FIAError, match="rewrite.steps must be a positive integer"):
+        tiny_rewrite_config(rewrite={"steps": 0})
