@@ -72,6 +72,9 @@ the 18 odd colour/place pairs, the judged images the other 6 (seeds from
 odd pairs with place = colour + 1 (or + 3), the rewrite's prompts the other
 two odd offsets (default 5, the split of every recorded figure).
 
+``--steps N`` reads every setting's statistics along an N-step schedule
+(``rewrite.steps``; default, the sampler's 25).
+
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
 ``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``ffn1``; ``text_kv``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
@@ -93,6 +96,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -471,6 +475,11 @@ def anchored_for(kinds: list[str]) -> Iterator[None]:
         yield
 
 
+def with_steps(config, steps: int | None):
+    """``config`` with ``rewrite.steps`` set to ``steps`` (``None``: as it is)."""
+    return config if steps is None else config.replace(rewrite=dataclasses.replace(config.rewrite, steps=steps))
+
+
 def parse(setting: str) -> tuple[str, str, int, int]:
     """``(rewrite_generalisation setting, targets, concept rounds, kept refits)`` of one ``--settings`` entry."""
     base, _, refits = setting.partition("^")
@@ -495,6 +504,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "rewrite_levers.json")
     add_fold_option(ap)
     ap.add_argument("--verdicts", default="", help="comma-separated kept kinds whose judged images' verdicts are recorded")
+    ap.add_argument("--steps", type=int, help="every setting's rewrite.steps: its statistics along a schedule of this many steps")
     ap.add_argument("--anchor-ratios", action="store_true",
                     help="write every kind's anchor ratio (fia.rewrite.anchor_ratios), erased alone, and stop")
     ap.add_argument("--text-similarity", action="store_true",
@@ -525,7 +535,8 @@ def main() -> None:
     command = (f"python benchmarks/rewrite_levers.py --concepts {args.concepts} --images {args.images} "
                f"--erased-images {args.erased_images} --settings \"{args.settings}\" --out {_shown(args.out)}"
                + (f" --judged-offset {args.judged_offset}" if args.judged_offset != 5 else "")
-               + (f" --verdicts {args.verdicts}" if args.verdicts else ""))
+               + (f" --verdicts {args.verdicts}" if args.verdicts else "")
+               + (f" --steps {args.steps}" if args.steps else ""))
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     if watched:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
@@ -538,7 +549,7 @@ def main() -> None:
 
             def erase(setting=setting, targets=targets, made=made):
                 made["edit"] = (text_rows_edit(pipe, erased, setting) if targets == "text_kv" else
-                                fia.erase(pipe, erased, config_for(setting), targets=TARGETS[targets]))
+                                fia.erase(pipe, erased, with_steps(config_for(setting), args.steps), targets=TARGETS[targets]))
                 return made["edit"]
 
             hits, seconds = erase_and_judge(pipe, judges, images, erase)
