@@ -24,7 +24,7 @@ def _differences(a, b) -> dict:
     ("rewrite-unanchored", {"rewrite.anchored_guidance": 0.0, "rewrite.anchored_below": None}),
     ("rewrite-anchored-all", {"rewrite.anchored_below": None}),
     ("rewrite-unbalanced", {"rewrite.balance_rounds": 0}),
-    ("rewrite-full-schedule", {"rewrite.steps": None}),
+    ("rewrite-12-steps", {"rewrite.steps": 12}),
 ])
 def test_a_rewrite_lever_changes_only_its_own_settings(method, changed):
     default = selective_forgetting.config_for("default")
