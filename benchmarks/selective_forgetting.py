@@ -316,8 +316,9 @@ def measure(pipe, judges, clip, split: Split, erased: list[str], reference: torc
 
     An edited model's kept kinds and KID are also compared with ``base``
     image by image, on the same prompts and seeds (``kept_change``;
-    ``kid_change_x1000`` with its paired jackknife error), which resolves
-    a change far more finely than two separate figures and their intervals.
+    ``kid_change_x1000`` with its paired jackknife error): what the two
+    models' images share drops out of the change's error, which two separate
+    figures and their intervals carry twice.
     """
     right = read_right(pipe, judges, split) if edited else base.right
     out = task_numbers(kind_hits(right, split), split, erased)

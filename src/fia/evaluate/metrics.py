@@ -156,7 +156,7 @@ def kid_change(feats_new: torch.Tensor, feats_old: torch.Tensor, reference: torc
 
     ``feats_new[i]`` and ``feats_old[i]`` must come from the same prompt and
     seed (an edited and the unedited model), so their errors are shared. Each
-    KID alone has an error larger than the gap between two close models
+    KID alone can have an error larger than the gap between two close models
     (:func:`kid_standard_error`); their difference, left out pair by pair,
     does not carry what the two sets have in common. With ``m`` pairs and
     ``n`` reference images the reference's own term cancels:

@@ -263,8 +263,8 @@ def _quality(items: list[EvalItem], records: Records, reference: torch.Tensor | 
     its bias, which grows as the sample shrinks. The base and edited images
     share their prompts and seeds, so ``kid_change`` (edited minus base) comes
     with its paired jackknife error ``kid_change_se``
-    (:func:`fia.evaluate.metrics.kid_change`), far smaller than either KID's
-    own spread.
+    (:func:`fia.evaluate.metrics.kid_change`), smaller than either KID's own
+    spread (by how much depends on how far the edit moves the images).
     """
     q = [it for it in items if it.role in roles]
     out: dict[str, Any] = {"n_prompts": len({it.prompt for it in q}), "n_images": len(q)}
