@@ -53,7 +53,15 @@ def test_the_target_filters_pick_the_named_linears():
     picked = {k: [n for n in names if f(None, n)] for k, f in rewrite_levers.TARGETS.items() if f is not None}
     assert picked == {"attn_out": ["down.0.attn2.to_out.0"],
                       "ffn2+attn_out": ["down.0.attn2.to_out.0", "down.0.ff.net.2", "up_blocks.1.attentions.0.ff.net.2", "up_blocks.10.ff.net.2"],
-                      "ffn2_up1": ["up_blocks.1.attentions.0.ff.net.2"]}
+                      "ffn2_up1": ["up_blocks.1.attentions.0.ff.net.2"], "ffn1": ["down.0.ff.net.0.proj"]}
+
+
+def test_steps_set_the_rewrite_statistics_schedule_and_nothing_else():
+    cfg = rewrite_levers.config_for("0.04,0.03,5,4,24,1,1,1,0.95")
+    assert rewrite_levers.with_steps(cfg, None) is cfg
+    short = rewrite_levers.with_steps(cfg, 12)
+    assert short.rewrite.steps == 12 and short.num_inference_steps == cfg.num_inference_steps
+    assert short.replace(rewrite=cfg.rewrite) == cfg
 
 
 def test_mixed_concept_moments_with_equal_weights_are_the_pooled_means():
