@@ -623,6 +623,12 @@ _V1_OTHER_VARIANTS_FIELDS: dict[str, Any] = {
     "concept_prompts_per_concept": 24, "anchor_prompts": 48, "evidence_timesteps": [0.3, 0.5, 0.7], "anchors": [],
 }  # fmt: skip
 _V1_WORLD_OFF_SHAPEWORLD = "shapeworld"
+# fields that joined a block after masks were first made, with the value that means "as before": a block
+# records them only when set otherwise (an unbalanced repair, statistics along the whole schedule)
+_BLOCK_FIELDS_RECORDED_WHEN_SET: dict[str, tuple[tuple[str, Any], ...]] = {
+    "repair": (("balance_rounds", 0), ("steps", None)),
+    "rewrite": (("steps", None),),
+}
 
 
 def recorded_settings(config: FIASettings) -> dict[str, Any]:
@@ -649,12 +655,11 @@ def recorded_settings(config: FIASettings) -> dict[str, Any]:
             data.pop(key, None)
     if data.get("rescore_anchors") is True:
         data.pop("rescore_anchors")  # anchors scored every round, as masks without the field were made
-    if isinstance(data.get("repair"), dict):  # an unbalanced repair at the schedule's steps records what it always did
-        for key, unset in (("balance_rounds", 0), ("steps", None)):
-            if data["repair"].get(key) == unset:
-                data["repair"].pop(key, None)
-    if isinstance(data.get("rewrite"), dict) and data["rewrite"].get("steps") is None:
-        data["rewrite"].pop("steps", None)  # a rewrite read along the whole schedule records what it always did
+    for block, fields in _BLOCK_FIELDS_RECORDED_WHEN_SET.items():
+        if isinstance(data.get(block), dict):
+            for key, unset in fields:
+                if data[block].get(key) == unset:
+                    data[block].pop(key, None)
     return data
 
 

@@ -104,13 +104,11 @@ class _GroupGramAccumulator:
         n = len(self.batch_groups)
         for g in dict.fromkeys(self.batch_groups):
             idx = [i for i, gi in enumerate(self.batch_groups) if gi == g]
-            if self.combine is not None:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
-                uncond = x[idx].to(self.product_dtype)
-                xg = (uncond + self.combine * (x[[n + i for i in idx]].to(self.product_dtype) - uncond)).reshape(-1, x.shape[-1])
-            else:
-                if self.guided:
-                    idx = idx + [n + i for i in idx]
-                xg = x[idx].reshape(-1, x.shape[-1]).to(self.product_dtype)
+            rows = x[idx].to(self.product_dtype)
+            if self.guided:  # diffusers stacks [uncond; cond]: sample i is rows i and n + i
+                cond = x[[n + i for i in idx]].to(self.product_dtype)
+                rows = torch.cat([rows, cond]) if self.combine is None else rows + self.combine * (cond - rows)
+            xg = rows.reshape(-1, x.shape[-1])
             product = (xg.T @ xg).to(torch.float64)
             sums, counts = self.sums.setdefault(g, {}), self.counts.setdefault(g, {})
             if name in sums:

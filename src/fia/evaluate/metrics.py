@@ -112,6 +112,12 @@ def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, *, subsets: in
     return float(mean), float(std)
 
 
+def _own_row_sums(x: torch.Tensor) -> torch.Tensor:
+    """``sum_{j != i} k(x_i, x_j)`` per ``i``: the rows of ``x``'s kernel matrix without its diagonal."""
+    k = _kid_kernel(x, x)
+    return k.sum(1) - k.diagonal()
+
+
 def _kid_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """KID's polynomial kernel ``k(x, y) = (x . y / D + 1)^3`` between the rows of ``a`` and ``b``, float64."""
     a, b = a.to(torch.float64), b.to(torch.float64)
@@ -141,9 +147,7 @@ def kid_standard_error(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     m, n = a.shape[0], b.shape[0]
     if min(m, n) < 3:
         raise ValueError("the jackknife of KID needs at least 3 images in each set")
-    k_aa, k_bb, k_ab = _kid_kernel(a, a), _kid_kernel(b, b), _kid_kernel(a, b)
-    own_aa = k_aa.sum(1) - k_aa.diagonal()  # sum_{j != i} k(a_i, a_j)
-    own_bb = k_bb.sum(1) - k_bb.diagonal()
+    own_aa, own_bb, k_ab = _own_row_sums(a), _own_row_sums(b), _kid_kernel(a, b)
     s_aa, s_bb, s_ab = own_aa.sum(), own_bb.sum(), k_ab.sum()
     without_a = (s_aa - 2 * own_aa) / ((m - 1) * (m - 2)) + s_bb / (n * (n - 1)) - 2 * (s_ab - k_ab.sum(1)) / ((m - 1) * n)
     without_b = s_aa / (m * (m - 1)) + (s_bb - 2 * own_bb) / ((n - 1) * (n - 2)) - 2 * (s_ab - k_ab.sum(0)) / (m * (n - 1))
@@ -178,12 +182,7 @@ def kid_change(feats_new: torch.Tensor, feats_old: torch.Tensor, reference: torc
     m, n = new.shape[0], ref.shape[0]
     if min(m, n) < 3:
         raise ValueError("the jackknife of a KID change needs at least 3 pairs and 3 reference images")
-
-    def own(x: torch.Tensor) -> torch.Tensor:  # sum_{j != i} k(x_i, x_j), per i
-        k = _kid_kernel(x, x)
-        return k.sum(1) - k.diagonal()
-
-    own_new, own_old = own(new), own(old)
+    own_new, own_old = _own_row_sums(new), _own_row_sums(old)
     k_nr, k_or = _kid_kernel(new, ref), _kid_kernel(old, ref)
     s_self = own_new.sum() - own_old.sum()  # S_nn - S_oo
     s_ref = k_nr.sum() - k_or.sum()  # S_nr - S_or
