@@ -25,7 +25,9 @@ concept's own trajectory too, eta 1; left out: ``0,0``, the first preset's
 form), then ``,anchored_guidance`` (beta; left out: 0, the push relative
 to the scene), ``,anchored_below`` (a number; left out: every concept
 anchored) and ``,keep_guided`` (``1``: the kept term on each kept prompt's
-guided input; left out: ``0``, its rows one by one); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+guided input; left out: ``0``, its rows one by one), ``,push_off_rank`` and
+``,push_off_kinds`` (the push projected off what that many kept kinds add, in that many output directions
+of each layer; left out: ``0`` and ``4``, the whole push); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
 whose evidence prompts are held to the same 12 pairs. ``--erased-images``
 judges the erased kinds on more images than the kept ones (default: as
 many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
@@ -164,15 +166,17 @@ def config_for(setting: str):
     if setting == "causal":
         return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "causal"})
     fields = setting.split(",")
-    if len(fields) not in (5, 7, 8, 9, 10):
-        raise SystemExit(f"a setting has 5, 7, 8, 9 or 10 comma-separated fields, or is 'causal'; got {setting!r}")
+    if len(fields) not in (5, 7, 8, 9, 10, 11, 12):
+        raise SystemExit(f"a setting has 5 or 7 to 12 comma-separated fields, or is 'causal'; got {setting!r}")
     lam, damping, rounds, keep, concept = fields[:5]
     trajectory, eta = fields[5:7] or ("0", "0")
     anchored = fields[7] if len(fields) >= 8 else "0"
     below = float(fields[8]) if len(fields) >= 9 else None
-    guided = len(fields) == 10 and bool(int(fields[9]))
+    guided = len(fields) >= 10 and bool(int(fields[9]))
+    push_off = int(fields[10]) if len(fields) >= 11 else 0
+    push_kinds = int(fields[11]) if len(fields) == 12 else 4
     rc = RewriteConfig(float(lam), float(damping), int(rounds), int(keep), int(concept), bool(int(trajectory)), float(eta),
-                       float(anchored), below, guided)
+                       float(anchored), below, guided, push_off_rank=push_off, push_off_kinds=push_kinds)
     return resolve_config("shapeworld", overrides={"world": WORLD.name, "variant": "rewrite", "rewrite": rc})
 
 

@@ -197,6 +197,17 @@ class RewriteConfig(_SettingsBlock):
             ``num_inference_steps``). Fewer steps walk the same trajectories
             more coarsely; the passes' cost falls in proportion. Recorded in
             a mask only when set.
+        push_off_rank: how many output directions of each layer negative
+            guidance's push leaves alone: those that the kept kinds the edit
+            moves most add over object-less scenes (0: the whole push). A
+            concept that shares features with kept kinds (star's strokes
+            with arrow's) is then pushed off what is its own, and still
+            pulled to its scene (:func:`fia.core.rewrite.kept_feature_projector`).
+            Needs kept prompts grouped by kind with object-less scenes
+            (ShapeWorld's). Recorded in a mask only when set.
+        push_off_kinds: how many kept kinds span those directions: the ones
+            whose layer outputs a first solve, with the whole push, moves
+            most. Recorded in a mask only when set.
     """
 
     NAME: ClassVar[str] = "rewrite"
@@ -211,6 +222,8 @@ class RewriteConfig(_SettingsBlock):
     anchored_below: float | None = None
     keep_guided: bool = False
     steps: int | None = None
+    push_off_rank: int = 0
+    push_off_kinds: int = 4
 
     def validate(self) -> "RewriteConfig":
         check_nonnegative("rewrite.concept_weight", self.concept_weight)
@@ -232,6 +245,9 @@ class RewriteConfig(_SettingsBlock):
             check_positive_int(f"rewrite.{name}", getattr(self, name))
         if self.steps is not None:
             check_positive_int("rewrite.steps", self.steps)
+        if not isinstance(self.push_off_rank, int) or isinstance(self.push_off_rank, bool) or self.push_off_rank < 0:
+            raise FIAError(f"rewrite.push_off_rank must be a whole number >= 0 (0: the whole push), got {self.push_off_rank!r}")
+        check_positive_int("rewrite.push_off_kinds", self.push_off_kinds)
         return self
 
 
@@ -627,7 +643,7 @@ _V1_WORLD_OFF_SHAPEWORLD = "shapeworld"
 # records them only when set otherwise (an unbalanced repair, statistics along the whole schedule)
 _BLOCK_FIELDS_RECORDED_WHEN_SET: dict[str, tuple[tuple[str, Any], ...]] = {
     "repair": (("balance_rounds", 0), ("steps", None)),
-    "rewrite": (("steps", None),),
+    "rewrite": (("steps", None), ("push_off_rank", 0), ("push_off_kinds", 4)),
 }
 
 

@@ -99,7 +99,10 @@ class RewritePrompts:
     ``anchor[k]`` is ``concept[k]`` with a kept concept in the erased one's
     place (its scene where there is none), the reference of anchored
     negative guidance (``rewrite.anchored_guidance``); ``owner[k]`` is the
-    erased concept that ``concept[k]`` phrases.
+    erased concept that ``concept[k]`` phrases. ``kind_groups`` are the kept
+    groups that hold one kept kind each and ``scene_group`` the group of
+    object-less scenes, where a task has them (ShapeWorld): the push off the
+    kept kinds' features (``rewrite.push_off_rank``) reads them.
     """
 
     keep: tuple[str, ...]
@@ -110,6 +113,8 @@ class RewritePrompts:
     concept_seeds: tuple[int, ...]
     anchor: tuple[str, ...]
     owner: tuple[str, ...]
+    kind_groups: tuple[str, ...] = ()
+    scene_group: str | None = None
 
     def __post_init__(self) -> None:
         sizes = (len(self.scene), len(self.anchor), len(self.concept_seeds), len(self.owner))
@@ -120,11 +125,11 @@ class RewritePrompts:
     @classmethod
     def seeded(
         cls, keep: Sequence[str], groups: Sequence[str], concept: Sequence[str], scene: Sequence[str], seed: int,
-        anchor: Sequence[str], owner: Sequence[str],
+        anchor: Sequence[str], owner: Sequence[str], kind_groups: Sequence[str] = (), scene_group: str | None = None,
     ) -> "RewritePrompts":
         """The sets with their seeds (the repair's offsets: the two never run together)."""
         return cls(
             tuple(keep), tuple(seed + REPAIR_KEEP_SEED_OFFSET + k for k in range(len(keep))), tuple(groups),
             tuple(concept), tuple(scene), tuple(seed + REPAIR_CONCEPT_SEED_OFFSET + k for k in range(len(concept))),
-            tuple(anchor), tuple(owner),
+            tuple(anchor), tuple(owner), tuple(kind_groups), scene_group,
         )  # fmt: skip

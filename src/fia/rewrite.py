@@ -52,7 +52,7 @@ from torch import Tensor
 
 from fia.config import FIARewriteConfig
 from fia.core.repair import LayerRepair, RepairError
-from fia.core.rewrite import balanced_rewrite
+from fia.core.rewrite import Rewrite, balanced_rewrite, kept_feature_projector
 from fia.errors import FIAError
 from fia.mask import ConceptMask
 from fia.progress import Progress, report
@@ -224,6 +224,39 @@ def group_grams(pipe: Any, targets: Sequence[TargetLinear], prompts: RewriteProm
     return grams, dict(Counter(prompts.keep_groups))
 
 
+def check_push_off(prompts: RewritePrompts, config: FIARewriteConfig, targets: Sequence[TargetLinear]) -> None:
+    """:class:`FIAError` unless ``rewrite.push_off_rank`` can be met: kept kinds and object-less scenes among
+    the kept groups, and a rank no larger than any edited layer's outputs (checked before any sampler pass)."""
+    rank = config.rewrite.push_off_rank
+    if not rank:
+        return
+    if not prompts.kind_groups or prompts.scene_group not in prompts.keep_groups:
+        raise FIAError("rewrite.push_off_rank needs kept prompts grouped by kind beside object-less scenes "
+                       "(ShapeWorld's); this task has none, so set rewrite.push_off_rank to 0")
+    narrowest = min(targets, key=lambda t: t.module.weight.shape[0])
+    if rank > narrowest.module.weight.shape[0]:
+        raise FIAError(f"rewrite.push_off_rank is {rank}, but {narrowest.name} has only {narrowest.module.weight.shape[0]} "
+                       f"outputs; set it to at most that")
+
+
+def push_off_projectors(
+    unedited: dict[str, Tensor], grams: dict, first: Rewrite, prompts: RewritePrompts, config: FIARewriteConfig,
+) -> tuple[list[str], dict[str, Tensor]]:
+    """The kept kinds the whole push moves most (``first``, a solve without projection) and, per layer, the
+    projector off what they add over the object-less scenes (:func:`fia.core.rewrite.kept_feature_projector`).
+
+    Equal weight per kind; ties in the change go to the name, so the choice is the same on every run."""
+    rc = config.rewrite
+    ranked = sorted(prompts.kind_groups, key=lambda g: (-first.group_change[g], g))
+    stake = ranked[: rc.push_off_kinds]
+    projectors = {
+        n: kept_feature_projector(w, sum(grams[g][n].to(torch.float64) for g in stake) / len(stake),
+                                  grams[prompts.scene_group][n], rc.push_off_rank)
+        for n, w in unedited.items()
+    }
+    return stake, projectors
+
+
 def rewrite_erase(
     pipe: Any,
     names: list[str],
@@ -242,6 +275,7 @@ def rewrite_erase(
     prompts = task_of(config).rewrite_prompts(names, rc, anchors=config.anchors, seed=config.seed)
     if not prompts.keep:
         raise FIAError("the rewrite has no kept prompts (every concept is erased); keep some concepts or name --anchors")
+    check_push_off(prompts, config, found)
     weights = {t.name: t.module.weight for t in found}
     report(progress, 0, 3, "rewrite: the kept prompts' layer inputs")
     grams, sizes = group_grams(pipe, found, prompts, config)
@@ -251,10 +285,14 @@ def rewrite_erase(
     report(progress, 2, 3, "rewrite: solving")
     t_solve = time.perf_counter()
     unedited = {n: w.detach().cpu() for n, w in weights.items()}
+    stake: list[str] = []
     try:
-        result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, concept_weight=rc.concept_weight,
-                                  damping=rc.damping, rounds=rc.balance_rounds, negative_guidance=rc.negative_guidance,
-                                  reference=reference)
+        solve = dict(concept_weight=rc.concept_weight, damping=rc.damping, rounds=rc.balance_rounds,
+                     negative_guidance=rc.negative_guidance, reference=reference)
+        result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, **solve)
+        if rc.push_off_rank:  # solved again, the push projected off what the kinds it moved most add
+            stake, projectors = push_off_projectors(unedited, grams, result, prompts, config)
+            result = balanced_rewrite(unedited, grams, sizes, gram_c, cross, **solve, push_projectors=projectors)
     except RepairError as exc:
         raise FIAError(f"the rewrite cannot be fitted: {exc}") from None
     report(progress, 3, 3, "rewrite: done")
@@ -268,6 +306,8 @@ def rewrite_erase(
     mask.stats = _run_stats(names, prompts, result, unedited, t_stats, time.perf_counter() - t_solve, time.perf_counter() - t_start)
     if anchoring:
         mask.stats["anchoring"] = anchoring
+    if stake:
+        mask.stats["push_off"] = {"kinds": stake, "rank": rc.push_off_rank}
     return mask
 
 

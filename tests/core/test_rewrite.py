@@ -6,24 +6,27 @@ import pytest
 import torch
 
 from fia.core.repair import RepairError
-from fia.core.rewrite import balanced_rewrite, mix_grams, relative_change, rewrite_layer
+from fia.core.rewrite import balanced_rewrite, kept_feature_projector, mix_grams, relative_change, rewrite_layer
 
 
 def _moments(xk, xc, xt):
     return xk.T @ xk / len(xk), xc.T @ xc / len(xc), xt.T @ xc / len(xc)
 
 
-def _brute(w, xk, xc, xt, lam, damping, eta=0.0, xr=None):
+def _brute(w, xk, xc, xt, lam, damping, eta=0.0, xr=None, proj=None):
     """Row by row: ordinary least squares on the stacked system whose squared residual is J(w');
-    the concept rows' target is ``w x_t - eta (w x_c - w x_r)``, the reference ``x_r`` the scene's ``x_t`` unless given."""
+    the concept rows' target is ``w x_t - eta P (w x_c - w x_r)``, the reference ``x_r`` the scene's ``x_t``
+    and the output projector ``P`` the identity unless given."""
     xr = xt if xr is None else xr
+    proj = torch.eye(w.shape[0], dtype=w.dtype) if proj is None else proj
     gk, gc, _ = _moments(xk, xc, xt)
     ridge = damping * float((gk + lam * gc).diagonal().mean())
     n_in = w.shape[1]
     a = torch.cat([xk / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * xc, ridge**0.5 * torch.eye(n_in, dtype=w.dtype)])
+    targets = xt @ w.T - eta * (xc - xr) @ w.T @ proj.T  # (concept rows, outputs): every output's target at once
     rows = []
-    for r in w:
-        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * (xt @ r - eta * (xc @ r - xr @ r)), ridge**0.5 * r])
+    for i, r in enumerate(w):
+        b = torch.cat([xk @ r / len(xk) ** 0.5, (lam / len(xc)) ** 0.5 * targets[:, i], ridge**0.5 * r])
         rows.append(torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1))
     return torch.stack(rows)
 
@@ -58,6 +61,58 @@ def test_a_push_reference_other_than_the_scene_matches_brute_force(eta):
     assert torch.allclose(scene, plain, atol=1e-6)
     with pytest.raises(ValueError, match="R has shape"):
         rewrite_layer(w, gk, gc, cross, concept_weight=lam, damping=damping, negative_guidance=eta, reference=cross[:3])
+
+
+@pytest.mark.parametrize(("eta", "anchored"), [(1.0, False), (2.0, True)])
+def test_a_push_projected_off_some_outputs_matches_brute_force(eta, anchored):
+    """push_projector P: the concept rows' target is w x_t - eta P (w x_c - w x_r), against brute force; P = I is
+    the plain push (and the pull alone is untouched: eta 0 gives the plain rewrite whatever P)."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xk, xc = torch.randn(40, 7, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xt = xc + 0.5 * torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xr = xc + 0.8 * torch.randn(30, 7, generator=g, dtype=torch.float64) if anchored else None
+    u = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=torch.float64)).Q
+    proj = torch.eye(5, dtype=torch.float64) - u @ u.T
+    lam, damping = 0.7, 0.01
+    gk, gc, cross = _moments(xk, xc, xt)
+    reference = None if xr is None else xr.T @ xc / 30
+    kw = dict(concept_weight=lam, damping=damping, reference=reference)
+    got = rewrite_layer(w, gk, gc, cross, negative_guidance=eta, push_projector=proj, **kw)
+    assert torch.allclose(got.double(), _brute(w, xk, xc, xt, lam, damping, eta, xr=xr, proj=proj), atol=1e-5)
+    whole = rewrite_layer(w, gk, gc, cross, negative_guidance=eta, **kw)
+    assert torch.allclose(rewrite_layer(w, gk, gc, cross, negative_guidance=eta, push_projector=torch.eye(5, dtype=torch.float64), **kw),
+                          whole, atol=1e-6)
+    assert not torch.allclose(got, whole, atol=1e-3)
+    assert torch.allclose(rewrite_layer(w, gk, gc, cross, negative_guidance=0.0, push_projector=proj, **kw),
+                          rewrite_layer(w, gk, gc, cross, negative_guidance=0.0, **kw), atol=1e-6)
+    with pytest.raises(ValueError, match="P has shape"):
+        rewrite_layer(w, gk, gc, cross, negative_guidance=eta, push_projector=proj[:4, :4], **kw)
+
+
+def test_the_kept_feature_projector_removes_the_directions_kept_kinds_add_most():
+    """Hand-made case: W the identity on 4 outputs, the kinds' inputs raise outputs 2 and 0 by 5 and 3 over the
+    baseline, lower output 3: rank 2 keeps outputs 1 and 3 only; rank 0 is the identity."""
+    w = torch.eye(4, dtype=torch.float64)
+    base = torch.diag(torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=torch.float64))
+    kinds = base + torch.diag(torch.tensor([3.0, 0.5, 5.0, -1.0], dtype=torch.float64))
+    p = kept_feature_projector(w, kinds, base, 2)
+    assert torch.allclose(p, torch.diag(torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)), atol=1e-12)
+    assert torch.equal(kept_feature_projector(w, kinds, base, 0), torch.eye(4, dtype=torch.float64))
+    # a general layer: a symmetric projector of rank out - r that kills W's top excess directions
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xf, x0 = torch.randn(50, 7, generator=g, dtype=torch.float64) * 2, torch.randn(50, 7, generator=g, dtype=torch.float64)
+    p = kept_feature_projector(w, xf.T @ xf / 50, x0.T @ x0 / 50, 3)
+    assert torch.allclose(p @ p, p, atol=1e-10) and torch.allclose(p, p.T, atol=1e-12)
+    assert float(p.trace()) == pytest.approx(2.0)
+    excess = w @ (xf.T @ xf / 50 - x0.T @ x0 / 50) @ w.T
+    top = torch.linalg.eigh(excess).eigenvectors[:, -1]
+    assert float((p @ top).norm()) < 1e-8
+    with pytest.raises(ValueError, match="rank"):
+        kept_feature_projector(w, xf.T @ xf, x0.T @ x0, 6)
+    with pytest.raises(ValueError, match="G_0 has shape"):
+        kept_feature_projector(w, xf.T @ xf, torch.eye(3), 1)
 
 
 def test_a_kept_cross_term_holds_the_kept_outputs_of_other_inputs():

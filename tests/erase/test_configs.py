@@ -53,10 +53,12 @@ def test_every_variant_records_the_settings_layout_of_format_v1():
     quick = causal.replace(rescore_anchors=False, repair=RepairConfig(steps=10))
     assert quick.to_dict() == want | {"rescore_anchors": False, "repair": want["repair"] | {"steps": 10}}
     rewrite = FIARewriteConfig(anchors=["dog"])
-    # rewrite.steps joined later: recorded only when set
-    block = {k: v for k, v in RewriteConfig().to_dict().items() if k != "steps"}
+    # rewrite.steps and the push's projection joined later: recorded only when set
+    later = ("steps", "push_off_rank", "push_off_kinds")
+    block = {k: v for k, v in RewriteConfig().to_dict().items() if k not in later}
     assert rewrite.to_dict() == V1_PAPER_OBJECT | {"variant": "rewrite", "anchors": ["dog"], "rewrite": block}
     assert rewrite.replace(rewrite=RewriteConfig(steps=12)).to_dict()["rewrite"] == block | {"steps": 12}
+    assert rewrite.replace(rewrite=RewriteConfig(push_off_rank=8)).to_dict()["rewrite"] == block | {"push_off_rank": 8}
     json.dumps(causal.to_dict())  # JSON-ready, as a mask header stores it
 
 

@@ -42,6 +42,18 @@ reference's ``R = mean x_r x_c^T`` (``R = C`` when the reference is the scene):
 one symmetric positive definite system shared by every row. With
 ``lambda = 0`` (or ``X_t = X_c``) the solution is ``w' = w``.
 
+*The push off the kept kinds' features.* Where a concept shares features
+with kept kinds (on ShapeWorld: star's strokes with arrow, cross and bolt),
+the push ``-eta W (x_c - x_r)`` also subtracts those shared features, and the
+kept kinds that draw with them pay. With an orthogonal projector ``P`` on the
+layer's *output* space (:func:`kept_feature_projector`: ``I - U U^T``, ``U``
+the output directions the kept kinds' prompts add most over object-less
+scenes) the target becomes ``w x_t - eta P W (x_c - x_r)``: the push keeps
+only its part outside those directions. The pull to the scene is untouched,
+so a concept whose every feature is shared is still rewritten into its
+scene. The right-hand side's push ``eta W (R - G_c)`` becomes
+``eta P W (R - G_c)``; the system matrix does not change.
+
 When the layer's kept inputs are not the ones whose outputs must be held
 (a refit on an edited model, where the layer sees ``x'`` but should still
 answer ``w x``), the kept term is ``|w' X'_k - w X_k|^2``: ``G_k`` becomes
@@ -71,7 +83,7 @@ from torch import Tensor
 from fia.core.balance import balance_groups, group_changes, mix_grams, relative_change
 from fia.core.repair import RepairError, damped_system
 
-__all__ = ["Rewrite", "balanced_rewrite", "mix_grams", "relative_change", "rewrite_layer"]
+__all__ = ["Rewrite", "balanced_rewrite", "kept_feature_projector", "mix_grams", "relative_change", "rewrite_layer"]
 
 
 def rewrite_layer(
@@ -85,6 +97,7 @@ def rewrite_layer(
     negative_guidance: float = 0.0,
     reference: Tensor | None = None,
     keep_cross: Tensor | None = None,
+    push_projector: Tensor | None = None,
 ) -> Tensor:
     """The rewritten weight of one layer (module docstring), float32 ``(out, in)``.
 
@@ -99,6 +112,8 @@ def rewrite_layer(
         reference: ``(in, in)`` ``R = mean x_r x_c^T``, what the push is relative to; ``None``: the scene (``R = C``).
         keep_cross: ``(in, in)`` ``X = mean x x'^T`` when the kept outputs to hold are ``w x`` while the
             layer sees ``x'`` (``gram_keep`` then being ``mean x' x'^T``); ``None``: ``x' = x``.
+        push_projector: ``(out, out)`` ``P``, the output directions the push may move
+            (:func:`kept_feature_projector`); ``None``: all of them (``P = I``).
     """
     n_in = weight.shape[1]
     keep_cross = gram_keep if keep_cross is None else keep_cross
@@ -106,6 +121,8 @@ def rewrite_layer(
     for name, m in moments.items():
         if m.shape != (n_in, n_in):
             raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
+    if push_projector is not None and push_projector.shape != (weight.shape[0], weight.shape[0]):
+        raise ValueError(f"P has shape {tuple(push_projector.shape)}, expected {(weight.shape[0], weight.shape[0])}")
     if damping <= 0:
         raise RepairError("the rewrite needs damping > 0")
     if negative_guidance < 0:
@@ -113,11 +130,15 @@ def rewrite_layer(
     h = damped_system(gram_keep, gram_concept, concept_weight, damping)
     ridge = float(h.diagonal().mean()) * damping / (1 + damping)  # delta * s, s the undamped mean diagonal
     w = weight.detach().to(torch.float64)
-    if reference is None:  # R = C: C + eta (C - G_c), written as before so that such edits keep their bytes
-        target = (1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64)
+    if push_projector is not None:  # the pull to the scene, plus the push with the kept kinds' directions projected out
+        ref = cross if reference is None else reference
+        push = w @ (ref.to(torch.float64) - gram_concept.to(torch.float64))
+        concept_rhs = w @ cross.to(torch.float64) + negative_guidance * (push_projector.to(torch.float64) @ push)
+    elif reference is None:  # R = C: C + eta (C - G_c), written as before so that such edits keep their bytes
+        concept_rhs = w @ ((1 + negative_guidance) * cross.to(torch.float64) - negative_guidance * gram_concept.to(torch.float64))
     else:
-        target = cross.to(torch.float64) + negative_guidance * (reference.to(torch.float64) - gram_concept.to(torch.float64))
-    rhs = w @ keep_cross.to(torch.float64) + concept_weight * (w @ target) + ridge * w
+        concept_rhs = w @ (cross.to(torch.float64) + negative_guidance * (reference.to(torch.float64) - gram_concept.to(torch.float64)))
+    rhs = w @ keep_cross.to(torch.float64) + concept_weight * concept_rhs + ridge * w
     try:
         chol = torch.linalg.cholesky(h)
     except RuntimeError as exc:  # pragma: no cover - damping > 0 makes H positive definite
@@ -127,6 +148,29 @@ def rewrite_layer(
     if not torch.isfinite(out).all():
         raise RepairError("the rewrite produced non-finite weights; raise the damping")
     return out.to(torch.float32)
+
+
+def kept_feature_projector(weight: Tensor, gram_features: Tensor, gram_baseline: Tensor, rank: int) -> Tensor:
+    """``P = I - U U^T``, float64 ``(out, out)``: the push's projector off the kept kinds' features (module docstring).
+
+    ``U`` holds the ``rank`` leading eigenvectors of the symmetric
+    ``W (G_f - G_0) W^T``: the layer's output directions whose energy the
+    kept kinds' inputs (``G_f``, the mean of their Gram matrices) raise most
+    over the baseline's (``G_0``: object-less scenes, whose inputs hold the
+    background and the unconditional rows every prompt shares). ``rank`` 0
+    gives ``I``.
+    """
+    n_out, n_in = weight.shape
+    for name, m in {"G_f": gram_features, "G_0": gram_baseline}.items():
+        if m.shape != (n_in, n_in):
+            raise ValueError(f"{name} has shape {tuple(m.shape)}, expected {(n_in, n_in)}")
+    if not 0 <= rank <= n_out:
+        raise ValueError(f"the projector's rank must lie in [0, {n_out}] (the layer's outputs), got {rank}")
+    w = weight.detach().to(torch.float64)
+    excess = w @ (gram_features.to(torch.float64) - gram_baseline.to(torch.float64)) @ w.T
+    _, vectors = torch.linalg.eigh((excess + excess.T) / 2)  # ascending eigenvalues
+    u = vectors[:, n_out - rank :]
+    return torch.eye(n_out, dtype=torch.float64) - u @ u.T
 
 
 @dataclass(frozen=True)
@@ -150,6 +194,7 @@ def balanced_rewrite(
     rounds: int,
     negative_guidance: float = 0.0,
     reference: Mapping[str, Tensor] | None = None,
+    push_projectors: Mapping[str, Tensor] | None = None,
 ) -> Rewrite:
     """:func:`rewrite_layer` on every layer, with ``rounds`` reweightings of the kept groups (module docstring).
 
@@ -161,6 +206,7 @@ def balanced_rewrite(
         rounds: reweighting rounds; 0 is the plain rewrite with the pooled ``G_k``.
         negative_guidance: ``eta`` (module docstring).
         reference: ``R`` by layer name (module docstring); ``None``: the scene.
+        push_projectors: ``P`` by layer name (:func:`kept_feature_projector`); ``None``: the whole push.
     """
     if not group_grams:
         raise RepairError("the rewrite has no kept prompts: nothing tells it what must stay")
@@ -169,7 +215,8 @@ def balanced_rewrite(
         return {
             name: rewrite_layer(w, mix_grams(group_grams, sizes, alpha, name), gram_concept[name], cross[name],
                                 concept_weight=concept_weight, damping=damping, negative_guidance=negative_guidance,
-                                reference=None if reference is None else reference[name])
+                                reference=None if reference is None else reference[name],
+                                push_projector=None if push_projectors is None else push_projectors[name])
             for name, w in weights.items()
         }
 

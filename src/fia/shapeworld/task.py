@@ -160,6 +160,9 @@ def anchor_prompts(
     return EvidencePrompts(tuple(prompts), tuple(seeds), tuple(rows))
 
 
+SCENE_GROUP = "scene"  # the kept group of object-less scenes
+
+
 def keep_prompts(erased: Sequence[str], world: vocab.World, per_kind: int) -> tuple[list[str], list[str]]:
     """What must stay, with each prompt's group: every kind not erased (group: the kind),
     object-less scenes (``scene``), kept kinds in the styles not erased (``style``) and burning (``burning``)."""
@@ -173,7 +176,7 @@ def keep_prompts(erased: Sequence[str], world: vocab.World, per_kind: int) -> tu
         for k in range(per_kind):
             keep.append((_text(obj, *scene_pair(per_kind * i + k)), obj))
     extra = max(6, len(keep) // 12)
-    keep += [(vocab.base_phrase(vocab.PLACE_NAMES[k % len(vocab.PLACE_NAMES)]), "scene") for k in range(2 * extra)]
+    keep += [(vocab.base_phrase(vocab.PLACE_NAMES[k % len(vocab.PLACE_NAMES)]), SCENE_GROUP) for k in range(2 * extra)]
     if styles and kept_kinds:
         keep += [(_text(kept_kinds[(3 * k) % len(kept_kinds)], *scene_pair(k), style=styles[k % len(styles)]), "style") for k in range(extra)]
     if not gone_attr and kept_kinds:
@@ -326,7 +329,8 @@ class ShapeWorldTask(Task):
         concept, scene = concept_phrasings(erased, self.world, rewrite.concept_prompts_per_concept)
         anchor = kept_in_place(concept, scene, erased, self.world)
         owner = [name for name in erased for _ in range(rewrite.concept_prompts_per_concept)]  # concept_phrasings' order
-        return RewritePrompts.seeded(keep, groups, concept, scene, seed, anchor, owner)
+        kinds = [g for g in dict.fromkeys(groups) if g in self.world.objects]
+        return RewritePrompts.seeded(keep, groups, concept, scene, seed, anchor, owner, kind_groups=kinds, scene_group=SCENE_GROUP)
 
 
 def task_in(world: str | vocab.World | None) -> ShapeWorldTask:
