@@ -22,8 +22,8 @@ process, so their seconds compare. The default's levers, one at a time:
 anchoring), ``rewrite-anchored-all`` (every push anchored, no ratio cut),
 ``rewrite-unbalanced`` (the kept kinds not balanced), ``rewrite-12-steps``
 (the statistics along 12 sampler steps, not 25: tried, not adopted),
-``rewrite-whole-push`` (the push not projected off the kept kinds'
-features, at the lambda it was chosen with), ``rewrite-scene``
+``rewrite-push-off`` (lambda 0.05, the push projected off what the kept
+kinds it moves most add: tried, not adopted), ``rewrite-scene``
 (the rewrite's first preset: lambda 0.3, the scenes' trajectories only, no
 negative guidance); ``causal-fixed-budget`` is the causal pruning without
 its adaptive budget. ``--merge`` keeps the rows of the methods
@@ -101,7 +101,7 @@ REWRITE_LEVERS = {
     "rewrite-anchored-all": {"anchored_below": None},
     "rewrite-unbalanced": {"balance_rounds": 0},
     "rewrite-12-steps": {"steps": 12},
-    "rewrite-whole-push": {"concept_weight": 0.04, "push_off_rank": 0},  # the default before the push's projection
+    "rewrite-push-off": {"concept_weight": 0.05, "push_off_rank": 8, "push_off_kinds": 4},  # tried held out, not adopted
 }
 SPLITS = {"heldout": (0, 200_000), "tune": (1, 300_000)}  # (factor_cycle shift, seed base)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -368,7 +368,7 @@ def _tasks(results: dict) -> list:
 
 
 def _ordered(rows: dict) -> list:
-    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite-scene", "rewrite", "rewrite-whole-push", "rewrite-12-steps",
+    order = ["unedited", "paper", "speed", "speed-words", "mask", "unbalanced", "causal", "rewrite-scene", "rewrite", "rewrite-12-steps", "rewrite-push-off",
              "previous", "default"]
     return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 

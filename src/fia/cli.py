@@ -143,7 +143,7 @@ def erase(
     ),
     rewrite_weight: float | None = typer.Option(
         None, "--rewrite-weight",
-        help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.05).",
+        help="rewrite: lambda, how strongly the concept's prompts are pulled to their scenes (ShapeWorld: 0.04).",
     ),
     concept_prompts: Path | None = typer.Option(None, "--concept-prompts", help="Concept prompts, one a line ({concept})."),
     base_prompts: Path | None = typer.Option(None, "--base-prompts", help="File of base prompts, one per line."),

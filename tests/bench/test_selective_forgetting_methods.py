@@ -25,7 +25,7 @@ def _differences(a, b) -> dict:
     ("rewrite-anchored-all", {"rewrite.anchored_below": None}),
     ("rewrite-unbalanced", {"rewrite.balance_rounds": 0}),
     ("rewrite-12-steps", {"rewrite.steps": 12}),
-    ("rewrite-whole-push", {"rewrite.concept_weight": 0.04, "rewrite.push_off_rank": 0}),
+    ("rewrite-push-off", {"rewrite.concept_weight": 0.05, "rewrite.push_off_rank": 8}),
 ])
 def test_a_rewrite_lever_changes_only_its_own_settings(method, changed):
     default = selective_forgetting.config_for("default")

@@ -116,8 +116,8 @@ def test_shapeworld_preset_gives_each_variant_its_own_settings():
     assert not hasattr(causal, "rewrite") and "rewrite" not in causal.to_dict()
     rewrite = resolve_config("shapeworld", overrides={"world": "shapeworld2", "variant": "rewrite"})
     assert type(rewrite) is FIARewriteConfig
-    assert rewrite.rewrite == RewriteConfig(concept_weight=0.05, damping=0.03, balance_rounds=5, concept_trajectory=True, negative_guidance=1.0,
-                                            anchored_guidance=1.0, anchored_below=0.95, push_off_rank=8, push_off_kinds=4)
+    assert rewrite.rewrite == RewriteConfig(concept_weight=0.04, damping=0.03, balance_rounds=5, concept_trajectory=True, negative_guidance=1.0,
+                                            anchored_guidance=1.0, anchored_below=0.95)
     assert "repair" not in rewrite.to_dict() and "stop_evidence" not in rewrite.to_dict()
     paper = resolve_config("shapeworld", overrides={"variant": "paper"})
     assert type(paper) is FIAConfig
