@@ -26,8 +26,9 @@ form), then ``,anchored_guidance`` (beta; left out: 0, the push relative
 to the scene), ``,anchored_below`` (a number; left out: every concept
 anchored) and ``,keep_guided`` (``1``: the kept term on each kept prompt's
 guided input; left out: ``0``, its rows one by one), ``,push_off_rank`` and
-``,push_off_kinds`` (the push projected off what that many kept kinds add, in that many output directions
-of each layer; left out: ``0`` and ``4``, the whole push); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
+``,push_off_kinds`` (the push projected off that many output directions of
+each layer, from what that many kept kinds add; left out: ``0`` and ``4``,
+the whole push); ``causal`` is ShapeWorld's causal variant (pruning and its repair),
 whose evidence prompts are held to the same 12 pairs. ``--erased-images``
 judges the erased kinds on more images than the kept ones (default: as
 many). Writes benchmarks/results/rewrite_generalisation.json (or ``--out``):
