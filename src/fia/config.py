@@ -140,8 +140,7 @@ class RepairConfig(_SettingsBlock):
             raise FIAError(f"repair.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.01")
         for name in ("keep_prompts_per_concept", "concept_prompts_per_concept"):
             check_positive_int(f"repair.{name}", getattr(self, name))
-        if not isinstance(self.balance_rounds, int) or isinstance(self.balance_rounds, bool) or self.balance_rounds < 0:
-            raise FIAError(f"repair.balance_rounds must be an integer >= 0, got {self.balance_rounds!r}; e.g. 6")
+        check_nonnegative_int("repair.balance_rounds", self.balance_rounds, "e.g. 6")
         if self.steps is not None:
             check_positive_int("repair.steps", self.steps)
         return self
@@ -239,14 +238,12 @@ class RewriteConfig(_SettingsBlock):
         check_nonnegative("rewrite.damping", self.damping)
         if not self.damping > 0:
             raise FIAError(f"rewrite.damping must be > 0 (it keeps the system solvable), got {self.damping!r}; e.g. 0.03")
-        if not isinstance(self.balance_rounds, int) or isinstance(self.balance_rounds, bool) or self.balance_rounds < 0:
-            raise FIAError(f"rewrite.balance_rounds must be a whole number >= 0, got {self.balance_rounds!r}")
+        check_nonnegative_int("rewrite.balance_rounds", self.balance_rounds, "e.g. 5")
         for name in ("keep_prompts_per_kind", "concept_prompts_per_concept"):
             check_positive_int(f"rewrite.{name}", getattr(self, name))
         if self.steps is not None:
             check_positive_int("rewrite.steps", self.steps)
-        if not isinstance(self.push_off_rank, int) or isinstance(self.push_off_rank, bool) or self.push_off_rank < 0:
-            raise FIAError(f"rewrite.push_off_rank must be a whole number >= 0 (0: the whole push), got {self.push_off_rank!r}")
+        check_nonnegative_int("rewrite.push_off_rank", self.push_off_rank, "0 for the whole push")
         check_positive_int("rewrite.push_off_kinds", self.push_off_kinds)
         return self
 
@@ -693,6 +690,12 @@ def check_positive_int(name: str, value: Any) -> None:
     """Raise :class:`FIAError` unless ``value`` is an integer >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise FIAError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_nonnegative_int(name: str, value: Any, hint: str = "") -> None:
+    """Raise :class:`FIAError` unless ``value`` is an integer >= 0 (not a bool); ``hint`` ends the message."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FIAError(f"{name} must be an integer >= 0, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
 def check_nonnegative(name: str, value: Any) -> None:

@@ -4,6 +4,7 @@ kinds it moved most add over object-less scenes, on the shipped default world (a
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -74,8 +75,9 @@ def test_push_off_settings_that_cannot_be_met_stop_before_any_sampler_pass(world
     object_task = FIARewriteConfig(task="object", num_inference_steps=3, rewrite=SMALL).validate()
     with pytest.raises(FIAError, match="needs kept prompts grouped by kind beside object-less scenes"):
         fia.erase(tiny, ["golf ball"], object_task)
-    for bad, message in ((-1, "push_off_rank must be a whole number >= 0"), (True, "push_off_rank must be a whole number")):
-        with pytest.raises(FIAError, match=message):
+    for bad in (-1, True, 2.0):
+        message = f"rewrite.push_off_rank must be an integer >= 0, got {bad!r}; 0 for the whole push"
+        with pytest.raises(FIAError, match=re.escape(message)):
             RewriteConfig(push_off_rank=bad).validate()
     with pytest.raises(FIAError, match="push_off_kinds must be a positive integer"):
         RewriteConfig(push_off_kinds=0).validate()

@@ -82,7 +82,7 @@ from torch import Tensor
 
 from fia.baselines import _common
 from fia.baselines.uce import concept_embeddings, token_positions
-from fia.config import check_nonnegative
+from fia.config import check_nonnegative, check_nonnegative_int, check_positive_int
 from fia.delta import WeightDelta
 from fia.errors import FIAError
 from fia.progress import Progress, report
@@ -136,11 +136,8 @@ class SPEEDConfig(_common.CrossAttentionEditConfig):
             if not isinstance(getattr(self, name), bool):
                 raise FIAError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("augment_count", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise FIAError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.augment_rank, int) or isinstance(self.augment_rank, bool) or self.augment_rank < 1:
-            raise FIAError(f"augment_rank must be a positive integer, got {self.augment_rank!r}")
+            check_nonnegative_int(name, getattr(self, name))
+        check_positive_int("augment_rank", self.augment_rank)
         check_nonnegative("augment_scale", self.augment_scale)
         self.check_rows_and_projections()
         return self
