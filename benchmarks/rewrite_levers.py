@@ -83,7 +83,14 @@ setting F and P (oracle and second judge), the erased kinds' hits, the four
 largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
 each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the
 setting's eighth field, anchored guidance, above 0) anchors the push of those
-erased concepts only, the others' staying relative to their scenes. With
+erased concepts only, the others' staying relative to their scenes.
+``SETTING%anchored`` (or ``%all``) adds the anchor prompts to the kept term
+as one more group, ``anchors_in_place``: each concept prompt with a kept kind
+in its place, read at that prompt's latents, so the edit holds the kept
+kinds' outputs where the concept is drawn (the anchored concepts' anchors,
+which the library's pass already shows; or every concept's, one more
+denoiser row for those not anchored, whose push stays relative to the scene).
+With
 ``--verdicts KINDS`` the record also holds what the judges call those kept
 kinds' judged images, unedited and under each setting (``verdicts``).
 A row whose setting anchors the push records each concept's
@@ -105,6 +112,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from torch import Tensor
 
 import fia
 import fia.rewrite
@@ -129,6 +137,8 @@ TARGETS = {
     "text_kv": None,  # not through fia.erase: text_rows_edit
 }
 EMPTY_PROMPT_COPIES = 40
+KEPT_ANCHORS = ("anchored", "all")  # whose anchor prompts join the kept term (``SETTING%WHICH``)
+ANCHORS_GROUP = "anchors_in_place"
 WEIGHT_CAP = 4.0
 
 
@@ -460,6 +470,103 @@ def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
     return rest, chosen
 
 
+class _AnchorsInPlace:
+    """The library's paired moments (``G_c``, ``C`` and the anchors' shift ``(x_a - x_t) x_c^T``, summed over
+    ``[uncond; concept; scene]`` or ``[...; anchor]`` batches) beside ``G_a = sum x_a x_a^T`` over the images whose
+    anchor joins the kept term. Per batch, ``shift_rows`` marks the images whose anchor is the push's reference
+    (the library's anchored concepts; the others add no shift, as their ``x_a`` is ``x_t`` in the library's
+    pass) and ``keep_rows`` those whose anchor is held."""
+
+    def __init__(self) -> None:
+        self.parts = 3
+        self.shift_rows = self.keep_rows = torch.zeros(0, dtype=torch.bool)
+        self.sums: dict[str, list[Tensor]] = {}
+        self.count: dict[str, int] = {}
+        self.anchor_count: dict[str, int] = {}
+
+    def hook(self, name, _module, args, _output) -> None:
+        xc, xt, *xa = (x.to(torch.float64) for x in args[0].detach().chunk(self.parts)[1:])
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        if name not in self.sums:
+            self.sums[name] = [torch.zeros(xc.shape[-1], xc.shape[-1], dtype=torch.float64) for _ in range(4)]
+            self.count[name] = self.anchor_count[name] = 0
+        g_c, cross, shift, g_a = self.sums[name]
+        g_c += flat(xc).T @ flat(xc)
+        cross += flat(xt).T @ flat(xc)
+        if xa:
+            reference = self.shift_rows.view(-1, *[1] * (xc.dim() - 1)).to(xc.dtype)
+            shift += flat((xa[0] - xt) * reference).T @ flat(xc)
+            held = flat(xa[0][self.keep_rows])
+            g_a += held.T @ held
+            self.anchor_count[name] += held.shape[0]
+        self.count[name] += flat(xc).shape[0]
+
+
+@contextlib.contextmanager
+def anchors_kept(which: str, log: list) -> Iterator[None]:
+    """Within the block, the anchor prompts (each concept prompt with a kept kind in its place, at that prompt's
+    latents) join the kept term as one more group, so the edit holds their outputs where the concept is drawn:
+    the anchored concepts' (``which`` ``"anchored"``; the library already shows them) or every concept's
+    (``"all"``; a concept not anchored shows its anchor too, but its push stays relative to its scene).
+    The group counts as many prompts as it holds, and is balanced as the others are."""
+    if which not in KEPT_ANCHORS:
+        raise SystemExit(f"unknown kept anchors {which!r}; use one of: {', '.join(KEPT_ANCHORS)}")
+    plain_solve = fia.rewrite.balanced_rewrite
+    held: dict = {}
+
+    def moments(pipe, targets, prompts, config, batch_size=None):
+        beta = config.rewrite.anchored_guidance
+        if not beta:
+            raise SystemExit("the anchors as kept prompts need anchored guidance; give the setting an eighth field > 0")
+        batch_size = batch_size or config.batch_size or fia.rewrite._batches(pipe)[1]
+        shares = fia.rewrite.anchored_shares(fia.rewrite.anchor_ratios(pipe, targets, prompts, config, batch_size), beta,
+                                             config.rewrite.anchored_below)
+        anchored = {c for c, share in shares.items() if share["anchored"]}
+        kept = anchored if which == "anchored" else set(prompts.owner)
+        acc = _AnchorsInPlace()
+        guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
+        with capture(targets, acc.hook):
+            for guide in guides:
+                for s in range(0, len(prompts.concept), batch_size):
+                    owners, anchors, scenes = (v[s : s + batch_size] for v in (prompts.owner, prompts.anchor, prompts.scene))
+                    holds = [o in kept and a != t for o, a, t in zip(owners, anchors, scenes)]
+                    shows = [h or o in anchored for h, o in zip(holds, owners)]
+                    acc.parts = 4 if any(shows) else 3
+                    acc.shift_rows = torch.tensor([o in anchored for o in owners])
+                    acc.keep_rows = torch.tensor(holds)
+                    paired_steps(pipe, prompts.concept[s : s + batch_size], scenes, prompts.concept_seeds[s : s + batch_size],
+                                 num_inference_steps=fia.rewrite.statistics_steps(config), guidance_scale=config.guidance_scale,
+                                 guide_by=guide, anchors=[a if h else t for h, a, t in zip(shows, anchors, scenes)] if any(shows) else None)
+        gram_c = {n: m[0] / acc.count[n] for n, m in acc.sums.items()}
+        cross = {n: m[1] / acc.count[n] for n, m in acc.sums.items()}
+        held.clear()
+        if any(acc.anchor_count.values()):
+            held.update(grams={n: m[3] / acc.anchor_count[n] for n, m in acc.sums.items()},
+                        size=sum(o in kept and a != t for o, a, t in zip(prompts.owner, prompts.anchor, prompts.scene)))
+        log.append({"anchored": sorted(anchored), "held": sorted(kept), "prompts": held.get("size", 0)})
+        reference = {n: cross[n] + beta * acc.sums[n][2] / acc.count[n] for n in cross} if anchored else None
+        return gram_c, cross, reference, shares
+
+    def solve(weights, group_grams, sizes, *rest, **kw):
+        if held:
+            group_grams, sizes = {**group_grams, ANCHORS_GROUP: held["grams"]}, {**sizes, ANCHORS_GROUP: held["size"]}
+        return plain_solve(weights, group_grams, sizes, *rest, **kw)
+
+    with mock.patch.multiple(fia.rewrite, paired_moments=moments, balanced_rewrite=solve):
+        yield
+
+
+def kept_anchors_of(setting: str) -> tuple[str, str]:
+    """``(the rest of the setting, which anchors are kept)`` of a ``SETTING%anchored`` or ``SETTING%all`` entry
+    (no ``%``: ``""``, none)."""
+    rest, _, which = setting.partition("%")
+    if which and which not in KEPT_ANCHORS:
+        raise SystemExit(f"{setting!r}: unknown kept anchors {which!r}; use one of: {', '.join(KEPT_ANCHORS)}")
+    if which and any(mark in rest for mark in "#^@~"):
+        raise SystemExit(f"{setting!r}: % is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    return rest, which
+
+
 @contextlib.contextmanager
 def anchored_for(kinds: list[str]) -> Iterator[None]:
     """Within the block, only ``kinds``' concept prompts take the library's anchor (a kept kind in their place);
@@ -511,7 +618,8 @@ def main() -> None:
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
-    anchored = [anchored_only(s, erased) for s in args.settings.split(";")]  # bad input stops before any model work
+    held_anchors = [kept_anchors_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    anchored = [anchored_only(rest, erased) for rest, _ in held_anchors]
     settings = [parse(rest) for rest, _ in anchored]
     watched = [k.strip() for k in args.verdicts.split(",") if k.strip()]
     unknown = [k for k in watched if k not in KINDS]
@@ -540,9 +648,11 @@ def main() -> None:
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     if watched:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
-    for text, (setting, targets, rounds, refits), (_, anchored_kinds) in zip(args.settings.split(";"), settings, anchored):
+    for text, (setting, targets, rounds, refits), (_, anchored_kinds), (_, kept_anchors) in zip(
+            args.settings.split(";"), settings, anchored, held_anchors):
         log: list = []
         lever = (concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
+                 anchors_kept(kept_anchors, log) if kept_anchors else
                  anchored_for(anchored_kinds) if anchored_kinds != erased else contextlib.nullcontext())
         with lever:
             made: dict = {}
@@ -561,7 +671,8 @@ def main() -> None:
                 made["edit"].restore_(pipe)
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
                **judged_fields(hits, base, erased, args.images, args.erased_images),
-               **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else {}),
+               **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else
+                  {"kept_anchors": log} if kept_anchors else {}),
                **({"verdicts": made["verdicts"]} if watched else {}),
                **({"anchoring": made["edit"].stats["anchoring"]} if "anchoring" in (getattr(made["edit"], "stats", None) or {}) else {})}
         results["settings"].append(row)

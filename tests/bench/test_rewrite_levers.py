@@ -78,7 +78,8 @@ def test_mixed_concept_moments_with_equal_weights_are_the_pooled_means():
     assert torch.allclose(gram["layer"], (pooled.T @ pooled / 30 + 3 * x.T @ x / 30) / 3, rtol=1e-12)
 
 
-@pytest.mark.parametrize("lever", [lambda: rewrite_levers.concept_reweighting(["star"], 2, []), lambda: rewrite_levers.kept_refit(1, [])])
+@pytest.mark.parametrize("lever", [lambda: rewrite_levers.concept_reweighting(["star"], 2, []), lambda: rewrite_levers.kept_refit(1, []),
+                                   lambda: rewrite_levers.anchors_kept("all", [])])
 def test_the_levers_put_the_library_back_even_on_error(lever):
     plain = (fia.rewrite.paired_moments, fia.rewrite.group_grams, fia.rewrite.balanced_rewrite)
     with pytest.raises(RuntimeError, match="inside"):
@@ -210,3 +211,33 @@ def test_anchoring_some_concepts_only_gives_the_others_their_scenes_as_reference
         prompts = task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0)
     assert prompts.anchor[:24] == tuple(library[:24]) and prompts.anchor[24:] == tuple(scene[24:])
     assert task_in(world).rewrite_prompts(erased, fia.config.RewriteConfig(), anchors=[], seed=0).anchor == tuple(library)  # put back
+
+
+def test_kept_anchor_moments_sum_each_part_over_its_own_images():
+    """Brute force over one [uncond; concept; scene; anchor] batch of 3 images: G_c and C over every image, the shift
+    only over the images whose anchor is the reference, G_a only over those whose anchor is held."""
+    g = torch.Generator().manual_seed(11)
+    images, tokens, d = 3, 5, 4
+    batch = torch.randn(4 * images, tokens, d, generator=g)
+    _, xc, xt, xa = batch.double().chunk(4)
+    acc = rewrite_levers._AnchorsInPlace()
+    acc.parts, acc.shift_rows, acc.keep_rows = 4, torch.tensor([True, False, False]), torch.tensor([True, True, False])
+    acc.hook("layer", None, (batch,), None)
+    g_c, cross, shift, g_a = acc.sums["layer"]
+    sums = [sum(a[i].T @ b[i] for i in rows) for a, b, rows in
+            ((xc, xc, range(3)), (xt, xc, range(3)), (xa - xt, xc, [0]), (xa, xa, [0, 1]))]
+    for got, want in zip((g_c, cross, shift, g_a), sums):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert (acc.count["layer"], acc.anchor_count["layer"]) == (3 * tokens, 2 * tokens)
+    acc.parts = 3  # a batch without anchors adds to G_c and C only
+    acc.hook("layer", None, (batch[: 3 * images],), None)
+    assert torch.allclose(acc.sums["layer"][3], g_a) and (acc.count["layer"], acc.anchor_count["layer"]) == (6 * tokens, 2 * tokens)
+
+
+def test_kept_anchor_settings_are_parsed_and_refused():
+    assert rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95%all") == ("0.04,0.03,5,4,24,1,1,1,0.95", "all")
+    assert rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", "")
+    with pytest.raises(SystemExit, match="unknown kept anchors 'some'.*anchored, all"):
+        rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95%some")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95#2%all")
