@@ -472,8 +472,8 @@ def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
 
 class _AnchorsInPlace:
     """The library's paired moments (``G_c``, ``C`` and the anchors' shift ``(x_a - x_t) x_c^T``, summed over
-    ``[uncond; concept; scene]`` or ``[...; anchor]`` batches) beside ``G_a = sum x_a x_a^T`` over the images whose
-    anchor joins the kept term. Per batch, ``shift_rows`` marks the images whose anchor is the push's reference
+    ``[uncond; concept; scene]`` or ``[...; anchor]`` batches; here with float64 products) beside
+    ``G_a = sum x_a x_a^T`` over the images whose anchor joins the kept term. Per batch, ``shift_rows`` marks the images whose anchor is the push's reference
     (the library's anchored concepts; the others add no shift, as their ``x_a`` is ``x_t`` in the library's
     pass) and ``keep_rows`` those whose anchor is held."""
 
@@ -564,6 +564,8 @@ def kept_anchors_of(setting: str) -> tuple[str, str]:
         raise SystemExit(f"{setting!r}: unknown kept anchors {which!r}; use one of: {', '.join(KEPT_ANCHORS)}")
     if which and any(mark in rest for mark in "#^@~"):
         raise SystemExit(f"{setting!r}: % is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if which and float(config_for(rest).rewrite.anchored_guidance) == 0:
+        raise SystemExit(f"{setting!r}: % holds the anchors of anchored guidance; give the setting an eighth field > 0")
     return rest, which
 
 

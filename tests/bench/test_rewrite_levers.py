@@ -241,3 +241,5 @@ def test_kept_anchor_settings_are_parsed_and_refused():
         rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95%some")
     with pytest.raises(SystemExit, match="one lever at a time"):
         rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95#2%all")
+    with pytest.raises(SystemExit, match="eighth field > 0"):
+        rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1%anchored")
