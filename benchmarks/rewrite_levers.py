@@ -523,13 +523,15 @@ def anchors_kept(which: str, log: list) -> Iterator[None]:
                                              config.rewrite.anchored_below)
         anchored = {c for c, share in shares.items() if share["anchored"]}
         kept = anchored if which == "anchored" else set(prompts.owner)
+        # per prompt: its anchor joins the kept term (a concept of ``kept`` with a kept kind in its place)
+        holds_all = [o in kept and a != t for o, a, t in zip(prompts.owner, prompts.anchor, prompts.scene)]
         acc = _AnchorsInPlace()
         guides = ("follow", "prompts") if config.rewrite.concept_trajectory else ("follow",)
         with capture(targets, acc.hook):
             for guide in guides:
                 for s in range(0, len(prompts.concept), batch_size):
                     owners, anchors, scenes = (v[s : s + batch_size] for v in (prompts.owner, prompts.anchor, prompts.scene))
-                    holds = [o in kept and a != t for o, a, t in zip(owners, anchors, scenes)]
+                    holds = holds_all[s : s + batch_size]
                     shows = [h or o in anchored for h, o in zip(holds, owners)]
                     acc.parts = 4 if any(shows) else 3
                     acc.shift_rows = torch.tensor([o in anchored for o in owners])
@@ -541,8 +543,7 @@ def anchors_kept(which: str, log: list) -> Iterator[None]:
         cross = {n: m[1] / acc.count[n] for n, m in acc.sums.items()}
         held.clear()
         if any(acc.anchor_count.values()):
-            held.update(grams={n: m[3] / acc.anchor_count[n] for n, m in acc.sums.items()},
-                        size=sum(o in kept and a != t for o, a, t in zip(prompts.owner, prompts.anchor, prompts.scene)))
+            held.update(grams={n: m[3] / acc.anchor_count[n] for n, m in acc.sums.items()}, size=sum(holds_all))
         log.append({"anchored": sorted(anchored), "held": sorted(kept), "prompts": held.get("size", 0)})
         reference = {n: cross[n] + beta * acc.sums[n][2] / acc.count[n] for n in cross} if anchored else None
         return gram_c, cross, reference, shares
