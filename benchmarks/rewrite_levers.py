@@ -18,6 +18,14 @@ levers:
   ``@ffn1`` edits the feed-forward's first projection (``ff.net.0.proj``)
   instead: its outputs pass the gate's nonlinearity before they reach the
   image.
+  ``@upconv`` edits the 3x3 convolution of ``up_blocks.1``'s upsampler
+  (``UPCONV``), the first layer after that block's two transformers, whose
+  input at each pixel is the 3 x 3 patch of their output around it: the
+  convolution is swapped for the same map written as a linear over unfolded
+  patches (:class:`ConvAsLinear`, equal to it up to float rounding), so the
+  library's statistics and solve run on it unchanged; ``@ffn2+upconv``
+  edits it beside FFN2. Every setting of a run that names it, the unedited
+  model's images too, uses the swapped model.
 * **The text rows themselves** (``@text_kv``). The same least squares on
   the cross-attention's key and value projections (``attn2.to_k``,
   ``attn2.to_v``), whose inputs are the text encoder's rows, with no sampler
@@ -76,7 +84,8 @@ two odd offsets (default 5, the split of every recorded figure).
 (``rewrite.steps``; default, the sampler's 25).
 
 Each setting is a ``rewrite_generalisation.py`` setting, then optionally
-``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``ffn1``; ``text_kv``), then
+``@TARGETS`` (``ffn2``, the default; ``attn_out``; ``ffn2+attn_out``; ``ffn2_up1``; ``ffn1``; ``upconv``;
+``ffn2+upconv``; ``text_kv``), then
 ``#R`` (concept reweighting rounds; 0, the default, is the library's pooled
 term) or ``^N`` (kept refits; 0 by default). Writes benchmarks/results/rewrite_levers.json (or ``--out``): per
 setting F and P (oracle and second judge), the erased kinds' hits, the four
@@ -112,7 +121,8 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 import fia
 import fia.rewrite
@@ -134,12 +144,48 @@ TARGETS = {
     "ffn2+attn_out": lambda _m, name: name.endswith((".ff.net.2", ".attn2.to_out.0")),
     "ffn2_up1": lambda _m, name: name.endswith(".ff.net.2") and name.startswith("up_blocks.1."),  # where the edit moves most
     "ffn1": lambda _m, name: name.endswith(".ff.net.0.proj"),  # before the feed-forward's gate: the edit passes a nonlinearity
+    # the upsampler's 3x3 convolution after up_blocks.1's transformers, as a linear over unfolded patches
+    "upconv": lambda _m, name: name == UPCONV + ".linear",
+    "ffn2+upconv": lambda _m, name: name == UPCONV + ".linear" or name.endswith(".ff.net.2"),
     "text_kv": None,  # not through fia.erase: text_rows_edit
 }
+UPCONV = "up_blocks.1.upsamplers.0.conv"
+CONV_TARGETS = ("upconv", "ffn2+upconv")
 EMPTY_PROMPT_COPIES = 40
 KEPT_ANCHORS = ("anchored", "all")  # whose anchor prompts join the kept term (``SETTING%WHICH``)
 ANCHORS_GROUP = "anchors_in_place"
 WEIGHT_CAP = 4.0
+
+
+class ConvAsLinear(nn.Module):
+    """A stride-1 ``nn.Conv2d`` written as ``nn.Linear`` over its unfolded patches: ``y[:, :, p] = W patch_p + b``
+    with ``W = conv.weight.reshape(C_out, C_in k_h k_w)`` (``F.unfold``'s order), so a target filter over linears
+    reaches it and each pixel's patch is one row of the layer's input."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or not isinstance(conv.padding, tuple):
+            raise ValueError(f"only a stride-1, undilated, ungrouped, explicitly padded convolution is written as a linear, not {conv}")
+        self.kernel_size, self.padding = conv.kernel_size, conv.padding
+        self.linear = nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None,
+                                dtype=conv.weight.dtype, device=conv.weight.device)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        patches = F.unfold(x, self.kernel_size, padding=self.padding).transpose(1, 2)  # (B, H W, C_in k_h k_w)
+        return self.linear(patches).transpose(1, 2).reshape(b, -1, h, w)
+
+
+def convs_as_linears(model: nn.Module, names: list[str]) -> None:
+    """Swap each named convolution of ``model`` for its :class:`ConvAsLinear`, in place."""
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, leaf, ConvAsLinear(getattr(owner, leaf)))
 
 
 def residual(weight, new, gram_c, cross, gram_t, eta: float) -> float:
@@ -631,6 +677,8 @@ def main() -> None:
     use_fold(args.judged_offset)
     fia.shapeworld.task.scene_pair = fitting_pairs  # the rewrite's prompts: 12 of the 18 odd pairs only
     pipe = load_pipeline(world=WORLD.name)
+    if any(targets in CONV_TARGETS for _, targets, _, _ in settings):
+        convs_as_linears(pipe.unet, [UPCONV])  # before the unedited images, so every row is judged on one model
     if args.anchor_ratios:
         ratios = every_anchor_ratio(pipe)
         command = f"python benchmarks/rewrite_levers.py --anchor-ratios --judged-offset {args.judged_offset} --out {_shown(args.out)}"

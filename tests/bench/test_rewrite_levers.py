@@ -53,7 +53,8 @@ def test_the_target_filters_pick_the_named_linears():
     picked = {k: [n for n in names if f(None, n)] for k, f in rewrite_levers.TARGETS.items() if f is not None}
     assert picked == {"attn_out": ["down.0.attn2.to_out.0"],
                       "ffn2+attn_out": ["down.0.attn2.to_out.0", "down.0.ff.net.2", "up_blocks.1.attentions.0.ff.net.2", "up_blocks.10.ff.net.2"],
-                      "ffn2_up1": ["up_blocks.1.attentions.0.ff.net.2"], "ffn1": ["down.0.ff.net.0.proj"]}
+                      "ffn2_up1": ["up_blocks.1.attentions.0.ff.net.2"], "ffn1": ["down.0.ff.net.0.proj"],
+                      "upconv": [], "ffn2+upconv": ["down.0.ff.net.2", "up_blocks.1.attentions.0.ff.net.2", "up_blocks.10.ff.net.2"]}
 
 
 def test_steps_set_the_rewrite_statistics_schedule_and_nothing_else():
@@ -243,3 +244,39 @@ def test_kept_anchor_settings_are_parsed_and_refused():
         rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1,1,0.95#2%all")
     with pytest.raises(SystemExit, match="eighth field > 0"):
         rewrite_levers.kept_anchors_of("0.04,0.03,5,4,24,1,1%anchored")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_convolution_as_a_linear_over_patches_is_the_same_map(bias):
+    """ConvAsLinear against torch's own convolution; one output pixel against its patch summed by hand."""
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        if bias:
+            conv.bias.copy_(torch.randn(4, generator=g))
+    x = torch.randn(2, 3, 5, 6, generator=g)
+    as_linear = rewrite_levers.ConvAsLinear(conv)
+    assert as_linear.linear.weight.shape == (4, 27)
+    y = as_linear(x)
+    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+    # pixel (1, 2) of image 1, output channel 3: the 3 x 3 patch around it, no padding reached
+    by_hand = (conv.weight[3] * x[1, :, 0:3, 1:4]).sum() + (conv.bias[3] if bias else 0)
+    assert float(y[1, 3, 1, 2]) == pytest.approx(float(by_hand), abs=1e-5)
+
+
+def test_only_a_plain_convolution_is_written_as_a_linear_and_the_swap_names_it():
+    with pytest.raises(ValueError, match="stride-1"):
+        rewrite_levers.ConvAsLinear(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    x = torch.randn(1, 3, 4, 4)
+    before = model(x)
+    rewrite_levers.convs_as_linears(model, ["0"])
+    assert isinstance(model[0], rewrite_levers.ConvAsLinear)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    picked = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert picked == ["0.linear"]
+    name = rewrite_levers.UPCONV + ".linear"
+    assert rewrite_levers.TARGETS["upconv"](None, name) and not rewrite_levers.TARGETS["upconv"](None, "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
+    assert rewrite_levers.TARGETS["ffn2+upconv"](None, name) and rewrite_levers.TARGETS["ffn2+upconv"](None, "x.ff.net.2")
+    assert rewrite_levers.parse("0.04,0.03,5,4,24,1,1,1,0.95@upconv") == ("0.04,0.03,5,4,24,1,1,1,0.95", "upconv", 0, 0)
