@@ -164,8 +164,9 @@ class ConvAsLinear(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or not isinstance(conv.padding, tuple):
-            raise ValueError(f"only a stride-1, undilated, ungrouped, explicitly padded convolution is written as a linear, not {conv}")
+        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or not isinstance(conv.padding, tuple)
+                or conv.padding_mode != "zeros"):  # F.unfold pads with zeros only
+            raise ValueError(f"only a stride-1, undilated, ungrouped convolution with explicit zero padding is written as a linear, not {conv}")
         self.kernel_size, self.padding = conv.kernel_size, conv.padding
         self.linear = nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None,
                                 dtype=conv.weight.dtype, device=conv.weight.device)

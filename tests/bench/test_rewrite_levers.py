@@ -268,6 +268,8 @@ def test_a_convolution_as_a_linear_over_patches_is_the_same_map(bias):
 def test_only_a_plain_convolution_is_written_as_a_linear_and_the_swap_names_it():
     with pytest.raises(ValueError, match="stride-1"):
         rewrite_levers.ConvAsLinear(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    with pytest.raises(ValueError, match="explicit zero padding"):  # unfold would pad a reflecting convolution with zeros
+        rewrite_levers.ConvAsLinear(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
     x = torch.randn(1, 3, 4, 4)
     before = model(x)
