@@ -138,6 +138,8 @@ from rewrite_generalisation import (KINDS, WORLD, add_fold_option, config_for, e
                                     judged_images, rates, use_fold)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+UPCONV = "up_blocks.1.upsamplers.0.conv"  # swapped for ConvAsLinear, whose linear the @upconv filters pick
+UPCONV_LINEAR = UPCONV + ".linear"
 TARGETS = {
     "ffn2": None,  # the config's own targets: FFN2, as the library edits it
     "attn_out": lambda _m, name: name.endswith(".attn2.to_out.0"),
@@ -145,11 +147,10 @@ TARGETS = {
     "ffn2_up1": lambda _m, name: name.endswith(".ff.net.2") and name.startswith("up_blocks.1."),  # where the edit moves most
     "ffn1": lambda _m, name: name.endswith(".ff.net.0.proj"),  # before the feed-forward's gate: the edit passes a nonlinearity
     # the upsampler's 3x3 convolution after up_blocks.1's transformers, as a linear over unfolded patches
-    "upconv": lambda _m, name: name == UPCONV + ".linear",
-    "ffn2+upconv": lambda _m, name: name == UPCONV + ".linear" or name.endswith(".ff.net.2"),
+    "upconv": lambda _m, name: name == UPCONV_LINEAR,
+    "ffn2+upconv": lambda _m, name: name == UPCONV_LINEAR or name.endswith(".ff.net.2"),
     "text_kv": None,  # not through fia.erase: text_rows_edit
 }
-UPCONV = "up_blocks.1.upsamplers.0.conv"
 CONV_TARGETS = ("upconv", "ffn2+upconv")
 EMPTY_PROMPT_COPIES = 40
 KEPT_ANCHORS = ("anchored", "all")  # whose anchor prompts join the kept term (``SETTING%WHICH``)

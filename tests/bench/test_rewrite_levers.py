@@ -278,7 +278,8 @@ def test_only_a_plain_convolution_is_written_as_a_linear_and_the_swap_names_it()
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     picked = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert picked == ["0.linear"]
-    name = rewrite_levers.UPCONV + ".linear"
+    name = rewrite_levers.UPCONV_LINEAR
+    assert name == "up_blocks.1.upsamplers.0.conv.linear"
     assert rewrite_levers.TARGETS["upconv"](None, name) and not rewrite_levers.TARGETS["upconv"](None, "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
     assert rewrite_levers.TARGETS["ffn2+upconv"](None, name) and rewrite_levers.TARGETS["ffn2+upconv"](None, "x.ff.net.2")
     assert rewrite_levers.parse("0.04,0.03,5,4,24,1,1,1,0.95@upconv") == ("0.04,0.03,5,4,24,1,1,1,0.95", "upconv", 0, 0)
