@@ -93,6 +93,13 @@ largest kept drops per judge, with ``#R`` each round's ``r_c`` and with ``^N``
 each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the
 setting's eighth field, anchored guidance, above 0) anchors the push of those
 erased concepts only, the others' staying relative to their scenes.
+``SETTING&MU`` adds to each kept group's statistics the text-driven part of its prompts at the scale the
+sampler applies it (:func:`text_part_kept`): ``G_g = E[x x^T] + MU s^2 E[d d^T]`` with ``d = x_c - x_u``, the
+kept prompt's conditional row less its unconditional one at the same latents, and ``s`` the guidance scale.
+``SETTING=text`` keeps the library's kept term but balances the kept groups by the change of that text part,
+``tr(D G_d D^T) / tr(W G_d W^T)`` with ``G_d = E[d d^T]``, instead of their rows' (:func:`text_part_balanced`).
+``SETTING*early`` weights each kept row by its sampler step, ``2 (T - t) / (T + 1)``, the noisiest first
+(:func:`early_kept`).
 ``SETTING%anchored`` (or ``%all``) adds the anchor prompts to the kept term
 as one more group, ``anchors_in_place``: each concept prompt with a kept kind
 in its place, read at that prompt's latents, so the edit holds the kept
@@ -125,9 +132,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fia
+import fia.repair
 import fia.rewrite
 import fia.shapeworld.task
-from fia.core.balance import mix_grams
+from fia.core.balance import balance_groups, group_changes, mix_grams
 from fia.core.rewrite import Rewrite, rewrite_layer
 from fia.io import atomic_write_text
 from fia.repair import GRAM_BATCH
@@ -605,6 +613,166 @@ def anchors_kept(which: str, log: list) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def text_part_kept(mu: float, log: list, text_grams: dict | None = None) -> Iterator[None]:
+    """Within the block, each kept group's ``G_g`` also holds ``mu s^2 E[d d^T]``, ``d = x_c - x_u`` per sample
+    and token (its conditional row less its unconditional one, at the same latents), at the count of its rows:
+
+        G_g = (sum_rows x x^T + mu s^2 sum_samples d d^T) / rows
+
+    Why: the sampler steps with ``x_u + s d``, so what the prompt's text adds (what makes a kept kind that kind)
+    reaches the image ``s`` times over, while the plain kept term weighs it as one small part of two rows.
+    ``rewrite.keep_guided`` holds the guided row in place of the two rows; this keeps the rows and adds the
+    text part beside them. ``log`` gets, per layer, ``tr(s^2 E[d d^T]) / tr(E[x x^T])`` over all kept rows.
+    ``text_grams``, if given, is filled with each group's ``E[d d^T]`` per layer (``group -> layer -> G_d``)."""
+    plain_hook, plain_collect = fia.repair._GroupGramAccumulator.hook, fia.repair.collect_group_grams
+    traces: dict[str, list[float]] = {}
+    scale: list[float] = []  # the pass's guidance scale, set by collect
+    text_sums: dict[str, dict[str, list]] = {}  # group -> layer -> [sum d d^T, rows]
+
+    def hook(self, name, module, args, output):
+        if self.combine is not None or not self.guided:
+            raise SystemExit("& adds the text part beside the kept rows: use it without keep_guided, with a guided sampler")
+        plain_hook(self, name, module, args, output)
+        x, n, s = args[0].detach(), len(self.batch_groups), scale[-1]
+        for g in dict.fromkeys(self.batch_groups):
+            idx = [i for i, gi in enumerate(self.batch_groups) if gi == g]
+            uncond, cond = x[idx].to(self.product_dtype), x[[n + i for i in idx]].to(self.product_dtype)
+            d = (cond - uncond).reshape(-1, x.shape[-1])
+            rows = torch.cat([uncond, cond]).reshape(-1, x.shape[-1])
+            product = (d.T @ d).to(torch.float64)
+            if mu:
+                self.sums[g][name] += (mu * s**2) * product
+            if text_grams is not None:
+                part = text_sums.setdefault(g, {}).setdefault(name, [0.0, 0])
+                part[0], part[1] = part[0] + product, part[1] + d.shape[0]
+            t = traces.setdefault(name, [0.0, 0.0])
+            t[0] += s**2 * float((d * d).sum())
+            t[1] += float((rows * rows).sum())
+
+    def collect(*args, guidance_scale, **kw):
+        scale.append(guidance_scale)
+        grams = plain_collect(*args, guidance_scale=guidance_scale, **kw)
+        if text_grams is not None:
+            text_grams.update({g: {n: (total / rows).cpu() for n, (total, rows) in layers.items()} for g, layers in text_sums.items()})
+        return grams
+
+    try:
+        with mock.patch.object(fia.repair._GroupGramAccumulator, "hook", hook), \
+                mock.patch.object(fia.rewrite, "collect_group_grams", collect):
+            yield
+    finally:
+        log.append({"text_part_over_rows": {n: round(a / b, 5) for n, (a, b) in sorted(traces.items())}})
+
+
+@contextlib.contextmanager
+def text_part_balanced(log: list, text_grams: dict | None = None) -> Iterator[None]:
+    """Within the block, the kept term is the library's, but the balancing rounds measure each group's change on
+    what its prompts' text adds (``G_d = E[d d^T]``, ``d = x_c - x_u``, :func:`text_part_kept`) instead of on its rows:
+
+        c_g = sum over layers of tr(D G_d,g D^T) / tr(W G_d,g W^T),    D = W' - W
+
+    Why: the rows' change weighs most what every prompt shares, so the groups that gain weight are the ones
+    whose whole input moves (house when circle goes), not necessarily the ones whose drawn kind is at stake;
+    the sampler steps with ``x_u + s d``, so a group whose ``d`` moves loses what makes it that kind.
+    ``text_grams`` (``group -> layer -> G_d``) is filled by the kept pass; one given already filled is measured as is."""
+    text_grams = {} if text_grams is None else text_grams
+
+    def solve(weights, group_grams, sizes, gram_c, cross, *, concept_weight, damping, rounds, negative_guidance=0.0,
+              reference=None, push_projectors=None):
+        if push_projectors is not None:
+            raise SystemExit("= measures the balancing alone; leave push_off_rank at 0")
+
+        def one(alpha):
+            return {name: rewrite_layer(w, mix_grams(group_grams, sizes, alpha, name), gram_c[name], cross[name],
+                                        concept_weight=concept_weight, damping=damping, negative_guidance=negative_guidance,
+                                        reference=None if reference is None else reference[name])
+                    for name, w in weights.items()}
+
+        balanced = balance_groups(one, lambda new: group_changes(weights, new, text_grams), group_grams, rounds)
+        log.append({"group_weights": {g: round(a, 4) for g, a in sorted(balanced.group_weights.items())}})
+        return Rewrite(balanced.result, balanced.group_weights, balanced.group_change)
+
+    with text_part_kept(0.0, [], text_grams), mock.patch.object(fia.rewrite, "balanced_rewrite", solve):
+        yield
+
+
+@contextlib.contextmanager
+def early_kept(log: list) -> Iterator[None]:
+    """Within the block, each kept row at sampler step ``t`` (of ``T``; ``t = 0`` the noisiest) counts
+    ``w_t = 2 (T - t) / (T + 1)`` times in its group's ``G_g`` (mean 1 over the steps, so ``G_g`` keeps its scale):
+
+        G_g = sum_t w_t sum_rows(t) x x^T / rows
+
+    Why: which kind an image shows is settled in the first steps, the details after; an edit that holds the kept
+    kinds' early rows more tightly should spare what makes them that kind. The concept term is unchanged.
+    ``log`` gets the weights and the denoiser calls seen per batch (each must be ``T``)."""
+    plain_hook, plain_generate = fia.repair._GroupGramAccumulator.hook, fia.repair.generate
+    calls: dict[str, int] = {}
+    steps: list[int] = []
+
+    def weight(t: int, total: int) -> float:
+        return 2 * (total - t) / (total + 1)
+
+    def hook(self, name, module, args, output):
+        t = calls[name] = calls.get(name, -1) + 1
+        if t >= steps[-1]:
+            raise SystemExit(f"{name} was called {t + 1} times in one batch of {steps[-1]} steps: *early needs one denoiser call per step")
+        plain_hook(self, name, module, (args[0] * weight(t, steps[-1]) ** 0.5, *args[1:]), output)
+
+    def generate(pipe, *args, num_inference_steps, **kw):
+        steps.append(num_inference_steps)
+        calls.clear()
+        out = plain_generate(pipe, *args, num_inference_steps=num_inference_steps, **kw)
+        if any(c + 1 != num_inference_steps for c in calls.values()):
+            raise SystemExit(f"*early counted {sorted(set(c + 1 for c in calls.values()))} denoiser calls in a batch of {num_inference_steps} steps")
+        return out
+
+    with mock.patch.object(fia.repair._GroupGramAccumulator, "hook", hook), mock.patch.object(fia.repair, "generate", generate):
+        yield
+    log.append({"steps": steps[-1] if steps else None, "weights": [round(weight(t, steps[-1]), 4) for t in range(steps[-1])] if steps else []})
+
+
+def early_of(setting: str) -> tuple[str, bool]:
+    """``(the rest of the setting, whether the kept rows are weighted towards early steps)`` of a ``SETTING*early``
+    entry."""
+    rest, _, mark = setting.partition("*")
+    if mark and mark != "early":
+        raise SystemExit(f"{setting!r}: unknown step weighting {mark!r}; use *early")
+    if mark and any(m in rest for m in "#^@~%&="):
+        raise SystemExit(f"{setting!r}: * is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    return rest, bool(mark)
+
+
+def balance_of(setting: str) -> tuple[str, str]:
+    """``(the rest of the setting, what the balancing measures)`` of a ``SETTING=text`` entry (no ``=``: ``""``,
+    the library's rows)."""
+    rest, _, metric = setting.partition("=")
+    if metric and metric != "text":
+        raise SystemExit(f"{setting!r}: unknown balancing measure {metric!r}; use =text")
+    if metric and any(mark in rest for mark in "#^@~%&"):
+        raise SystemExit(f"{setting!r}: = is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    return rest, metric
+
+
+def text_part_of(setting: str) -> tuple[str, float]:
+    """``(the rest of the setting, MU)`` of a ``SETTING&MU`` entry (no ``&``: 0, the library's kept term)."""
+    rest, _, mu = setting.partition("&")
+    if not mu:
+        return rest, 0.0
+    try:
+        weight = float(mu)
+    except ValueError:
+        raise SystemExit(f"{setting!r}: & takes the text part's weight, a number, not {mu!r}") from None
+    if weight <= 0:
+        raise SystemExit(f"{setting!r}: the text part's weight must be above 0")
+    if any(mark in rest for mark in "#^@~%"):
+        raise SystemExit(f"{setting!r}: & is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if config_for(rest).rewrite.keep_guided:
+        raise SystemExit(f"{setting!r}: & adds the text part beside the kept rows; leave keep_guided (the tenth field) at 0")
+    return rest, weight
+
+
 def kept_anchors_of(setting: str) -> tuple[str, str]:
     """``(the rest of the setting, which anchors are kept)`` of a ``SETTING%anchored`` or ``SETTING%all`` entry
     (no ``%``: ``""``, none)."""
@@ -669,7 +837,10 @@ def main() -> None:
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
-    held_anchors = [kept_anchors_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    earlies = [early_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    balances = [balance_of(rest) for rest, _ in earlies]
+    text_parts = [text_part_of(rest) for rest, _ in balances]
+    held_anchors = [kept_anchors_of(rest) for rest, _ in text_parts]
     anchored = [anchored_only(rest, erased) for rest, _ in held_anchors]
     settings = [parse(rest) for rest, _ in anchored]
     watched = [k.strip() for k in args.verdicts.split(",") if k.strip()]
@@ -701,11 +872,12 @@ def main() -> None:
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     if watched:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
-    for text, (setting, targets, rounds, refits), (_, anchored_kinds), (_, kept_anchors) in zip(
-            args.settings.split(";"), settings, anchored, held_anchors):
+    for text, (setting, targets, rounds, refits), (_, anchored_kinds), (_, kept_anchors), (_, text_part), (_, balance), (_, early) in zip(
+            args.settings.split(";"), settings, anchored, held_anchors, text_parts, balances, earlies):
         log: list = []
         lever = (concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
-                 anchors_kept(kept_anchors, log) if kept_anchors else
+                 anchors_kept(kept_anchors, log) if kept_anchors else text_part_kept(text_part, log) if text_part else
+                 text_part_balanced(log) if balance else early_kept(log) if early else
                  anchored_for(anchored_kinds) if anchored_kinds != erased else contextlib.nullcontext())
         with lever:
             made: dict = {}
@@ -725,7 +897,8 @@ def main() -> None:
         row = {"setting": text, "targets": targets, "concept_rounds": rounds, "kept_refits": refits, "seconds": round(seconds, 1),
                **judged_fields(hits, base, erased, args.images, args.erased_images),
                **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else
-                  {"kept_anchors": log} if kept_anchors else {}),
+                  {"kept_anchors": log} if kept_anchors else {"text_part": log} if text_part else
+                  {"text_balance": log} if balance else {"early_kept": log} if early else {}),
                **({"verdicts": made["verdicts"]} if watched else {}),
                **({"anchoring": made["edit"].stats["anchoring"]} if "anchoring" in (getattr(made["edit"], "stats", None) or {}) else {})}
         results["settings"].append(row)

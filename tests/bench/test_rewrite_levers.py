@@ -283,3 +283,127 @@ def test_only_a_plain_convolution_is_written_as_a_linear_and_the_swap_names_it()
     assert rewrite_levers.TARGETS["upconv"](None, name) and not rewrite_levers.TARGETS["upconv"](None, "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
     assert rewrite_levers.TARGETS["ffn2+upconv"](None, name) and rewrite_levers.TARGETS["ffn2+upconv"](None, "x.ff.net.2")
     assert rewrite_levers.parse("0.04,0.03,5,4,24,1,1,1,0.95@upconv") == ("0.04,0.03,5,4,24,1,1,1,0.95", "upconv", 0, 0)
+
+
+def test_the_text_part_joins_each_kept_group_at_its_rows_count(monkeypatch):
+    """G_g = (sum over rows x x^T + mu s^2 sum over samples d d^T) / rows, brute force on a tiny linear."""
+    import fia.repair
+    from fia.targets import TargetLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    rows = {p: torch.randn(2, 4, 3, dtype=torch.float64) for p in ("a", "b", "c")}  # per prompt: [uncond, cond], 4 tokens
+
+    def fake_generate(_pipe, prompts, _seeds, **_kw):  # one step: the layer sees the batch's [uncond; cond] rows
+        layer(torch.cat([torch.stack([rows[p][0] for p in prompts]), torch.stack([rows[p][1] for p in prompts])]).float())
+
+    monkeypatch.setattr(fia.repair, "generate", fake_generate)
+    mu, scale, log = 0.3, 5.0, []
+    with rewrite_levers.text_part_kept(mu, log):
+        grams = fia.rewrite.collect_group_grams(None, [TargetLinear("l", layer)], ["a", "b", "c"], [0, 1, 2], ["g", "g", "h"],
+                                                num_inference_steps=1, guidance_scale=scale, batch_size=2,
+                                                product_dtype=torch.float64)
+    x = {p: r.float().to(torch.float64) for p, r in rows.items()}  # what the layer saw, back in float64
+    for group, members in (("g", "ab"), ("h", "c")):
+        expected = sum(x[p][0].T @ x[p][0] + x[p][1].T @ x[p][1] + mu * scale**2 * (x[p][1] - x[p][0]).T @ (x[p][1] - x[p][0])
+                       for p in members) / (8 * len(members))
+        torch.testing.assert_close(grams[group]["l"], expected)
+    d2 = sum(float(((x[p][1] - x[p][0]) ** 2).sum()) for p in x)
+    assert log[0]["text_part_over_rows"]["l"] == pytest.approx(scale**2 * d2 / sum(float((x[p] ** 2).sum()) for p in x), rel=1e-4)
+    assert fia.rewrite.collect_group_grams is fia.repair.collect_group_grams  # the library's own again
+
+
+def test_text_part_settings_are_parsed_and_refused():
+    assert rewrite_levers.text_part_of("0.04,0.03,5,4,24,1,1,1,0.95&0.04") == ("0.04,0.03,5,4,24,1,1,1,0.95", 0.04)
+    assert rewrite_levers.text_part_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", 0.0)
+    with pytest.raises(SystemExit, match="a number, not 'x'"):
+        rewrite_levers.text_part_of("0.04,0.03,5,4,24,1,1&x")
+    with pytest.raises(SystemExit, match="above 0"):
+        rewrite_levers.text_part_of("0.04,0.03,5,4,24,1,1&0")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.text_part_of("0.04,0.03,5,4,24,1,1@attn_out&0.1")
+    with pytest.raises(SystemExit, match="leave keep_guided"):
+        rewrite_levers.text_part_of("0.8,0.03,5,4,24,1,1,0,0.95,1&0.1")
+
+
+def test_balancing_on_the_text_part_is_the_library_s_when_it_measures_the_rows():
+    """With G_d taken equal to each group's G_g, the lever's solve is the library's balanced rewrite; with another
+    measure the weights differ, and the groups that move more under it gain weight."""
+    from fia.core.rewrite import balanced_rewrite
+
+    torch.manual_seed(1)
+    w = {"l": torch.randn(3, 4, dtype=torch.float64)}
+
+    def gram(n=9):
+        x = torch.randn(n, 4, dtype=torch.float64)
+        return x.T @ x / n
+
+    groups = {g: {"l": gram()} for g in ("a", "b", "c")}
+    sizes, gram_c, cross = {"a": 2, "b": 1, "c": 3}, {"l": gram()}, {"l": gram()}
+    kw = dict(concept_weight=0.3, damping=0.03, rounds=3, negative_guidance=1.0)
+    plain = balanced_rewrite(w, groups, sizes, gram_c, cross, **kw)
+    log: list = []
+    with rewrite_levers.text_part_balanced(log, dict(groups)):
+        same = fia.rewrite.balanced_rewrite(w, groups, sizes, gram_c, cross, **kw)
+    torch.testing.assert_close(same.weights["l"], plain.weights["l"])
+    assert same.group_weights == pytest.approx(plain.group_weights)
+    assert fia.rewrite.balanced_rewrite is balanced_rewrite  # the library's own again
+    other = {"a": {"l": gram()}, "b": {"l": gram()}, "c": {"l": torch.eye(4, dtype=torch.float64)}}
+    with rewrite_levers.text_part_balanced(log, other):
+        measured = fia.rewrite.balanced_rewrite(w, groups, sizes, gram_c, cross, **kw)
+    assert measured.group_weights != pytest.approx(plain.group_weights)
+    assert log[-1]["group_weights"] == {g: round(a, 4) for g, a in sorted(measured.group_weights.items())}
+
+
+def test_balance_settings_are_parsed_and_refused():
+    assert rewrite_levers.balance_of("0.04,0.03,5,4,24,1,1,1,0.95=text") == ("0.04,0.03,5,4,24,1,1,1,0.95", "text")
+    assert rewrite_levers.balance_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", "")
+    with pytest.raises(SystemExit, match="unknown balancing measure 'rows'"):
+        rewrite_levers.balance_of("0.04,0.03,5,4,24,1,1=rows")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.balance_of("0.04,0.03,5,4,24,1,1&0.01=text")
+
+
+def test_early_kept_rows_weigh_by_their_step(monkeypatch):
+    """G_g = sum_t w_t sum_rows(t) x x^T / rows with w_t = 2 (T - t) / (T + 1), brute force over a fake three-step sampler;
+    a sampler that calls the denoiser more than once per step is refused."""
+    import fia.repair
+    from fia.targets import TargetLinear
+
+    torch.manual_seed(2)
+    layer, steps = torch.nn.Linear(3, 2), 3
+    rows = {(p, t): torch.randn(2, 4, 3, dtype=torch.float64) for p in ("a", "b") for t in range(steps)}
+    extra = []
+
+    def fake_generate(_pipe, prompts, _seeds, num_inference_steps, **_kw):
+        for t in range(num_inference_steps + len(extra)):
+            t = min(t, num_inference_steps - 1)
+            layer(torch.cat([torch.stack([rows[p, t][0] for p in prompts]), torch.stack([rows[p, t][1] for p in prompts])]).float())
+
+    monkeypatch.setattr(fia.repair, "generate", fake_generate)
+    log: list = []
+    with rewrite_levers.early_kept(log):
+        grams = fia.rewrite.collect_group_grams(None, [TargetLinear("l", layer)], ["a", "b"], [0, 1], ["g", "g"],
+                                                num_inference_steps=steps, guidance_scale=5.0, batch_size=1,
+                                                product_dtype=torch.float64)
+    x = {k: r.float().to(torch.float64) for k, r in rows.items()}
+    w = [2 * (steps - t) / (steps + 1) for t in range(steps)]
+    assert sum(w) / steps == pytest.approx(1.0)
+    expected = sum(w[t] * (x[p, t][0].T @ x[p, t][0] + x[p, t][1].T @ x[p, t][1]) for p in "ab" for t in range(steps)) / (2 * 8 * steps)
+    torch.testing.assert_close(grams["g"]["l"], expected)
+    assert log == [{"steps": 3, "weights": [round(v, 4) for v in w]}]
+    assert fia.repair.generate is fake_generate  # the patched sampler is back after the block
+    extra.append(1)  # one denoiser call too many per batch
+    with pytest.raises(SystemExit, match="one denoiser call per step"):
+        with rewrite_levers.early_kept([]):
+            fia.rewrite.collect_group_grams(None, [TargetLinear("l", layer)], ["a"], [0], ["g"], num_inference_steps=steps,
+                                            guidance_scale=5.0, batch_size=1, product_dtype=torch.float64)
+
+
+def test_step_weight_settings_are_parsed_and_refused():
+    assert rewrite_levers.early_of("0.04,0.03,5,4,24,1,1,1,0.95*early") == ("0.04,0.03,5,4,24,1,1,1,0.95", True)
+    assert rewrite_levers.early_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", False)
+    with pytest.raises(SystemExit, match="unknown step weighting 'late'"):
+        rewrite_levers.early_of("0.04,0.03,5,4,24,1,1*late")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.early_of("0.04,0.03,5,4,24,1,1=text*early")
