@@ -94,8 +94,9 @@ each refit's relative move of every layer. ``SETTING~KIND+KIND`` (the
 setting's eighth field, anchored guidance, above 0) anchors the push of those
 erased concepts only, the others' staying relative to their scenes.
 ``SETTING&MU`` adds to each kept group's statistics the text-driven part of its prompts at the scale the
-sampler applies it (:func:`text_part_kept`): ``G_g = E[x x^T] + MU s^2 E[d d^T]`` with ``d = x_c - x_u``, the
-kept prompt's conditional row less its unconditional one at the same latents, and ``s`` the guidance scale.
+sampler applies it (:func:`text_part_kept`): ``G_g = (sum_rows x x^T + MU s^2 sum_samples d d^T) / rows`` with
+``d = x_c - x_u``, the kept prompt's conditional row less its unconditional one at the same latents, and ``s``
+the guidance scale.
 ``SETTING=text`` keeps the library's kept term but balances the kept groups by the change of that text part,
 ``tr(D G_d D^T) / tr(W G_d W^T)`` with ``G_d = E[d d^T]``, instead of their rows' (:func:`text_part_balanced`).
 ``SETTING*early`` weights each kept row by its sampler step, ``2 (T - t) / (T + 1)``, the noisiest first
