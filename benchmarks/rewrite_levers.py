@@ -100,7 +100,10 @@ the guidance scale.
 ``SETTING=text`` keeps the library's kept term but balances the kept groups by the change of that text part,
 ``tr(D G_d D^T) / tr(W G_d W^T)`` with ``G_d = E[d d^T]``, instead of their rows' (:func:`text_part_balanced`).
 ``SETTING*early`` weights each kept row by its sampler step, ``2 (T - t) / (T + 1)``, the noisiest first
-(:func:`early_kept`).
+(:func:`early_kept`). ``SETTING&MU*early`` does both: the text part beside the rows, rows and text part alike
+weighted by their step (the one pair of levers measured together). ``SETTING!KIND:A+KIND:B`` gives the erased
+concepts hand-picked shares of the concept term, normalised to a mean of 1 (:func:`concept_shares`; the library
+weighs every concept 1).
 ``SETTING%anchored`` (or ``%all``) adds the anchor prompts to the kept term
 as one more group, ``anchors_in_place``: each concept prompt with a kept kind
 in its place, read at that prompt's latents, so the edit holds the kept
@@ -734,15 +737,83 @@ def early_kept(log: list) -> Iterator[None]:
     log.append({"steps": steps[-1] if steps else None, "weights": [round(weight(t, steps[-1]), 4) for t in range(steps[-1])] if steps else []})
 
 
+@contextlib.contextmanager
+def concept_shares(shares: dict[str, float], log: list) -> Iterator[None]:
+    """Within the block, concept ``c``'s pairs count ``a_c`` times in the library's concept term (``shares``
+    normalised to a mean of 1 over the erased concepts, so the term keeps its total weight):
+
+        G_c = sum_c a_c sum_pairs(c) x_c x_c^T / pairs,   C and R alike
+
+    Each paired batch's rows (concept, scene, anchor) are scaled by ``a_c^(1/2)`` before the library's hook
+    reads them, so every moment, bilinear in them, weighs ``a_c``. The anchor ratios, read by another hook,
+    are unchanged. A concept the edit erases at a fraction of the term (circle beside star) can then give
+    its share to one that leaks. ``log`` gets the shares used."""
+    plain_hook, plain_moments, plain_steps = fia.rewrite._PairedMoments.hook, fia.rewrite.paired_moments, fia.rewrite.paired_steps
+    owner_of: dict[tuple[str, int], str] = {}
+    factors: list[Tensor] = []  # the batch now running: sqrt(a) per image
+
+    def moments(pipe, targets, prompts, config, batch_size=None):
+        unknown = sorted(set(shares) - set(prompts.owner))
+        if unknown:
+            raise SystemExit(f"! names concepts that are not erased: {', '.join(unknown)}")
+        a = {c: shares.get(c, 1.0) for c in dict.fromkeys(prompts.owner)}
+        a = {c: v * len(a) / sum(a.values()) for c, v in a.items()}
+        log.append({"shares": {c: round(v, 4) for c, v in a.items()}})
+        owner_of.clear()
+        owner_of.update({(p, s): a[o] for p, s, o in zip(prompts.concept, prompts.concept_seeds, prompts.owner)})
+        return plain_moments(pipe, targets, prompts, config, batch_size)
+
+    def steps(pipe, prompts, follow, seeds, **kw):
+        factors[:] = [torch.tensor([owner_of[p, s] ** 0.5 for p, s in zip(prompts, seeds)])]
+        return plain_steps(pipe, prompts, follow, seeds, **kw)
+
+    def hook(self, name, module, args, output):
+        x, f = args[0], factors[0].to(args[0].device, args[0].dtype)
+        scaled = x * f.repeat(x.shape[0] // len(f)).view(-1, *([1] * (x.dim() - 1)))
+        plain_hook(self, name, module, (scaled, *args[1:]), output)
+
+    with mock.patch.object(fia.rewrite._PairedMoments, "hook", hook), \
+            mock.patch.multiple(fia.rewrite, paired_moments=moments, paired_steps=steps):
+        yield
+
+
+def shares_of(setting: str) -> tuple[str, dict[str, float]]:
+    """``(the rest of the setting, concept -> share)`` of a ``SETTING!KIND:A+KIND:A`` entry (no ``!``: ``{}``)."""
+    rest, _, spec = setting.partition("!")
+    if not spec:
+        return rest, {}
+    shares = {}
+    for part in spec.split("+"):
+        kind, _, value = part.partition(":")
+        try:
+            shares[kind.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"{setting!r}: ! takes KIND:SHARE+KIND:SHARE, not {part!r}") from None
+        if shares[kind.strip()] <= 0:
+            raise SystemExit(f"{setting!r}: a concept's share must be above 0")
+    if any(m in rest for m in "#^@~%&=*"):
+        raise SystemExit(f"{setting!r}: ! is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    return rest, shares
+
+
 def early_of(setting: str) -> tuple[str, bool]:
     """``(the rest of the setting, whether the kept rows are weighted towards early steps)`` of a ``SETTING*early``
     entry."""
     rest, _, mark = setting.partition("*")
     if mark and mark != "early":
         raise SystemExit(f"{setting!r}: unknown step weighting {mark!r}; use *early")
-    if mark and any(m in rest for m in "#^@~%&="):
+    if mark and any(m in rest for m in "#^@~%="):  # & (the text part) may join it: text_part_early
         raise SystemExit(f"{setting!r}: * is measured on the library's FFN2 rewrite alone; measure one lever at a time")
     return rest, bool(mark)
+
+
+@contextlib.contextmanager
+def text_part_early(mu: float, log: list) -> Iterator[None]:
+    """Within the block, the text part (:func:`text_part_kept`) joins each kept group and every kept row and
+    text part counts by its step (:func:`early_kept`): ``early_kept`` scales each step's inputs by ``w_t^(1/2)``
+    before the text part's hook reads them, so ``x x^T`` and ``d d^T`` both weigh ``w_t``."""
+    with text_part_kept(mu, log), early_kept(log):
+        yield
 
 
 def balance_of(setting: str) -> tuple[str, str]:
@@ -838,7 +909,8 @@ def main() -> None:
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
-    earlies = [early_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    shared = [shares_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    earlies = [early_of(rest) for rest, _ in shared]
     balances = [balance_of(rest) for rest, _ in earlies]
     text_parts = [text_part_of(rest) for rest, _ in balances]
     held_anchors = [kept_anchors_of(rest) for rest, _ in text_parts]
@@ -873,11 +945,12 @@ def main() -> None:
     judges, images, base, results = judged_start(pipe, erased, args.images, args.erased_images, command)
     if watched:
         results["unedited_verdicts"] = verdicts(pipe, judges, images, watched)
-    for text, (setting, targets, rounds, refits), (_, anchored_kinds), (_, kept_anchors), (_, text_part), (_, balance), (_, early) in zip(
-            args.settings.split(";"), settings, anchored, held_anchors, text_parts, balances, earlies):
+    for text, (setting, targets, rounds, refits), (_, anchored_kinds), (_, kept_anchors), (_, text_part), (_, balance), (_, early), (_, shares) in zip(
+            args.settings.split(";"), settings, anchored, held_anchors, text_parts, balances, earlies, shared):
         log: list = []
-        lever = (concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
-                 anchors_kept(kept_anchors, log) if kept_anchors else text_part_kept(text_part, log) if text_part else
+        lever = (concept_shares(shares, log) if shares else concept_reweighting(erased, rounds, log) if rounds else kept_refit(refits, log) if refits else
+                 anchors_kept(kept_anchors, log) if kept_anchors else
+                 text_part_early(text_part, log) if text_part and early else text_part_kept(text_part, log) if text_part else
                  text_part_balanced(log) if balance else early_kept(log) if early else
                  anchored_for(anchored_kinds) if anchored_kinds != erased else contextlib.nullcontext())
         with lever:
@@ -899,7 +972,7 @@ def main() -> None:
                **judged_fields(hits, base, erased, args.images, args.erased_images),
                **({"concept_residuals": log} if rounds else {"refit_moves": log} if refits else
                   {"kept_anchors": log} if kept_anchors else {"text_part": log} if text_part else
-                  {"text_balance": log} if balance else {"early_kept": log} if early else {}),
+                  {"text_balance": log} if balance else {"early_kept": log} if early else {"concept_shares": log} if shares else {}),
                **({"verdicts": made["verdicts"]} if watched else {}),
                **({"anchoring": made["edit"].stats["anchoring"]} if "anchoring" in (getattr(made["edit"], "stats", None) or {}) else {})}
         results["settings"].append(row)

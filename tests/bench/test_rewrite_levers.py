@@ -400,10 +400,88 @@ def test_early_kept_rows_weigh_by_their_step(monkeypatch):
                                             guidance_scale=5.0, batch_size=1, product_dtype=torch.float64)
 
 
+def test_text_part_and_early_steps_together_weigh_rows_and_text_part_by_step(monkeypatch):
+    """G_g = sum_t w_t (sum_rows(t) x x^T + mu s^2 sum_samples(t) d d^T) / rows, brute force over a fake three-step
+    sampler: both levers' statistics at once, each step's share counted once."""
+    import fia.repair
+    from fia.targets import TargetLinear
+
+    torch.manual_seed(3)
+    layer, steps, mu, scale = torch.nn.Linear(3, 2), 3, 0.2, 5.0
+    rows = {(p, t): torch.randn(2, 4, 3, dtype=torch.float64) for p in ("a", "b") for t in range(steps)}
+
+    def fake_generate(_pipe, prompts, _seeds, num_inference_steps, **_kw):
+        for t in range(num_inference_steps):
+            layer(torch.cat([torch.stack([rows[p, t][0] for p in prompts]), torch.stack([rows[p, t][1] for p in prompts])]).float())
+
+    monkeypatch.setattr(fia.repair, "generate", fake_generate)
+    log: list = []
+    with rewrite_levers.text_part_early(mu, log):
+        grams = fia.rewrite.collect_group_grams(None, [TargetLinear("l", layer)], ["a", "b"], [0, 1], ["g", "g"],
+                                                num_inference_steps=steps, guidance_scale=scale, batch_size=1,
+                                                product_dtype=torch.float64)
+    x = {k: r.float().to(torch.float64) for k, r in rows.items()}
+    w = [2 * (steps - t) / (steps + 1) for t in range(steps)]
+    d = {k: v[1] - v[0] for k, v in x.items()}
+    expected = sum(w[t] * (x[p, t][0].T @ x[p, t][0] + x[p, t][1].T @ x[p, t][1] + mu * scale**2 * d[p, t].T @ d[p, t])
+                   for p in "ab" for t in range(steps)) / (2 * 8 * steps)
+    torch.testing.assert_close(grams["g"]["l"], expected)
+    assert {"steps": 3, "weights": [round(v, 4) for v in w]} in log
+    assert fia.repair.generate is fake_generate and fia.rewrite.collect_group_grams is fia.repair.collect_group_grams
+
+
 def test_step_weight_settings_are_parsed_and_refused():
     assert rewrite_levers.early_of("0.04,0.03,5,4,24,1,1,1,0.95*early") == ("0.04,0.03,5,4,24,1,1,1,0.95", True)
+    assert rewrite_levers.early_of("0.04,0.03,5,4,24,1,1,1,0.95&0.01*early") == ("0.04,0.03,5,4,24,1,1,1,0.95&0.01", True)
     assert rewrite_levers.early_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", False)
     with pytest.raises(SystemExit, match="unknown step weighting 'late'"):
         rewrite_levers.early_of("0.04,0.03,5,4,24,1,1*late")
     with pytest.raises(SystemExit, match="one lever at a time"):
         rewrite_levers.early_of("0.04,0.03,5,4,24,1,1=text*early")
+
+
+def test_concept_shares_weigh_each_concept_s_pairs(monkeypatch):
+    """G_c = sum_c a_c sum_pairs(c) x_c x_c^T / pairs and C = sum_c a_c sum_pairs(c) x_t x_c^T / pairs, the shares
+    normalised to a mean of 1, brute force over a fake one-step paired sampler; refused for a concept not erased."""
+    from fia.config import FIARewriteConfig
+    from fia.prompts import RewritePrompts
+    from fia.targets import TargetLinear
+
+    torch.manual_seed(4)
+    layer = torch.nn.Linear(3, 2)
+    prompts = RewritePrompts.seeded(["k"], ["g"], ["a star", "star", "a circle", "circle"], ["s", "s", "s", "s"], 0,
+                                    ["s"] * 4, ["star", "star", "circle", "circle"])
+    rows = {p: torch.randn(2, 4, 3, dtype=torch.float64) for p in prompts.concept}  # per prompt: [concept, scene] rows
+
+    def fake_steps(_pipe, shown, _follow, _seeds, **_kw):  # the layer sees [uncond; concept; scene]
+        c, t = torch.stack([rows[p][0] for p in shown]), torch.stack([rows[p][1] for p in shown])
+        layer(torch.cat([torch.zeros_like(c), c, t]).float())
+
+    monkeypatch.setattr(fia.rewrite, "paired_steps", fake_steps)
+    config = FIARewriteConfig(task="object", num_inference_steps=1, guidance_scale=3.0).validate()
+    log: list = []
+    with rewrite_levers.concept_shares({"circle": 1.0, "star": 3.0}, log):
+        gram_c, cross, reference, _ = fia.rewrite.paired_moments(None, [TargetLinear("l", layer)], prompts, config, batch_size=3)
+    assert log == [{"shares": {"star": 1.5, "circle": 0.5}}] and reference is None
+    x = {p: r.float().to(torch.float64) for p, r in rows.items()}
+    a = {"a star": 1.5, "star": 1.5, "a circle": 0.5, "circle": 0.5}
+    expected_g = sum(a[p] * x[p][0].T @ x[p][0] for p in x) / 16
+    expected_c = sum(a[p] * x[p][1].T @ x[p][0] for p in x) / 16
+    torch.testing.assert_close(gram_c["l"], expected_g)
+    torch.testing.assert_close(cross["l"], expected_c)
+    assert fia.rewrite.paired_steps is fake_steps and fia.rewrite._PairedMoments.hook is not None
+    with pytest.raises(SystemExit, match="not erased: square"):
+        with rewrite_levers.concept_shares({"square": 2.0}, []):
+            fia.rewrite.paired_moments(None, [TargetLinear("l", layer)], prompts, config, batch_size=3)
+
+
+def test_concept_share_settings_are_parsed_and_refused():
+    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95!circle:0.5+star:1.5") == (
+        "0.04,0.03,5,4,24,1,1,1,0.95", {"circle": 0.5, "star": 1.5})
+    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", {})
+    with pytest.raises(SystemExit, match="KIND:SHARE"):
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle=2")
+    with pytest.raises(SystemExit, match="above 0"):
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle:0")
+    with pytest.raises(SystemExit, match="one lever at a time"):
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1&0.01!circle:2")
