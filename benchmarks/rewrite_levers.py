@@ -514,6 +514,13 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def alone(setting: str, mark: str, rest: str, others: str, also: bool = False) -> None:
+    """Refuse a setting whose lever ``mark`` is joined by one of the ``others`` marks in ``rest`` (or ``also``):
+    each lever is measured on the library's FFN2 rewrite alone."""
+    if also or any(m in rest for m in others):
+        raise SystemExit(f"{setting!r}: {mark} is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+
+
 def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
     """``(the rest of the setting, the concepts whose push is anchored)`` of a ``SETTING~KIND+KIND`` entry
     (no ``~``: every concept, as the library does)."""
@@ -523,8 +530,7 @@ def anchored_only(setting: str, erased: list[str]) -> tuple[str, list[str]]:
     chosen = kinds.split("+")
     if not set(chosen) <= set(erased):
         raise SystemExit(f"{setting!r}: ~ names {', '.join(sorted(set(chosen) - set(erased)))}, which --concepts does not erase")
-    if "#" in rest or "^" in rest or "@" in rest or rest == "causal":
-        raise SystemExit(f"{setting!r}: ~ is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    alone(setting, "~", rest, "#^@", rest == "causal")
     if float(config_for(rest).rewrite.anchored_guidance) == 0:
         raise SystemExit(f"{setting!r}: ~ picks the concepts of anchored guidance; give the setting an eighth field > 0")
     return rest, chosen
@@ -791,8 +797,7 @@ def shares_of(setting: str) -> tuple[str, dict[str, float]]:
             raise SystemExit(f"{setting!r}: ! takes KIND:SHARE+KIND:SHARE, not {part!r}") from None
         if shares[kind.strip()] <= 0:
             raise SystemExit(f"{setting!r}: a concept's share must be above 0")
-    if any(m in rest for m in "#^@~%&=*"):
-        raise SystemExit(f"{setting!r}: ! is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    alone(setting, "!", rest, "#^@~%&=*")
     return rest, shares
 
 
@@ -802,8 +807,8 @@ def early_of(setting: str) -> tuple[str, bool]:
     rest, _, mark = setting.partition("*")
     if mark and mark != "early":
         raise SystemExit(f"{setting!r}: unknown step weighting {mark!r}; use *early")
-    if mark and any(m in rest for m in "#^@~%="):  # & (the text part) may join it: text_part_early
-        raise SystemExit(f"{setting!r}: * is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if mark:  # & (the text part) may join it: text_part_early
+        alone(setting, "*", rest, "#^@~%=")
     return rest, bool(mark)
 
 
@@ -822,8 +827,8 @@ def balance_of(setting: str) -> tuple[str, str]:
     rest, _, metric = setting.partition("=")
     if metric and metric != "text":
         raise SystemExit(f"{setting!r}: unknown balancing measure {metric!r}; use =text")
-    if metric and any(mark in rest for mark in "#^@~%&"):
-        raise SystemExit(f"{setting!r}: = is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if metric:
+        alone(setting, "=", rest, "#^@~%&")
     return rest, metric
 
 
@@ -838,8 +843,7 @@ def text_part_of(setting: str) -> tuple[str, float]:
         raise SystemExit(f"{setting!r}: & takes the text part's weight, a number, not {mu!r}") from None
     if weight <= 0:
         raise SystemExit(f"{setting!r}: the text part's weight must be above 0")
-    if any(mark in rest for mark in "#^@~%"):
-        raise SystemExit(f"{setting!r}: & is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    alone(setting, "&", rest, "#^@~%")
     if config_for(rest).rewrite.keep_guided:
         raise SystemExit(f"{setting!r}: & adds the text part beside the kept rows; leave keep_guided (the tenth field) at 0")
     return rest, weight
@@ -851,8 +855,8 @@ def kept_anchors_of(setting: str) -> tuple[str, str]:
     rest, _, which = setting.partition("%")
     if which and which not in KEPT_ANCHORS:
         raise SystemExit(f"{setting!r}: unknown kept anchors {which!r}; use one of: {', '.join(KEPT_ANCHORS)}")
-    if which and any(mark in rest for mark in "#^@~"):
-        raise SystemExit(f"{setting!r}: % is measured on the library's FFN2 rewrite alone; measure one lever at a time")
+    if which:
+        alone(setting, "%", rest, "#^@~")
     if which and float(config_for(rest).rewrite.anchored_guidance) == 0:
         raise SystemExit(f"{setting!r}: % holds the anchors of anchored guidance; give the setting an eighth field > 0")
     return rest, which
