@@ -755,7 +755,7 @@ def concept_shares(shares: dict[str, float], log: list) -> Iterator[None]:
     are unchanged. A concept the edit erases at a fraction of the term (circle beside star) can then give
     its share to one that leaks. ``log`` gets the shares used."""
     plain_hook, plain_moments, plain_steps = fia.rewrite._PairedMoments.hook, fia.rewrite.paired_moments, fia.rewrite.paired_steps
-    owner_of: dict[tuple[str, int], str] = {}
+    share_of: dict[tuple[str, int], float] = {}  # (concept prompt, seed) -> its concept's share
     factors: list[Tensor] = []  # the batch now running: sqrt(a) per image
 
     def moments(pipe, targets, prompts, config, batch_size=None):
@@ -765,12 +765,12 @@ def concept_shares(shares: dict[str, float], log: list) -> Iterator[None]:
         a = {c: shares.get(c, 1.0) for c in dict.fromkeys(prompts.owner)}
         a = {c: v * len(a) / sum(a.values()) for c, v in a.items()}
         log.append({"shares": {c: round(v, 4) for c, v in a.items()}})
-        owner_of.clear()
-        owner_of.update({(p, s): a[o] for p, s, o in zip(prompts.concept, prompts.concept_seeds, prompts.owner)})
+        share_of.clear()
+        share_of.update({(p, s): a[o] for p, s, o in zip(prompts.concept, prompts.concept_seeds, prompts.owner)})
         return plain_moments(pipe, targets, prompts, config, batch_size)
 
     def steps(pipe, prompts, follow, seeds, **kw):
-        factors[:] = [torch.tensor([owner_of[p, s] ** 0.5 for p, s in zip(prompts, seeds)])]
+        factors[:] = [torch.tensor([share_of[p, s] ** 0.5 for p, s in zip(prompts, seeds)])]
         return plain_steps(pipe, prompts, follow, seeds, **kw)
 
     def hook(self, name, module, args, output):
