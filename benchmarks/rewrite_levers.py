@@ -783,20 +783,24 @@ def concept_shares(shares: dict[str, float], log: list) -> Iterator[None]:
         yield
 
 
-def shares_of(setting: str) -> tuple[str, dict[str, float]]:
-    """``(the rest of the setting, concept -> share)`` of a ``SETTING!KIND:A+KIND:A`` entry (no ``!``: ``{}``)."""
+def shares_of(setting: str, erased: list[str]) -> tuple[str, dict[str, float]]:
+    """``(the rest of the setting, concept -> share)`` of a ``SETTING!KIND:A+KIND:A`` entry (no ``!``: ``{}``);
+    every kind named must be one of ``erased``."""
     rest, _, spec = setting.partition("!")
     if not spec:
         return rest, {}
     shares = {}
     for part in spec.split("+"):
-        kind, _, value = part.partition(":")
+        kind, _, value = (p.strip() for p in part.partition(":"))
         try:
-            shares[kind.strip()] = float(value)
+            shares[kind] = float(value)
         except ValueError:
             raise SystemExit(f"{setting!r}: ! takes KIND:SHARE+KIND:SHARE, not {part!r}") from None
-        if shares[kind.strip()] <= 0:
+        if shares[kind] <= 0:
             raise SystemExit(f"{setting!r}: a concept's share must be above 0")
+    unknown = sorted(set(shares) - set(erased))
+    if unknown:
+        raise SystemExit(f"{setting!r}: ! names {', '.join(unknown)}, which --concepts does not erase")
     alone(setting, "!", rest, "#^@~%&=*")
     return rest, shares
 
@@ -913,7 +917,7 @@ def main() -> None:
                     help="write each erased kind's text-row similarity to every other kind (text_row_similarity) and stop")
     args = ap.parse_args()
     erased = [c.strip() for c in args.concepts.split(",")]
-    shared = [shares_of(s) for s in args.settings.split(";")]  # bad input stops before any model work
+    shared = [shares_of(s, erased) for s in args.settings.split(";")]  # bad input stops before any model work
     earlies = [early_of(rest) for rest, _ in shared]
     balances = [balance_of(rest) for rest, _ in earlies]
     text_parts = [text_part_of(rest) for rest, _ in balances]

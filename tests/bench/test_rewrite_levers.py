@@ -476,12 +476,15 @@ def test_concept_shares_weigh_each_concept_s_pairs(monkeypatch):
 
 
 def test_concept_share_settings_are_parsed_and_refused():
-    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95!circle:0.5+star:1.5") == (
+    erased = ["circle", "star"]
+    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95!circle:0.5+star:1.5", erased) == (
         "0.04,0.03,5,4,24,1,1,1,0.95", {"circle": 0.5, "star": 1.5})
-    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95") == ("0.04,0.03,5,4,24,1,1,1,0.95", {})
+    assert rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1,1,0.95", erased) == ("0.04,0.03,5,4,24,1,1,1,0.95", {})
     with pytest.raises(SystemExit, match="KIND:SHARE"):
-        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle=2")
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle=2", erased)
     with pytest.raises(SystemExit, match="above 0"):
-        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle:0")
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!circle:0", erased)
     with pytest.raises(SystemExit, match="one lever at a time"):
-        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1&0.01!circle:2")
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1&0.01!circle:2", erased)
+    with pytest.raises(SystemExit, match="names square, which --concepts does not erase"):  # before any model work
+        rewrite_levers.shares_of("0.04,0.03,5,4,24,1,1!square:2", erased)
